@@ -1,0 +1,174 @@
+"""Observation distributions ``p(x | z)``, chosen by name.
+
+A decoder network returns one parameter tensor of the data's shape (logits for Bernoulli pixels, the mean
+for a Normal); the likelihood module turns it into a distribution whose event shape is the data's event
+shape. Likelihoods that learn a scale own that parameter, so the decoder stays the same for every choice.
+
+=========================  ============================================================  ==========
+name                       ``p(x | z)``                                                  support
+=========================  ============================================================  ==========
+``bernoulli``              ``Bernoulli(logits=f(z))`` per pixel                          {0, 1}
+``continuous_bernoulli``   ``ContinuousBernoulli(logits=f(z))`` (Loaiza-Ganem 2019)      [0, 1]
+``normal``                 ``Normal(f(z), scale)`` with a fixed ``scale`` (Doersch)      reals
+``normal-learned``         ``Normal(f(z), sigma_d)``, one learned scale per dimension    reals
+``normal-gamma``           ``Normal(f(z), sqrt(gamma))``, one learned variance gamma     reals
+                           (Dai & Wipf 2019)
+=========================  ============================================================  ==========
+
+Densities always come from :mod:`torch.distributions` / Pyro, never written by hand.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import pyro.distributions as dist
+import torch
+from torch import nn
+
+__all__ = ["Likelihood", "LIKELIHOODS", "make_likelihood"]
+
+
+class Likelihood(nn.Module):
+    """Base class: maps the decoder's output ``(..., *event_shape)`` to a distribution over ``x``.
+
+    :param event_shape: the shape of one datapoint, e.g. ``(1, 28, 28)``.
+    """
+
+    #: a short description of the support, used in error messages
+    support_text = "the reals"
+
+    def __init__(self, event_shape: tuple[int, ...]) -> None:
+        super().__init__()
+        self.event_shape = tuple(event_shape)
+
+    def forward(self, params: torch.Tensor) -> dist.TorchDistribution:
+        """:param params: decoder output of shape ``(..., *event_shape)``.
+        :returns: a distribution with ``event_shape`` equal to the data's and batch shape ``params.shape[:-e]``.
+        """
+        return self.base(params).to_event(len(self.event_shape))
+
+    def base(self, params: torch.Tensor) -> dist.TorchDistribution:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def mean(self, params: torch.Tensor) -> torch.Tensor:
+        """The mean of ``p(x | z)`` (what a reconstruction or a sample image shows). Shape of ``params``."""
+        return params
+
+    def check_support(self, x: torch.Tensor) -> None:
+        """Raise ``ValueError`` if ``x`` holds values outside this likelihood's support."""
+        if not torch.isfinite(x).all():
+            raise ValueError("the data hold NaN or inf values: clean them before training or evaluating")
+
+
+class Bernoulli(Likelihood):
+    """Independent Bernoulli pixels with ``logits`` from the decoder."""
+
+    support_text = "{0, 1}"
+
+    def base(self, params: torch.Tensor) -> dist.TorchDistribution:
+        return dist.Bernoulli(logits=params, validate_args=False)
+
+    def mean(self, params: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(params)
+
+    def check_support(self, x: torch.Tensor) -> None:
+        super().check_support(x)
+        if not ((x == 0) | (x == 1)).all():
+            raise ValueError(
+                "the 'bernoulli' likelihood needs binary data (every value 0 or 1), but the data hold grey "
+                "levels: pass binarize=True (dynamic binarization, a fresh Bernoulli draw per batch), "
+                "load 'binarized-mnist', or choose likelihood='continuous_bernoulli'"
+            )
+
+
+class ContinuousBernoulli(Likelihood):
+    """The continuous Bernoulli on ``[0, 1]`` (Loaiza-Ganem & Cunningham 2019), properly normalised."""
+
+    support_text = "[0, 1]"
+
+    def base(self, params: torch.Tensor) -> dist.TorchDistribution:
+        return dist.ContinuousBernoulli(logits=params, validate_args=False)
+
+    def mean(self, params: torch.Tensor) -> torch.Tensor:
+        return dist.ContinuousBernoulli(logits=params, validate_args=False).mean
+
+    def check_support(self, x: torch.Tensor) -> None:
+        super().check_support(x)
+        if ((x < 0) | (x > 1)).any():
+            raise ValueError(
+                "the 'continuous_bernoulli' likelihood needs values in [0, 1], but the data hold values "
+                f"from {x.min().item():g} to {x.max().item():g}: rescale the data or choose 'normal'"
+            )
+
+
+class Normal(Likelihood):
+    """A Gaussian with the decoder's output as mean and a fixed ``scale`` (Doersch's tutorial).
+
+    :param scale: the standard deviation, the same for every dimension.
+    """
+
+    def __init__(self, event_shape: tuple[int, ...], scale: float = 0.1) -> None:
+        super().__init__(event_shape)
+        if not scale > 0:
+            raise ValueError(f"the 'normal' likelihood needs scale > 0, got {scale}")
+        self.scale = float(scale)
+
+    def base(self, params: torch.Tensor) -> dist.TorchDistribution:
+        return dist.Normal(params, self.scale, validate_args=False)
+
+
+class NormalLearned(Likelihood):
+    """A Gaussian with one learned standard deviation per data dimension (``exp`` of a free parameter)."""
+
+    def __init__(self, event_shape: tuple[int, ...], scale: float = 1.0) -> None:
+        super().__init__(event_shape)
+        self.log_scale = nn.Parameter(torch.full(self.event_shape, math.log(scale)))
+
+    def base(self, params: torch.Tensor) -> dist.TorchDistribution:
+        return dist.Normal(params, self.log_scale.exp(), validate_args=False)
+
+
+class NormalGamma(Likelihood):
+    """A Gaussian with one learned scalar variance ``gamma`` shared by all dimensions (Dai & Wipf 2019).
+
+    ``gamma = exp(log_gamma)`` may fall towards 0 during training, as Dai & Wipf predict for data on a
+    low-dimensional manifold; the log parameterisation keeps it positive and finite.
+    """
+
+    def __init__(self, event_shape: tuple[int, ...], gamma: float = 1.0) -> None:
+        super().__init__(event_shape)
+        self.log_gamma = nn.Parameter(torch.tensor(math.log(gamma)))
+
+    @property
+    def gamma(self) -> torch.Tensor:
+        """The decoder variance, a scalar tensor."""
+        return self.log_gamma.exp()
+
+    def base(self, params: torch.Tensor) -> dist.TorchDistribution:
+        return dist.Normal(params, (0.5 * self.log_gamma).exp(), validate_args=False)
+
+
+#: name -> constructor ``(event_shape, **options) -> Likelihood``
+LIKELIHOODS: dict[str, Callable[..., Likelihood]] = {
+    "bernoulli": Bernoulli,
+    "continuous_bernoulli": ContinuousBernoulli,
+    "normal": Normal,
+    "normal-learned": NormalLearned,
+    "normal-gamma": NormalGamma,
+}
+
+
+def make_likelihood(likelihood: str | Likelihood, event_shape: tuple[int, ...], **options: float) -> Likelihood:
+    """Build a likelihood by name (or pass an instance through).
+
+    :param likelihood: a name from :data:`LIKELIHOODS` or a :class:`Likelihood` instance.
+    :param event_shape: the shape of one datapoint.
+    :returns: the likelihood module.
+    """
+    if isinstance(likelihood, Likelihood):
+        return likelihood
+    if likelihood not in LIKELIHOODS:
+        raise ValueError(f"unknown likelihood {likelihood!r}; choose one of {sorted(LIKELIHOODS)}")
+    return LIKELIHOODS[likelihood](tuple(event_shape), **options)

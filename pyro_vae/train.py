@@ -1,0 +1,394 @@
+"""The training loop: :func:`fit` trains anything with ``.model`` and ``.guide`` attributes.
+
+The loss of each batch comes from an objective in :data:`pyro_vae.infer.objectives.OBJECTIVES` (Pyro's
+``Trace_ELBO`` / ``TraceMeanField_ELBO``, or the project's IWAE and DReG objectives) through
+``differentiable_loss`` and an ordinary ``torch.optim.Adam``, so learning-rate schedules and gradient
+clipping are plain PyTorch. Data stay in memory on the training device; each epoch draws a permutation
+from a dedicated generator, and dynamic binarization (``binarize=True``) is a fresh Bernoulli draw of every
+pixel per batch, on the device.
+
+``beta`` and KL warm-up scale the latent sites of model and guide (``log p(z) - log q(z | x)``) and leave the
+observation site alone, i.e. the loss is ``distortion + beta_t * rate``.
+
+Checkpoints (``checkpoint.pt`` in ``checkpoint_dir``) hold weights, optimizer and scheduler state, the
+configuration, the epoch, the history and every random number generator's state; they are written
+atomically (temporary file, fsync, rename) at the end of each epoch, and ``resume=True`` continues exactly
+where the last complete epoch left off. Metrics are appended to ``metrics.jsonl``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import pyro
+import torch
+from pyro import poutine
+from pyro.poutine.messenger import Messenger
+from torch import nn
+
+from .datasets import binarize as binarize_batch
+from .infer.objectives import get_objective
+from .infer.weights import guess_max_plate_nesting, importance_terms
+
+__all__ = ["fit", "evaluate_elbo", "resolve_device", "LR_SCHEDULES", "CHECKPOINT_NAME", "METRICS_NAME"]
+
+CHECKPOINT_NAME = "checkpoint.pt"
+METRICS_NAME = "metrics.jsonl"
+
+
+class ScaleLatents(Messenger):
+    """Multiply the log density of every *latent* sample site by ``scale`` (observed sites untouched)."""
+
+    def __init__(self, scale: float) -> None:
+        super().__init__()
+        self.scale = scale
+
+    def _process_message(self, msg: dict) -> None:
+        if msg["type"] == "sample" and not msg["is_observed"]:
+            msg["scale"] = msg["scale"] * self.scale
+
+
+def _constant(epoch: int, epochs: int) -> float:
+    return 1.0
+
+
+def _cosine(epoch: int, epochs: int) -> float:
+    return 0.5 * (1.0 + math.cos(math.pi * epoch / max(epochs, 1)))
+
+
+#: name -> ``factor(epoch, epochs)`` multiplying ``lr`` during ``epoch`` (0-based)
+LR_SCHEDULES: dict[str, Callable[[int, int], float]] = {"constant": _constant, "cosine": _cosine}
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """``"auto"`` -> CUDA when available, else CPU; ``"cuda"`` without a GPU is an error."""
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device='cuda' was asked for but torch sees no CUDA device; use 'cpu' or 'auto'")
+    return device
+
+
+def _check_data(data: Any, name: str, pair: Any, binarize: bool) -> torch.Tensor:
+    if not torch.is_tensor(data):
+        raise TypeError(f"{name} must be a torch.Tensor of shape (N, *event_shape), got {type(data).__name__}; "
+                        "use pyro_vae.datasets.from_array for numpy arrays")
+    if not data.is_floating_point():
+        raise TypeError(f"{name} must be a floating-point tensor, got dtype {data.dtype}; convert it with .float()")
+    if data.dim() < 2 or data.shape[0] == 0:
+        raise ValueError(f"{name} must be a non-empty tensor of shape (N, *event_shape), got {tuple(data.shape)}")
+    input_shape = getattr(pair, "input_shape", None)
+    if input_shape is not None and tuple(data.shape[1:]) != tuple(input_shape):
+        raise ValueError(f"{name} has datapoints of shape {tuple(data.shape[1:])} but the model's input_shape is "
+                         f"{tuple(input_shape)}: reshape the data or build the model with that input_shape")
+    if not torch.isfinite(data).all():
+        raise ValueError(f"{name} holds NaN or inf values: clean the data before training")
+    likelihood = getattr(pair, "likelihood", None)
+    if binarize:
+        if ((data < 0) | (data > 1)).any():
+            raise ValueError(f"binarize=True needs {name} in [0, 1] (pixel intensities), got values from "
+                             f"{data.min().item():g} to {data.max().item():g}")
+    elif likelihood is not None and hasattr(likelihood, "check_support"):
+        likelihood.check_support(data)
+    return data
+
+
+def _collect_parameters(pair: Any, example: torch.Tensor, max_plate_nesting: int) -> list[torch.Tensor]:
+    """The trainable tensors of a model/guide pair: an ``nn.Module``'s parameters, else the param store's."""
+    if isinstance(pair, nn.Module):
+        params = [p for p in pair.parameters() if p.requires_grad]
+    else:
+        with poutine.block(), torch.no_grad():
+            rng = pyro.util.get_rng_state()
+            guide_trace = poutine.trace(pair.guide, param_only=True).get_trace(example)
+            model_trace = poutine.trace(pair.model, param_only=True).get_trace(example)
+            pyro.util.set_rng_state(rng)
+        store = dict(pyro.get_param_store().named_parameters())
+        names = [n for tr in (guide_trace, model_trace) for n in tr.nodes if n in store]
+        params = list({id(store[n]): store[n] for n in names}.values())
+    if not params:
+        raise ValueError("the model/guide pair has no trainable parameters (no nn.Module parameters and no "
+                         "pyro.param sites)")
+    return params
+
+
+def _rng_state() -> dict[str, Any]:
+    np_state = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]],
+        "python": json.dumps(random.getstate()),
+    }
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    kind, keys, *rest = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), *rest))
+    py = json.loads(state["python"])
+    random.setstate((py[0], tuple(py[1]), py[2]))
+
+
+def atomic_save(obj: Any, path: Path) -> None:
+    """``torch.save`` to a temporary file in the same folder, fsync, then rename over ``path``."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """Load a checkpoint with ``torch.load(weights_only=True)``: no pickled code can run."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no checkpoint at {path}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises UnpicklingError (and others) for unsafe or corrupt files
+        raise ValueError(f"{path} is not a valid pyro-vae checkpoint (refused by torch.load(weights_only=True): "
+                         f"{type(e).__name__}); it may be corrupt or not a safe checkpoint") from e
+
+
+def _write_metrics(history: list[dict[str, Any]], path: Path) -> None:
+    """Rewrite the JSON-lines metrics file atomically, so it always matches the last checkpoint."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(json.dumps(h) + "\n" for h in history))
+    os.replace(tmp, path)
+
+
+@torch.no_grad()
+def evaluate_elbo(pair: Any, data: torch.Tensor, batch_size: int = 1000, binarize: bool = False,
+                  max_plate_nesting: int | None = None) -> dict[str, float]:
+    """Mean per-datapoint ELBO, rate and distortion (one sample each) of ``data``.
+
+    :returns: ``{"elbo": ..., "rate": ..., "distortion": ...}`` in nats per datapoint, where
+        ``rate = E_q[log q(z | x) - log p(z)]`` and ``distortion = -E_q[log p(x | z)]``.
+    """
+    sums = torch.zeros(3, dtype=torch.float64, device=data.device)
+    for start in range(0, data.shape[0], batch_size):
+        x = data[start:start + batch_size]
+        if binarize:
+            x = binarize_batch(x)
+        t = importance_terms(pair.model, pair.guide, x, num_particles=1, max_plate_nesting=max_plate_nesting)
+        sums += torch.stack([t.log_weights.sum(), (t.log_guide - t.log_prior).sum(), -t.log_likelihood.sum()])
+    elbo, rate, distortion = (sums / data.shape[0]).tolist()
+    return {"elbo": elbo, "rate": rate, "distortion": distortion}
+
+
+def _pair_state(pair: Any) -> dict[str, Any]:
+    if isinstance(pair, nn.Module):
+        return {"module": pair.state_dict()}
+    return {"param_store": {k: v.detach().clone() for k, v in pyro.get_param_store().named_parameters()}}
+
+
+def _load_pair_state(pair: Any, state: dict[str, Any]) -> None:
+    if "module" in state:
+        pair.load_state_dict(state["module"])
+    else:
+        store = dict(pyro.get_param_store().named_parameters())
+        for name, value in state["param_store"].items():
+            if name in store:
+                store[name].data.copy_(value)
+
+
+def fit(
+    vae: Any,
+    data: torch.Tensor,
+    *,
+    epochs: int,
+    batch_size: int,
+    lr: float = 1e-3,
+    objective: str = "elbo",
+    num_particles: int = 1,
+    device: str | torch.device = "auto",
+    val_data: torch.Tensor | None = None,
+    checkpoint_dir: str | os.PathLike | None = None,
+    resume: bool = False,
+    seed: int | None = None,
+    progress: bool = True,
+    binarize: bool = False,
+    beta: float = 1.0,
+    kl_warmup_epochs: int = 0,
+    lr_schedule: str | Callable[[int, int], float] = "constant",
+    betas: Sequence[float] = (0.9, 0.999),
+    eps: float = 1e-8,
+    clip_norm: float | None = None,
+    max_plate_nesting: int | None = None,
+    config: dict[str, Any] | None = None,
+) -> list[dict[str, Any]]:
+    """Train a model/guide pair by stochastic gradient ascent on a bound of ``log p(x)``.
+
+    :param vae: a :class:`pyro_vae.VAE`, or any object with ``.model(x)`` and ``.guide(x)`` keeping the site
+        contract (an ``nn.Module`` has its parameters trained; otherwise the ``pyro.param`` sites are).
+    :param data: training data ``(N, *event_shape)``, a float tensor.
+    :param epochs: passes over the data (the total, also when resuming).
+    :param batch_size: datapoints per step (``<= N``).
+    :param lr: Adam's learning rate (multiplied by the ``lr_schedule`` factor each epoch).
+    :param objective: ``"elbo"``, ``"mean_field"``, ``"iwae"`` or ``"iwae-dreg"``.
+    :param num_particles: particles per datapoint (``K`` for the IWAE objectives).
+    :param device: ``"auto"``, ``"cpu"``, ``"cuda"`` or a ``torch.device``.
+    :param val_data: validation data; its ELBO, rate and distortion are recorded each epoch.
+    :param checkpoint_dir: folder for ``checkpoint.pt`` and ``metrics.jsonl`` (created if needed).
+    :param resume: continue from ``checkpoint_dir/checkpoint.pt`` if it exists.
+    :param seed: seeds Pyro's, torch's, numpy's and Python's generators and the shuffling.
+    :param progress: show a progress bar (only on a terminal).
+    :param binarize: dynamic binarization: a fresh Bernoulli draw of every pixel per batch.
+    :param beta: weight of the rate term (beta-VAE); 1 is the ELBO.
+    :param kl_warmup_epochs: ramp the rate weight linearly from 0 to ``beta`` over this many epochs.
+    :param lr_schedule: a name from :data:`LR_SCHEDULES` or ``factor(epoch, epochs)``.
+    :param betas: Adam's ``(beta1, beta2)``.
+    :param eps: Adam's epsilon.
+    :param clip_norm: clip the gradient's global norm to this value.
+    :param max_plate_nesting: the model's deepest plate nesting; guessed if None.
+    :param config: extra JSON-able settings recorded in the checkpoint (the CLI stores its arguments).
+    :returns: the history, one dict of metrics per epoch (``epoch``, ``loss``, ``lr``, ``beta``, ``seconds``,
+        ``images_per_second`` and, with ``val_data``, ``val_elbo``, ``val_rate``, ``val_distortion``).
+    """
+    if not (hasattr(vae, "model") and hasattr(vae, "guide")):
+        raise TypeError("fit needs an object with .model and .guide attributes (a pyro_vae.VAE or your own pair)")
+    loss_fn = get_objective(objective)
+    if int(epochs) < 1:
+        raise ValueError(f"epochs must be >= 1, got {epochs}")
+    if int(num_particles) < 1:
+        raise ValueError(f"num_particles must be >= 1, got {num_particles}")
+    if not lr > 0:
+        raise ValueError(f"lr must be > 0, got {lr}")
+    if isinstance(lr_schedule, str):
+        if lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"unknown lr_schedule {lr_schedule!r}; choose one of {sorted(LR_SCHEDULES)}")
+        lr_schedule = LR_SCHEDULES[lr_schedule]
+    data = _check_data(data, "data", vae, binarize)
+    if val_data is not None:
+        val_data = _check_data(val_data, "val_data", vae, binarize)
+    n = data.shape[0]
+    if not 1 <= int(batch_size) <= n:
+        raise ValueError(f"batch_size must be between 1 and the number of datapoints ({n}), got {batch_size}")
+    batch_size = int(batch_size)
+    ckpt_path = None
+    if checkpoint_dir is not None:
+        checkpoint_dir = Path(checkpoint_dir)
+        try:
+            checkpoint_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise OSError(f"cannot create the checkpoint folder {checkpoint_dir}: {e.strerror}") from e
+        if not os.access(checkpoint_dir, os.W_OK):
+            raise PermissionError(f"the checkpoint folder {checkpoint_dir} is not writable")
+        ckpt_path = checkpoint_dir / CHECKPOINT_NAME
+    elif resume:
+        raise ValueError("resume=True needs a checkpoint_dir to resume from")
+
+    device = resolve_device(device)
+    if seed is not None:
+        pyro.set_rng_seed(int(seed))
+    if isinstance(vae, nn.Module):
+        vae.to(device)
+    data = data.to(device)
+    val_data = val_data.to(device) if val_data is not None else None
+    if max_plate_nesting is None:
+        max_plate_nesting = guess_max_plate_nesting(vae.model, vae.guide, data[:2])
+    params = _collect_parameters(vae, data[:2], max_plate_nesting)
+    optimizer = torch.optim.Adam(params, lr=lr, betas=tuple(betas), eps=eps)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda e: lr_schedule(e, int(epochs)))
+    shuffle = torch.Generator().manual_seed(int(seed) if seed is not None else int(torch.randint(2**62, ())))
+
+    history: list[dict[str, Any]] = []
+    start_epoch = 0
+    if resume and ckpt_path is not None and ckpt_path.exists():
+        state = load_checkpoint(ckpt_path)
+        _load_pair_state(vae, state["pair"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        shuffle.set_state(state["shuffle_rng"])
+        _set_rng_state(state["rng"])
+        history = [json.loads(h) for h in state["history"]]
+        start_epoch = int(state["epoch"])
+    run_config = {"objective": objective, "num_particles": int(num_particles), "batch_size": batch_size,
+                  "lr": lr, "epochs": int(epochs), "seed": seed, "binarize": binarize, "beta": beta,
+                  "kl_warmup_epochs": kl_warmup_epochs, **(config or {})}
+
+    steps_per_epoch = math.ceil(n / batch_size)
+    bar = None
+    if progress and sys.stderr.isatty() and start_epoch < epochs:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=(int(epochs) - start_epoch) * steps_per_epoch, desc="training", unit="step")
+    if isinstance(vae, nn.Module):
+        vae.train()
+    for epoch in range(start_epoch, int(epochs)):
+        t0 = time.perf_counter()
+        warm = min(1.0, (epoch + 1) / kl_warmup_epochs) if kl_warmup_epochs > 0 else 1.0
+        scale = beta * warm
+        model, guide = vae.model, vae.guide
+        if scale != 1.0:
+            model, guide = ScaleLatents(scale)(model), ScaleLatents(scale)(guide)
+        order = torch.randperm(n, generator=shuffle).to(device)
+        total = torch.zeros((), device=device)
+        for step in range(steps_per_epoch):
+            x = data[order[step * batch_size:(step + 1) * batch_size]]
+            if binarize:
+                x = binarize_batch(x)
+            loss = loss_fn(model, guide, x, num_particles=int(num_particles),
+                           max_plate_nesting=max_plate_nesting) / x.shape[0]
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if clip_norm is not None:
+                torch.nn.utils.clip_grad_norm_(params, clip_norm)
+            optimizer.step()
+            total += loss.detach() * x.shape[0]
+            if bar is not None:
+                bar.update(1)
+                if step % 20 == 0:
+                    bar.set_postfix(epoch=epoch + 1, loss=f"{loss.item():.2f}")
+        seconds = time.perf_counter() - t0
+        record: dict[str, Any] = {"epoch": epoch + 1, "loss": (total / n).item(), "lr": scheduler.get_last_lr()[0],
+                                  "beta": scale, "seconds": seconds, "images_per_second": n / seconds}
+        scheduler.step()
+        if not math.isfinite(record["loss"]):
+            raise FloatingPointError(f"the training loss became {record['loss']} in epoch {epoch + 1}; lower lr "
+                                     "or check the data")
+        if val_data is not None:
+            if isinstance(vae, nn.Module):
+                vae.eval()
+            metrics = evaluate_elbo(vae, val_data, binarize=binarize, max_plate_nesting=max_plate_nesting)
+            record.update({f"val_{k}": v for k, v in metrics.items()})
+            if isinstance(vae, nn.Module):
+                vae.train()
+        history.append(record)
+        if ckpt_path is not None:
+            atomic_save({
+                "epoch": epoch + 1, "pair": _pair_state(vae), "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(), "shuffle_rng": shuffle.get_state(), "rng": _rng_state(),
+                "history": [json.dumps(h) for h in history], "config": json.dumps(run_config),
+            }, ckpt_path)
+            _write_metrics(history, ckpt_path.parent / METRICS_NAME)
+    if bar is not None:
+        bar.close()
+    if isinstance(vae, nn.Module):
+        vae.eval()
+    return history
