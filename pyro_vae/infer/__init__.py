@@ -1,17 +1,45 @@
 """Estimators of ``log p(x)`` for any model/guide pair that keeps the site contract.
 
-All are plain functions of ``(model, guide, *args)`` returning per-datapoint tensors.
+All are plain functions of ``(model, guide, *args)`` returning per-datapoint tensors:
+
+- :func:`log_importance_weights` ``(K, N)``, :func:`elbo` ``(N,)``, :func:`iwae_bound` ``(N,)``;
+- :func:`log_likelihood` over a data set, with diagnostics (:class:`LogLikelihoodResult`);
+- :func:`exact_log_likelihood` by quadrature for latents of dimension <= 2;
+- :func:`latent_usage`: active units, KL per dimension, mutual information;
+- training objectives in :mod:`pyro_vae.infer.objectives` (IWAE correct under subsampling, DReG).
 """
 
 from .bounds import elbo, iwae_bound, log_weight_chunks
+from .diagnostics import latent_usage
+from .evaluate import (
+    DEFAULT_K_VALUES,
+    LogLikelihoodResult,
+    effective_sample_size,
+    k_curve,
+    log_likelihood,
+    pareto_khat,
+)
+from .exact import exact_log_likelihood
+from .objectives import OBJECTIVES, dreg_loss, iwae_loss
 from .weights import ImportanceTerms, guess_max_plate_nesting, importance_terms, log_importance_weights
 
 __all__ = [
+    "DEFAULT_K_VALUES",
     "ImportanceTerms",
+    "LogLikelihoodResult",
+    "OBJECTIVES",
+    "dreg_loss",
+    "effective_sample_size",
     "elbo",
+    "exact_log_likelihood",
     "guess_max_plate_nesting",
     "importance_terms",
     "iwae_bound",
+    "iwae_loss",
+    "k_curve",
+    "latent_usage",
     "log_importance_weights",
+    "log_likelihood",
     "log_weight_chunks",
+    "pareto_khat",
 ]

@@ -85,11 +85,14 @@ def _per_datapoint(site: dict, data_plate: str, num_particles: int) -> torch.Ten
         log_p = log_p.unsqueeze(0)
     log_p = log_p.movedim((particle_dim, data_dim), (0, 1))
     log_p = log_p.reshape(log_p.shape[0], log_p.shape[1], -1).sum(-1)
-    return log_p.expand(num_particles, -1) if log_p.shape[0] == 1 else log_p
+    return log_p  # (K or 1, N or 1): broadcast by the caller
 
 
 def sum_sites(trace: Any, data_plate: str, num_particles: int, observed: bool) -> torch.Tensor | None:
-    """The ``(K, N)`` sum of ``log_prob`` over a trace's observed (or latent) sample sites; None if none."""
+    """The sum of ``log_prob`` over a trace's observed (or latent) sample sites; None if none.
+
+    :returns: shape ``(K, N)``, or a broadcastable ``(1, N)`` / ``(K, 1)``.
+    """
     total = None
     for site in trace.nodes.values():
         if site["type"] != "sample" or site_is_subsample(site) or bool(site["is_observed"]) != observed:
@@ -131,11 +134,10 @@ def importance_terms(
     log_q = sum_sites(guide_trace, data_plate, num_particles, observed=False)
     if log_lik is None:
         raise ValueError("the model has no observed sample site: condition it on the data (site 'x')")
-    log_prior = torch.zeros_like(log_lik) if log_prior is None else log_prior
-    log_q = torch.zeros_like(log_lik) if log_q is None else log_q
-    shape = log_lik.shape
-    assert shape[0] == num_particles and log_prior.shape == shape and log_q.shape == shape, (
-        log_lik.shape, log_prior.shape, log_q.shape)
+    zero = torch.zeros((), dtype=log_lik.dtype, device=log_lik.device)
+    log_lik, log_prior, log_q = torch.broadcast_tensors(
+        log_lik, zero if log_prior is None else log_prior, zero if log_q is None else log_q)
+    assert log_lik.dim() == 2 and log_lik.shape[0] == num_particles, log_lik.shape
     return ImportanceTerms(log_lik, log_prior, log_q)
 
 

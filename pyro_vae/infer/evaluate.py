@@ -1,0 +1,243 @@
+"""``log p(x)`` of a data set, with the diagnostics that say how far to trust it.
+
+:func:`log_likelihood` draws ``K`` particles per datapoint (in chunks, under ``torch.no_grad()``) and returns
+per datapoint:
+
+- the IWAE estimate :math:`\\hat{\\mathcal{L}}_K(x) = \\log \\frac{1}{K} \\sum_k w_k`, a stochastic lower bound
+  of ``log p(x)`` whose bias shrinks as ``K`` grows (Burda et al. 2016);
+- the ELBO estimated from the same particles, :math:`\\frac{1}{K} \\sum_k \\log w_k`, split into
+  ``rate`` (:math:`\\mathbb{E}_q[\\log q(z|x) - \\log p(z)]`, the KL term) and ``distortion``
+  (:math:`-\\mathbb{E}_q[\\log p(x|z)]`);
+- the bound as a function of ``k`` (by default 1, 5, 50, 500, 5000): the ``K`` particles are split into
+  ``K // k`` groups of ``k`` and the group estimates averaged, which lowers the variance of each point;
+- the effective sample size of the normalised weights, :math:`(\\sum_k w_k)^2 / \\sum_k w_k^2`;
+- the Pareto :math:`\\hat k` of the weights' tail (PSIS, Vehtari et al. 2015/2024, through ArviZ): above 0.7
+  the estimate is unreliable because the weights' variance is effectively infinite.
+
+References: Burda, Grosse, Salakhutdinov, ICLR 2016; Vehtari, Simpson, Gelman, Yao, Gabry, "Pareto Smoothed
+Importance Sampling", JMLR 2024.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import pyro
+import torch
+
+from .weights import guess_max_plate_nesting, importance_terms
+
+__all__ = ["LogLikelihoodResult", "log_likelihood", "k_curve", "effective_sample_size", "pareto_khat",
+           "DEFAULT_K_VALUES", "KHAT_THRESHOLD"]
+
+DEFAULT_K_VALUES = (1, 5, 50, 500, 5000)
+#: Pareto k-hat above which an importance-sampling estimate is unreliable (Vehtari et al.)
+KHAT_THRESHOLD = 0.7
+
+
+def _stderr(values: torch.Tensor) -> float:
+    n = values.numel()
+    return float(values.double().std(unbiased=True) / math.sqrt(n)) if n > 1 else float("nan")
+
+
+def effective_sample_size(log_w: torch.Tensor) -> torch.Tensor:
+    """:param log_w: ``(K, N)`` log weights. :returns: ``(N,)`` ESS of the normalised weights, in ``[1, K]``."""
+    return torch.exp(2 * torch.logsumexp(log_w, 0) - torch.logsumexp(2 * log_w, 0))
+
+
+def k_curve(log_w: torch.Tensor, k_values: Sequence[int]) -> dict[int, torch.Tensor]:
+    """IWAE_k for each ``k <= K`` from ``(K, N)`` log weights, averaging ``K // k`` disjoint groups.
+
+    :returns: ``{k: (N,) tensor}``.
+    """
+    num_particles = log_w.shape[0]
+    out = {}
+    for k in k_values:
+        if k > num_particles:
+            continue
+        m = num_particles // k
+        groups = log_w[: m * k].reshape(m, k, -1)
+        out[int(k)] = (torch.logsumexp(groups, 1) - math.log(k)).mean(0)
+    return out
+
+
+def pareto_khat(log_w: torch.Tensor) -> torch.Tensor:
+    """PSIS Pareto k-hat per datapoint through :func:`arviz.psislw`.
+
+    :param log_w: ``(K, N)`` log weights.
+    :returns: ``(N,)``.
+    """
+    import arviz as az
+
+    lw = log_w.detach().double().cpu().numpy().T  # (N, K)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # ArviZ warns about k-hat > 0.7; we report it instead
+        _, khat = az.psislw(lw)
+    return torch.as_tensor(np.asarray(khat, dtype=np.float64)).reshape(-1)
+
+
+@dataclass
+class LogLikelihoodResult:
+    """Per-datapoint estimates from :func:`log_likelihood` (all tensors of shape ``(N,)``, on the CPU)."""
+
+    #: IWAE_K per datapoint, the log p(x) estimate
+    values: torch.Tensor
+    #: ELBO per datapoint from the same particles
+    elbo: torch.Tensor
+    rate: torch.Tensor
+    distortion: torch.Tensor
+    #: effective sample size per datapoint
+    ess: torch.Tensor
+    #: PSIS Pareto k-hat per datapoint (None when diagnostics were skipped)
+    khat: torch.Tensor | None
+    #: ``{k: (N,)}``, the bound as a function of the number of particles
+    curve: dict[int, torch.Tensor] = field(default_factory=dict)
+    num_particles: int = 1
+
+    @property
+    def mean(self) -> float:
+        """Mean over datapoints of the IWAE_K estimate: the data set's log p(x) in nats per datapoint."""
+        return float(self.values.double().mean())
+
+    @property
+    def stderr(self) -> float:
+        """Standard error of :attr:`mean` over datapoints."""
+        return _stderr(self.values)
+
+    @property
+    def num_unreliable(self) -> int:
+        """Datapoints whose Pareto k-hat exceeds 0.7."""
+        return int((self.khat > KHAT_THRESHOLD).sum()) if self.khat is not None else 0
+
+    def as_dict(self) -> dict[str, Any]:
+        """A JSON-able summary (means and standard errors; no per-datapoint arrays)."""
+        gap = self.values - self.elbo
+        out: dict[str, Any] = {
+            "num_datapoints": int(self.values.numel()), "num_particles": self.num_particles,
+            "log_likelihood": self.mean, "log_likelihood_stderr": self.stderr,
+            "elbo": float(self.elbo.double().mean()), "elbo_stderr": _stderr(self.elbo),
+            "rate": float(self.rate.double().mean()), "distortion": float(self.distortion.double().mean()),
+            "gap": float(gap.double().mean()), "gap_stderr": _stderr(gap),
+            "ess_mean": float(self.ess.double().mean()), "ess_min": float(self.ess.min()),
+            "curve": {str(k): {"mean": float(v.double().mean()), "stderr": _stderr(v)} for k, v in self.curve.items()},
+        }
+        if self.khat is not None:
+            out.update({"khat_mean": float(self.khat.mean()), "khat_max": float(self.khat.max()),
+                        "num_unreliable": self.num_unreliable, "khat_threshold": KHAT_THRESHOLD})
+        return out
+
+    def summary(self) -> str:
+        """A few human-readable lines."""
+        d = self.as_dict()
+        lines = [
+            f"log p(x) (IWAE, K={self.num_particles}): {d['log_likelihood']:.3f} +- {d['log_likelihood_stderr']:.3f}"
+            f" nats over {d['num_datapoints']} datapoints",
+            f"ELBO: {d['elbo']:.3f} +- {d['elbo_stderr']:.3f}  (rate {d['rate']:.3f}, distortion "
+            f"{d['distortion']:.3f}); gap IWAE - ELBO: {d['gap']:.3f} +- {d['gap_stderr']:.3f}",
+            "K-curve: " + ", ".join(f"K={k}: {v['mean']:.3f} +- {v['stderr']:.3f}" for k, v in d["curve"].items()),
+            f"ESS: mean {d['ess_mean']:.1f}, min {d['ess_min']:.1f} of {self.num_particles}",
+        ]
+        if self.khat is not None:
+            lines.append(f"Pareto k-hat: mean {d['khat_mean']:.3f}, max {d['khat_max']:.3f}; "
+                         f"{d['num_unreliable']} datapoints above {KHAT_THRESHOLD} (unreliable)")
+        return "\n".join(lines)
+
+
+@torch.no_grad()
+def log_likelihood(
+    model: Callable,
+    guide: Callable,
+    data: torch.Tensor,
+    num_particles: int = 5000,
+    batch_size: int = 100,
+    chunk_size: int | None = None,
+    *,
+    k_values: Sequence[int] = DEFAULT_K_VALUES,
+    diagnostics: bool = True,
+    transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    device: str | torch.device | None = None,
+    dtype: torch.dtype | None = None,
+    seed: int | None = None,
+    progress: bool = True,
+    max_plate_nesting: int | None = None,
+    data_plate: str = "data",
+) -> LogLikelihoodResult:
+    """Estimate ``log p(x)`` of every datapoint with ``K`` importance samples from the guide.
+
+    :param model: a Pyro model keeping the site contract (its parameters already on ``device``).
+    :param guide: its guide, the proposal.
+    :param data: ``(N, *event_shape)``.
+    :param num_particles: ``K``.
+    :param batch_size: datapoints per pass; memory is ``O(batch_size * chunk_size)``.
+    :param chunk_size: particles per vectorized pass; defaults to about ``65536 // batch_size``.
+    :param k_values: the ``k`` at which the bound is reported (those ``<= K``).
+    :param diagnostics: compute the Pareto k-hat (ArviZ); the ESS is always computed.
+    :param transform: applied to each batch before scoring (e.g. a fixed binarization).
+    :param device: moves each batch there (the model must already be there).
+    :param dtype: casts each batch (e.g. ``torch.float64``; cast the model too).
+    :param seed: seeds Pyro's generators first, for reproducible estimates.
+    :param progress: a progress bar over batches when on a terminal.
+    :returns: a :class:`LogLikelihoodResult` with per-datapoint tensors of shape ``(N,)``.
+    """
+    if int(num_particles) < 1:
+        raise ValueError(f"num_particles must be >= 1, got {num_particles}")
+    if not torch.is_tensor(data) or data.dim() < 1 or data.shape[0] == 0:
+        raise ValueError("data must be a non-empty tensor of shape (N, *event_shape)")
+    if not torch.isfinite(data).all():
+        raise ValueError("data hold NaN or inf values")
+    if int(batch_size) < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    num_particles, batch_size = int(num_particles), int(batch_size)
+    chunk_size = int(chunk_size) if chunk_size is not None else max(1, 65536 // batch_size)
+    if seed is not None:
+        pyro.set_rng_seed(seed)
+    parts: dict[str, list[torch.Tensor]] = {k: [] for k in ("values", "elbo", "rate", "distortion", "ess", "khat")}
+    curves: dict[int, list[torch.Tensor]] = {}
+    starts = range(0, data.shape[0], batch_size)
+    bar = None
+    if progress and sys.stderr.isatty() and len(starts) > 1:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(starts), desc=f"log p(x), K={num_particles}", unit="batch")
+    for start in starts:
+        x = data[start:start + batch_size]
+        if device is not None:
+            x = x.to(device)
+        if dtype is not None:
+            x = x.to(dtype)
+        if transform is not None:
+            x = transform(x)
+        if max_plate_nesting is None:
+            max_plate_nesting = guess_max_plate_nesting(model, guide, x)
+        log_w, rate, distortion = [], 0.0, 0.0
+        for c in range(0, num_particles, chunk_size):
+            k = min(chunk_size, num_particles - c)
+            t = importance_terms(model, guide, x, num_particles=k, max_plate_nesting=max_plate_nesting,
+                                 data_plate=data_plate)
+            log_w.append(t.log_weights)
+            rate = rate + (t.log_guide - t.log_prior).sum(0)
+            distortion = distortion - t.log_likelihood.sum(0)
+        lw = torch.cat(log_w)
+        assert lw.shape == (num_particles, x.shape[0]), lw.shape
+        parts["values"].append(torch.logsumexp(lw, 0) - math.log(num_particles))
+        parts["elbo"].append(lw.mean(0))
+        parts["rate"].append(rate / num_particles)
+        parts["distortion"].append(distortion / num_particles)
+        parts["ess"].append(effective_sample_size(lw))
+        if diagnostics and num_particles > 1:
+            parts["khat"].append(pareto_khat(lw))
+        for k, v in k_curve(lw, k_values).items():
+            curves.setdefault(k, []).append(v.cpu())
+        if bar is not None:
+            bar.update(1)
+    if bar is not None:
+        bar.close()
+    cat = {k: torch.cat([t.detach().cpu() for t in v]) if v else None for k, v in parts.items()}
+    return LogLikelihoodResult(values=cat["values"], elbo=cat["elbo"], rate=cat["rate"],
+                               distortion=cat["distortion"], ess=cat["ess"], khat=cat["khat"],
+                               curve={k: torch.cat(v) for k, v in curves.items()}, num_particles=num_particles)
