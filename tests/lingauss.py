@@ -1,0 +1,53 @@
+"""A linear-Gaussian model whose log p(x) and posterior are closed-form, with exact and approximate guides."""
+
+import pyro
+import pyro.distributions as dist
+import torch
+
+from pyro_vae.datasets import linear_gaussian_log_prob, linear_gaussian_params
+
+
+class LinearGaussian:
+    """``z ~ N(0, I_d)``, ``x | z ~ N(W z + b, sigma^2 I)``; ``guide`` is the exact posterior unless ``shift`` or
+    ``mean_field`` make it approximate. ``full_size`` subsamples the data plate (scale ``full_size / N``)."""
+
+    def __init__(self, dim=4, latent_dim=2, shift=0.0, mean_field=False, scale_factor=1.0):
+        self.params = linear_gaussian_params(dim=dim, latent_dim=latent_dim)
+        W, b, sigma = self.params
+        self.d = latent_dim
+        precision = torch.eye(latent_dim, dtype=W.dtype) + W.T @ W / sigma**2
+        self.post_cov = torch.linalg.inv(precision)
+        self.shift, self.mean_field, self.scale_factor = shift, mean_field, scale_factor
+
+    def _plate(self, x, full_size):
+        if full_size is None:
+            return pyro.plate("data", x.shape[0])
+        return pyro.plate("data", full_size, subsample=torch.arange(x.shape[0]))
+
+    def model(self, x, full_size=None):
+        W, b, sigma = self.params
+        with self._plate(x, full_size):
+            z = pyro.sample("z", dist.Normal(x.new_zeros(self.d), 1.0).to_event(1))
+            pyro.sample("x", dist.Normal(z @ W.T + b, sigma).to_event(1), obs=x)
+
+    def posterior_mean(self, x):
+        W, b, sigma = self.params
+        return (x - b) @ W / sigma**2 @ self.post_cov
+
+    def guide(self, x, full_size=None):
+        loc = self.posterior_mean(x) + self.shift
+        with self._plate(x, full_size):
+            if self.mean_field:
+                scale = self.post_cov.diagonal().sqrt() * self.scale_factor
+                pyro.sample("z", dist.Normal(loc, scale).to_event(1))
+            else:
+                pyro.sample("z", dist.MultivariateNormal(loc, self.post_cov))
+
+    def exact(self, x):
+        return linear_gaussian_log_prob(x, self.params)
+
+    def data(self, n, seed=0):
+        W, b, sigma = self.params
+        g = torch.Generator().manual_seed(seed)
+        z = torch.randn(n, self.d, generator=g, dtype=W.dtype)
+        return z @ W.T + b + sigma * torch.randn(n, W.shape[0], generator=g, dtype=W.dtype)

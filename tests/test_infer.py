@@ -1,0 +1,331 @@
+"""Estimators against exact answers: closed-form log p(x), the exact-posterior guide, quadrature, Pyro's own."""
+
+import math
+
+import pyro
+import pyro.distributions as dist
+import pytest
+import torch
+from lingauss import LinearGaussian
+from pyro.infer import RenyiELBO, Trace_ELBO
+from pyro.infer.importance import vectorized_importance_weights
+from torch.testing import assert_close
+
+import pyro_vae
+from pyro_vae import infer
+
+
+def se(t):
+    return float(t.std() / math.sqrt(t.numel()))
+
+
+# ---------------------------------------------------------------- exact-posterior guide: every estimator is exact
+@pytest.mark.parametrize("k", [1, 5, 50])
+def test_exact_guide_every_estimator_equals_log_px(k):
+    lg = LinearGaussian()
+    x = lg.data(20)
+    exact = lg.exact(x)
+    lw = infer.log_importance_weights(lg.model, lg.guide, x, num_particles=k)
+    assert lw.shape == (k, 20)
+    assert_close(lw, exact.expand(k, -1), rtol=1e-6, atol=0)
+    assert_close(infer.elbo(lg.model, lg.guide, x, num_particles=k), exact, rtol=1e-6, atol=0)
+    assert_close(infer.iwae_bound(lg.model, lg.guide, x, num_particles=k, chunk_size=3), exact, rtol=1e-6, atol=0)
+    res = infer.log_likelihood(lg.model, lg.guide, x, num_particles=k, batch_size=7, chunk_size=4, progress=False)
+    assert_close(res.values.double(), exact, rtol=1e-6, atol=0)
+    assert_close(res.ess, torch.full((20,), float(k), dtype=res.ess.dtype), rtol=1e-6, atol=0)
+
+
+def test_estimates_are_per_datapoint_not_joint():
+    # Pyro's vectorized_importance_weights gives ONE weight per particle for the whole batch.
+    lg = LinearGaussian(shift=0.3, mean_field=True)
+    x = lg.data(50)
+    pyro.set_rng_seed(1)
+    log_w, _, _ = vectorized_importance_weights(lg.model, lg.guide, x, num_samples=100, max_plate_nesting=1)
+    assert log_w.shape == (100,)
+    pyro.set_rng_seed(1)
+    ours = infer.log_importance_weights(lg.model, lg.guide, x, num_particles=100, max_plate_nesting=1)
+    assert ours.shape == (100, 50)
+    assert_close(ours.sum(1), log_w)  # the same draws: the joint weight is the sum over datapoints
+    exact = lg.exact(x).mean()
+    joint_as_per_datapoint = (torch.logsumexp(log_w, 0) - math.log(100)) / 50
+    per_datapoint = (torch.logsumexp(ours, 0) - math.log(100)).mean()
+    assert abs(per_datapoint - exact) < 0.2
+    assert abs(joint_as_per_datapoint - exact) > 10 * abs(per_datapoint - exact)
+
+
+# ---------------------------------------------------------------- bound ordering, tolerances from standard errors
+@pytest.mark.slow
+def test_bound_ordering_and_convergence():
+    lg = LinearGaussian(shift=0.4, mean_field=True, scale_factor=1.3)
+    x = lg.data(400)
+    exact = lg.exact(x)
+    elbo = infer.elbo(lg.model, lg.guide, x, num_particles=1)
+    iw5 = infer.iwae_bound(lg.model, lg.guide, x, num_particles=5)
+    iw50 = infer.iwae_bound(lg.model, lg.guide, x, num_particles=50)
+    iw5000 = infer.iwae_bound(lg.model, lg.guide, x, num_particles=5000, chunk_size=1000)
+    for lo, hi in [(elbo, iw5), (iw5, iw50), (iw50, iw5000), (iw5000, exact)]:
+        d = hi - lo
+        assert d.mean() > -3 * se(d), (d.mean(), se(d))
+    # the guide is imperfect, so the gaps are real: significantly positive
+    assert (exact - elbo).mean() > 5 * se(exact - elbo)
+    assert (iw50 - elbo).mean() > 5 * se(iw50 - elbo)
+    # and K = 5000 is within a few standard errors of the truth
+    d = exact - iw5000
+    assert abs(d.mean()) < 4 * se(d) + 1e-3
+
+
+# ---------------------------------------------------------------- agreement with Pyro's objectives on a full batch
+def test_same_seed_as_trace_elbo_k1():
+    vae = pyro_vae.VAE((1, 8, 8), latent_dim=3, hidden_dims=(16,))
+    x = torch.bernoulli(torch.rand(10, 1, 8, 8))
+    pyro.set_rng_seed(3)
+    ours = infer.elbo(vae.model, vae.guide, x).sum()
+    pyro.set_rng_seed(3)
+    loss = Trace_ELBO(max_plate_nesting=1).differentiable_loss(vae.model, vae.guide, x)
+    assert_close(ours, -loss)
+
+
+def test_same_seed_as_renyi_alpha0_on_full_batch():
+    # RenyiELBO(alpha=0) weighs the whole batch jointly: its value is logsumexp_k(sum_n log w_kn) - log K.
+    lg = LinearGaussian(shift=0.2, mean_field=True)
+    x = lg.data(1)
+    pyro.set_rng_seed(4)
+    loss = RenyiELBO(alpha=0, num_particles=7, vectorize_particles=True, max_plate_nesting=1).loss(
+        lg.model, lg.guide, x)
+    pyro.set_rng_seed(4)
+    ours = infer.iwae_bound(lg.model, lg.guide, x, num_particles=7, max_plate_nesting=1)
+    assert_close(ours.sum(), torch.tensor(-loss, dtype=ours.dtype))
+
+
+def test_subsampled_plate_is_per_datapoint_and_renyi_is_not():
+    lg = LinearGaussian(shift=0.5, mean_field=True)
+    x = lg.data(1)
+    full = 1000  # the plate scales each datapoint by 1000
+    pyro.set_rng_seed(5)
+    sub = infer.log_importance_weights(lg.model, lg.guide, x, full, num_particles=50, max_plate_nesting=1)
+    pyro.set_rng_seed(5)
+    plain = infer.log_importance_weights(lg.model, lg.guide, x, num_particles=50, max_plate_nesting=1)
+    assert_close(sub, plain)  # the scale never enters a per-datapoint weight
+    # Pyro's IWAE puts the scale inside the logsumexp: on average its "bound" exceeds the true log p(x)
+    renyi, ours = [], []
+    for seed in range(20):
+        pyro.set_rng_seed(seed)
+        renyi.append(-RenyiELBO(alpha=0, num_particles=50, vectorize_particles=True, max_plate_nesting=1).loss(
+            lg.model, lg.guide, x, full) / full)
+        pyro.set_rng_seed(seed)
+        ours.append(infer.iwae_bound(lg.model, lg.guide, x, full, num_particles=50, max_plate_nesting=1).item())
+    renyi, ours, exact = torch.tensor(renyi), torch.tensor(ours), lg.exact(x).item()
+    assert ours.mean() < exact + 3 * se(ours)  # a lower bound in expectation
+    assert renyi.mean() > exact + 5 * se(renyi)  # not a bound at all
+
+
+def test_subsampled_batch_agrees_with_full_batch():
+    lg = LinearGaussian()
+    x = lg.data(30)
+    full = infer.iwae_bound(lg.model, lg.guide, x, num_particles=5)
+    sub = infer.iwae_bound(lg.model, lg.guide, x[10:20], 30, num_particles=5)
+    assert_close(sub, full[10:20], rtol=1e-6, atol=0)
+
+
+# ---------------------------------------------------------------- quadrature
+def test_exact_log_likelihood_matches_closed_form():
+    lg = LinearGaussian()
+    x = lg.data(10)
+    assert_close(infer.exact_log_likelihood(lg.model, x, num_points=201), lg.exact(x), rtol=1e-7, atol=1e-7)
+    lg1 = LinearGaussian(latent_dim=1)
+    x1 = lg1.data(10)
+    assert_close(infer.exact_log_likelihood(lg1.model, x1), lg1.exact(x1), rtol=1e-7, atol=1e-7)
+
+
+def test_exact_log_likelihood_refuses_large_latents():
+    vae = pyro_vae.VAE((4,), latent_dim=3, hidden_dims=(8,), likelihood="normal")
+    with pytest.raises(ValueError, match="dimension <= 2"):
+        infer.exact_log_likelihood(vae.model, torch.rand(2, 4))
+
+
+@pytest.mark.slow
+def test_estimators_converge_to_quadrature_on_a_nonlinear_model():
+    data = pyro_vae.datasets.binarize(pyro_vae.datasets.load("digits"), torch.Generator().manual_seed(0))
+    vae = pyro_vae.VAE((1, 8, 8), latent_dim=2, hidden_dims=(64,))
+    pyro_vae.fit(vae, data, epochs=3, batch_size=100, seed=0, progress=False)
+    x = data[:100]
+    exact = infer.exact_log_likelihood(vae.model, x, num_points=201)
+    res = infer.log_likelihood(vae.model, vae.guide, x, num_particles=1000, seed=0, progress=False)
+    elbo = res.curve[1]
+    assert (exact - elbo).mean() > 5 * se(exact - elbo)  # the ELBO is strictly below
+    for k in (5, 50, 500):
+        d = exact - res.curve[k]
+        assert d.mean() > -3 * se(d)
+    d = exact - res.values
+    assert d.mean() < (exact - res.curve[50]).mean()  # the gap closes with K
+    assert abs(d.mean()) < 4 * se(d) + 0.02
+
+
+# ---------------------------------------------------------------- diagnostics
+def test_ess_and_k_curve_formulas():
+    log_w = torch.randn(1000, 3, dtype=torch.float64)
+    w = log_w.exp()
+    assert_close(infer.effective_sample_size(log_w), w.sum(0) ** 2 / (w**2).sum(0))
+    curve = infer.k_curve(log_w, [1, 10, 1000, 5000])
+    assert set(curve) == {1, 10, 1000}
+    assert_close(curve[1], log_w.mean(0))
+    assert_close(curve[1000], torch.logsumexp(log_w, 0) - math.log(1000))
+    assert_close(curve[10], (torch.logsumexp(log_w.reshape(100, 10, 3), 1) - math.log(10)).mean(0))
+
+
+def test_pareto_khat_flags_heavy_tails():
+    g = torch.Generator().manual_seed(0)
+    light = torch.randn(2000, 20, generator=g, dtype=torch.float64) * 0.1  # nearly equal weights
+    # log of Pareto(shape 1/k) variables: weights with tail index k = 1.2
+    u = torch.rand(2000, 20, generator=g, dtype=torch.float64)
+    heavy = -1.2 * torch.log(u)
+    assert (infer.pareto_khat(light) < 0.5).all()
+    assert infer.pareto_khat(heavy).median() > 0.9
+
+
+def test_log_likelihood_result_summary_and_reproducibility():
+    lg = LinearGaussian(shift=0.3, mean_field=True)
+    x = lg.data(40)
+    a = infer.log_likelihood(lg.model, lg.guide, x, num_particles=100, batch_size=16, seed=7, progress=False)
+    b = infer.log_likelihood(lg.model, lg.guide, x, num_particles=100, batch_size=16, seed=7, progress=False)
+    assert torch.equal(a.values, b.values)
+    d = a.as_dict()
+    assert d["num_datapoints"] == 40 and d["num_particles"] == 100
+    assert set(d["curve"]) == {"1", "5", "50"}
+    assert d["gap"] > 0 and a.khat is not None and a.khat.shape == (40,)
+    assert_close(torch.tensor(d["elbo"], dtype=torch.float64), a.elbo.double().mean())
+    assert_close(a.elbo, -(a.rate + a.distortion), rtol=1e-6, atol=1e-6)
+    assert "log p(x)" in a.summary() and "Pareto" in a.summary()
+    with pytest.raises(ValueError, match="num_particles"):
+        infer.log_likelihood(lg.model, lg.guide, x, num_particles=0)
+
+
+def test_float32_logsumexp_agrees_with_float64():
+    lg = LinearGaussian(shift=0.3, mean_field=True)
+    x = lg.data(20)
+    pyro.set_rng_seed(2)
+    lw64 = infer.log_importance_weights(lg.model, lg.guide, x, num_particles=5000)
+    lse64 = torch.logsumexp(lw64, 0)
+    lse32 = torch.logsumexp(lw64.float(), 0)
+    assert (lse32.double() - lse64).abs().max() < 1e-4
+
+
+def test_latent_usage_counts_active_units_and_kl():
+    class Pair:
+        """q(z|x) = N((x_0, 0), diag(0.5^2)): only the first dimension carries information."""
+
+        def model(self, x):
+            with pyro.plate("data", x.shape[0]):
+                z = pyro.sample("z", dist.Normal(x.new_zeros(2), 1.0).to_event(1))
+                pyro.sample("x", dist.Normal(z.sum(-1, keepdim=True), 1.0).to_event(1), obs=x)
+
+        def guide(self, x):
+            with pyro.plate("data", x.shape[0]):
+                loc = torch.cat([x, torch.zeros_like(x)], -1)
+                pyro.sample("z", dist.Normal(loc, 0.5).to_event(1))
+
+    x = torch.randn(500, 1)
+    usage = infer.latent_usage(Pair().model, Pair().guide, x, num_mi_datapoints=300)["z"]
+    assert usage["active_units"] == 1 and usage["dimensions"] == 2
+    kl_expected = 0.5 * (x.pow(2).mean() + 0.25 - 1 - math.log(0.25))
+    assert abs(usage["kl_per_dim"][0] - kl_expected) < 1e-4
+    assert abs(usage["kl_per_dim"][1] - 0.5 * (0.25 - 1 - math.log(0.25))) < 1e-6
+    # I(x; z) for z = x + 0.5 eps with x ~ N(0, 1): 0.5 log(1 + 1/0.25) = 0.80 nats
+    assert abs(usage["mutual_information"] - 0.5 * math.log(5)) < 0.15
+
+
+# ---------------------------------------------------------------- training objectives
+def _grads(loss, params):
+    return torch.cat([g.reshape(-1) for g in torch.autograd.grad(loss, params)])
+
+
+def _param_pair():
+    lg = LinearGaussian(latent_dim=2)
+    W, b, sigma = lg.params
+
+    def model(x):
+        w = pyro.param("W", W.clone())
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", dist.Normal(x.new_zeros(2), 1.0).to_event(1))
+            pyro.sample("x", dist.Normal(z @ w.T + b, sigma).to_event(1), obs=x)
+
+    def guide(x):
+        loc = pyro.param("loc_shift", torch.tensor([0.3, -0.2], dtype=x.dtype))
+        log_scale = pyro.param("log_scale", torch.tensor([-0.5, -0.7], dtype=x.dtype))
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("z", dist.Normal(lg.posterior_mean(x) + loc, log_scale.exp()).to_event(1))
+
+    return lg, model, guide
+
+
+@pytest.mark.slow
+def test_dreg_gradients_agree_with_iwae_in_expectation_with_lower_variance():
+    lg, model, guide = _param_pair()
+    x = lg.data(4)
+    model(x), guide(x)
+    store = pyro.get_param_store()
+    guide_params = [store.get_param("loc_shift"), store.get_param("log_scale")]
+    model_params = [store.get_param("W")]
+    iw, dr = [], []
+    for seed in range(300):
+        pyro.set_rng_seed(seed)
+        l_iw = infer.iwae_loss(model, guide, x, num_particles=10)
+        g_iw = _grads(l_iw, guide_params + model_params)
+        pyro.set_rng_seed(seed)
+        l_dr = infer.dreg_loss(model, guide, x, num_particles=10)
+        g_dr = _grads(l_dr, guide_params + model_params)
+        assert_close(l_dr, l_iw)  # the same value for the same draws
+        assert_close(g_dr[4:], g_iw[4:])  # the model's gradient is the IWAE gradient exactly
+        iw.append(g_iw[:4])
+        dr.append(g_dr[:4])
+    iw, dr = torch.stack(iw), torch.stack(dr)
+    se_diff = (iw.var(0) / len(iw) + dr.var(0) / len(dr)).sqrt()
+    assert ((iw.mean(0) - dr.mean(0)).abs() < 4 * se_diff).all(), (iw.mean(0), dr.mean(0), se_diff)
+    assert (dr.var(0) < iw.var(0)).all(), (dr.var(0), iw.var(0))
+
+
+def test_dreg_on_hierarchical_guide_matches_iwae_in_expectation():
+    """A guide where q(z2 | z1) depends on z1: the path through z1 must be kept."""
+    def model(x):
+        with pyro.plate("data", x.shape[0]):
+            z2 = pyro.sample("z2", dist.Normal(x.new_zeros(1), 1.0).to_event(1))
+            z1 = pyro.sample("z1", dist.Normal(z2, 1.0).to_event(1))
+            pyro.sample("x", dist.Normal(z1, 0.5).to_event(1), obs=x)
+
+    def guide(x):
+        a = pyro.param("a", torch.tensor(0.6, dtype=x.dtype))
+        c = pyro.param("c", torch.tensor(0.4, dtype=x.dtype))
+        with pyro.plate("data", x.shape[0]):
+            z1 = pyro.sample("z1", dist.Normal(a * x, 0.5).to_event(1))
+            pyro.sample("z2", dist.Normal(c * z1, 0.8).to_event(1))
+
+    x = torch.tensor([[1.0], [-0.5]], dtype=torch.float64)
+    guide(x)
+    params = [pyro.param("a").unconstrained(), pyro.param("c").unconstrained()]
+    iw, dr = [], []
+    for seed in range(400):
+        pyro.set_rng_seed(seed)
+        iw.append(_grads(infer.iwae_loss(model, guide, x, num_particles=8), params))
+        pyro.set_rng_seed(seed)
+        dr.append(_grads(infer.dreg_loss(model, guide, x, num_particles=8), params))
+    iw, dr = torch.stack(iw), torch.stack(dr)
+    se_diff = (iw.var(0) / len(iw) + dr.var(0) / len(dr)).sqrt()
+    assert ((iw.mean(0) - dr.mean(0)).abs() < 4 * se_diff).all(), (iw.mean(0), dr.mean(0), se_diff)
+
+
+def test_iwae_objective_trains_and_is_correct_under_subsampling():
+    lg = LinearGaussian(shift=0.5, mean_field=True)
+    x = lg.data(3)
+    pyro.set_rng_seed(0)
+    a = infer.iwae_loss(lg.model, lg.guide, x, 100, num_particles=5)
+    pyro.set_rng_seed(0)
+    b = infer.iwae_loss(lg.model, lg.guide, x, num_particles=5)
+    assert_close(a, b)  # per-datapoint, unscaled: fit divides by the batch size itself
+    data = pyro_vae.datasets.load("digits")[:500]
+    for objective in ("iwae", "iwae-dreg"):
+        vae = pyro_vae.VAE((1, 8, 8), latent_dim=4, hidden_dims=(32,))
+        before = pyro_vae.train.evaluate_elbo(vae, data, binarize=True)["elbo"]
+        hist = pyro_vae.fit(vae, data, epochs=4, batch_size=50, objective=objective, num_particles=5,
+                            binarize=True, seed=0, progress=False)
+        after = pyro_vae.train.evaluate_elbo(vae, data, binarize=True)["elbo"]
+        assert hist[-1]["loss"] < hist[0]["loss"] and after > before + 5
