@@ -241,6 +241,7 @@ def fit(
     clip_norm: float | None = None,
     max_plate_nesting: int | None = None,
     config: dict[str, Any] | None = None,
+    on_epoch_end: Callable[[dict[str, Any]], None] | None = None,
 ) -> list[dict[str, Any]]:
     """Train a model/guide pair by stochastic gradient ascent on a bound of ``log p(x)``.
 
@@ -267,6 +268,8 @@ def fit(
     :param clip_norm: clip the gradient's global norm to this value.
     :param max_plate_nesting: the model's deepest plate nesting; guessed if None.
     :param config: extra JSON-able settings recorded in the checkpoint (the CLI stores its arguments).
+    :param on_epoch_end: called with each epoch's metrics after its checkpoint is written (logging, early
+        stopping by raising ``StopIteration``).
     :returns: the history, one dict of metrics per epoch (``epoch``, ``loss``, ``lr``, ``beta``, ``seconds``,
         ``images_per_second`` and, with ``val_data``, ``val_elbo``, ``val_rate``, ``val_distortion``).
     """
@@ -387,6 +390,11 @@ def fit(
                 "history": [json.dumps(h) for h in history], "config": json.dumps(run_config),
             }, ckpt_path)
             _write_metrics(history, ckpt_path.parent / METRICS_NAME)
+        if on_epoch_end is not None:
+            try:
+                on_epoch_end(record)
+            except StopIteration:
+                break
     if bar is not None:
         bar.close()
     if isinstance(vae, nn.Module):

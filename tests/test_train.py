@@ -1,0 +1,176 @@
+"""fit: training improves, exact resume, beta/warm-up, safe checkpoints and clear errors on bad input."""
+
+import json
+import os
+import pickle
+
+import pyro
+import pyro.distributions as dist
+import pytest
+import torch
+from pyro import poutine
+from torch.testing import assert_close
+
+import pyro_vae
+from pyro_vae import infer
+from pyro_vae.train import CHECKPOINT_NAME, METRICS_NAME, ScaleLatents, evaluate_elbo, load_checkpoint
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return pyro_vae.datasets.load("digits")
+
+
+def small_vae(**kw):
+    return pyro_vae.VAE((1, 8, 8), latent_dim=4, hidden_dims=(32,), **kw)
+
+
+@pytest.mark.parametrize("objective", ["elbo", "mean_field"])
+def test_fit_improves_the_elbo(digits, objective, device):
+    vae = small_vae()
+    val = digits[1200:]
+    before = evaluate_elbo(vae.to(device), val.to(device), binarize=True)["elbo"]
+    hist = pyro_vae.fit(vae, digits[:1200], epochs=5, batch_size=100, objective=objective, binarize=True,
+                        val_data=val, seed=0, progress=False, device=device)
+    assert len(hist) == 5 and [h["epoch"] for h in hist] == [1, 2, 3, 4, 5]
+    assert hist[-1]["val_elbo"] > before + 5
+    assert hist[-1]["loss"] < hist[0]["loss"]
+    assert abs(hist[-1]["val_elbo"] - (-(hist[-1]["val_rate"] + hist[-1]["val_distortion"]))) < 1e-4
+
+
+def test_users_own_model_and_guide_train(digits):
+    """A Pyro model/guide pair written by hand with pyro.param and pyro.module, not a pyro_vae.VAE."""
+    decoder = torch.nn.Linear(2, 64)
+
+    class Pair:
+        def model(self, x):
+            pyro.module("decoder", decoder)
+            with pyro.plate("data", x.shape[0]):
+                z = pyro.sample("z", dist.Normal(x.new_zeros(2), 1.0).to_event(1))
+                pyro.sample("x", dist.ContinuousBernoulli(logits=decoder(z).unflatten(-1, (1, 8, 8))).to_event(3),
+                            obs=x)
+
+        def guide(self, x):
+            w = pyro.param("w", torch.zeros(64, 2))
+            log_scale = pyro.param("log_scale", torch.zeros(2))
+            with pyro.plate("data", x.shape[0]):
+                pyro.sample("z", dist.Normal(x.flatten(-3) @ w, log_scale.exp()).to_event(1))
+
+    pair = Pair()
+    x = digits[:500]
+    before = infer.elbo(pair.model, pair.guide, x, num_particles=10).mean().item()
+    hist = pyro_vae.fit(pair, x, epochs=10, batch_size=50, lr=1e-2, seed=0, progress=False)
+    after = infer.elbo(pair.model, pair.guide, x, num_particles=10).mean().item()
+    assert after > before + 10, (before, after)
+    assert hist[-1]["loss"] < hist[0]["loss"]
+    assert pyro.param("w").abs().sum() > 0  # the guide's pyro.param was trained
+
+
+def _params(vae):
+    return {k: v.detach().clone() for k, v in vae.state_dict().items()}
+
+
+def test_resume_ends_with_the_same_parameters(digits, tmp_path):
+    kw = dict(batch_size=100, binarize=True, seed=3, progress=False, val_data=digits[1200:1300],
+              kl_warmup_epochs=3, lr_schedule="cosine")
+    pyro.set_rng_seed(0)
+    straight = small_vae()
+    pyro_vae.fit(straight, digits[:1200], epochs=4, checkpoint_dir=tmp_path / "a", **kw)
+
+    pyro.set_rng_seed(0)
+    interrupted = small_vae()
+
+    def crash(record):
+        if record["epoch"] == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        pyro_vae.fit(interrupted, digits[:1200], epochs=4, checkpoint_dir=tmp_path / "b", on_epoch_end=crash, **kw)
+    assert load_checkpoint(tmp_path / "b" / CHECKPOINT_NAME)["epoch"] == 2
+    pyro.set_rng_seed(999)  # a new process: other initial weights, other generator states
+    resumed = small_vae()
+    hist = pyro_vae.fit(resumed, digits[:1200], epochs=4, checkpoint_dir=tmp_path / "b", resume=True, **kw)
+    assert len(hist) == 4
+    a, b = _params(straight), _params(resumed)
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    lines = (tmp_path / "b" / METRICS_NAME).read_text().splitlines()
+    assert [json.loads(line)["epoch"] for line in lines] == [1, 2, 3, 4]
+    straight_lines = (tmp_path / "a" / METRICS_NAME).read_text().splitlines()
+    assert json.loads(lines[-1])["val_elbo"] == json.loads(straight_lines[-1])["val_elbo"]
+
+
+def test_checkpoint_is_atomic_and_safe(digits, tmp_path):
+    vae = small_vae()
+    pyro_vae.fit(vae, digits[:200], epochs=1, batch_size=100, binarize=True, checkpoint_dir=tmp_path, progress=False)
+    assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
+    state = load_checkpoint(tmp_path / CHECKPOINT_NAME)
+    assert state["epoch"] == 1 and "module" in state["pair"]
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, (f"touch {tmp_path / 'pwned'}",))
+
+    with open(tmp_path / CHECKPOINT_NAME, "wb") as f:
+        pickle.dump({"epoch": Evil()}, f)
+    with pytest.raises(ValueError, match="weights_only"):
+        load_checkpoint(tmp_path / CHECKPOINT_NAME)
+    assert not (tmp_path / "pwned").exists()
+    with pytest.raises(ValueError, match="weights_only"):
+        pyro_vae.fit(vae, digits[:200], epochs=2, batch_size=100, binarize=True, checkpoint_dir=tmp_path,
+                     resume=True, progress=False)
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_beta_scales_only_the_latent_sites():
+    vae = small_vae()
+    x = torch.bernoulli(torch.rand(5, 1, 8, 8))
+    pyro.set_rng_seed(0)
+    terms = infer.importance_terms(vae.model, vae.guide, x, num_particles=1)
+    pyro.set_rng_seed(0)
+    loss = pyro.infer.Trace_ELBO(max_plate_nesting=1).differentiable_loss(
+        ScaleLatents(0.25)(vae.model), ScaleLatents(0.25)(vae.guide), x)
+    expected = -(terms.log_likelihood + 0.25 * (terms.log_prior - terms.log_guide)).sum()
+    assert_close(loss, expected)
+
+
+def test_scaled_latents_do_not_change_estimators():
+    vae = small_vae()
+    x = torch.bernoulli(torch.rand(5, 1, 8, 8))
+    pyro.set_rng_seed(0)
+    a = infer.elbo(vae.model, vae.guide, x)
+    pyro.set_rng_seed(0)
+    b = infer.elbo(poutine.scale(vae.model, 7.0), poutine.scale(vae.guide, 7.0), x)
+    assert_close(a, b)
+
+
+@pytest.mark.parametrize("case", [
+    "shape", "dtype", "nan", "grey_bernoulli", "empty", "batch_too_big", "particles", "objective", "epochs",
+    "not_tensor", "no_model", "binarize_range", "resume_without_dir", "lr_schedule",
+])
+def test_bad_input_is_refused_before_any_work(case, tmp_path, digits):
+    vae = small_vae()
+    x = torch.bernoulli(digits[:100])
+    kw = dict(epochs=1, batch_size=10, progress=False, checkpoint_dir=tmp_path / "run")
+    bad = {
+        "shape": (dict(data=torch.bernoulli(torch.rand(100, 64))), ValueError, "input_shape"),
+        "dtype": (dict(data=x.to(torch.uint8)), TypeError, "floating-point"),
+        "nan": (dict(data=x.masked_fill(x > 0.5, float("nan"))), ValueError, "NaN"),
+        "grey_bernoulli": (dict(data=digits[:100]), ValueError, "binarize=True"),
+        "empty": (dict(data=x[:0]), ValueError, "non-empty"),
+        "batch_too_big": (dict(batch_size=101), ValueError, "batch_size"),
+        "particles": (dict(num_particles=0), ValueError, "num_particles"),
+        "objective": (dict(objective="kl"), ValueError, "iwae"),
+        "epochs": (dict(epochs=0), ValueError, "epochs"),
+        "not_tensor": (dict(data=x.numpy()), TypeError, "from_array"),
+        "no_model": (dict(vae=object()), TypeError, ".model"),
+        "binarize_range": (dict(data=digits[:100] * 3, binarize=True), ValueError, r"\[0, 1\]"),
+        "resume_without_dir": (dict(checkpoint_dir=None, resume=True), ValueError, "checkpoint_dir"),
+        "lr_schedule": (dict(lr_schedule="sometimes"), ValueError, "cosine"),
+    }[case]
+    args, exc, match = bad
+    call = dict(vae=vae, data=x, **kw)
+    call.update(args)
+    with pytest.raises(exc, match=match):
+        pyro_vae.fit(call.pop("vae"), call.pop("data"), **call)
+    assert not (tmp_path / "run").exists() or case == "resume_without_dir"
