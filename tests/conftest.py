@@ -8,6 +8,8 @@ import pytest
 import torch
 
 DATA_ROOT = Path(os.environ.get("PYRO_VAE_DATA", Path(__file__).resolve().parents[1].parent / "shared" / "data"))
+if DATA_ROOT.is_dir():
+    os.environ.setdefault("PYRO_VAE_DATA", str(DATA_ROOT))  # the data sets' loaders (and subprocesses) find it
 
 
 @pytest.fixture(autouse=True)
