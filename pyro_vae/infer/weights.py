@@ -25,7 +25,8 @@ from pyro import poutine
 from pyro.distributions.util import scale_and_mask
 from pyro.poutine.util import site_is_subsample
 
-__all__ = ["ImportanceTerms", "importance_terms", "sum_sites", "log_importance_weights", "guess_max_plate_nesting"]
+__all__ = ["ImportanceTerms", "fast_path_owner", "importance_terms", "sum_sites", "log_importance_weights",
+           "guess_max_plate_nesting"]
 
 PARTICLE_PLATE = "_pyro_vae_particles"
 
@@ -102,6 +103,22 @@ def sum_sites(trace: Any, data_plate: str, num_particles: int, observed: bool) -
     return total
 
 
+def fast_path_owner(model: Callable, guide: Callable) -> Any:
+    """The object whose direct computation may replace tracing ``model``/``guide``, or None.
+
+    A class opts in by setting ``_fast_path_for = (model_function, guide_function)`` and providing
+    ``importance_terms(x, num_particles)`` and ``loss(x, objective, num_particles, latent_scale)``; bound methods
+    that are exactly those functions (not overridden in a subclass, not wrapped in a handler) take the fast path.
+    """
+    owner = getattr(model, "__self__", None)
+    if owner is None or getattr(guide, "__self__", None) is not owner:
+        return None
+    fast = getattr(type(owner), "_fast_path_for", None)
+    if fast is not None and (getattr(model, "__func__", None), getattr(guide, "__func__", None)) == fast:
+        return owner
+    return None
+
+
 def importance_terms(
     model: Callable,
     guide: Callable,
@@ -123,6 +140,9 @@ def importance_terms(
     """
     if int(num_particles) < 1:
         raise ValueError(f"num_particles must be >= 1, got {num_particles}")
+    owner = fast_path_owner(model, guide)
+    if owner is not None and len(args) == 1 and not kwargs and data_plate == "data":
+        return owner.importance_terms(args[0], int(num_particles))
     if max_plate_nesting is None:
         max_plate_nesting = guess_max_plate_nesting(model, guide, *args, **kwargs)
     particles = pyro.plate(PARTICLE_PLATE, int(num_particles), dim=-(max_plate_nesting + 1))
