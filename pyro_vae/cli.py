@@ -1,0 +1,454 @@
+"""The ``pyro-vae`` command line: train a VAE on a data set, then sample from it and reconstruct with it.
+
+Usage::
+
+    pyro-vae train [--dataset digits] [--out RUN] [--epochs E] [...]   # writes a run folder
+    pyro-vae train --out RUN --resume --epochs 60                       # continue that run
+    pyro-vae sample RUN [--num-samples 64] [--out samples.png] [--seed 0]
+    pyro-vae reconstruct RUN [--num 32] [--out recon.png]
+
+A run folder holds ``config.json`` (the VAE's ``.config``, the data set and the training settings, written
+before training starts), ``checkpoint.pt`` and ``metrics.jsonl`` (written by :func:`pyro_vae.fit` after every
+epoch), and at the end ``samples.png``, ``training.png`` and ``test_metrics.json``. :func:`load_run` rebuilds
+the trained VAE from such a folder.
+
+Each subcommand is a pair of functions, ``_add_<name>(subparsers)`` and ``_run_<name>(args) -> int``,
+registered in :data:`SUBCOMMANDS`; adding one is adding an entry there. Errors the library raises for bad
+input (``ValueError``, ``TypeError``, ``OSError`` such as a missing file) are printed as
+``pyro-vae: error: <message>`` with exit status 2, without a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import torch
+
+__all__ = ["SUBCOMMANDS", "build_parser", "load_run", "main"]
+
+PROG = "pyro-vae"
+CONFIG_NAME = "config.json"
+TEST_METRICS_NAME = "test_metrics.json"
+
+#: settings that depend on the data set when not given on the command line
+_IMAGE_DEFAULTS = {"latent_dim": 50, "hidden_dims": "200,200", "epochs": 20}
+_DATASET_DEFAULTS: dict[str, dict[str, Any]] = {
+    # digits: 1200 8x8 images; these train in a few seconds on 2 CPU cores and give digit-like samples
+    "digits": {"latent_dim": 8, "hidden_dims": "128", "epochs": 100, "lr": 3e-3},
+    "ring": {"latent_dim": 2, "hidden_dims": "64,64", "epochs": 30, "likelihood": "normal"},
+    "linear-gaussian": {"latent_dim": 2, "hidden_dims": "64", "epochs": 30, "likelihood": "normal"},
+}
+_GLOBAL_DEFAULTS: dict[str, Any] = {
+    "likelihood": "bernoulli", "activation": "tanh", "encoder": "mlp", "decoder": "mlp", "objective": "elbo",
+    "batch_size": 100, "lr": 1e-3, "device": "auto", "seed": 0, "binarize": "auto", "num_threads": "auto",
+}
+#: settings that define the model and the data: fixed for a run, a resumed run must keep them
+_RUN_IDENTITY = ("dataset", "likelihood", "latent_dim", "hidden_dims", "activation", "encoder", "decoder")
+#: training settings stored in config.json; on --resume they are taken from there unless given again
+_TRAINING_KEYS = ("epochs", "batch_size", "lr", "objective", "num_particles", "seed", "binarize", "device",
+                  "num_threads")
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+def _default(dataset: str, key: str) -> Any:
+    spec = _DATASET_DEFAULTS.get(dataset, {})
+    if key in spec:
+        return spec[key]
+    if key in _IMAGE_DEFAULTS:
+        return _IMAGE_DEFAULTS[key]
+    return _GLOBAL_DEFAULTS[key]
+
+
+def _parse_dims(text: str | list[int]) -> list[int]:
+    if isinstance(text, list):
+        return [int(t) for t in text]
+    try:
+        dims = [int(t) for t in str(text).replace(" ", "").split(",") if t]
+    except ValueError:
+        raise ValueError(f"--hidden-dims must be comma-separated sizes such as 200,200; got {text!r}") from None
+    if not dims or any(d < 1 for d in dims):
+        raise ValueError(f"--hidden-dims must be a comma-separated list of positive sizes; got {text!r}")
+    return dims
+
+
+def _write_json_atomic(obj: Any, path: Path) -> None:
+    """Write JSON to a temporary file in the same folder, fsync, then rename over ``path``."""
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(obj, f, indent=2, sort_keys=True)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _read_config(run_dir: Path) -> dict[str, Any]:
+    run_dir = Path(run_dir)
+    if not run_dir.exists():
+        raise FileNotFoundError(f"run folder {run_dir} does not exist (a run folder is what "
+                                f"'{PROG} train --out FOLDER' writes)")
+    if not run_dir.is_dir():
+        raise NotADirectoryError(f"{run_dir} is not a folder; expected a run folder written by '{PROG} train'")
+    path = run_dir / CONFIG_NAME
+    if not path.is_file():
+        raise FileNotFoundError(f"{run_dir} is not a {PROG} run folder: it has no {CONFIG_NAME} (a run folder is "
+                                f"what '{PROG} train --out FOLDER' writes)")
+    try:
+        config = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path} is not valid JSON ({e}); the run folder is damaged") from e
+    if not isinstance(config, dict) or not isinstance(config.get("vae"), dict) or "dataset" not in config:
+        raise ValueError(f"{path} is not a {PROG} run configuration (it needs the keys 'vae' and 'dataset')")
+    return config
+
+
+def load_run(run_dir: str | os.PathLike[str], device: str | torch.device = "cpu") -> tuple[Any, dict[str, Any]]:
+    """Rebuild the trained VAE of a run folder written by ``pyro-vae train``.
+
+    :param run_dir: the run folder (holding ``config.json`` and ``checkpoint.pt``).
+    :param device: where to put the VAE (``"auto"`` picks CUDA when present).
+    :returns: ``(vae, config)``: a :class:`pyro_vae.VAE` in eval mode with the weights of the last complete
+        epoch, and the run's configuration (the dict stored in ``config.json``).
+    :raises FileNotFoundError: if the folder, its ``config.json`` or its ``checkpoint.pt`` is missing.
+    :raises ValueError: if a file is not what a run folder holds.
+    """
+    from .models import VAE
+    from .train import CHECKPOINT_NAME, load_checkpoint, resolve_device
+
+    run_dir = Path(run_dir)
+    config = _read_config(run_dir)
+    ckpt = run_dir / CHECKPOINT_NAME
+    if not ckpt.is_file():
+        raise FileNotFoundError(f"run folder {run_dir} has no {CHECKPOINT_NAME}: its training did not finish a "
+                                f"single epoch (continue it with '{PROG} train --out {run_dir} --resume')")
+    vae = VAE(**config["vae"])
+    state = load_checkpoint(ckpt)
+    module_state = state.get("pair", {}).get("module") if isinstance(state, dict) else None
+    if module_state is None:
+        raise ValueError(f"{ckpt} holds no VAE weights (no 'pair' -> 'module' entry)")
+    try:
+        vae.load_state_dict(module_state)
+    except RuntimeError as e:
+        raise ValueError(f"the weights in {ckpt} do not fit the VAE described in {run_dir / CONFIG_NAME}: {e}") from e
+    vae.to(resolve_device(device))
+    vae.eval()
+    return vae, config
+
+
+@contextlib.contextmanager
+def _torch_threads(num_threads: int | None) -> Iterator[None]:
+    """Use ``num_threads`` intra-op threads inside the block (restored afterwards; None: leave as is)."""
+    previous = torch.get_num_threads()
+    if num_threads is not None:
+        torch.set_num_threads(int(num_threads))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _resolve_threads(value: str | int, dataset: str) -> int | None:
+    if value == "auto":
+        # the small nets of digits and the toy sets gain nothing from intra-op threads, and they lose a lot when
+        # another process competes for the cores; the image sets keep torch's default
+        return 1 if dataset in _DATASET_DEFAULTS else None
+    try:
+        n = int(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"--num-threads must be a positive integer or 'auto', got {value!r}") from None
+    if n < 1:
+        raise ValueError(f"--num-threads must be a positive integer or 'auto', got {value!r}")
+    return n
+
+
+def _splits(dataset: str) -> tuple[str, str, str]:
+    """The (train, validation, test) splits of a data set."""
+    from .datasets import SPLITS
+
+    splits = SPLITS[dataset]
+    train = "train-without-valid" if "train-without-valid" in splits else "train"
+    return train, "valid", "test"
+
+
+def _is_binary(x: torch.Tensor) -> bool:
+    return bool(((x == 0) | (x == 1)).all())
+
+
+def _seed_everything(seed: int) -> None:
+    import pyro
+
+    pyro.set_rng_seed(int(seed))
+
+
+# ---------------------------------------------------------------------------------------------- train
+def _add_train(subparsers: Any) -> None:
+    p = subparsers.add_parser(
+        "train", help="train a VAE and write a run folder",
+        description="Train a VAE on a data set. The run folder gets config.json, checkpoint.pt, metrics.jsonl, "
+                    "samples.png, training.png and test_metrics.json; the test ELBO is printed at the end. "
+                    "Unset options take per-data-set defaults (digits: latent 8, hidden 128, 100 epochs, "
+                    "lr 3e-3; image sets: latent 50, hidden 200,200, 20 epochs; toy sets: latent 2, normal "
+                    "likelihood).")
+    p.add_argument("--dataset", default=None, help="data set name (default: digits, which needs no files)")
+    p.add_argument("--data-root", default=None, help="folder with mnist/, fashion-mnist/, binarized-mnist/ "
+                                                     "(default: $PYRO_VAE_DATA)")
+    p.add_argument("--likelihood", default=None,
+                   help="observation distribution (default: bernoulli for images, normal for the toy sets)")
+    p.add_argument("--binarize", dest="binarize", action="store_const", const="yes", default=None,
+                   help="dynamic binarization of grey images (default: on with a bernoulli likelihood and "
+                        "data that are not already binary)")
+    p.add_argument("--no-binarize", dest="binarize", action="store_const", const="no")
+    p.add_argument("--latent-dim", type=int, default=None, help="dimension of z")
+    p.add_argument("--hidden-dims", default=None, help="comma-separated hidden layer sizes, e.g. 200,200")
+    p.add_argument("--activation", default=None, help="MLP activation (default: tanh)")
+    p.add_argument("--encoder", default=None, help="mlp or conv (default: mlp)")
+    p.add_argument("--decoder", default=None, help="mlp or conv (default: mlp)")
+    p.add_argument("--objective", default=None, help="elbo, mean_field, iwae or iwae-dreg (default: elbo)")
+    p.add_argument("--num-particles", type=int, default=None,
+                   help="particles per datapoint (default: 1 for elbo/mean_field, 5 for the IWAE objectives)")
+    p.add_argument("--epochs", type=int, default=None, help="total number of epochs (also when resuming)")
+    p.add_argument("--batch-size", type=int, default=None, help="datapoints per step (default: 100)")
+    p.add_argument("--lr", type=float, default=None, help="Adam learning rate (default: 1e-3; 3e-3 for digits)")
+    p.add_argument("--device", default=None, help="auto, cpu or cuda (default: auto)")
+    p.add_argument("--num-threads", default=None,
+                   help="torch intra-op CPU threads, or auto (default: 1 for digits and the toy sets, else "
+                        "torch's default)")
+    p.add_argument("--out", default=None, help="run folder (default: runs/<dataset>-<timestamp>)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last epoch")
+    p.add_argument("--seed", type=int, default=None, help="random seed (default: 0)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _train_settings(args: argparse.Namespace) -> tuple[dict[str, Any], Path]:
+    """Merge the command line with the defaults (or, with --resume, with the run's config.json)."""
+    given = {k: v for k, v in vars(args).items() if v is not None}
+    if args.resume:
+        if args.out is None:
+            raise ValueError("--resume needs --out, the run folder to continue")
+        out = Path(args.out)
+        saved = _read_config(out)
+        settings = {"dataset": saved["dataset"], "data_root": saved.get("data_root"), **saved["training"],
+                    "vae_config": saved["vae"]}
+        settings.update({k: saved["model_args"][k] for k in _RUN_IDENTITY if k in saved.get("model_args", {})})
+        for key in _RUN_IDENTITY:
+            if key in given and key in settings:
+                new = _parse_dims(given[key]) if key == "hidden_dims" else given[key]
+                old = _parse_dims(settings[key]) if key == "hidden_dims" else settings[key]
+                if new != old:
+                    raise ValueError(f"--{key.replace('_', '-')} {given[key]} differs from the run's {old!r}: a "
+                                     f"resumed run keeps its model and data set (start a new run instead)")
+        for key in (*_TRAINING_KEYS, "data_root"):
+            if key in given:
+                settings[key] = given[key]
+        if "binarize" in given:
+            settings["binarize"] = given["binarize"] == "yes"
+        return settings, out
+    dataset = given.get("dataset", "digits")
+    settings = {"dataset": dataset, "data_root": given.get("data_root")}
+    for key in ("likelihood", "latent_dim", "hidden_dims", "activation", "encoder", "decoder", "objective",
+                "epochs", "batch_size", "lr", "device", "seed", "num_threads"):
+        settings[key] = given.get(key, _default(dataset, key))
+    settings["hidden_dims"] = _parse_dims(settings["hidden_dims"])
+    settings["binarize"] = {"yes": True, "no": False}.get(given.get("binarize", "auto"), "auto")
+    objective = settings["objective"]
+    settings["num_particles"] = given.get("num_particles", 5 if objective.startswith("iwae") else 1)
+    out = Path(given["out"]) if "out" in given else Path("runs") / f"{dataset}-{time.strftime('%Y%m%d-%H%M%S')}"
+    return settings, out
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    import pyro
+
+    from . import datasets
+    from .infer.objectives import get_objective
+    from .models import VAE
+    from .plots import save_samples, training_curves
+    from .train import CHECKPOINT_NAME, evaluate_elbo, fit, resolve_device
+
+    pyro.clear_param_store()
+    s, out = _train_settings(args)
+    num_threads = _resolve_threads(s.get("num_threads", "auto"), s["dataset"])
+    # validate everything cheap before any folder is made or any data is read
+    get_objective(s["objective"])
+    device = resolve_device(s["device"])
+    for key in ("epochs", "batch_size", "num_particles", "latent_dim"):
+        if int(s[key]) < 1:
+            raise ValueError(f"--{key.replace('_', '-')} must be >= 1, got {s[key]}")
+    if not s["lr"] > 0:
+        raise ValueError(f"--lr must be > 0, got {s['lr']}")
+    if not args.resume and (out / CHECKPOINT_NAME).exists():
+        raise FileExistsError(f"{out} already holds a run; continue it with --resume or choose another --out")
+
+    shape = datasets.event_shape(s["dataset"])  # an unknown data set fails here, before any file is read
+    train_split, valid_split, test_split = _splits(s["dataset"])
+    with _torch_threads(num_threads):
+        _seed_everything(s["seed"])
+        if "vae_config" in s:  # resuming: the very model of the run
+            vae = VAE(**s["vae_config"])
+        else:
+            vae = VAE(input_shape=shape, latent_dim=int(s["latent_dim"]), hidden_dims=tuple(s["hidden_dims"]),
+                      activation=s["activation"], likelihood=s["likelihood"], encoder=s["encoder"],
+                      decoder=s["decoder"])
+        x_train = datasets.load(s["dataset"], train_split, root=s["data_root"])
+        x_valid = datasets.load(s["dataset"], valid_split, root=s["data_root"])
+        x_test = datasets.load(s["dataset"], test_split, root=s["data_root"])
+        if s["binarize"] == "auto":
+            s["binarize"] = s["likelihood"] == "bernoulli" and not _is_binary(x_train)
+        config = {
+            "vae": vae.config,
+            "dataset": s["dataset"],
+            "data_root": s["data_root"],
+            "splits": {"train": train_split, "valid": valid_split, "test": test_split},
+            "model_args": {k: s[k] for k in _RUN_IDENTITY},
+            "training": {k: s[k] for k in _TRAINING_KEYS},
+            "pyro_vae_version": _version(),
+        }
+        out.mkdir(parents=True, exist_ok=True)
+        _write_json_atomic(config, out / CONFIG_NAME)
+        print(f"run folder: {out}", flush=True)
+        print(f"data: {s['dataset']} {train_split} {tuple(x_train.shape)}, {valid_split} {x_valid.shape[0]}, "
+              f"{test_split} {x_test.shape[0]}; likelihood {s['likelihood']}"
+              f"{' with dynamic binarization' if s['binarize'] else ''}", flush=True)
+        t0 = time.perf_counter()
+        history = fit(vae, x_train, epochs=int(s["epochs"]), batch_size=min(int(s["batch_size"]), x_train.shape[0]),
+                      lr=float(s["lr"]), objective=s["objective"], num_particles=int(s["num_particles"]),
+                      device=device, val_data=x_valid, checkpoint_dir=out, resume=bool(args.resume),
+                      seed=int(s["seed"]), progress=not args.no_progress, binarize=bool(s["binarize"]),
+                      config={"dataset": s["dataset"]})
+        seconds = time.perf_counter() - t0
+        vae.eval()
+        _seed_everything(s["seed"])  # the test ELBO of dynamically binarized data is a random draw: fix it
+        metrics = evaluate_elbo(vae, x_test.to(device), binarize=bool(s["binarize"]))
+        _write_json_atomic({"split": test_split, **metrics, "epochs": len(history)}, out / TEST_METRICS_NAME)
+        _seed_everything(s["seed"])
+        reference = x_train[:2000] if x_train.dim() == 2 else None
+        save_samples(vae, out / "samples.png", num_samples=64 if reference is None else 2000, data=reference)
+        training_curves(history, out / "training.png")
+    last = history[-1] if history else {}
+    if "val_elbo" in last:
+        print(f"epoch {last['epoch']}: train loss {last['loss']:.2f}, valid ELBO {last['val_elbo']:.2f} nats "
+              f"({seconds:.1f} s)")
+    print(f"wrote {out / 'samples.png'}, {out / 'training.png'}")
+    print(f"test ELBO: {metrics['elbo']:.2f} nats (rate {metrics['rate']:.2f}, distortion "
+          f"{metrics['distortion']:.2f}; {test_split} split, {x_test.shape[0]} datapoints)")
+    return 0
+
+
+def _version() -> str:
+    from . import __version__
+
+    return __version__
+
+
+# ---------------------------------------------------------------------------------------------- sample
+def _add_sample(subparsers: Any) -> None:
+    p = subparsers.add_parser("sample", help="draw samples from a trained run",
+                              description="Draw z from the prior, decode it and save the picture.")
+    p.add_argument("run", help="run folder written by 'pyro-vae train'")
+    p.add_argument("--num-samples", type=int, default=64, help="how many samples (default: 64)")
+    p.add_argument("--out", default="samples.png", help="PNG file to write (default: samples.png)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    p.add_argument("--device", default="cpu", help="auto, cpu or cuda (default: cpu)")
+
+
+def _run_sample(args: argparse.Namespace) -> int:
+    from .plots import save_samples
+
+    if args.num_samples < 1:
+        raise ValueError(f"--num-samples must be >= 1, got {args.num_samples}")
+    vae, _ = load_run(args.run, device=args.device)
+    _seed_everything(args.seed)
+    save_samples(vae, args.out, num_samples=args.num_samples)
+    print(f"wrote {args.out}")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------- reconstruct
+def _add_reconstruct(subparsers: Any) -> None:
+    p = subparsers.add_parser("reconstruct", help="reconstruct test data with a trained run",
+                              description="Encode test datapoints of the run's data set, decode the posterior "
+                                          "mean and save originals (odd rows) above their reconstructions.")
+    p.add_argument("run", help="run folder written by 'pyro-vae train'")
+    p.add_argument("--num", type=int, default=32, help="how many test datapoints (default: 32)")
+    p.add_argument("--out", default="recon.png", help="PNG file to write (default: recon.png)")
+    p.add_argument("--data-root", default=None, help="data folder (default: the run's, else $PYRO_VAE_DATA)")
+    p.add_argument("--seed", type=int, default=0, help="random seed of the binarization (default: 0)")
+    p.add_argument("--device", default="cpu", help="auto, cpu or cuda (default: cpu)")
+
+
+def _run_reconstruct(args: argparse.Namespace) -> int:
+    from . import datasets
+    from .plots import save_reconstructions
+
+    if args.num < 1:
+        raise ValueError(f"--num must be >= 1, got {args.num}")
+    vae, config = load_run(args.run, device=args.device)
+    root = args.data_root if args.data_root is not None else config.get("data_root")
+    split = config.get("splits", {}).get("test", "test")
+    x = datasets.load(config["dataset"], split, root=root)[: args.num]
+    _seed_everything(args.seed)
+    if config.get("training", {}).get("binarize"):
+        x = datasets.binarize(x)  # show what the model was trained on: binary images
+    save_reconstructions(vae, x, args.out, n=args.num)
+    print(f"wrote {args.out}")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------- main
+#: name -> (add the subparser, run it); a new subcommand is one more entry
+SUBCOMMANDS: dict[str, tuple[Callable[[Any], None], Callable[[argparse.Namespace], int]]] = {
+    "train": (_add_train, _run_train),
+    "sample": (_add_sample, _run_sample),
+    "reconstruct": (_add_reconstruct, _run_reconstruct),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``pyro-vae`` with one subparser per entry of :data:`SUBCOMMANDS`."""
+    parser = argparse.ArgumentParser(prog=PROG, description="Variational autoencoders as Pyro programs.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    subparsers.required = True
+    for name, (add, _) in SUBCOMMANDS.items():
+        add(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run ``pyro-vae`` with the arguments ``argv`` (default: ``sys.argv[1:]``).
+
+    :param argv: the command-line arguments, without the program name.
+    :returns: the exit status: 0 on success, 2 for a usage error or bad input (the message goes to stderr as
+        ``pyro-vae: error: <message>``), 130 when interrupted.
+    """
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # argparse exits on --help (0) and usage errors (2)
+        return int(e.code) if isinstance(e.code, int) else 2
+    try:
+        return SUBCOMMANDS[args.command][1](args)
+    except (ValueError, TypeError, OSError, FloatingPointError) as e:
+        print(f"{PROG}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted (a training run continues with '{PROG} train --out RUN --resume')",
+              file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
