@@ -21,7 +21,8 @@ import torch
 if TYPE_CHECKING:  # pragma: no cover - only for annotations
     from matplotlib.figure import Figure
 
-__all__ = ["image_grid", "is_image_shape", "save_samples", "save_reconstructions", "training_curves"]
+__all__ = ["gap_histogram", "image_grid", "is_image_shape", "k_curve", "khat_plot", "save_samples",
+           "save_reconstructions", "training_curves"]
 
 #: pixels of padding between the images of a grid (drawn in the background colour)
 _PAD = 1
@@ -310,5 +311,60 @@ def training_curves(history: Sequence[dict[str, Any]], path: str | os.PathLike[s
         ax.grid(alpha=0.3)
         if len(lines) > 1:
             ax.legend(fontsize="small")
+    _save(fig, path)
+    return fig
+
+
+def k_curve(result: Any, path: str | os.PathLike[str] | None = None) -> Figure:
+    """ELBO and IWAE_K against K (log axis) with standard-error bars, from a ``LogLikelihoodResult``.
+
+    :param result: what :func:`pyro_vae.infer.log_likelihood` returns (its ``curve``: ``{k: (N,) tensor}``).
+    :param path: where to save the PNG (None: only return the figure).
+    """
+    ks = sorted(result.curve)
+    if not ks:
+        raise ValueError("the result holds no K-curve")
+    means = [float(result.curve[k].double().mean()) for k in ks]
+    errs = [float(result.curve[k].double().std() / math.sqrt(result.curve[k].numel())) for k in ks]
+    fig = _figure((4.8, 3.4))
+    ax = fig.add_subplot(1, 1, 1)
+    ax.errorbar(ks, means, yerr=errs, marker="o", capsize=3, label="IWAE bound $\\mathcal{L}_K$")
+    ax.axhline(means[0] if ks[0] == 1 else float(result.elbo.double().mean()), color="tab:gray", ls="--",
+               label="ELBO ($K=1$)")
+    ax.set_xscale("log")
+    ax.set_xlabel("number of particles K")
+    ax.set_ylabel("nats per datapoint")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small")
+    _save(fig, path)
+    return fig
+
+
+def gap_histogram(result: Any, path: str | os.PathLike[str] | None = None, bins: int = 50) -> Figure:
+    """Histogram of the per-datapoint gap ``IWAE_K - ELBO`` (how much importance weighting gains per datapoint)."""
+    gap = (result.values - result.elbo).double().numpy()
+    fig = _figure((4.8, 3.4))
+    ax = fig.add_subplot(1, 1, 1)
+    ax.hist(gap, bins=bins, color="tab:blue", alpha=0.8)
+    ax.axvline(float(gap.mean()), color="k", ls="--", label=f"mean {gap.mean():.3f}")
+    ax.set_xlabel(f"IWAE$_{{{result.num_particles}}}$ - ELBO (nats)")
+    ax.set_ylabel("datapoints")
+    ax.legend(fontsize="small")
+    _save(fig, path)
+    return fig
+
+
+def khat_plot(result: Any, path: str | os.PathLike[str] | None = None) -> Figure:
+    """Pareto k-hat per datapoint with the 0.7 reliability threshold (PSIS, through ArviZ)."""
+    if result.khat is None:
+        raise ValueError("the result has no Pareto k-hat (log_likelihood(..., diagnostics=False))")
+    khat = result.khat.numpy()
+    fig = _figure((4.8, 3.4))
+    ax = fig.add_subplot(1, 1, 1)
+    ax.scatter(range(len(khat)), khat, s=4, c=["tab:red" if k > 0.7 else "tab:blue" for k in khat])
+    ax.axhline(0.7, color="tab:red", ls="--", label="0.7: unreliable above")
+    ax.set_xlabel("datapoint")
+    ax.set_ylabel("Pareto $\\hat{k}$")
+    ax.legend(fontsize="small")
     _save(fig, path)
     return fig

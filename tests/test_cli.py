@@ -155,6 +155,8 @@ def test_existing_run_needs_resume(trained: tuple[Path, str]) -> None:
 @pytest.mark.parametrize("argv, message", [
     (["sample", "{tmp}/missing"], "does not exist"),
     (["reconstruct", "{tmp}/missing"], "does not exist"),
+    (["evaluate", "{tmp}/missing"], "does not exist"),
+    (["evaluate", "{tmp}"], "no config.json"),
     (["sample", "{tmp}"], "no config.json"),
     (["train", "--dataset", "no-such-set", "--out", "{tmp}/run"], "unknown data set 'no-such-set'"),
     (["train", "--likelihood", "no-such-likelihood", "--out", "{tmp}/run"], "unknown likelihood"),
@@ -208,3 +210,22 @@ def test_python_dash_m(trained: tuple[Path, str], tmp_path: Path) -> None:
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert proc.stderr.startswith("pyro-vae: error: ") and "Traceback" not in proc.stderr
+
+
+def test_evaluate_writes_estimates_diagnostics_and_figures(trained: tuple[Path, str]) -> None:
+    run, _ = trained
+    code, out, err = run_cli(["evaluate", str(run), "--num-particles", "60", "--num", "40", "--no-progress"])
+    assert code == 0, err
+    report = json.loads((run / "evaluation.json").read_text())
+    assert report["num_particles"] == 60 and report["num_datapoints"] == 40
+    assert set(report["curve"]) == {"1", "5", "50"}
+    # IWAE_60 >= ELBO on average (tolerance from the paired standard error), and the curve rises with K
+    assert report["gap"] > -3 * report["gap_stderr"]
+    assert report["curve"]["50"]["mean"] > report["curve"]["1"]["mean"]
+    assert report["latent_usage"]["z"]["dimensions"] == 8
+    assert 0 <= report["num_unreliable"] <= 40
+    for name in ("k_curve.png", "gaps.png", "khat.png"):
+        assert_picture(run / name)
+    assert "log p(x) (IWAE, K=60)" in out and "Pareto k-hat" in out and "units active" in out
+    code, _, err = run_cli(["evaluate", str(run), "--num-particles", "0"])
+    assert code == 2 and "--num-particles" in err
