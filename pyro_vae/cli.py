@@ -25,7 +25,6 @@ import contextlib
 import json
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -80,19 +79,10 @@ def _parse_dims(text: str | list[int]) -> list[int]:
 
 
 def _write_json_atomic(obj: Any, path: Path) -> None:
-    """Write JSON to a temporary file in the same folder, fsync, then rename over ``path``."""
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=2, sort_keys=True)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    """Write JSON so that the file is never seen half-written (see :func:`pyro_vae.train.atomic_write`)."""
+    from .train import atomic_write
+
+    atomic_write(path, lambda f: f.write(json.dumps(obj, indent=2, sort_keys=True) + "\n"), binary=False)
 
 
 def _read_config(run_dir: Path) -> dict[str, Any]:
@@ -453,9 +443,7 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     run_dir = Path(args.run)
     out = {"split": split, "seed": args.seed, **result.as_dict(),
            "latent_usage": {name: {k: v for k, v in u.items() if k != "mean_variance"} for name, u in usage.items()}}
-    tmp = run_dir / "evaluation.json.tmp"
-    tmp.write_text(json.dumps(out, indent=2))
-    os.replace(tmp, run_dir / "evaluation.json")
+    _write_json_atomic(out, run_dir / "evaluation.json")
     plots.k_curve(result, run_dir / "k_curve.png")
     plots.gap_histogram(result, run_dir / "gaps.png")
     if result.khat is not None:

@@ -39,7 +39,8 @@ from .datasets import binarize as binarize_batch
 from .infer.objectives import get_objective
 from .infer.weights import fast_path_owner, guess_max_plate_nesting, importance_terms
 
-__all__ = ["fit", "evaluate_elbo", "resolve_device", "LR_SCHEDULES", "CHECKPOINT_NAME", "METRICS_NAME"]
+__all__ = ["fit", "atomic_write", "atomic_save", "evaluate_elbo", "resolve_device", "LR_SCHEDULES", "CHECKPOINT_NAME",
+           "METRICS_NAME", "iwae_schedule"]
 
 CHECKPOINT_NAME = "checkpoint.pt"
 METRICS_NAME = "metrics.jsonl"
@@ -65,8 +66,22 @@ def _cosine(epoch: int, epochs: int) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * epoch / max(epochs, 1)))
 
 
+def iwae_schedule(epoch: int, epochs: int) -> float:
+    """Burda et al.'s schedule: stage ``i = 0, 1, ...`` lasts ``3**i`` passes at ``lr * 10**(-i/7)``.
+
+    With ``lr = 1e-3`` and 8 stages this is the IWAE paper's 3280 passes. ``epochs`` is ignored: the stage depends
+    on the epoch only, so a shorter run is the start of the paper's schedule.
+    """
+    stage, end = 0, 1
+    while epoch >= end:
+        stage += 1
+        end += 3**stage
+    return 10.0 ** (-stage / 7)
+
+
 #: name -> ``factor(epoch, epochs)`` multiplying ``lr`` during ``epoch`` (0-based)
-LR_SCHEDULES: dict[str, Callable[[int, int], float]] = {"constant": _constant, "cosine": _cosine}
+LR_SCHEDULES: dict[str, Callable[[int, int], float]] = {"constant": _constant, "cosine": _cosine,
+                                                        "iwae": iwae_schedule}
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
@@ -142,13 +157,14 @@ def _set_rng_state(state: dict[str, Any]) -> None:
     random.setstate((py[0], tuple(py[1]), py[2]))
 
 
-def atomic_save(obj: Any, path: Path) -> None:
-    """``torch.save`` to a temporary file in the same folder, fsync, then rename over ``path``."""
+def atomic_write(path: str | os.PathLike, write: Callable[[Any], None], binary: bool = True) -> None:
+    """Write a file so that it is never seen half-written: ``write(f)`` to a temporary file in the same folder,
+    fsync, rename over ``path``, fsync the folder. On any error the previous file is left intact."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
+        with os.fdopen(fd, "wb" if binary else "w") as f:
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -161,6 +177,11 @@ def atomic_save(obj: Any, path: Path) -> None:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+def atomic_save(obj: Any, path: str | os.PathLike) -> None:
+    """``torch.save`` through :func:`atomic_write`."""
+    atomic_write(path, lambda f: torch.save(obj, f))
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
@@ -177,9 +198,7 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
 
 def _write_metrics(history: list[dict[str, Any]], path: Path) -> None:
     """Rewrite the JSON-lines metrics file atomically, so it always matches the last checkpoint."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(json.dumps(h) + "\n" for h in history))
-    os.replace(tmp, path)
+    atomic_write(path, lambda f: f.write("".join(json.dumps(h) + "\n" for h in history)), binary=False)
 
 
 @torch.no_grad()

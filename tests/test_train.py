@@ -174,3 +174,13 @@ def test_bad_input_is_refused_before_any_work(case, tmp_path, digits):
     with pytest.raises(exc, match=match):
         pyro_vae.fit(call.pop("vae"), call.pop("data"), **call)
     assert not (tmp_path / "run").exists() or case == "resume_without_dir"
+
+
+def test_iwae_schedule_is_the_papers():
+    from collections import Counter
+
+    from pyro_vae.train import LR_SCHEDULES
+
+    counts = Counter(round(LR_SCHEDULES["iwae"](e, 3280), 9) for e in range(3280))
+    assert sorted(counts.values()) == [3**i for i in range(8)]  # stage i lasts 3^i passes, 3280 in all
+    assert counts[1.0] == 1 and counts[round(10 ** (-7 / 7), 9)] == 3**7
