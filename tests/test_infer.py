@@ -329,3 +329,37 @@ def test_iwae_objective_trains_and_is_correct_under_subsampling():
                             binarize=True, seed=0, progress=False)
         after = pyro_vae.train.evaluate_elbo(vae, data, binarize=True)["elbo"]
         assert hist[-1]["loss"] < hist[0]["loss"] and after > before + 5
+
+
+def test_inner_plates_and_several_latent_sites():
+    """Data plate at dim -2, an inner plate, a latent per datapoint and one per feature: still per datapoint."""
+    def model(x):
+        with pyro.plate("data", x.shape[0], dim=-2):
+            z = pyro.sample("z", dist.Normal(x.new_zeros(()), 1.0))
+            with pyro.plate("feat", 3, dim=-1):
+                u = pyro.sample("u", dist.Normal(z, 1.0))
+                pyro.sample("x", dist.Normal(u, 0.5), obs=x)
+
+    def guide(x):
+        with pyro.plate("data", x.shape[0], dim=-2):
+            z = pyro.sample("z", dist.Normal(0.4 * x.mean(-1, keepdim=True), 0.8))
+            with pyro.plate("feat", 3, dim=-1):
+                pyro.sample("u", dist.Normal(0.7 * x + 0.1 * z, 0.6))
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(200, 3, generator=g, dtype=torch.float64) * 1.5
+    cov = 1.25 * torch.eye(3, dtype=torch.float64) + torch.ones(3, 3, dtype=torch.float64)
+    exact = dist.MultivariateNormal(torch.zeros(3, dtype=torch.float64), cov).log_prob(x)
+    lw = infer.log_importance_weights(model, guide, x, num_particles=4)
+    assert lw.shape == (4, 200)
+    # one datapoint scored alone gives the same weights as inside the batch (same draws)
+    pyro.set_rng_seed(1)
+    batch = infer.log_importance_weights(model, guide, x[:1], num_particles=4)
+    pyro.set_rng_seed(1)
+    single = infer.log_importance_weights(model, guide, x[:1].clone(), num_particles=4, max_plate_nesting=2)
+    assert_close(batch, single)
+    elbo = infer.elbo(model, guide, x)
+    iw = infer.iwae_bound(model, guide, x, num_particles=2000, chunk_size=500)
+    assert (exact - elbo).mean() > 5 * se(exact - elbo)
+    d = exact - iw
+    assert d.mean() > -3 * se(d) and d.mean() < 0.05 * (exact - elbo).mean()
