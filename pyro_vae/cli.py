@@ -6,11 +6,15 @@ Usage::
     pyro-vae train --out RUN --resume --epochs 60                       # continue that run
     pyro-vae sample RUN [--num-samples 64] [--out samples.png] [--seed 0]
     pyro-vae reconstruct RUN [--num 32] [--out recon.png]
+    pyro-vae plot RUN [--out DIR]                                       # every figure of the run
+    pyro-vae train --config run.yaml --epochs 5                         # options from a file, flags win
 
 A run folder holds ``config.json`` (the VAE's ``.config``, the data set and the training settings, written
 before training starts), ``checkpoint.pt`` and ``metrics.jsonl`` (written by :func:`pyro_vae.fit` after every
-epoch), and at the end ``samples.png``, ``training.png`` and ``test_metrics.json``. :func:`load_run` rebuilds
-the trained VAE from such a folder.
+epoch), and at the end ``model/`` (:meth:`pyro_vae.VAE.save` of the trained VAE), ``samples.png``,
+``training.png`` and ``test_metrics.json``. :func:`load_run` rebuilds the trained VAE from such a folder.
+``--config FILE`` reads train options from YAML (``yaml.safe_load``) with the command line overriding it;
+``--tensorboard`` logs every epoch to ``RUN/tensorboard``.
 
 Each subcommand is a pair of functions, ``_add_<name>(subparsers)`` and ``_run_<name>(args) -> int``,
 registered in :data:`SUBCOMMANDS`; adding one is adding an entry there. Errors the library raises for bad
@@ -35,6 +39,8 @@ __all__ = ["SUBCOMMANDS", "build_parser", "load_run", "main"]
 
 PROG = "pyro-vae"
 CONFIG_NAME = "config.json"
+#: the folder VAE.save writes into a run folder at the end of training
+MODEL_DIR = "model"
 TEST_METRICS_NAME = "test_metrics.json"
 
 #: settings that depend on the data set when not given on the command line
@@ -121,10 +127,16 @@ def load_run(run_dir: str | os.PathLike[str], device: str | torch.device = "cpu"
     run_dir = Path(run_dir)
     config = _read_config(run_dir)
     ckpt = run_dir / CHECKPOINT_NAME
+    saved = run_dir / MODEL_DIR
+    if (saved / "vae.json").is_file() and (not ckpt.is_file() or saved.stat().st_mtime >= ckpt.stat().st_mtime):
+        return VAE.load(saved, map_location=resolve_device(device)), config  # written by VAE.save after training
     if not ckpt.is_file():
         raise FileNotFoundError(f"run folder {run_dir} has no {CHECKPOINT_NAME}: its training did not finish a "
                                 f"single epoch (continue it with '{PROG} train --out {run_dir} --resume')")
-    vae = VAE(**config["vae"])
+    try:
+        vae = VAE(**config["vae"])
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{run_dir / CONFIG_NAME} does not describe a VAE ({e}); the run folder is damaged") from e
     state = load_checkpoint(ckpt)
     module_state = state.get("pair", {}).get("module") if isinstance(state, dict) else None
     if module_state is None:
@@ -219,7 +231,134 @@ def _add_train(subparsers: Any) -> None:
     p.add_argument("--out", default=None, help="run folder (default: runs/<dataset>-<timestamp>)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last epoch")
     p.add_argument("--seed", type=int, default=None, help="random seed (default: 0)")
+    p.add_argument("--two-stage", action="store_true", default=None,
+                   help="Dai & Wipf's two-stage VAE: stage 1 with a learned decoder variance gamma (likelihood "
+                        "normal-gamma, grey levels, no binarization), stage 2 a VAE on stage 1's codes; samples go "
+                        "through both stages (writes history.json with gamma per epoch, model.pt, samples.png)")
+    p.add_argument("--stage2-epochs", type=int, default=None, help="epochs of stage 2 (default: --epochs)")
+    p.add_argument("--layers", default=None,
+                   help="a hierarchical VAE (several stochastic layers), e.g. '200,200,100;100,100,50' for the IWAE "
+                        "paper's two-layer model: per layer the hidden sizes then the latent size, bottom first")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--config", default=None,
+                   help="a YAML (or JSON) file of train options, e.g. 'dataset: mnist' and 'hidden_dims: [200, 200]'; "
+                        "options given on the command line override the file")
+    p.add_argument("--tensorboard", action="store_true", default=None,
+                   help="also log the metrics of every epoch for TensorBoard into RUN/tensorboard (needs "
+                        "pip install 'pyro-vae[tensorboard]')")
+
+
+def _apply_config_file(args: argparse.Namespace) -> None:
+    """Fill the options not given on the command line from ``--config FILE`` (YAML through ``yaml.safe_load``)."""
+    path = Path(args.config)
+    if not path.is_file():
+        raise FileNotFoundError(f"--config {path}: no such file")
+    text = path.read_text()
+    if path.suffix == ".json":
+        values = json.loads(text)
+    else:
+        try:
+            import yaml
+        except ImportError:
+            raise ValueError(f"--config {path} needs PyYAML to read YAML: pip install pyyaml (or give a .json "
+                             "file)") from None
+        try:
+            values = yaml.safe_load(text)
+        except yaml.YAMLError as e:
+            raise ValueError(f"--config {path} is not valid YAML: {e}") from None
+    if values is None:
+        values = {}
+    if not isinstance(values, dict):
+        raise ValueError(f"--config {path} must hold a mapping of option names to values, got {type(values).__name__}")
+    known = {k for k in vars(args) if k not in ("command", "config")}
+    for key, value in values.items():
+        name = str(key).replace("-", "_")
+        if name not in known:
+            raise ValueError(f"--config {path}: unknown option {key!r}; known: "
+                             f"{', '.join(sorted(k.replace('_', '-') for k in known))}")
+        if name == "binarize" and isinstance(value, bool):
+            value = "yes" if value else "no"
+        if name == "hidden_dims" and isinstance(value, list):
+            value = ",".join(str(v) for v in value)
+        if getattr(args, name) in (None, False):  # the command line wins
+            setattr(args, name, value)
+
+
+#: training datapoints (the first ones) whose ELBO, rate and distortion are recorded after every epoch
+TRAIN_METRICS_SIZE = 2000
+
+
+def _epoch_hook(vae: Any, x_train: torch.Tensor, binarize: bool, device: torch.device,
+                then: Callable[[dict[str, Any]], None] | None) -> Callable[[dict[str, Any]], None]:
+    """``on_epoch_end`` for :func:`pyro_vae.fit`: add ``train_elbo``, ``train_rate`` and ``train_distortion`` (one
+    sample each on a fixed subset of the training data, as the validation metrics) to the epoch's record, then call
+    ``then``. The random number generators are restored afterwards, so training draws exactly what it would
+    without the hook (and a resumed run stays identical to an uninterrupted one)."""
+    import pyro
+
+    from .train import evaluate_elbo
+
+    x = x_train.to(device)
+
+    def hook(record: dict[str, Any]) -> None:
+        state = pyro.util.get_rng_state()
+        vae.eval()
+        try:
+            pyro.set_rng_seed(int(record["epoch"]))
+            metrics = evaluate_elbo(vae, x, binarize=binarize)
+        finally:
+            vae.train()
+            pyro.util.set_rng_state(state)
+        record.update({f"train_{k}": v for k, v in metrics.items()})
+        if then is not None:
+            then(record)
+
+    return hook
+
+
+def _read_metrics_jsonl(out: Path) -> list[dict[str, Any]]:
+    from .train import METRICS_NAME
+
+    path = out / METRICS_NAME
+    try:
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return []
+
+
+def _write_metrics_jsonl(history: list[dict[str, Any]], out: Path, previous: list[dict[str, Any]] = ()) -> None:
+    """Rewrite ``metrics.jsonl`` from the history; keys of ``previous`` records (the file before a resume) that
+    the checkpoint's history lacks, i.e. the training metrics added after the checkpoint was written, are kept."""
+    from .train import METRICS_NAME, atomic_write
+
+    before = {h.get("epoch"): h for h in previous}
+    history = [{**{k: v for k, v in before.get(h.get("epoch"), {}).items() if k not in h}, **h} for h in history]
+    atomic_write(out / METRICS_NAME, lambda f: f.write("".join(json.dumps(h) + "\n" for h in history)), binary=False)
+
+
+def _require_tensorboard() -> None:
+    try:
+        import torch.utils.tensorboard  # noqa: F401
+    except ImportError:
+        raise ValueError("--tensorboard needs the tensorboard package: pip install 'pyro-vae[tensorboard]'") from None
+
+
+def _tensorboard_logger(out: Path) -> tuple[Callable[[dict[str, Any]], None], Callable[[], None]]:
+    """``(on_epoch_end, close)`` writing each epoch's numbers to ``out/tensorboard`` as TensorBoard scalars."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise ValueError("--tensorboard needs the tensorboard package: pip install 'pyro-vae[tensorboard]'") from None
+    writer = SummaryWriter(log_dir=str(out / "tensorboard"))
+
+    def log(record: dict[str, Any]) -> None:
+        for key, value in record.items():
+            if key != "epoch" and isinstance(value, (int, float)):
+                tag = f"validation/{key[4:]}" if key.startswith("val_") else f"train/{key}"
+                writer.add_scalar(tag, value, int(record["epoch"]))
+        writer.flush()
+
+    return log, writer.close
 
 
 def _train_settings(args: argparse.Namespace) -> tuple[dict[str, Any], Path]:
@@ -230,6 +369,10 @@ def _train_settings(args: argparse.Namespace) -> tuple[dict[str, Any], Path]:
             raise ValueError("--resume needs --out, the run folder to continue")
         out = Path(args.out)
         saved = _read_config(out)
+        missing = [k for k in _TRAINING_KEYS if k != "num_threads" and k not in (saved.get("training") or {})]
+        if not isinstance(saved.get("training"), dict) or missing:
+            raise ValueError(f"{out / CONFIG_NAME} lacks the training settings {missing or ['training']}: the run "
+                             "folder is damaged, and cannot be resumed (start a new run)")
         settings = {"dataset": saved["dataset"], "data_root": saved.get("data_root"), **saved["training"],
                     "vae_config": saved["vae"]}
         settings.update({k: saved["model_args"][k] for k in _RUN_IDENTITY if k in saved.get("model_args", {})})
@@ -267,12 +410,19 @@ def _run_train(args: argparse.Namespace) -> int:
     from .models import VAE
     from .plots import save_samples, training_curves
     from .train import CHECKPOINT_NAME, evaluate_elbo, fit, resolve_device
+    from .train import _check_data as check_data
 
     pyro.clear_param_store()
+    if getattr(args, "config", None):
+        _apply_config_file(args)
     s, out = _train_settings(args)
+    if getattr(args, "two_stage", None) or getattr(args, "layers", None):
+        return _run_train_variant(args, s, out)
     num_threads = _resolve_threads(s.get("num_threads", "auto"), s["dataset"])
     # validate everything cheap before any folder is made or any data is read
     get_objective(s["objective"])
+    if args.tensorboard:
+        _require_tensorboard()
     device = resolve_device(s["device"])
     for key in ("epochs", "batch_size", "num_particles", "latent_dim"):
         if int(s[key]) < 1:
@@ -297,6 +447,8 @@ def _run_train(args: argparse.Namespace) -> int:
         x_test = datasets.load(s["dataset"], test_split, root=s["data_root"])
         if s["binarize"] == "auto":
             s["binarize"] = s["likelihood"] == "bernoulli" and not _is_binary(x_train)
+        # the data against the model (shape, NaN, the likelihood's support) before anything is written
+        check_data(x_train, f"the {train_split} split of {s['dataset']!r}", vae, bool(s["binarize"]))
         config = {
             "vae": vae.config,
             "dataset": s["dataset"],
@@ -312,13 +464,20 @@ def _run_train(args: argparse.Namespace) -> int:
         print(f"data: {s['dataset']} {train_split} {tuple(x_train.shape)}, {valid_split} {x_valid.shape[0]}, "
               f"{test_split} {x_test.shape[0]}; likelihood {s['likelihood']}"
               f"{' with dynamic binarization' if s['binarize'] else ''}", flush=True)
+        log_epoch, close_log = _tensorboard_logger(out) if args.tensorboard else (None, None)
+        on_epoch_end = _epoch_hook(vae, x_train[:TRAIN_METRICS_SIZE], bool(s["binarize"]), device, log_epoch)
+        previous = _read_metrics_jsonl(out) if args.resume else []
         t0 = time.perf_counter()
         history = fit(vae, x_train, epochs=int(s["epochs"]), batch_size=min(int(s["batch_size"]), x_train.shape[0]),
                       lr=float(s["lr"]), objective=s["objective"], num_particles=int(s["num_particles"]),
                       device=device, val_data=x_valid, checkpoint_dir=out, resume=bool(args.resume),
                       seed=int(s["seed"]), progress=not args.no_progress, binarize=bool(s["binarize"]),
-                      config={"dataset": s["dataset"]})
+                      config={"dataset": s["dataset"]}, on_epoch_end=on_epoch_end)
         seconds = time.perf_counter() - t0
+        if close_log is not None:
+            close_log()
+        _write_metrics_jsonl(history, out, previous)  # with the hook's training metrics of every epoch
+        vae.save(out / MODEL_DIR)  # configuration + weights of the trained VAE (VAE.load reads it)
         vae.eval()
         _seed_everything(s["seed"])  # the test ELBO of dynamically binarized data is a random draw: fix it
         metrics = evaluate_elbo(vae, x_test.to(device), binarize=bool(s["binarize"]))
@@ -334,6 +493,99 @@ def _run_train(args: argparse.Namespace) -> int:
     print(f"wrote {out / 'samples.png'}, {out / 'training.png'}")
     print(f"test ELBO: {metrics['elbo']:.2f} nats (rate {metrics['rate']:.2f}, distortion "
           f"{metrics['distortion']:.2f}; {test_split} split, {x_test.shape[0]} datapoints)")
+    return 0
+
+
+def _parse_layers(text: str) -> list[list[int]]:
+    """``"200,200,100;100,100,50"`` -> ``[[200, 200, 100], [100, 100, 50]]``."""
+    try:
+        layers = [[int(t) for t in part.split(",") if t.strip()] for part in str(text).replace(" ", "").split(";")]
+    except ValueError:
+        raise ValueError(f"--layers must look like 200,200,100;100,100,50; got {text!r}") from None
+    if not layers or any(not layer or min(layer) < 1 for layer in layers):
+        raise ValueError(f"--layers must be ';'-separated lists of positive sizes, e.g. 200,200,100;100,100,50; "
+                         f"got {text!r}")
+    return layers
+
+
+def _run_train_variant(args: argparse.Namespace, s: dict[str, Any], out: Path) -> int:
+    """``train --two-stage`` (Dai & Wipf) or ``train --layers`` (a HierarchicalVAE): a run folder with
+    config.json (``"class"`` names the model), model.pt (the state dict), samples.png and test_metrics.json, plus
+    history.json (both stages, gamma per epoch) for the two-stage VAE or fit's checkpoint.pt/metrics.jsonl for a
+    hierarchy. These runs cannot be resumed or read by ``load_run`` yet."""
+    import pyro
+
+    from . import datasets
+    from .models import HierarchicalVAE, TwoStageVAE
+    from .plots import image_grid, is_image_shape
+    from .train import evaluate_elbo, fit, resolve_device
+
+    if args.resume:
+        raise ValueError("--resume is not supported with --two-stage or --layers; start a new run")
+    if args.two_stage and args.layers:
+        raise ValueError("choose either --two-stage or --layers, not both")
+    if out.exists() and any(out.iterdir()):
+        raise FileExistsError(f"{out} is not empty; choose another --out")
+    pyro.clear_param_store()
+    device = resolve_device(s["device"])
+    shape = datasets.event_shape(s["dataset"])
+    train_split, valid_split, test_split = _splits(s["dataset"])
+    num_threads = _resolve_threads(s.get("num_threads", "auto"), s["dataset"])
+    with _torch_threads(num_threads):
+        _seed_everything(s["seed"])
+        x_train = datasets.load(s["dataset"], train_split, root=s["data_root"])
+        x_valid = datasets.load(s["dataset"], valid_split, root=s["data_root"])
+        x_test = datasets.load(s["dataset"], test_split, root=s["data_root"])
+        common = dict(batch_size=min(int(s["batch_size"]), x_train.shape[0]), lr=float(s["lr"]), device=device,
+                      seed=int(s["seed"]), progress=not args.no_progress)
+        out.mkdir(parents=True, exist_ok=True)
+        if args.two_stage:
+            likelihood = s["likelihood"] if s["likelihood"] in ("normal-gamma", "normal-learned") else "normal-gamma"
+            model: Any = TwoStageVAE(shape, latent_dim=int(s["latent_dim"]), hidden_dims=tuple(s["hidden_dims"]),
+                                     stage2_hidden_dims=tuple(s["hidden_dims"]), activation=s["activation"],
+                                     encoder=s["encoder"], decoder=s["decoder"], stage1_likelihood=likelihood)
+            binarize = False
+            kind = "TwoStageVAE"
+        else:
+            model = HierarchicalVAE(shape, layers=_parse_layers(args.layers), activation=s["activation"],
+                                    likelihood=s["likelihood"])
+            binarize = s["binarize"] if s["binarize"] != "auto" else (
+                s["likelihood"] == "bernoulli" and not _is_binary(x_train))
+            kind = "HierarchicalVAE"
+        config = {"class": kind, "vae": model.config, "dataset": s["dataset"], "data_root": s["data_root"],
+                  "splits": {"train": train_split, "valid": valid_split, "test": test_split},
+                  "training": {k: s[k] for k in _TRAINING_KEYS if k in s}, "pyro_vae_version": _version()}
+        config["training"]["binarize"] = binarize
+        _write_json_atomic(config, out / CONFIG_NAME)
+        print(f"run folder: {out}", flush=True)
+        if args.two_stage:
+            history = model.fit(x_train, epochs=int(s["epochs"]), stage2_epochs=args.stage2_epochs,
+                                val_data=x_valid, **common)
+            # the histories (stage 1's with gamma per epoch); the weights go to model.pt below
+            _write_json_atomic(history, out / "history.json")
+            stage1 = model.stage1
+            last = history["stage1"][-1]
+            print(f"stage 1: valid ELBO {last.get('val_elbo', float('nan')):.2f}, gamma {model.gamma:.5f}; "
+                  f"stage 2: valid ELBO {history['stage2'][-1].get('val_elbo', float('nan')):.2f}")
+        else:
+            history = fit(model, x_train, epochs=int(s["epochs"]), objective=s["objective"],
+                          num_particles=int(s["num_particles"]), val_data=x_valid, binarize=binarize,
+                          checkpoint_dir=out, **common)
+            stage1 = model
+        model.eval()
+        torch.save(model.state_dict(), out / "model.pt")
+        _seed_everything(s["seed"])
+        metrics = evaluate_elbo(stage1, x_test.to(device), binarize=binarize)
+        if args.two_stage:
+            metrics["gamma"] = model.gamma
+        _write_json_atomic({"split": test_split, **metrics}, out / TEST_METRICS_NAME)
+        _seed_everything(s["seed"])
+        if is_image_shape(shape):
+            image_grid(model.sample(64).clamp(0, 1).cpu(), path=out / "samples.png",
+                       title="two-stage samples" if args.two_stage else "samples")
+            print(f"wrote {out / 'samples.png'}")
+    print(f"test ELBO: {metrics['elbo']:.2f} nats (rate {metrics['rate']:.2f}, distortion {metrics['distortion']:.2f}"
+          f"; {test_split} split, {x_test.shape[0]} datapoints)")
     return 0
 
 
@@ -462,6 +714,33 @@ def _fmt_list(values: list[float] | None) -> str:
     return "n/a" if values is None else "[" + ", ".join(f"{v:.2f}" for v in values) + "]"
 
 
+# ---------------------------------------------------------------------------------------------- plot
+def _add_plot(subparsers: Any) -> None:
+    p = subparsers.add_parser(
+        "plot", help="draw every figure of a trained run",
+        description="Draw the figures of a run folder: training curves, reconstructions, samples, the latent space "
+                    "coloured by label, a latent traversal (the decoded 2-D manifold for 2-D latents), and from "
+                    "an importance-sampling estimate on test data the bound against K, the per-datapoint gaps "
+                    "and the Pareto k-hat (ArviZ).")
+    p.add_argument("run", help="run folder written by 'pyro-vae train'")
+    p.add_argument("--out", default=None, help="folder for the PNG files (default: the run folder)")
+    p.add_argument("--num-particles", type=int, default=1000, help="K of the importance sampling (default: 1000)")
+    p.add_argument("--num", type=int, default=500, help="test datapoints to use (default: 500)")
+    p.add_argument("--data-root", default=None, help="data folder (default: the run's, else $PYRO_VAE_DATA)")
+    p.add_argument("--device", default="cpu", help="auto, cpu or cuda (default: cpu)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+
+
+def _run_plot(args: argparse.Namespace) -> int:
+    from .plots import plot_run
+
+    written = plot_run(args.run, args.out, num_particles=args.num_particles, num=args.num, data_root=args.data_root,
+                       seed=args.seed, device=args.device)
+    for path in written.values():
+        print(f"wrote {path}")
+    return 0
+
+
 # ---------------------------------------------------------------------------------------------- main
 #: name -> (add the subparser, run it); a new subcommand is one more entry
 SUBCOMMANDS: dict[str, tuple[Callable[[Any], None], Callable[[argparse.Namespace], int]]] = {
@@ -469,6 +748,7 @@ SUBCOMMANDS: dict[str, tuple[Callable[[Any], None], Callable[[argparse.Namespace
     "sample": (_add_sample, _run_sample),
     "reconstruct": (_add_reconstruct, _run_reconstruct),
     "evaluate": (_add_evaluate, _run_evaluate),
+    "plot": (_add_plot, _run_plot),
 }
 
 

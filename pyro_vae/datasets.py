@@ -4,18 +4,19 @@ Every loader returns an in-memory ``torch.float32`` tensor of shape ``(N, *event
 ``return_labels=True``, an ``int64`` label tensor of shape ``(N,)``). At MNIST sizes a plain tensor is faster
 than a ``DataLoader``; dynamic binarization (:func:`binarize`) is applied per batch on the device.
 
-========================  ==============  ===========  ==================================================
-name                      event shape     values       splits (number of examples)
-========================  ==============  ===========  ==================================================
-``digits``                ``(1, 8, 8)``   [0, 1]       train 1500, valid 300, test 297,
-                                                       train-without-valid 1200
-``mnist``                 ``(1, 28, 28)`` [0, 1]       train 60000, valid 10000, test 10000,
-                                                       train-without-valid 50000
-``fashion-mnist``         ``(1, 28, 28)`` [0, 1]       same as ``mnist``
-``binarized-mnist``       ``(1, 28, 28)`` {0, 1}       train 50000, valid 10000, test 10000, train+valid 60000
-``ring``                  ``(2,)``        real         train 10000, valid 1000, test 1000 (defaults)
-``linear-gaussian``       ``(4,)``        real         train 10000, valid 1000, test 1000 (defaults)
-========================  ==============  ===========  ==================================================
+========================  ================  ===========  ===================================================
+name                      event shape       values       splits (number of examples)
+========================  ================  ===========  ===================================================
+``digits``                ``(1, 8, 8)``     [0, 1]       train 1500, valid 300, test 297,
+                                                         train-without-valid 1200
+``mnist``                 ``(1, 28, 28)``   [0, 1]       train 60000, valid 10000, test 10000,
+                                                         train-without-valid 50000
+``fashion-mnist``         ``(1, 28, 28)``   [0, 1]       same as ``mnist``
+``binarized-mnist``       ``(1, 28, 28)``   {0, 1}       train 50000, valid 10000, test 10000,
+                                                         train+valid 60000
+``ring``                  ``(2,)``          real         train 10000, valid 1000, test 1000 (defaults)
+``linear-gaussian``       ``(4,)``          real         train 10000, valid 1000, test 1000 (defaults)
+========================  ================  ===========  ===================================================
 
 .. rubric:: Splits
 

@@ -134,20 +134,35 @@ class NormalGamma(Likelihood):
     """A Gaussian with one learned scalar variance ``gamma`` shared by all dimensions (Dai & Wipf 2019).
 
     ``gamma = exp(log_gamma)`` may fall towards 0 during training, as Dai & Wipf predict for data on a
-    low-dimensional manifold; the log parameterisation keeps it positive and finite.
+    low-dimensional manifold; the log parameterisation keeps it positive, and a smooth floor at ``min_gamma``
+    keeps it finite: in float32, ``exp(log_gamma)`` underflows to 0 below ``log_gamma = -103`` and the density
+    turns into ``inf``/NaN. The effective ``log_gamma`` is ``log_gamma`` itself above ``log(min_gamma) + 20``
+    and ``log(min_gamma) + softplus(log_gamma - log(min_gamma))`` below (smooth, no hard clamp).
+
+    :param gamma: the initial variance.
+    :param min_gamma: the floor (1e-12: squared errors below it are not resolved in float32 anyway).
     """
 
-    def __init__(self, event_shape: tuple[int, ...], gamma: float = 1.0) -> None:
+    def __init__(self, event_shape: tuple[int, ...], gamma: float = 1.0, min_gamma: float = 1e-12) -> None:
         super().__init__(event_shape)
+        if not gamma > 0 or not min_gamma > 0:
+            raise ValueError(f"the 'normal-gamma' likelihood needs gamma > 0 and min_gamma > 0, got {gamma}, "
+                             f"{min_gamma}")
         self.log_gamma = nn.Parameter(torch.tensor(math.log(gamma)))
+        self.min_log_gamma = math.log(min_gamma)
+
+    def effective_log_gamma(self) -> torch.Tensor:
+        """``log_gamma`` with the smooth floor at ``log(min_gamma)``, a scalar tensor."""
+        t = self.log_gamma - self.min_log_gamma
+        return torch.where(t > 20, self.log_gamma, self.min_log_gamma + torch.nn.functional.softplus(t))
 
     @property
     def gamma(self) -> torch.Tensor:
-        """The decoder variance, a scalar tensor."""
-        return self.log_gamma.exp()
+        """The decoder variance, a scalar tensor (never below ``min_gamma``)."""
+        return self.effective_log_gamma().exp()
 
     def base(self, params: torch.Tensor) -> dist.TorchDistribution:
-        return dist.Normal(params, (0.5 * self.log_gamma).exp(), validate_args=False)
+        return dist.Normal(params, (0.5 * self.effective_log_gamma()).exp(), validate_args=False)
 
 
 #: name -> constructor ``(event_shape, **options) -> Likelihood``

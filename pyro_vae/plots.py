@@ -1,4 +1,4 @@
-"""Matplotlib figures: image grids, samples, reconstructions and training curves.
+"""Matplotlib figures: image grids, samples, reconstructions, training curves, the latent space, the K-curve.
 
 matplotlib is imported inside the functions, so ``import pyro_vae`` never needs it. The figures are built
 with :class:`matplotlib.figure.Figure` directly, not through :mod:`matplotlib.pyplot`: nothing here selects
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from typing import TYPE_CHECKING, Any, Sequence
 
 import torch
@@ -21,8 +22,8 @@ import torch
 if TYPE_CHECKING:  # pragma: no cover - only for annotations
     from matplotlib.figure import Figure
 
-__all__ = ["gap_histogram", "image_grid", "is_image_shape", "k_curve", "khat_plot", "save_samples",
-           "save_reconstructions", "training_curves"]
+__all__ = ["RUN_FIGURES", "gap_histogram", "image_grid", "is_image_shape", "k_curve", "khat_plot", "latent_space",
+           "latent_traversal", "pca", "plot_run", "save_reconstructions", "save_samples", "training_curves"]
 
 #: pixels of padding between the images of a grid (drawn in the background colour)
 _PAD = 1
@@ -268,51 +269,211 @@ def save_reconstructions(
 
 
 def training_curves(history: Sequence[dict[str, Any]], path: str | os.PathLike[str] | None = None) -> Figure:
-    """Plot the metrics that :func:`pyro_vae.fit` records per epoch.
+    """Plot the metrics that :func:`pyro_vae.fit` records per epoch, training and validation side by side.
 
-    Panels, each only when its metrics are present: the training loss (negative bound per datapoint); the
-    validation ELBO; the validation rate ``E_q[log q(z | x) - log p(z)]`` and distortion ``-E_q[log p(x | z)]``.
+    Panels, each only when its metrics are present: the ELBO (training: ``train_elbo`` when recorded, else
+    minus the training loss, i.e. the bound averaged over the epoch's batches; validation: ``val_elbo``); the
+    rate ``E_q[log q(z | x) - log p(z)]`` (``train_rate``, ``val_rate``); the distortion ``-E_q[log p(x | z)]``
+    (``train_distortion``, ``val_distortion``). All in nats per datapoint.
 
-    :param history: one dict per epoch with ``epoch`` and some of ``loss``, ``val_elbo``, ``val_rate``,
-        ``val_distortion`` (the list :func:`pyro_vae.fit` returns, or the lines of ``metrics.jsonl``).
+    :param history: one dict per epoch with ``epoch`` and some of ``loss``, ``train_elbo``, ``train_rate``,
+        ``train_distortion``, ``val_elbo``, ``val_rate``, ``val_distortion`` (the list :func:`pyro_vae.fit`
+        returns, or the lines of ``metrics.jsonl``).
     :param path: where to save the PNG (None: only return the figure).
-    :returns: the :class:`matplotlib.figure.Figure`.
+    :returns: the :class:`matplotlib.figure.Figure`, one axes per panel.
     """
     history = list(history)
     if not history:
         raise ValueError("training_curves needs a non-empty history (one dict per epoch)")
     epochs = [h.get("epoch", i + 1) for i, h in enumerate(history)]
 
-    def series(key: str) -> list[float] | None:
-        if not any(key in h for h in history):
+    def series(key: str, sign: float = 1.0) -> list[float] | None:
+        if not any(h.get(key) is not None for h in history):
             return None
-        return [float(h[key]) if key in h and h[key] is not None else math.nan for h in history]
+        return [sign * float(h[key]) if h.get(key) is not None else math.nan for h in history]
 
+    train_elbo = series("train_elbo")
+    train_label = "training"
+    if train_elbo is None:
+        train_elbo, train_label = series("loss", -1.0), "training (minus the loss)"
     panels: list[tuple[str, list[tuple[str, list[float]]]]] = []
-    loss = series("loss")
-    if loss is not None:
-        panels.append(("training loss (nats)", [("loss", loss)]))
-    val_elbo = series("val_elbo")
-    if val_elbo is not None:
-        panels.append(("validation ELBO (nats)", [("ELBO", val_elbo)]))
-    parts = [(name, s) for name, s in (("rate", series("val_rate")), ("distortion", series("val_distortion")))
-             if s is not None]
-    if parts:
-        panels.append(("validation rate and distortion (nats)", parts))
+    for ylabel, train, val in (("ELBO (nats)", train_elbo, series("val_elbo")),
+                               ("rate (nats)", series("train_rate"), series("val_rate")),
+                               ("distortion (nats)", series("train_distortion"), series("val_distortion"))):
+        lines = [(name, s) for name, s in ((train_label if ylabel.startswith("ELBO") else "training", train),
+                                           ("validation", val)) if s is not None]
+        if lines:
+            panels.append((ylabel, lines))
     if not panels:
-        raise ValueError("the history holds none of loss, val_elbo, val_rate, val_distortion")
-    fig = _figure((4.0 * len(panels), 3.2))
+        raise ValueError("the history holds none of loss, train_elbo, val_elbo, val_rate, val_distortion")
+    fig = _figure((3.6 * len(panels), 3.2))
     for i, (ylabel, lines) in enumerate(panels):
         ax = fig.add_subplot(1, len(panels), i + 1)
         for name, values in lines:
-            ax.plot(epochs, values, marker="." if len(epochs) <= 30 else None, label=name)
+            ax.plot(epochs, values, marker="." if len(epochs) <= 30 else None, label=name,
+                    color="tab:blue" if name.startswith("training") else "tab:orange")
         ax.set_xlabel("epoch")
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
-        if len(lines) > 1:
-            ax.legend(fontsize="small")
+        ax.legend(fontsize="small")
     _save(fig, path)
     return fig
+
+
+@torch.no_grad()
+def _encode_means(vae: Any, x: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
+    """``z_loc`` of every datapoint, ``(N, latent_dim)`` on the CPU."""
+    device = _module_device(vae)
+    was_training = getattr(vae, "training", False)
+    if hasattr(vae, "eval"):
+        vae.eval()
+    try:
+        parts = [vae.encode(x[i:i + batch_size].to(device))[0].reshape(min(batch_size, x.shape[0] - i), -1).cpu()
+                 for i in range(0, x.shape[0], batch_size)]
+    finally:
+        if was_training and hasattr(vae, "train"):
+            vae.train()
+    return torch.cat(parts).double()
+
+
+def pca(z: torch.Tensor, num_components: int = 2) -> tuple[torch.Tensor, torch.Tensor]:
+    """Project points on their leading principal components (an SVD of the centred data).
+
+    :param z: ``(N, D)``.
+    :param num_components: how many components (at most ``D``).
+    :returns: ``(projection (N, num_components), explained variance ratio (num_components,))``.
+    """
+    z = torch.as_tensor(z).double()
+    centred = z - z.mean(0)
+    _, svals, vh = torch.linalg.svd(centred, full_matrices=False)
+    var = svals**2
+    ratio = var / var.sum().clamp_min(1e-300)
+    return centred @ vh[:num_components].T, ratio[:num_components]
+
+
+def latent_space(
+    vae: Any,
+    x: torch.Tensor,
+    labels: torch.Tensor | None = None,
+    path: str | os.PathLike[str] | None = None,
+    title: str | None = None,
+) -> Figure:
+    """Scatter the posterior means ``z_loc(x)`` of the data, coloured by label.
+
+    A 2-D latent space is drawn directly; a larger one is projected on its first two principal components
+    (:func:`pca`, the axes say how much of the variance each holds); a 1-D one is drawn against the label.
+
+    :param vae: anything with ``.encode(x) -> (z_loc, z_scale)``, e.g. a :class:`pyro_vae.VAE`.
+    :param x: datapoints ``(N, *input_shape)``.
+    :param labels: optional integer labels ``(N,)`` (one colour per class, with a legend).
+    :param path: where to save the PNG (None: only return the figure).
+    :param title: the figure's title.
+    :returns: the :class:`matplotlib.figure.Figure`.
+    """
+    z = _encode_means(vae, x)
+    d = z.shape[1]
+    if d == 1:
+        xy = torch.stack([z[:, 0], torch.zeros(len(z)) if labels is None else torch.as_tensor(labels).double()], 1)
+        xlabel, ylabel = "$z_1$", "label" if labels is not None else ""
+    elif d == 2:
+        xy, xlabel, ylabel = z, "$z_1$", "$z_2$"
+    else:
+        xy, ratio = pca(z, 2)
+        xlabel = f"principal component 1 ({100 * ratio[0]:.0f}% of the variance)"
+        ylabel = f"principal component 2 ({100 * ratio[1]:.0f}%)"
+    fig = _figure((5.2, 4.6))
+    ax = fig.add_subplot()
+    xy = xy.numpy()
+    if labels is None:
+        ax.scatter(xy[:, 0], xy[:, 1], s=4, alpha=0.6, color="tab:blue")
+    else:
+        lab = torch.as_tensor(labels).cpu().numpy()
+        classes = sorted(set(lab.tolist()))
+        cmap = "tab10" if len(classes) <= 10 else "tab20"
+        from matplotlib import colormaps
+
+        colours = colormaps[cmap]
+        for i, c in enumerate(classes):
+            sel = lab == c
+            ax.scatter(xy[sel, 0], xy[sel, 1], s=4, alpha=0.7, color=colours(i % colours.N), label=str(c))
+        ax.legend(title="label", fontsize="small", markerscale=3, loc="center left", bbox_to_anchor=(1.0, 0.5),
+                  frameon=False)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+    ax.set_title(title if title is not None else
+                 f"posterior means of {len(xy)} datapoints" + ("" if d <= 2 else f" (PCA of {d} dimensions)"),
+                 fontsize="medium")
+    _save(fig, path)
+    return fig
+
+
+@torch.no_grad()
+def latent_traversal(
+    vae: Any,
+    path: str | os.PathLike[str] | None = None,
+    n: int = 15,
+    x: torch.Tensor | None = None,
+    max_dims: int = 10,
+    span: float = 3.0,
+    title: str | None = None,
+) -> Figure:
+    """Decode a grid of latent points: the learned manifold for a 2-D latent space, traversals otherwise.
+
+    - 2-D latents: an ``n x n`` grid of :math:`z = (\\Phi^{-1}(u_1), \\Phi^{-1}(u_2))` for ``u`` on an even grid
+      of ``(0, 1)`` (Kingma & Welling's figure 4): equal prior mass between neighbouring images.
+    - Other latent sizes: one row per latent dimension, varying it from ``-span`` to ``span`` with the others
+      at the mean of ``z_loc(x)`` (at 0 without ``x``); with ``x`` the rows are the ``max_dims`` dimensions
+      whose ``z_loc`` varies most over the data (the active ones), otherwise the first ``max_dims``.
+
+    :param vae: anything with ``.latent_dim`` and ``.decode(z)`` returning images (a :class:`pyro_vae.VAE`).
+    :param path: where to save the PNG (None: only return the figure).
+    :param n: images per row.
+    :param x: optional data ``(N, *input_shape)`` that choose the rows and the fixed values (latents > 2).
+    :param max_dims: at most this many rows (latents > 2).
+    :param span: the traversal range in prior standard deviations (latents > 2).
+    :param title: the figure's title.
+    :returns: the :class:`matplotlib.figure.Figure`.
+    """
+    if int(n) < 2:
+        raise ValueError(f"n must be >= 2, got {n}")
+    n, d = int(n), int(vae.latent_dim)
+    device = _module_device(vae)
+    if d == 2:
+        u = torch.linspace(0.5 / n, 1 - 0.5 / n, n, dtype=torch.float64)
+        g = torch.distributions.Normal(0.0, 1.0).icdf(u)
+        # rows from top to bottom: z_2 decreasing; columns: z_1 increasing
+        z = torch.stack(torch.meshgrid(g, g.flip(0), indexing="xy"), -1).reshape(-1, 2)
+        rows = n
+        default_title = "decoded grid of the 2-D latent space (inverse normal CDF)"
+    else:
+        base = torch.zeros(d, dtype=torch.float64)
+        dims = list(range(min(d, int(max_dims))))
+        if x is not None:
+            z_loc = _encode_means(vae, x)
+            base = z_loc.mean(0)
+            dims = z_loc.var(0).argsort(descending=True)[: int(max_dims)].tolist()
+        values = torch.linspace(-span, span, n, dtype=torch.float64)
+        z = base.repeat(len(dims), n, 1)
+        for r, j in enumerate(dims):
+            z[r, :, j] = values
+        z = z.reshape(-1, d)
+        rows = len(dims)
+        default_title = (f"latent traversals from {-span:g} to {span:g}: rows = dimensions "
+                         f"{', '.join(str(j + 1) for j in dims)}")
+    was_training = getattr(vae, "training", False)
+    if hasattr(vae, "eval"):
+        vae.eval()
+    try:
+        images = vae.decode(z.to(device=device, dtype=torch.float32)).cpu()
+    finally:
+        if was_training and hasattr(vae, "train"):
+            vae.train()
+    if not is_image_shape(images.shape[1:]):
+        raise ValueError(f"latent_traversal draws images; the model decodes datapoints of shape "
+                         f"{tuple(images.shape[1:])}")
+    assert images.shape[0] == rows * n
+    return image_grid(images, nrow=n, path=path, title=title if title is not None else default_title)
 
 
 def k_curve(result: Any, path: str | os.PathLike[str] | None = None) -> Figure:
@@ -355,16 +516,115 @@ def gap_histogram(result: Any, path: str | os.PathLike[str] | None = None, bins:
 
 
 def khat_plot(result: Any, path: str | os.PathLike[str] | None = None) -> Figure:
-    """Pareto k-hat per datapoint with the 0.7 reliability threshold (PSIS, through ArviZ)."""
-    if result.khat is None:
-        raise ValueError("the result has no Pareto k-hat (log_likelihood(..., diagnostics=False))")
-    khat = result.khat.numpy()
-    fig = _figure((4.8, 3.4))
+    """Pareto :math:`\\hat k` per datapoint, drawn by :func:`arviz.plot_khat`, with the 0.7 threshold.
+
+    :param result: a ``LogLikelihoodResult`` with ``khat``, an :class:`arviz.InferenceData` from
+        :func:`pyro_vae.infer.to_inference_data`, or a ``(N,)`` array of k-hat values.
+    :param path: where to save the PNG (None: only return the figure).
+    :returns: the :class:`matplotlib.figure.Figure`.
+    """
+    import arviz as az
+    import numpy as np
+
+    if hasattr(result, "sample_stats"):
+        from .infer.arviz import psis_khat
+
+        khat = psis_khat(result).values
+    elif hasattr(result, "khat"):
+        if result.khat is None:
+            raise ValueError("the result has no Pareto k-hat (log_likelihood(..., diagnostics=False))")
+        khat = result.khat.double().numpy()
+    else:
+        khat = np.asarray(torch.as_tensor(result).double())
+    khat = np.asarray(khat, dtype=np.float64).reshape(-1)
+    fig = _figure((5.6, 3.6))
     ax = fig.add_subplot(1, 1, 1)
-    ax.scatter(range(len(khat)), khat, s=4, c=["tab:red" if k > 0.7 else "tab:blue" for k in khat])
-    ax.axhline(0.7, color="tab:red", ls="--", label="0.7: unreliable above")
+    bad = khat > 0.7
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # ArviZ prefers ELPDData to an array of k-hat values
+        az.plot_khat(khat, ax=ax, color=np.where(bad, "tab:red", "tab:blue").tolist(), show_bins=False,
+                     markersize=6 if len(khat) <= 2000 else 2)
+    ax.axhline(0.7, color="tab:red", ls="--", lw=1, label="0.7: unreliable above")
     ax.set_xlabel("datapoint")
     ax.set_ylabel("Pareto $\\hat{k}$")
-    ax.legend(fontsize="small")
+    ax.set_title(f"PSIS diagnostic: {int(bad.sum())} of {len(khat)} datapoints above 0.7", fontsize="medium")
+    ax.legend(fontsize="small", loc="upper right")
     _save(fig, path)
     return fig
+
+
+#: the files :func:`plot_run` writes, in order
+RUN_FIGURES = ("training.png", "reconstructions.png", "samples.png", "latent_space.png", "traversal.png",
+               "k_curve.png", "gaps.png", "khat.png")
+
+
+def plot_run(
+    run_dir: str | os.PathLike[str],
+    out: str | os.PathLike[str] | None = None,
+    *,
+    num_particles: int = 1000,
+    num: int = 500,
+    data_root: str | os.PathLike[str] | None = None,
+    seed: int = 0,
+    device: str = "cpu",
+    progress: bool = False,
+) -> dict[str, str]:
+    """Draw every figure of a run folder written by ``pyro-vae train`` (what ``pyro-vae plot`` does).
+
+    Writes into ``out`` (default: the run folder): ``training.png`` (:func:`training_curves` of
+    ``metrics.jsonl``), ``reconstructions.png``, ``samples.png``, ``latent_space.png`` (coloured by label when
+    the data set has labels), ``traversal.png`` (image data), and from an importance-sampling estimate with
+    ``num_particles`` particles on the first ``num`` test datapoints ``k_curve.png``, ``gaps.png`` and
+    ``khat.png``.
+
+    :returns: ``{figure name: path}`` of the files written.
+    """
+    import json
+    from pathlib import Path
+
+    from . import datasets
+    from .cli import load_run
+    from .infer import log_likelihood
+
+    run_dir = Path(run_dir)
+    out_dir = Path(out) if out is not None else run_dir
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if int(num_particles) < 2:
+        raise ValueError(f"num_particles must be >= 2 (the k-hat needs several), got {num_particles}")
+    if int(num) < 2:
+        raise ValueError(f"num must be >= 2, got {num}")
+    vae, config = load_run(run_dir, device=device)
+    root = data_root if data_root is not None else config.get("data_root")
+    split = config.get("splits", {}).get("test", "test")
+    try:
+        x, labels = datasets.load(config["dataset"], split, root=root, return_labels=True)
+    except ValueError:  # a data set without labels
+        x, labels = datasets.load(config["dataset"], split, root=root), None
+    x, labels = x[: int(num)], None if labels is None else labels[: int(num)]
+    gen = torch.Generator().manual_seed(int(seed))
+    if config.get("training", {}).get("binarize"):
+        x = datasets.binarize(x, gen)
+    written: dict[str, str] = {}
+
+    def done(name: str) -> Path:
+        written[name] = str(out_dir / name)
+        return out_dir / name
+
+    metrics = run_dir / "metrics.jsonl"
+    if metrics.is_file():
+        history = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
+        if history:
+            training_curves(history, done("training.png"))
+    torch.manual_seed(int(seed))
+    save_reconstructions(vae, x, done("reconstructions.png"), n=min(32, x.shape[0]))
+    reference = x if not is_image_shape(x.shape[1:]) else None
+    save_samples(vae, done("samples.png"), num_samples=64 if reference is None else 1000, data=reference)
+    latent_space(vae, x, labels, done("latent_space.png"))
+    if is_image_shape(x.shape[1:]):
+        latent_traversal(vae, done("traversal.png"), x=x)
+    result = log_likelihood(vae.model, vae.guide, x.to(_module_device(vae)), num_particles=int(num_particles),
+                            seed=int(seed), progress=progress)
+    k_curve(result, done("k_curve.png"))
+    gap_histogram(result, done("gaps.png"))
+    khat_plot(result, done("khat.png"))
+    return written

@@ -13,11 +13,24 @@ observation site alone, i.e. the loss is ``distortion + beta_t * rate``.
 Checkpoints (``checkpoint.pt`` in ``checkpoint_dir``) hold weights, optimizer and scheduler state, the
 configuration, the epoch, the history and every random number generator's state; they are written
 atomically (temporary file, fsync, rename) at the end of each epoch, and ``resume=True`` continues exactly
-where the last complete epoch left off. Metrics are appended to ``metrics.jsonl``.
+where the last complete epoch left off. Metrics are appended to ``metrics.jsonl``. A checkpoint that cannot be
+written (disk full, read-only folder) raises a clear ``OSError`` and leaves the previous one intact.
+
+Numerical trouble: the epoch's running loss total stays on the device (a NaN or inf loss makes it non-finite);
+every ``nan_check_every`` steps and at the end of each epoch one check (the only host synchronisation) looks at
+it and at the parameters. On a non-finite value the epoch is replayed from its start (kept in memory), every
+value checked, to name the epoch, the first failing step and the site (a sample site whose value or
+``log_prob`` is non-finite, a parameter whose gradient is, or a parameter an optimizer step made non-finite).
+``on_nan="raise"`` (the default) raises ``FloatingPointError`` with that report and leaves the pair at the start
+of the failing epoch;
+``on_nan="rollback"`` restores the start of the epoch, halves the learning rate and goes on, recording the event
+in the epoch's ``nan_events``. See ``docs/reliability.md``.
 """
 
 from __future__ import annotations
 
+import copy
+import errno
 import json
 import math
 import os
@@ -25,6 +38,7 @@ import random
 import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -37,13 +51,15 @@ from torch import nn
 
 from .datasets import binarize as binarize_batch
 from .infer.objectives import get_objective
-from .infer.weights import fast_path_owner, guess_max_plate_nesting, importance_terms
+from .infer.weights import PARTICLE_PLATE, fast_path_owner, guess_max_plate_nesting, importance_terms
 
 __all__ = ["fit", "atomic_write", "atomic_save", "evaluate_elbo", "resolve_device", "LR_SCHEDULES", "CHECKPOINT_NAME",
-           "METRICS_NAME", "iwae_schedule"]
+           "METRICS_NAME", "iwae_schedule", "load_checkpoint", "ON_NAN"]
 
 CHECKPOINT_NAME = "checkpoint.pt"
 METRICS_NAME = "metrics.jsonl"
+#: what :func:`fit` does when a loss or gradient becomes NaN or inf
+ON_NAN = ("raise", "rollback")
 
 
 class ScaleLatents(Messenger):
@@ -236,6 +252,129 @@ def _load_pair_state(pair: Any, state: dict[str, Any]) -> None:
                 store[name].data.copy_(value)
 
 
+def _snapshot(pair: Any, optimizer: torch.optim.Optimizer, scheduler: Any, shuffle: torch.Generator) -> dict[str, Any]:
+    """A copy in memory of everything an epoch changes: weights, optimizer, scheduler and generators."""
+    pair_state = _pair_state(pair)
+    if "module" in pair_state:
+        pair_state = {"module": {k: v.detach().clone() for k, v in pair_state["module"].items()}}
+    return {"pair": pair_state, "optimizer": copy.deepcopy(optimizer.state_dict()),
+            "scheduler": copy.deepcopy(scheduler.state_dict()), "shuffle": shuffle.get_state(), "rng": _rng_state()}
+
+
+def _restore(snapshot: dict[str, Any], pair: Any, optimizer: torch.optim.Optimizer, scheduler: Any,
+             shuffle: torch.Generator) -> None:
+    _load_pair_state(pair, snapshot["pair"])
+    optimizer.load_state_dict(copy.deepcopy(snapshot["optimizer"]))  # load_state_dict may keep the tensors
+    optimizer.zero_grad(set_to_none=True)
+    scheduler.load_state_dict(copy.deepcopy(snapshot["scheduler"]))
+    shuffle.set_state(snapshot["shuffle"])
+    _set_rng_state(snapshot["rng"])
+
+
+def _all_finite(params: list[torch.Tensor]) -> torch.Tensor:
+    """Whether every parameter is finite, as a boolean tensor on their device (no host synchronisation)."""
+    return torch.stack([torch.isfinite(p).all() for p in params]).all()
+
+
+def _parameter_names(pair: Any) -> dict[int, str]:
+    if isinstance(pair, nn.Module):
+        return {id(p): n for n, p in pair.named_parameters()}
+    return {id(v): k for k, v in pyro.get_param_store().named_parameters()}
+
+
+def _nonfinite_sites(model: Callable, guide: Callable, x: torch.Tensor, num_particles: int,
+                     max_plate_nesting: int) -> str | None:
+    """Trace guide and model on ``x`` (the current random state) and name the first sample site whose value or
+    ``log_prob`` is not finite; None if every site is finite."""
+    try:
+        with pyro.validation_enabled(False), torch.no_grad(), poutine.block():
+            with pyro.plate(PARTICLE_PLATE, num_particles, dim=-(max_plate_nesting + 1)):
+                guide_trace = poutine.trace(guide).get_trace(x)
+                model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(x)
+            for role, trace in (("guide", guide_trace), ("model", model_trace)):
+                for name, site in trace.nodes.items():
+                    if site["type"] != "sample":
+                        continue
+                    value = site["value"]
+                    if torch.is_tensor(value) and value.is_floating_point() and not bool(torch.isfinite(value).all()):
+                        return f"sample site {name!r} of the {role} drew a non-finite value"
+                    log_p = site["fn"].log_prob(value)
+                    if torch.is_tensor(log_p) and not bool(torch.isfinite(log_p).all()):
+                        kind = "observed" if site["is_observed"] else "latent"
+                        return (f"the log_prob of the {kind} sample site {name!r} of the {role} is "
+                                f"{log_p[~torch.isfinite(log_p)].flatten()[0].item()}")
+    except Exception as e:  # a program that cannot be traced this way: report what we know
+        return f"(the sites could not be traced: {type(e).__name__}: {e})"
+    return None
+
+
+def _is_invalid_values_error(e: ValueError) -> bool:
+    """Whether ``e`` is a distribution's argument validation refusing NaN/inf (Pyro validates by default)."""
+    return "found invalid values" in str(e)
+
+
+def _checked_step(pair: Any, params: list[torch.Tensor], optimizer: torch.optim.Optimizer,
+                  compute_loss: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, model: Callable,
+                  guide: Callable, num_particles: int, max_plate_nesting: int, clip_norm: float | None) -> str | None:
+    """One training step on ``x`` exactly as :func:`fit` takes it, with every value checked (host syncs are fine:
+    this runs only to locate a failure). Returns what went non-finite, or None."""
+    names = _parameter_names(pair)
+    rng = pyro.util.get_rng_state()
+    try:
+        loss, refused = compute_loss(x), None
+    except ValueError as e:
+        if not _is_invalid_values_error(e):
+            raise
+        loss, refused = None, str(e).splitlines()[0]
+    if loss is None or not bool(torch.isfinite(loss)):
+        pyro.util.set_rng_state(rng)  # the same draws again
+        site = _nonfinite_sites(model, guide, x, num_particles, max_plate_nesting)
+        if site is not None and not site.startswith("("):
+            return site
+        if refused is not None:
+            return f"a distribution refused its parameters: {refused}"
+        return f"the loss is {loss.item()} although every sample site is finite {site or ''}".rstrip()
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    bad = [names.get(id(p), "?") for p in params if p.grad is not None and not bool(torch.isfinite(p.grad).all())]
+    if bad:
+        return f"the gradient of parameter(s) {', '.join(bad)} is non-finite (the loss is finite)"
+    if clip_norm is not None:
+        torch.nn.utils.clip_grad_norm_(params, clip_norm)
+    optimizer.step()
+    bad = [names.get(id(p), "?") for p in params if not bool(torch.isfinite(p).all())]
+    if bad:
+        return (f"the optimizer step made parameter(s) {', '.join(bad)} non-finite although the loss and the "
+                "gradient were finite (the learning rate is too large)")
+    return None
+
+
+def _remove_stale_temporaries(folder: Path) -> None:
+    """Remove the temporary files that a process killed while writing a checkpoint leaves behind."""
+    for name in (CHECKPOINT_NAME, METRICS_NAME):
+        for tmp in folder.glob(name + ".*.tmp"):
+            try:
+                tmp.unlink()
+            except OSError:
+                pass
+
+
+def _save_checkpoint(state: dict[str, Any], history: list[dict[str, Any]], path: Path) -> None:
+    """Write the checkpoint and the metrics atomically; a failure raises an ``OSError`` that says what to do."""
+    previous = (f"the previous checkpoint {path} is intact" if path.exists() else "no checkpoint has been written yet")
+    for target, write in ((path, lambda: atomic_save(state, path)),
+                          (path.parent / METRICS_NAME, lambda: _write_metrics(history, path.parent / METRICS_NAME))):
+        try:
+            write()
+        except OSError as e:
+            reason = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is exceeded",
+                      errno.EROFS: "the file system is read-only", errno.EACCES: "the folder is not writable",
+                      errno.EPERM: "the folder is not writable"}.get(e.errno, e.strerror or str(e))
+            raise OSError(e.errno, f"could not write {target} after epoch {state['epoch']}: {reason}; {previous} "
+                                   "(free some space or make the folder writable, then continue with resume=True, "
+                                   "or 'pyro-vae train --resume')") from e
+
+
 def fit(
     vae: Any,
     data: torch.Tensor,
@@ -262,6 +401,9 @@ def fit(
     config: dict[str, Any] | None = None,
     on_epoch_end: Callable[[dict[str, Any]], None] | None = None,
     fast_path: bool = True,
+    on_nan: str = "raise",
+    nan_check_every: int = 50,
+    max_rollbacks: int = 10,
 ) -> list[dict[str, Any]]:
     """Train a model/guide pair by stochastic gradient ascent on a bound of ``log p(x)``.
 
@@ -292,8 +434,17 @@ def fit(
         path, tested) instead of tracing; user-written pairs always take Pyro's path.
     :param on_epoch_end: called with each epoch's metrics after its checkpoint is written (logging, early
         stopping by raising ``StopIteration``).
+    :param on_nan: what to do when a loss or gradient becomes NaN or inf: ``"raise"`` a ``FloatingPointError``
+        naming the epoch, the step and the site, or ``"rollback"``: restore the start of the epoch, halve the
+        learning rate and go on (recorded in the epoch's ``nan_events``).
+    :param nan_check_every: check the running loss and the parameters for NaN/inf every this many steps (and at
+        each epoch's end); smaller stops sooner after a failure, larger synchronises with the device less often.
+    :param max_rollbacks: with ``on_nan="rollback"``, raise after this many rollbacks in one run.
     :returns: the history, one dict of metrics per epoch (``epoch``, ``loss``, ``lr``, ``beta``, ``seconds``,
-        ``images_per_second`` and, with ``val_data``, ``val_elbo``, ``val_rate``, ``val_distortion``).
+        ``images_per_second``, with ``val_data`` ``val_elbo``, ``val_rate``, ``val_distortion``, and after a
+        rollback ``nan_events``: a list of ``{"step", "site", "lr"}``).
+    :raises FloatingPointError: on a non-finite loss or gradient with ``on_nan="raise"`` (or too many rollbacks).
+    :raises OSError: when a checkpoint cannot be written (disk full, read-only folder); the previous one is intact.
     """
     if not (hasattr(vae, "model") and hasattr(vae, "guide")):
         raise TypeError("fit needs an object with .model and .guide attributes (a pyro_vae.VAE or your own pair)")
@@ -307,6 +458,10 @@ def fit(
         raise ValueError(f"num_particles must be >= 1, got {num_particles}")
     if not lr > 0:
         raise ValueError(f"lr must be > 0, got {lr}")
+    if on_nan not in ON_NAN:
+        raise ValueError(f"unknown on_nan {on_nan!r}; choose one of {list(ON_NAN)}")
+    if int(nan_check_every) < 1:
+        raise ValueError(f"nan_check_every must be >= 1, got {nan_check_every}")
     if isinstance(lr_schedule, str):
         if lr_schedule not in LR_SCHEDULES:
             raise ValueError(f"unknown lr_schedule {lr_schedule!r}; choose one of {sorted(LR_SCHEDULES)}")
@@ -328,6 +483,7 @@ def fit(
         if not os.access(checkpoint_dir, os.W_OK):
             raise PermissionError(f"the checkpoint folder {checkpoint_dir} is not writable")
         ckpt_path = checkpoint_dir / CHECKPOINT_NAME
+        _remove_stale_temporaries(checkpoint_dir)
     elif resume:
         raise ValueError("resume=True needs a checkpoint_dir to resume from")
 
@@ -366,44 +522,102 @@ def fit(
         from tqdm.auto import tqdm
 
         bar = tqdm(total=(int(epochs) - start_epoch) * steps_per_epoch, desc="training", unit="step")
+    particles = int(num_particles)
+    check_every = int(nan_check_every)
+
+    def batch_at(order: torch.Tensor, step: int) -> torch.Tensor:
+        x = data[order[step * batch_size:(step + 1) * batch_size]]
+        return binarize_batch(x) if binarize else x
+
+    def train_step(x: torch.Tensor, compute_loss: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+        loss = compute_loss(x)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if clip_norm is not None:
+            torch.nn.utils.clip_grad_norm_(params, clip_norm)
+        optimizer.step()
+        return loss.detach()
+
+    rollbacks = 0
     if isinstance(vae, nn.Module):
         vae.train()
     for epoch in range(start_epoch, int(epochs)):
-        t0 = time.perf_counter()
         warm = min(1.0, (epoch + 1) / kl_warmup_epochs) if kl_warmup_epochs > 0 else 1.0
         scale = beta * warm
         model, guide = vae.model, vae.guide
         fast = fast_path_owner(model, guide) if fast_path else None
         if scale != 1.0:
             model, guide = ScaleLatents(scale)(model), ScaleLatents(scale)(guide)
-        order = torch.randperm(n, generator=shuffle).to(device)
-        total = torch.zeros((), device=device)
-        for step in range(steps_per_epoch):
-            x = data[order[step * batch_size:(step + 1) * batch_size]]
-            if binarize:
-                x = binarize_batch(x)
+
+        def compute_loss(x: torch.Tensor, model: Callable = model, guide: Callable = guide, fast: Any = fast,
+                         scale: float = scale) -> torch.Tensor:
             if fast is not None:
-                loss = fast.loss(x, objective, int(num_particles), scale) / x.shape[0]
-            else:
-                loss = loss_fn(model, guide, x, num_particles=int(num_particles),
-                               max_plate_nesting=max_plate_nesting) / x.shape[0]
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if clip_norm is not None:
-                torch.nn.utils.clip_grad_norm_(params, clip_norm)
-            optimizer.step()
-            total += loss.detach() * x.shape[0]
-            if bar is not None:
-                bar.update(1)
-                if step % 20 == 0:
-                    bar.set_postfix(epoch=epoch + 1, loss=f"{loss.item():.2f}")
+                return fast.loss(x, objective, particles, scale) / x.shape[0]
+            return loss_fn(model, guide, x, num_particles=particles, max_plate_nesting=max_plate_nesting) / x.shape[0]
+
+        start = _snapshot(vae, optimizer, scheduler, shuffle)  # the last good state, for replay and rollback
+        events: list[dict[str, Any]] = []
+        while True:
+            t0 = time.perf_counter()
+            order = torch.randperm(n, generator=shuffle).to(device)
+            total = torch.zeros((), device=device)
+            detected = None
+            for step in range(steps_per_epoch):
+                x = batch_at(order, step)
+                try:
+                    loss = train_step(x, compute_loss)
+                except ValueError as e:  # a validated distribution met NaN parameters: locate it like any NaN
+                    if not _is_invalid_values_error(e):
+                        raise
+                    detected = step
+                    break
+                total += loss * x.shape[0]  # a NaN or inf loss makes the total non-finite: no per-step check needed
+                if bar is not None:
+                    bar.update(1)
+                    if step % 20 == 0:
+                        bar.set_postfix(epoch=epoch + 1, loss=f"{loss.item():.2f}")
+                if (step + 1) % check_every == 0 or step + 1 == steps_per_epoch:
+                    # the only host synchronisation: every check_every steps and at the end of the epoch
+                    if not bool(torch.isfinite(total) & _all_finite(params)):
+                        detected = step
+                        break
+            if detected is None:
+                break
+            # replay the epoch from its start, checking every value, to find the first step that failed and why
+            _restore(start, vae, optimizer, scheduler, shuffle)
+            order = torch.randperm(n, generator=shuffle).to(device)
+            bad_step, where = detected, ("it did not happen again when the epoch was replayed (a transient fault, "
+                                         "or non-deterministic kernels)")
+            for step in range(detected + 1):
+                found = _checked_step(vae, params, optimizer, compute_loss, batch_at(order, step), model, guide,
+                                      particles, max_plate_nesting, clip_norm)
+                if found is not None:
+                    bad_step, where = step, found
+                    break
+            _restore(start, vae, optimizer, scheduler, shuffle)
+            report = f"NaN or inf in epoch {epoch + 1}, step {bad_step + 1} of {steps_per_epoch}: {where}"
+            if on_nan == "raise":
+                raise FloatingPointError(f"{report}. The model holds the parameters of the start of epoch "
+                                         f"{epoch + 1}. Lower lr, set clip_norm, check the data, or pass "
+                                         "on_nan='rollback' to roll back and halve the learning rate")
+            if rollbacks >= int(max_rollbacks):
+                raise FloatingPointError(f"{report}. Gave up after {rollbacks} rollbacks (max_rollbacks); the model "
+                                         f"holds the parameters of the start of epoch {epoch + 1}")
+            rollbacks += 1
+            for group in optimizer.param_groups:
+                group["lr"] *= 0.5
+            scheduler.base_lrs = [b * 0.5 for b in scheduler.base_lrs]  # saved with the scheduler: resume keeps it
+            start = _snapshot(vae, optimizer, scheduler, shuffle)
+            new_lr = optimizer.param_groups[0]["lr"]
+            events.append({"step": bad_step + 1, "site": where, "lr": new_lr})
+            warnings.warn(f"{report}; rolled back to the start of the epoch and lowered lr to {new_lr:g}",
+                          RuntimeWarning, stacklevel=2)
         seconds = time.perf_counter() - t0
-        record: dict[str, Any] = {"epoch": epoch + 1, "loss": (total / n).item(), "lr": scheduler.get_last_lr()[0],
+        record: dict[str, Any] = {"epoch": epoch + 1, "loss": (total / n).item(), "lr": optimizer.param_groups[0]["lr"],
                                   "beta": scale, "seconds": seconds, "images_per_second": n / seconds}
+        if events:
+            record["nan_events"] = events
         scheduler.step()
-        if not math.isfinite(record["loss"]):
-            raise FloatingPointError(f"the training loss became {record['loss']} in epoch {epoch + 1}; lower lr "
-                                     "or check the data")
         if val_data is not None:
             if isinstance(vae, nn.Module):
                 vae.eval()
@@ -413,12 +627,11 @@ def fit(
                 vae.train()
         history.append(record)
         if ckpt_path is not None:
-            atomic_save({
+            _save_checkpoint({
                 "epoch": epoch + 1, "pair": _pair_state(vae), "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(), "shuffle_rng": shuffle.get_state(), "rng": _rng_state(),
                 "history": [json.dumps(h) for h in history], "config": json.dumps(run_config),
-            }, ckpt_path)
-            _write_metrics(history, ckpt_path.parent / METRICS_NAME)
+            }, history, ckpt_path)
         if on_epoch_end is not None:
             try:
                 on_epoch_end(record)

@@ -12,7 +12,19 @@ import pytest
 import torch
 
 from pyro_vae import VAE
-from pyro_vae.plots import image_grid, is_image_shape, save_reconstructions, save_samples, training_curves
+from pyro_vae.plots import (
+    gap_histogram,
+    image_grid,
+    is_image_shape,
+    k_curve,
+    khat_plot,
+    latent_space,
+    latent_traversal,
+    pca,
+    save_reconstructions,
+    save_samples,
+    training_curves,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -145,9 +157,22 @@ def test_training_curves(tmp_path: Path) -> None:
     path = tmp_path / "training.png"
     fig = training_curves(history, path)
     assert_png_matches(fig, path)
-    assert len(fig.axes) == 3
-    assert [line.get_label() for line in fig.axes[2].lines] == ["rate", "distortion"]
-    np.testing.assert_allclose(fig.axes[1].lines[0].get_ydata(), [h["val_elbo"] for h in history])
+    assert [ax.get_ylabel() for ax in fig.axes] == ["ELBO (nats)", "rate (nats)", "distortion (nats)"]
+    elbo_ax = fig.axes[0]
+    assert [line.get_label() for line in elbo_ax.lines] == ["training (minus the loss)", "validation"]
+    np.testing.assert_allclose(elbo_ax.lines[0].get_ydata(), [-h["loss"] for h in history])
+    np.testing.assert_allclose(elbo_ax.lines[1].get_ydata(), [h["val_elbo"] for h in history])
+    np.testing.assert_allclose(fig.axes[2].lines[0].get_ydata(), [h["val_distortion"] for h in history])
+
+
+def test_training_curves_train_and_validation_parts(tmp_path: Path) -> None:
+    history = [{"epoch": e, "loss": 5.0, "train_elbo": -4.0 - e, "train_rate": 1.0 * e, "train_distortion": 3.0,
+                "val_elbo": -5.0, "val_rate": 2.0, "val_distortion": 3.5} for e in range(1, 4)]
+    fig = training_curves(history, tmp_path / "t.png")
+    for ax in fig.axes:
+        assert [line.get_label() for line in ax.lines] == ["training", "validation"]
+    np.testing.assert_allclose(fig.axes[0].lines[0].get_ydata(), [-5.0, -6.0, -7.0])  # train_elbo, not -loss
+    np.testing.assert_allclose(fig.axes[1].lines[0].get_ydata(), [1.0, 2.0, 3.0])
 
 
 def test_training_curves_without_validation(tmp_path: Path) -> None:
@@ -157,6 +182,129 @@ def test_training_curves_without_validation(tmp_path: Path) -> None:
         training_curves([], None)
     with pytest.raises(ValueError):
         training_curves([{"epoch": 1, "lr": 0.1}], None)
+
+
+class _LinearCodes:
+    """A stand-in VAE: ``z_loc(x)`` is the first ``latent_dim`` pixels times fixed scales; ``decode`` draws
+    an 8x8 image whose grey value is ``Phi(z_1)`` in the left half and ``Phi(z_2)`` in the right half."""
+
+    def __init__(self, latent_dim: int) -> None:
+        self.latent_dim = latent_dim
+        self.scales = torch.arange(1.0, latent_dim + 1)
+
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        z = x.reshape(x.shape[0], -1)[:, : self.latent_dim] * self.scales
+        return z, torch.ones_like(z)
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        phi = torch.distributions.Normal(0.0, 1.0).cdf(z)
+        img = torch.empty(z.shape[0], 1, 8, 8)
+        img[..., :4] = phi[:, 0].view(-1, 1, 1, 1)
+        img[..., 4:] = phi[:, 1 if self.latent_dim > 1 else 0].view(-1, 1, 1, 1)
+        return img
+
+
+def _scatter_points(ax) -> np.ndarray:
+    return np.concatenate([np.asarray(c.get_offsets()) for c in ax.collections])
+
+
+def test_latent_space_2d_draws_the_codes_by_label(tmp_path: Path) -> None:
+    x = torch.randn(60, 1, 8, 8)
+    labels = torch.arange(60) % 3
+    fig = latent_space(_LinearCodes(2), x, labels, tmp_path / "z.png")
+    assert_png_matches(fig, tmp_path / "z.png")
+    ax = fig.axes[0]
+    assert len(ax.collections) == 3  # one colour per class
+    colours = {tuple(np.round(c.get_facecolor()[0], 3)) for c in ax.collections}
+    assert len(colours) == 3
+    z = x.reshape(60, -1)[:, :2] * torch.tensor([1.0, 2.0])
+    for c, collection in enumerate(ax.collections):
+        np.testing.assert_allclose(collection.get_offsets(), z[labels == c].numpy(), rtol=1e-5)
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["0", "1", "2"]
+
+
+def test_latent_space_projects_larger_latents_with_pca(tmp_path: Path) -> None:
+    # codes that vary along one direction much more than along the others: PCA's first axis finds it
+    direction = torch.tensor([3.0, 4.0, 0.0, 0.0, 0.0]) / 5
+    t = torch.linspace(-2, 2, 50)
+    codes = t[:, None] * direction * 10 + 0.01 * torch.randn(50, 5)
+
+    class Codes:
+        def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            return codes[x[:, 0].long()], torch.ones(x.shape[0], 5)
+
+    fig = latent_space(Codes(), torch.arange(50.0)[:, None], None, tmp_path / "p.png")
+    assert_png_matches(fig, tmp_path / "p.png")
+    pts = _scatter_points(fig.axes[0])
+    assert abs(np.corrcoef(pts[:, 0], t.numpy())[0, 1]) > 0.999
+    assert "principal component 1 (99" in fig.axes[0].get_xlabel() or "(100%" in fig.axes[0].get_xlabel()
+    proj, ratio = pca(codes, 2)
+    np.testing.assert_allclose(np.abs(pts), np.abs(proj.numpy()), rtol=1e-4, atol=1e-6)
+    assert ratio[0] > 0.99
+
+
+def test_latent_traversal_2d_manifold_grid(tmp_path: Path) -> None:
+    fig = latent_traversal(_LinearCodes(2), tmp_path / "m.png", n=5)
+    assert_png_matches(fig, tmp_path / "m.png")
+    mosaic = np.asarray(fig.axes[0].images[0].get_array())
+    assert mosaic.shape[:2] == (5 * 9 + 1, 5 * 9 + 1)
+    u = (np.arange(5) + 0.5) / 5  # Phi(z) of the grid: z_1 grows to the right, z_2 grows upwards
+    for r in range(5):
+        for c in range(5):
+            cell = mosaic[1 + r * 9:1 + r * 9 + 8, 1 + c * 9:1 + c * 9 + 8]
+            np.testing.assert_allclose(cell[:, :4], u[c], atol=1e-5)
+            np.testing.assert_allclose(cell[:, 4:], u[4 - r], atol=1e-5)
+
+
+def test_latent_traversal_rows_are_the_most_active_dimensions(tmp_path: Path) -> None:
+    class Probe(_LinearCodes):
+        def decode(self, z: torch.Tensor) -> torch.Tensor:  # image = the value of dimension 3, through Phi
+            return torch.distributions.Normal(0.0, 1.0).cdf(z[:, 3]).view(-1, 1, 1, 1).expand(-1, 1, 8, 8)
+
+    vae = Probe(6)  # z_loc = pixel * (1..6): dimension 6 varies most, then 5, 4, ...
+    x = torch.randn(200, 1, 8, 8)
+    fig = latent_traversal(vae, tmp_path / "t.png", n=4, x=x, max_dims=3)
+    assert_png_matches(fig, tmp_path / "t.png")
+    assert "rows = dimensions 6, 5, 4" in fig.axes[0].get_title()
+    mosaic = np.asarray(fig.axes[0].images[0].get_array())
+    assert mosaic.shape[:2] == (3 * 9 + 1, 4 * 9 + 1)
+    row3 = [mosaic[1 + 2 * 9 + 3, 1 + c * 9 + 3] for c in range(4)]  # row of dimension 4 (index 3): varies
+    assert np.all(np.diff(row3) > 0.1)
+    row1 = [mosaic[1 + 3, 1 + c * 9 + 3] for c in range(4)]  # dimension 6 leaves dimension 4 at its mean
+    np.testing.assert_allclose(row1, row1[0], atol=1e-6)
+    with pytest.raises(ValueError):
+        latent_traversal(vae, None, n=1)
+
+
+class _FakeResult:
+    def __init__(self, n: int = 200) -> None:
+        g = torch.Generator().manual_seed(0)
+        self.elbo = -100 + torch.randn(n, generator=g, dtype=torch.float64)
+        self.values = self.elbo + torch.rand(n, generator=g, dtype=torch.float64) * 2
+        self.curve = {1: self.elbo, 5: self.elbo + 0.5, 50: self.elbo + 1.0}
+        self.khat = torch.linspace(0.0, 1.0, n, dtype=torch.float64)
+        self.num_particles = 50
+
+
+def test_k_curve_gap_histogram_and_khat(tmp_path: Path) -> None:
+    result = _FakeResult()
+    fig = k_curve(result, tmp_path / "k.png")
+    assert_png_matches(fig, tmp_path / "k.png")
+    line = fig.axes[0].lines[0]
+    np.testing.assert_allclose(np.asarray(line.get_xdata(), float), [1, 5, 50])
+    mean = float(result.elbo.mean())
+    np.testing.assert_allclose(np.asarray(line.get_ydata(), float), [mean, mean + 0.5, mean + 1.0])
+    fig = gap_histogram(result, tmp_path / "g.png")
+    assert_png_matches(fig, tmp_path / "g.png")
+    assert sum(p.get_height() for p in fig.axes[0].patches) == 200
+    fig = khat_plot(result, tmp_path / "h.png")
+    img = assert_png_matches(fig, tmp_path / "h.png")
+    red = (img[..., 0] > 0.7) & (img[..., 1] < 0.3) & (img[..., 2] < 0.3)
+    assert red.sum() > 50  # the points above 0.7 and the threshold line are drawn in red
+    assert "60 of 200 datapoints above 0.7" in fig.axes[0].get_title()
+    result.khat = None
+    with pytest.raises(ValueError):
+        khat_plot(result)
 
 
 def test_matplotlib_is_imported_lazily() -> None:
@@ -171,3 +319,32 @@ def test_no_pyplot_state() -> None:
         import matplotlib.pyplot as plt
 
         assert plt.get_fignums() == []
+
+
+def test_pyro_vae_plot_draws_every_figure_of_a_run(tmp_path: Path) -> None:
+    import contextlib
+    import io
+
+    from pyro_vae.cli import main
+    from pyro_vae.plots import RUN_FIGURES
+
+    run = tmp_path / "run"
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        assert main(["train", "--dataset", "digits", "--epochs", "3", "--hidden-dims", "32", "--out", str(run),
+                     "--no-progress"]) == 0
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        code = main(["plot", str(run), "--out", str(tmp_path / "figs"), "--num-particles", "20", "--num", "60"])
+    assert code == 0
+    assert out.getvalue().count("wrote ") == len(RUN_FIGURES)
+    for name in RUN_FIGURES:
+        img = read_png(tmp_path / "figs" / name)
+        assert min(img.shape[:2]) > 100, name
+        assert img[..., :3].std() > 0.05, f"{name} is (almost) one colour"
+    # the latent space is coloured by label: several distinct hues among its pixels
+    img = read_png(tmp_path / "figs" / "latent_space.png")[..., :3]
+    saturated = img[(img.max(-1) - img.min(-1)) > 0.3]
+    assert len(np.unique(np.round(saturated, 1), axis=0)) >= 5
+    with contextlib.redirect_stderr(io.StringIO()) as err:
+        assert main(["plot", str(run), "--num-particles", "1"]) == 2
+    assert "num_particles" in err.getvalue()

@@ -6,9 +6,12 @@ All are plain functions of ``(model, guide, *args)`` returning per-datapoint ten
 - :func:`log_likelihood` over a data set, with diagnostics (:class:`LogLikelihoodResult`);
 - :func:`exact_log_likelihood` by quadrature for latents of dimension <= 2;
 - :func:`latent_usage`: active units, KL per dimension, mutual information;
+- :func:`kde_log_likelihood`: the Parzen-window (Gaussian KDE) baseline, model-free;
+- ArviZ / xarray export of draws, weights and diagnostics (:func:`to_inference_data`, :func:`psis_khat`);
 - training objectives in :mod:`pyro_vae.infer.objectives` (IWAE correct under subsampling, DReG).
 """
 
+from .arviz import importance_draws, psis_khat, result_to_dataset, to_inference_data
 from .bounds import elbo, iwae_bound, log_weight_chunks
 from .diagnostics import latent_usage
 from .evaluate import (
@@ -20,12 +23,14 @@ from .evaluate import (
     pareto_khat,
 )
 from .exact import exact_log_likelihood
+from .kde import KDEResult, kde_log_likelihood
 from .objectives import OBJECTIVES, dreg_loss, iwae_loss
 from .weights import ImportanceTerms, guess_max_plate_nesting, importance_terms, log_importance_weights
 
 __all__ = [
     "DEFAULT_K_VALUES",
     "ImportanceTerms",
+    "KDEResult",
     "LogLikelihoodResult",
     "OBJECTIVES",
     "dreg_loss",
@@ -33,13 +38,18 @@ __all__ = [
     "elbo",
     "exact_log_likelihood",
     "guess_max_plate_nesting",
+    "importance_draws",
     "importance_terms",
     "iwae_bound",
     "iwae_loss",
+    "kde_log_likelihood",
     "k_curve",
     "latent_usage",
     "log_importance_weights",
     "log_likelihood",
     "log_weight_chunks",
     "pareto_khat",
+    "psis_khat",
+    "result_to_dataset",
+    "to_inference_data",
 ]

@@ -26,7 +26,7 @@ from typing import Any, Callable, Iterator
 
 import torch
 
-from .weights import guess_max_plate_nesting, log_importance_weights
+from .weights import check_estimator_input, fast_path_owner, guess_max_plate_nesting, importance_terms
 
 __all__ = ["elbo", "iwae_bound", "log_weight_chunks"]
 
@@ -41,19 +41,30 @@ def log_weight_chunks(
     data_plate: str = "data",
     **kwargs: Any,
 ) -> Iterator[torch.Tensor]:
-    """Yield the ``(K, N)`` log importance weights in chunks of at most ``chunk_size`` particles."""
+    """Yield the ``(K, N)`` log importance weights in chunks of at most ``chunk_size`` particles.
+
+    The input is checked once (:func:`~pyro_vae.infer.weights.check_estimator_input`), before the first chunk.
+    """
+    check_estimator_input(model, guide, args, num_particles)
+    yield from _chunks(model, guide, *args, num_particles=num_particles, chunk_size=chunk_size,
+                       max_plate_nesting=max_plate_nesting, data_plate=data_plate, **kwargs)
+
+
+def _chunks(model: Callable, guide: Callable, *args: Any, num_particles: int, chunk_size: int | None = None,
+            max_plate_nesting: int | None = None, data_plate: str = "data", **kwargs: Any) -> Iterator[torch.Tensor]:
+    """:func:`log_weight_chunks` without the input checks (training objectives call it every step)."""
     num_particles = int(num_particles)
     if num_particles < 1:
         raise ValueError(f"num_particles must be >= 1, got {num_particles}")
     chunk_size = num_particles if chunk_size is None else int(chunk_size)
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
-    if max_plate_nesting is None:
+    if max_plate_nesting is None and fast_path_owner(model, guide) is None:
         max_plate_nesting = guess_max_plate_nesting(model, guide, *args, **kwargs)
     for start in range(0, num_particles, chunk_size):
         k = min(chunk_size, num_particles - start)
-        yield log_importance_weights(model, guide, *args, num_particles=k, max_plate_nesting=max_plate_nesting,
-                                     data_plate=data_plate, **kwargs)
+        yield importance_terms(model, guide, *args, num_particles=k, max_plate_nesting=max_plate_nesting,
+                               data_plate=data_plate, **kwargs).log_weights
 
 
 def iwae_bound(
@@ -74,10 +85,20 @@ def iwae_bound(
     :param num_particles: ``K``; ``K = 1`` gives a one-sample ELBO estimate.
     :param chunk_size: particles per vectorized pass (bounded memory); all at once if None.
     :returns: one unbiased sample of :math:`\\mathcal{L}_K(x_n)` per datapoint, shape ``(N,)``.
+    :raises ValueError: for ``num_particles < 1``, empty or non-finite data, data whose shape is not the model's
+        ``input_shape`` or values outside its likelihood's support (checked once, before any work).
     """
+    check_estimator_input(model, guide, args, num_particles)
+    return _iwae_bound(model, guide, *args, num_particles=num_particles, chunk_size=chunk_size,
+                       max_plate_nesting=max_plate_nesting, data_plate=data_plate, **kwargs)
+
+
+def _iwae_bound(model: Callable, guide: Callable, *args: Any, num_particles: int, chunk_size: int | None = None,
+                max_plate_nesting: int | None = None, data_plate: str = "data", **kwargs: Any) -> torch.Tensor:
+    """:func:`iwae_bound` without the input checks: the IWAE training objective calls it every step."""
     acc = None
-    for log_w in log_weight_chunks(model, guide, *args, num_particles=num_particles, chunk_size=chunk_size,
-                                   max_plate_nesting=max_plate_nesting, data_plate=data_plate, **kwargs):
+    for log_w in _chunks(model, guide, *args, num_particles=num_particles, chunk_size=chunk_size,
+                         max_plate_nesting=max_plate_nesting, data_plate=data_plate, **kwargs):
         lse = torch.logsumexp(log_w, dim=0)
         acc = lse if acc is None else torch.logaddexp(acc, lse)
     assert acc is not None and acc.dim() == 1
@@ -101,6 +122,8 @@ def elbo(
 
     Unlike ``Trace_ELBO``, whose loss is one number for the batch (scaled by any subsampling), this
     returns one ELBO per datapoint, unscaled.
+
+    :raises ValueError: for bad input, as :func:`iwae_bound` (checked once, before any work).
     """
     total = None
     for log_w in log_weight_chunks(model, guide, *args, num_particles=num_particles, chunk_size=chunk_size,

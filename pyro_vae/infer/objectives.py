@@ -1,15 +1,15 @@
 """Training objectives, each a differentiable scalar loss for one batch: ``-(sum over datapoints of a bound)``.
 
-=============  =====================================================================================
-name           loss
-=============  =====================================================================================
-``elbo``       Pyro's ``Trace_ELBO`` (``num_particles`` vectorized samples averaged)
-``mean_field`` Pyro's ``TraceMeanField_ELBO`` (the KL term analytic where Pyro knows it)
-``iwae``       :math:`-\\sum_n \\mathcal{L}_K(x_n)`, the IWAE bound with the plate's scale kept *outside*
-               the log-sum-exp, so it stays correct with a subsampled data plate (unlike
-               ``RenyiELBO(alpha=0)``)
-``iwae-dreg``  the same value, with the doubly reparameterized gradient for the guide (Tucker et al. 2019)
-=============  =====================================================================================
+===============  ===================================================================================
+name             loss
+===============  ===================================================================================
+``elbo``         Pyro's ``Trace_ELBO`` (``num_particles`` vectorized samples averaged)
+``mean_field``   Pyro's ``TraceMeanField_ELBO`` (the KL term analytic where Pyro knows it)
+``iwae``         :math:`-\\sum_n \\mathcal{L}_K(x_n)`, the IWAE bound with the plate's scale kept *outside*
+                 the log-sum-exp, so it stays correct with a subsampled data plate (unlike
+                 ``RenyiELBO(alpha=0)``)
+``iwae-dreg``    the same value, with the doubly reparameterized gradient for the guide (Tucker et al. 2019)
+===============  ===================================================================================
 
 The doubly reparameterized gradient (DReG) of the IWAE bound removes the score-function term that makes
 the guide's IWAE gradient noisy as ``K`` grows. With normalised weights
@@ -43,7 +43,7 @@ from pyro import poutine
 from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
 from pyro.poutine.util import site_is_subsample
 
-from .bounds import iwae_bound
+from .bounds import _iwae_bound
 from .weights import PARTICLE_PLATE, importance_terms, sum_sites
 
 __all__ = ["OBJECTIVES", "elbo_loss", "mean_field_loss", "iwae_loss", "dreg_loss", "get_objective"]
@@ -67,8 +67,8 @@ def mean_field_loss(model: Callable, guide: Callable, *args: Any, num_particles:
 def iwae_loss(model: Callable, guide: Callable, *args: Any, num_particles: int = 5,
               max_plate_nesting: int = 1, data_plate: str = "data", **kwargs: Any) -> torch.Tensor:
     """``-sum_n L_K(x_n)``: the IWAE loss of the batch, reparameterized gradients (Burda et al. 2016)."""
-    return -iwae_bound(model, guide, *args, num_particles=num_particles, max_plate_nesting=max_plate_nesting,
-                       data_plate=data_plate, **kwargs).sum()
+    return -_iwae_bound(model, guide, *args, num_particles=num_particles, max_plate_nesting=max_plate_nesting,
+                        data_plate=data_plate, **kwargs).sum()
 
 
 def _weight_view(value: torch.Tensor, site: dict, weights: torch.Tensor, data_plate: str) -> torch.Tensor:

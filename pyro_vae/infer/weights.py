@@ -25,8 +25,8 @@ from pyro import poutine
 from pyro.distributions.util import scale_and_mask
 from pyro.poutine.util import site_is_subsample
 
-__all__ = ["ImportanceTerms", "fast_path_owner", "importance_terms", "sum_sites", "log_importance_weights",
-           "guess_max_plate_nesting"]
+__all__ = ["ImportanceTerms", "check_estimator_input", "fast_path_owner", "importance_terms", "sum_sites",
+           "log_importance_weights", "guess_max_plate_nesting"]
 
 PARTICLE_PLATE = "_pyro_vae_particles"
 
@@ -101,6 +101,38 @@ def sum_sites(trace: Any, data_plate: str, num_particles: int, observed: bool) -
         term = _per_datapoint(site, data_plate, num_particles)
         total = term if total is None else total + term
     return total
+
+
+def check_estimator_input(model: Callable, guide: Callable, args: tuple, num_particles: int,
+                          support: bool = True) -> None:
+    """Refuse bad input to an estimator before any work, with a message that says what to do.
+
+    Checks ``num_particles >= 1`` and, when the first argument is the data tensor ``x``: a non-empty
+    ``(N, *event_shape)`` shape, finite values and, for a model that is a method of an object with
+    ``input_shape`` / ``likelihood`` (a :class:`pyro_vae.VAE`), a floating dtype, the event shape and
+    (``support=True``) the likelihood's support. One pass over ``x``, once per call (never per chunk).
+    """
+    if isinstance(num_particles, bool) or int(num_particles) != num_particles or int(num_particles) < 1:
+        raise ValueError(f"num_particles must be an integer >= 1, got {num_particles!r}")
+    if not args or not torch.is_tensor(args[0]):
+        return
+    x = args[0]
+    if x.dim() < 1 or x.shape[0] == 0:
+        raise ValueError(f"the data x must be a non-empty tensor of shape (N, *event_shape), got {tuple(x.shape)}")
+    owner = getattr(model, "__self__", None)
+    input_shape = getattr(owner, "input_shape", None)
+    if input_shape is not None:  # the library's models take float data; a user's model may observe integers
+        if not x.is_floating_point():
+            raise TypeError(f"the data x must be a floating-point tensor, got dtype {x.dtype}; convert it with "
+                            ".float()")
+        if tuple(x.shape[1:]) != tuple(input_shape):
+            raise ValueError(f"the data x have datapoints of shape {tuple(x.shape[1:])} but the model's input_shape "
+                             f"is {tuple(input_shape)}: reshape the data (x.reshape(-1, *{tuple(input_shape)}))")
+    if x.is_floating_point() and not bool(torch.isfinite(x).all()):
+        raise ValueError("the data x hold NaN or inf values: clean them before evaluating")
+    likelihood = getattr(owner, "likelihood", None)
+    if support and likelihood is not None and hasattr(likelihood, "check_support"):
+        likelihood.check_support(x)
 
 
 def fast_path_owner(model: Callable, guide: Callable) -> Any:
@@ -178,5 +210,6 @@ def log_importance_weights(
     Unlike :func:`pyro.infer.importance.vectorized_importance_weights`, which returns one joint weight
     per particle for the whole batch, this keeps one weight per datapoint.
     """
+    check_estimator_input(model, guide, args, num_particles)
     return importance_terms(model, guide, *args, num_particles=num_particles,
                             max_plate_nesting=max_plate_nesting, data_plate=data_plate, **kwargs).log_weights

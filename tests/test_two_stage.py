@@ -1,0 +1,150 @@
+"""TwoStageVAE (Dai & Wipf) and the Frechet classifier distance."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+import pyro_vae
+from pyro_vae import datasets, infer
+from pyro_vae.frechet import (
+    FeatureClassifier,
+    frechet_classifier_distance,
+    frechet_distance,
+    load_classifier,
+    train_classifier,
+)
+from pyro_vae.models import TwoStageVAE
+
+
+def _small(**kw):
+    return TwoStageVAE((1, 8, 8), latent_dim=4, hidden_dims=(32,), stage2_hidden_dims=(32,), **kw)
+
+
+def test_structure_and_sampling_through_both_stages():
+    tsv = _small()
+    assert tsv.stage1.config["likelihood"] == "normal-gamma"
+    assert tsv.stage2.input_shape == (4,) and tsv.stage2.latent_dim == 4
+    assert tsv.gamma == pytest.approx(1.0)
+    x = datasets.load("digits")[:10]
+    # model/guide are stage 1's: the estimators measure log p(x) of the data
+    assert infer.log_importance_weights(tsv.model, tsv.guide, x, num_particles=3).shape == (3, 10)
+    assert tsv.codes(x).shape == (10, 4)
+    assert tsv.sample(5).shape == (5, 1, 8, 8)
+    assert tsv.sample(5, stages=1).shape == (5, 1, 8, 8)
+    assert tsv.sample(2, mean=False).shape == (2, 1, 8, 8)
+    # the two-stage sampler is stage 1's decoder applied to stage 2's samples
+    torch.manual_seed(0)
+    s = tsv.sample(4)
+    torch.manual_seed(0)
+    z = tsv.stage2.sample(4)
+    torch.testing.assert_close(s, tsv.stage1.decode(z))
+    with pytest.raises(ValueError, match="stages"):
+        tsv.sample(2, stages=3)
+
+
+def test_fit_gamma_falls_and_elbo_rises():
+    x = datasets.load("digits", "train")
+    xv = datasets.load("digits", "valid")
+    tsv = _small()
+    seen = []
+    hist = tsv.fit(x, epochs=8, stage2_epochs=3, batch_size=100, lr=1e-2, val_data=xv, device="cpu", seed=0,
+                   progress=False, on_epoch_end=lambda stage, r: seen.append(stage))
+    gammas = [r["gamma"] for r in hist["stage1"]]
+    assert len(gammas) == 8 and len(hist["stage2"]) == 3
+    assert seen == [1] * 8 + [2] * 3
+    assert gammas[-1] < 0.5 * gammas[0]
+    assert all(b < a for a, b in zip(gammas, gammas[1:]))
+    # a density of continuous data: as gamma falls the ELBO grows (here it passes the fixed-gamma value)
+    assert hist["stage1"][-1]["val_elbo"] > hist["stage1"][0]["val_elbo"] + 5
+    # stage 2 was trained on stage 1's codes: its input is kappa-dimensional
+    assert math.isfinite(hist["stage2"][-1]["val_elbo"])
+
+
+def test_frechet_distance_closed_form():
+    # 1-D: (mu1 - mu2)^2 + (s1 - s2)^2
+    d = frechet_distance(np.array([1.0]), np.array([[4.0]]), np.array([3.0]), np.array([[1.0]]))
+    assert d == pytest.approx(4.0 + 1.0)
+    # identical Gaussians: 0; diagonal covariances: sum over dims
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(5, 5))
+    cov = a @ a.T + np.eye(5)
+    assert frechet_distance(np.zeros(5), cov, np.zeros(5), cov) == pytest.approx(0.0, abs=1e-6)
+    s1, s2 = np.array([1.0, 2.0, 3.0]), np.array([2.0, 2.0, 1.0])
+    expected = 1.0 + ((np.sqrt(s1) - np.sqrt(s2)) ** 2).sum()
+    assert frechet_distance(np.zeros(3), np.diag(s1), np.ones(3) * np.array([1, 0, 0]), np.diag(s2)) == \
+        pytest.approx(expected)
+
+
+def test_frechet_classifier_distance_orders_samples(tmp_path):
+    x, y = datasets.load("digits", "train", return_labels=True)
+    xt = datasets.load("digits", "test")
+    clf = train_classifier(x, y, epochs=3, batch_size=64, lr=3e-3, path=tmp_path / "clf.pt")
+    with torch.no_grad():
+        acc = (clf(xt).argmax(1) == datasets.load("digits", "test", return_labels=True)[1]).float().mean()
+    assert acc > 0.5
+    clf2 = load_classifier(tmp_path / "clf.pt", (1, 8, 8))
+    torch.testing.assert_close(clf2.features(xt[:5]), clf.features(xt[:5]))
+    assert clf.features(xt[:5]).shape == (5, 128)
+    same = frechet_classifier_distance(clf, xt, x[:297])
+    noise = frechet_classifier_distance(clf, xt, torch.rand(297, 1, 8, 8))
+    blank = frechet_classifier_distance(clf, xt, torch.zeros(297, 1, 8, 8) + xt.mean())
+    assert 0 <= same < noise and same < blank
+
+
+def test_feature_classifier_shapes():
+    net = FeatureClassifier((1, 28, 28))
+    assert net(torch.rand(3, 1, 28, 28)).shape == (3, 10)
+    assert net.features(torch.rand(3, 1, 28, 28)).shape == (3, 128)
+
+
+def test_fit_accepts_two_stage_pair():
+    """pyro_vae.fit trains a TwoStageVAE's stage 1 through its model/guide properties."""
+    tsv = _small()
+    x = datasets.load("digits")[:200]
+    hist = pyro_vae.fit(tsv.stage1, x, epochs=1, batch_size=50, device="cpu", progress=False)
+    assert math.isfinite(hist[0]["loss"])
+
+
+def test_cli_two_stage_and_layers(tmp_path):
+    import json
+
+    from pyro_vae.cli import main
+
+    out = tmp_path / "ts"
+    assert main(["train", "--two-stage", "--epochs", "2", "--stage2-epochs", "1", "--out", str(out),
+                 "--no-progress"]) == 0
+    config = json.loads((out / "config.json").read_text())
+    assert config["class"] == "TwoStageVAE" and config["vae"]["stage1"]["likelihood"] == "normal-gamma"
+    history = json.loads((out / "history.json").read_text())
+    assert len(history["stage1"]) == 2 and len(history["stage2"]) == 1 and "gamma" in history["stage1"][0]
+    assert "gamma" in json.loads((out / "test_metrics.json").read_text())
+    assert (out / "samples.png").is_file() and (out / "model.pt").is_file()
+    tsv = TwoStageVAE((1, 8, 8), latent_dim=8, hidden_dims=(128,), stage2_hidden_dims=(128,))
+    tsv.load_state_dict(torch.load(out / "model.pt", weights_only=True))
+
+    out = tmp_path / "h"
+    assert main(["train", "--layers", "32,8;16,4", "--epochs", "1", "--objective", "iwae", "--out", str(out),
+                 "--no-progress"]) == 0
+    config = json.loads((out / "config.json").read_text())
+    assert config["class"] == "HierarchicalVAE" and config["vae"]["layers"] == [[32, 8], [16, 4]]
+    assert config["training"]["num_particles"] == 5
+    assert main(["train", "--layers", "32,x", "--epochs", "1", "--out", str(tmp_path / "bad")]) == 2
+
+
+def test_small_initial_stage2_gamma_avoids_the_collapsed_stationary_point():
+    """Started at gamma = 1, stage 2 drifts to 'latent unused, gamma = variance of the codes' and its samples
+    shrink to the mean code; the default start (0.01) uses the latent from the first step."""
+    g = torch.Generator().manual_seed(0)
+    codes = torch.randn(2000, 4, generator=g) * torch.tensor([1.0, 0.5, 1.2, 0.3]) + torch.tensor([0.5, 0, -1, 0])
+    ratios = {}
+    for gamma in (1.0, 0.01):
+        tsv = TwoStageVAE((1, 8, 8), latent_dim=4, hidden_dims=(16,), stage2_hidden_dims=(64, 64),
+                          stage2_gamma=gamma)
+        pyro_vae.fit(tsv.stage2, codes, epochs=5, batch_size=100, device="cpu", seed=0, progress=False)
+        torch.manual_seed(0)
+        ratios[gamma] = (tsv.stage2.sample(2000).var(0) / codes.var(0))[[0, 2]]
+    assert TwoStageVAE((1, 8, 8), latent_dim=2, hidden_dims=(8,)).stage2.likelihood.gamma.item() == \
+        pytest.approx(0.01)
+    assert (ratios[0.01] > 3 * ratios[1.0]).all(), ratios
