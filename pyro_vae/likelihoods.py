@@ -25,6 +25,7 @@ from typing import Callable
 
 import pyro.distributions as dist
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 __all__ = ["Likelihood", "LIKELIHOODS", "make_likelihood"]
@@ -52,6 +53,14 @@ class Likelihood(nn.Module):
     def base(self, params: torch.Tensor) -> dist.TorchDistribution:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def log_prob(self, params: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """``log p(x | params)`` summed over the event dimensions, shape ``params.shape[:-e]``.
+
+        Equal to ``self(params).log_prob(x)``; subclasses may compute it without building a distribution (the
+        library VAE's fast path calls it every step).
+        """
+        return self(params).log_prob(x)
+
     def mean(self, params: torch.Tensor) -> torch.Tensor:
         """The mean of ``p(x | z)`` (what a reconstruction or a sample image shows). Shape of ``params``."""
         return params
@@ -69,6 +78,11 @@ class Bernoulli(Likelihood):
 
     def base(self, params: torch.Tensor) -> dist.TorchDistribution:
         return dist.Bernoulli(logits=params, validate_args=False)
+
+    def log_prob(self, params: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        # what torch's Bernoulli(logits).log_prob computes, without building the distribution
+        log_p = -F.binary_cross_entropy_with_logits(params, x.expand_as(params), reduction="none")
+        return log_p.flatten(-len(self.event_shape)).sum(-1)
 
     def mean(self, params: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(params)

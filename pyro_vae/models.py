@@ -32,6 +32,8 @@ from .infer.weights import ImportanceTerms
 from .likelihoods import Likelihood, make_likelihood
 from .nets import MLPDecoder, make_decoder, make_encoder
 
+_HALF_LOG_2PI = math.log(math.sqrt(2 * math.pi))
+
 __all__ = ["VAE", "HierarchicalVAE", "TwoStageVAE", "init_output_bias"]
 
 #: the files of a folder written by :meth:`VAE.save`, and its format tag
@@ -135,9 +137,9 @@ class VAE(PyroModule):
         return self._terms(x, z, q)
 
     def _terms(self, x: torch.Tensor, z: torch.Tensor, q: torch.distributions.Normal) -> ImportanceTerms:
-        prior = torch.distributions.Normal(torch.zeros((), dtype=z.dtype, device=z.device), 1.0, validate_args=False)
-        return ImportanceTerms(self.likelihood(self.decoder(z)).log_prob(x), prior.log_prob(z).sum(-1),
-                               q.log_prob(z).sum(-1))
+        # log N(z; 0, I) as torch's Normal computes it, without building the distribution
+        log_prior = (-(z**2) / 2 - _HALF_LOG_2PI).sum(-1)
+        return ImportanceTerms(self.likelihood.log_prob(self.decoder(z), x), log_prior, q.log_prob(z).sum(-1))
 
     def loss(self, x: torch.Tensor, objective: str = "elbo", num_particles: int = 1,
              latent_scale: float = 1.0) -> torch.Tensor:

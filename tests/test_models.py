@@ -140,3 +140,12 @@ def test_importing_changes_no_global_setting():
     before = (torch.get_default_dtype(), pyro.infer.util.is_validation_enabled())
     importlib.reload(pyro_vae)
     assert (torch.get_default_dtype(), pyro.infer.util.is_validation_enabled()) == before
+
+
+@pytest.mark.parametrize("name", sorted(LIKELIHOODS))
+def test_likelihood_log_prob_shortcut_equals_the_distribution(name):
+    lik = make_likelihood(name, (1, 4, 4))
+    params = torch.randn(5, 3, 1, 4, 4)  # (K, N, *event): particles broadcast against the data
+    x = torch.bernoulli(torch.rand(3, 1, 4, 4))
+    assert_close(lik.log_prob(params, x), lik(params).log_prob(x))
+    assert lik.log_prob(params, x).shape == (5, 3)
