@@ -81,8 +81,9 @@ class Bernoulli(Likelihood):
 
     def log_prob(self, params: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         # what torch's Bernoulli(logits).log_prob computes, without building the distribution
-        log_p = -F.binary_cross_entropy_with_logits(params, x.expand_as(params), reduction="none")
-        return log_p.flatten(-len(self.event_shape)).sum(-1)
+        # (negating after the sum is exact and spares a pass over the (K, N, *event) tensor)
+        nll = F.binary_cross_entropy_with_logits(params, x.expand_as(params), reduction="none")
+        return -nll.flatten(-len(self.event_shape)).sum(-1)
 
     def mean(self, params: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(params)
