@@ -126,6 +126,8 @@ def load_run(run_dir: str | os.PathLike[str], device: str | torch.device = "cpu"
 
     run_dir = Path(run_dir)
     config = _read_config(run_dir)
+    if config.get("class") in ("HierarchicalVAE", "TwoStageVAE"):
+        return _load_variant_run(run_dir, config, resolve_device(device)), config
     ckpt = run_dir / CHECKPOINT_NAME
     saved = run_dir / MODEL_DIR
     if (saved / "vae.json").is_file() and (not ckpt.is_file() or saved.stat().st_mtime >= ckpt.stat().st_mtime):
@@ -512,7 +514,7 @@ def _run_train_variant(args: argparse.Namespace, s: dict[str, Any], out: Path) -
     """``train --two-stage`` (Dai & Wipf) or ``train --layers`` (a HierarchicalVAE): a run folder with
     config.json (``"class"`` names the model), model.pt (the state dict), samples.png and test_metrics.json, plus
     history.json (both stages, gamma per epoch) for the two-stage VAE or fit's checkpoint.pt/metrics.jsonl for a
-    hierarchy. These runs cannot be resumed or read by ``load_run`` yet."""
+    hierarchy. These runs cannot be resumed; ``load_run`` (so ``sample``, ``reconstruct``, ``evaluate``) reads them."""
     import pyro
 
     from . import datasets
@@ -587,6 +589,35 @@ def _run_train_variant(args: argparse.Namespace, s: dict[str, Any], out: Path) -
     print(f"test ELBO: {metrics['elbo']:.2f} nats (rate {metrics['rate']:.2f}, distortion {metrics['distortion']:.2f}"
           f"; {test_split} split, {x_test.shape[0]} datapoints)")
     return 0
+
+
+def _load_variant_run(run_dir: Path, config: dict[str, Any], device: torch.device) -> Any:
+    """The model of a ``train --layers`` / ``train --two-stage`` run: rebuilt from config.json, weights from
+    model.pt (read with ``torch.load(weights_only=True)``)."""
+    from .models import HierarchicalVAE, TwoStageVAE
+
+    weights = run_dir / "model.pt"
+    if not weights.is_file():
+        raise FileNotFoundError(f"run folder {run_dir} has no model.pt: its training did not finish")
+    c = config["vae"]
+    try:
+        if config["class"] == "HierarchicalVAE":
+            model: Any = HierarchicalVAE(**c)
+        else:
+            s1, s2 = c["stage1"], c["stage2"]
+            model = TwoStageVAE(s1["input_shape"], latent_dim=s1["latent_dim"], hidden_dims=s1["hidden_dims"],
+                                stage2_hidden_dims=s2["hidden_dims"], activation=s1["activation"],
+                                encoder=s1["encoder"], decoder=s1["decoder"], stage1_likelihood=s1["likelihood"],
+                                stage2_likelihood=s2["likelihood"])
+        state = torch.load(weights, map_location="cpu", weights_only=True)
+        model.load_state_dict(state)
+    except (KeyError, TypeError, RuntimeError) as e:
+        raise ValueError(f"{run_dir / CONFIG_NAME} and {weights} do not describe a {config['class']} ({e}); the run "
+                         "folder is damaged") from e
+    except Exception as e:  # torch refuses an unsafe or corrupt file
+        raise ValueError(f"{weights} is not a valid weights file (refused by torch.load(weights_only=True): "
+                         f"{type(e).__name__})") from e
+    return model.to(device).eval()
 
 
 def _version() -> str:

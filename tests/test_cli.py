@@ -229,3 +229,27 @@ def test_evaluate_writes_estimates_diagnostics_and_figures(trained: tuple[Path, 
     assert "log p(x) (IWAE, K=60)" in out and "Pareto k-hat" in out and "units active" in out
     code, _, err = run_cli(["evaluate", str(run), "--num-particles", "0"])
     assert code == 2 and "--num-particles" in err
+
+
+def test_hierarchical_and_two_stage_runs_are_readable(tmp_path: Path) -> None:
+    """``train --layers`` and ``train --two-stage`` runs work with sample, reconstruct and evaluate."""
+    layers, two = tmp_path / "layers", tmp_path / "two"
+    code, _, err = run_cli(["train", "--layers", "32,8;16,4", "--epochs", "2", "--out", str(layers), "--no-progress"])
+    assert code == 0, err
+    code, _, err = run_cli(["train", "--two-stage", "--epochs", "2", "--stage2-epochs", "1", "--likelihood",
+                            "normal-gamma", "--out", str(two), "--no-progress"])
+    assert code == 0, err
+    from pyro_vae import HierarchicalVAE, TwoStageVAE
+
+    assert isinstance(load_run(layers)[0], HierarchicalVAE) and isinstance(load_run(two)[0], TwoStageVAE)
+    for run in (layers, two):
+        code, _, err = run_cli(["sample", str(run), "--out", str(run / "s.png")])
+        assert code == 0, err
+        assert_picture(run / "s.png")
+        code, out, err = run_cli(["evaluate", str(run), "--num-particles", "20", "--num", "20", "--no-progress"])
+        assert code == 0 and "log p(x) (IWAE, K=20)" in out, err
+    code, _, err = run_cli(["reconstruct", str(layers), "--out", str(layers / "r.png")])
+    assert code == 0, err
+    (two / "model.pt").write_bytes(b"not a weights file")
+    code, _, err = run_cli(["sample", str(two)])
+    assert code == 2 and "model.pt" in err
