@@ -49,31 +49,18 @@ from typing import Any
 import pyro
 import torch
 import torch.nn.functional as F
+from common import (  # run as ``python benchmarks/train_mnist.py``: benchmarks/ is on the path
+    REPO_ROOT,
+    command_line,
+    machine_info,
+    machine_markdown,
+    markdown_table,
+    print_json,
+    update_section,
+    utc_date,
+)
 from torch import nn
 from torch.distributions import Normal
-
-try:
-    from common import (
-        REPO_ROOT,
-        command_line,
-        machine_info,
-        machine_markdown,
-        markdown_table,
-        print_json,
-        update_section,
-        utc_date,
-    )
-except ImportError:  # run as ``python -m benchmarks.train_mnist``
-    from benchmarks.common import (
-        REPO_ROOT,
-        command_line,
-        machine_info,
-        machine_markdown,
-        markdown_table,
-        print_json,
-        update_section,
-        utc_date,
-    )
 
 import pyro_vae  # after common, which makes the repository importable without installing it
 
