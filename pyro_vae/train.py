@@ -29,6 +29,7 @@ in the epoch's ``nan_events``. See ``docs/reliability.md``.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import errno
 import json
@@ -49,6 +50,7 @@ from pyro import poutine
 from pyro.poutine.messenger import Messenger
 from torch import nn
 
+from . import distributed as dist
 from .datasets import binarize as binarize_batch
 from .infer.objectives import get_objective
 from .infer.weights import PARTICLE_PLATE, fast_path_owner, guess_max_plate_nesting, importance_terms
@@ -72,6 +74,18 @@ class ScaleLatents(Messenger):
     def _process_message(self, msg: dict) -> None:
         if msg["type"] == "sample" and not msg["is_observed"]:
             msg["scale"] = msg["scale"] * self.scale
+
+
+class _BatchLoss(nn.Module):
+    """What ``DistributedDataParallel`` wraps: the pair (so every parameter of its encoder, decoder and likelihood
+    is synchronised) and a forward that returns a batch's loss."""
+
+    def __init__(self, pair: nn.Module) -> None:
+        super().__init__()
+        self.pair = pair
+
+    def forward(self, x: torch.Tensor, compute_loss: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+        return compute_loss(x)
 
 
 def _constant(epoch: int, epochs: int) -> float:
@@ -101,13 +115,14 @@ LR_SCHEDULES: dict[str, Callable[[int, int], float]] = {"constant": _constant, "
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
-    """``"auto"`` -> CUDA when available, else CPU; ``"cuda"`` without a GPU is an error."""
+    """``"auto"`` -> CUDA when available, else CPU; ``"cuda"`` without a GPU is an error. Under ``torchrun``,
+    ``"auto"`` and ``"cuda"`` mean this process's GPU, ``cuda:LOCAL_RANK``."""
     if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        device = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("device='cuda' was asked for but torch sees no CUDA device; use 'cpu' or 'auto'")
-    return device
+    return dist.local_device(device)
 
 
 def _check_data(data: Any, name: str, pair: Any, binarize: bool) -> torch.Tensor:
@@ -219,19 +234,25 @@ def _write_metrics(history: list[dict[str, Any]], path: Path) -> None:
 
 @torch.no_grad()
 def evaluate_elbo(pair: Any, data: torch.Tensor, batch_size: int = 1000, binarize: bool = False,
-                  max_plate_nesting: int | None = None) -> dict[str, float]:
+                  max_plate_nesting: int | None = None, distributed: bool | None = None) -> dict[str, float]:
     """Mean per-datapoint ELBO, rate and distortion (one sample each) of ``data``.
 
+    :param distributed: under ``torchrun`` (None: when launched with several processes) every rank takes every
+        ``world_size``-th batch and the sums are added up over the ranks; every rank must call it.
     :returns: ``{"elbo": ..., "rate": ..., "distortion": ...}`` in nats per datapoint, where
         ``rate = E_q[log q(z | x) - log p(z)]`` and ``distortion = -E_q[log p(x | z)]``.
     """
+    distributed = dist.launched() if distributed is None else distributed
+    rank, world = (dist.rank(), dist.world_size()) if distributed else (0, 1)
     sums = torch.zeros(3, dtype=torch.float64, device=data.device)
-    for start in range(0, data.shape[0], batch_size):
+    for start in range(rank * batch_size, data.shape[0], world * batch_size):
         x = data[start:start + batch_size]
         if binarize:
             x = binarize_batch(x)
         t = importance_terms(pair.model, pair.guide, x, num_particles=1, max_plate_nesting=max_plate_nesting)
         sums += torch.stack([t.log_weights.sum(), (t.log_guide - t.log_prior).sum(), -t.log_likelihood.sum()])
+    if distributed:
+        sums = dist.all_reduce(sums)
     elbo, rate, distortion = (sums / data.shape[0]).tolist()
     return {"elbo": elbo, "rate": rate, "distortion": distortion}
 
@@ -315,9 +336,13 @@ def _is_invalid_values_error(e: ValueError) -> bool:
 
 def _checked_step(pair: Any, params: list[torch.Tensor], optimizer: torch.optim.Optimizer,
                   compute_loss: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, model: Callable,
-                  guide: Callable, num_particles: int, max_plate_nesting: int, clip_norm: float | None) -> str | None:
+                  guide: Callable, num_particles: int, max_plate_nesting: int, clip_norm: float | None,
+                  distributed: bool = False) -> str | None:
     """One training step on ``x`` exactly as :func:`fit` takes it, with every value checked (host syncs are fine:
-    this runs only to locate a failure). Returns what went non-finite, or None."""
+    this runs only to locate a failure). Returns what went non-finite, or None.
+
+    With ``distributed`` every rank runs it on its shard: the ranks agree on the loss check (the first rank's
+    report), then average their gradients, so the later checks see the same values on every rank."""
     names = _parameter_names(pair)
     rng = pyro.util.get_rng_state()
     try:
@@ -326,16 +351,24 @@ def _checked_step(pair: Any, params: list[torch.Tensor], optimizer: torch.optim.
         if not _is_invalid_values_error(e):
             raise
         loss, refused = None, str(e).splitlines()[0]
+    report = None
     if loss is None or not bool(torch.isfinite(loss)):
         pyro.util.set_rng_state(rng)  # the same draws again
         site = _nonfinite_sites(model, guide, x, num_particles, max_plate_nesting)
         if site is not None and not site.startswith("("):
-            return site
-        if refused is not None:
-            return f"a distribution refused its parameters: {refused}"
-        return f"the loss is {loss.item()} although every sample site is finite {site or ''}".rstrip()
+            report = site
+        elif refused is not None:
+            report = f"a distribution refused its parameters: {refused}"
+        else:
+            report = f"the loss is {loss.item()} although every sample site is finite {site or ''}".rstrip()
+    if distributed:
+        report = dist.first_report(report)
+    if report is not None:
+        return report
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
+    if distributed:
+        dist.average_gradients(params)
     bad = [names.get(id(p), "?") for p in params if p.grad is not None and not bool(torch.isfinite(p.grad).all())]
     if bad:
         return f"the gradient of parameter(s) {', '.join(bad)} is non-finite (the loss is finite)"
@@ -347,6 +380,17 @@ def _checked_step(pair: Any, params: list[torch.Tensor], optimizer: torch.optim.
         return (f"the optimizer step made parameter(s) {', '.join(bad)} non-finite although the loss and the "
                 "gradient were finite (the learning rate is too large)")
     return None
+
+
+def _prepare_checkpoint_dir(folder: Path) -> None:
+    """Create the checkpoint folder, check it is writable, and clear what a killed run left half-written."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise OSError(f"cannot create the checkpoint folder {folder}: {e.strerror}") from e
+    if not os.access(folder, os.W_OK):
+        raise PermissionError(f"the checkpoint folder {folder} is not writable")
+    _remove_stale_temporaries(folder)
 
 
 def _remove_stale_temporaries(folder: Path) -> None:
@@ -404,6 +448,7 @@ def fit(
     on_nan: str = "raise",
     nan_check_every: int = 50,
     max_rollbacks: int = 10,
+    distributed: bool | None = None,
 ) -> list[dict[str, Any]]:
     """Train a model/guide pair by stochastic gradient ascent on a bound of ``log p(x)``.
 
@@ -440,6 +485,13 @@ def fit(
     :param nan_check_every: check the running loss and the parameters for NaN/inf every this many steps (and at
         each epoch's end); smaller stops sooner after a failure, larger synchronises with the device less often.
     :param max_rollbacks: with ``on_nan="rollback"``, raise after this many rollbacks in one run.
+    :param distributed: train with every process that ``torchrun`` started (None: when it started more than one;
+        see :mod:`pyro_vae.distributed`). ``batch_size`` is then the *global* batch: each step, rank ``r`` takes
+        every ``world_size``-th datapoint of the batch from the ``r``-th on, and ``DistributedDataParallel``
+        averages the gradients, so a step is the same step as in one process. Every rank is seeded differently
+        (:func:`~pyro_vae.distributed.rank_seed`); rank 0 alone writes checkpoints and shows progress; every rank
+        gets the same history and calls ``on_epoch_end`` (a ``StopIteration`` on any rank stops all). A run
+        resumes on any number of processes (exactly, random streams included, on the same number).
     :returns: the history, one dict of metrics per epoch (``epoch``, ``loss``, ``lr``, ``beta``, ``seconds``,
         ``images_per_second``, with ``val_data`` ``val_elbo``, ``val_rate``, ``val_distortion``, and after a
         rollback ``nan_events``: a list of ``{"step", "site", "lr"}``).
@@ -473,23 +525,24 @@ def fit(
     if not 1 <= int(batch_size) <= n:
         raise ValueError(f"batch_size must be between 1 and the number of datapoints ({n}), got {batch_size}")
     batch_size = int(batch_size)
+    if checkpoint_dir is None and resume:
+        raise ValueError("resume=True needs a checkpoint_dir to resume from")
+    device = resolve_device(device)
+    distributed = dist.launched() if distributed is None else bool(distributed)
+    if distributed:
+        dist.init(device)
+    rank, world = (dist.rank(), dist.world_size()) if distributed else (0, 1)
+    if batch_size < world:
+        raise ValueError(f"batch_size ({batch_size}) is the global batch, split over {world} processes: it must be "
+                         f"at least {world}")
     ckpt_path = None
     if checkpoint_dir is not None:
         checkpoint_dir = Path(checkpoint_dir)
-        try:
-            checkpoint_dir.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise OSError(f"cannot create the checkpoint folder {checkpoint_dir}: {e.strerror}") from e
-        if not os.access(checkpoint_dir, os.W_OK):
-            raise PermissionError(f"the checkpoint folder {checkpoint_dir} is not writable")
+        dist.on_main_process(lambda: _prepare_checkpoint_dir(checkpoint_dir), distributed)
         ckpt_path = checkpoint_dir / CHECKPOINT_NAME
-        _remove_stale_temporaries(checkpoint_dir)
-    elif resume:
-        raise ValueError("resume=True needs a checkpoint_dir to resume from")
-
-    device = resolve_device(device)
-    if seed is not None:
-        pyro.set_rng_seed(int(seed))
+    base_seed = dist.shared_seed(seed) if distributed else seed
+    if base_seed is not None:
+        pyro.set_rng_seed(dist.rank_seed(base_seed, rank))
     if isinstance(vae, nn.Module):
         vae.to(device)
     data = data.to(device)
@@ -499,40 +552,65 @@ def fit(
     params = _collect_parameters(vae, data[:2], max_plate_nesting)
     optimizer = torch.optim.Adam(params, lr=lr, betas=tuple(betas), eps=eps)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda e: lr_schedule(e, int(epochs)))
-    shuffle = torch.Generator().manual_seed(int(seed) if seed is not None else int(torch.randint(2**62, ())))
+    # the same permutation on every rank: each takes its part of every batch
+    shuffle = torch.Generator().manual_seed(int(base_seed) if base_seed is not None else int(torch.randint(2**62, ())))
 
     history: list[dict[str, Any]] = []
     start_epoch = 0
-    if resume and ckpt_path is not None and ckpt_path.exists():
-        state = load_checkpoint(ckpt_path)
+    state = None
+    if resume and ckpt_path is not None:  # rank 0 reads the checkpoint and sends it to the others
+        state = dist.on_main_process(lambda: load_checkpoint(ckpt_path) if ckpt_path.exists() else None, distributed)
+    if state is not None:
         _load_pair_state(vae, state["pair"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         shuffle.set_state(state["shuffle_rng"])
-        _set_rng_state(state["rng"])
         history = [json.loads(h) for h in state["history"]]
         start_epoch = int(state["epoch"])
+        rng_ranks = state.get("rng_ranks") or [state["rng"]]
+        if len(rng_ranks) == world:  # the same number of processes: every stream continues where it stopped
+            _set_rng_state(rng_ranks[rank])
+        else:  # another number: fresh streams, reproducible from the run's seed and the epoch
+            saved_seed = state.get("base_seed")
+            reseed = int(saved_seed) if saved_seed is not None else dist.shared_seed(None) if distributed else None
+            if reseed is not None:
+                pyro.set_rng_seed(dist.derive_seed(reseed, start_epoch, world, rank))
+    runner: Callable[[torch.Tensor, Callable[[torch.Tensor], torch.Tensor]], torch.Tensor] | None = None
+    if distributed and isinstance(vae, nn.Module):
+        from torch.nn.parallel import DistributedDataParallel
+
+        # construction copies rank 0's parameters and buffers to every rank; backward averages the gradients
+        runner = DistributedDataParallel(_BatchLoss(vae), device_ids=[device] if device.type == "cuda" else None)
+    elif distributed:  # a pair of pyro.param sites: the same start everywhere, gradients averaged by hand
+        dist.broadcast_parameters(params)
     run_config = {"objective": objective, "num_particles": int(num_particles), "batch_size": batch_size,
                   "lr": lr, "epochs": int(epochs), "seed": seed, "binarize": binarize, "beta": beta,
                   "kl_warmup_epochs": kl_warmup_epochs, **(config or {})}
 
     steps_per_epoch = math.ceil(n / batch_size)
     bar = None
-    if progress and sys.stderr.isatty() and start_epoch < epochs:
+    if progress and sys.stderr.isatty() and start_epoch < epochs and rank == 0:
         from tqdm.auto import tqdm
 
         bar = tqdm(total=(int(epochs) - start_epoch) * steps_per_epoch, desc="training", unit="step")
     particles = int(num_particles)
     check_every = int(nan_check_every)
 
-    def batch_at(order: torch.Tensor, step: int) -> torch.Tensor:
-        x = data[order[step * batch_size:(step + 1) * batch_size]]
-        return binarize_batch(x) if binarize else x
+    def batch_at(order: torch.Tensor, step: int) -> tuple[torch.Tensor, float]:
+        """This rank's part of the step's batch, and what its summed loss is divided by: the global batch's size
+        over the number of processes (averaging the ranks' gradients then gives the global batch's mean)."""
+        index = order[step * batch_size:(step + 1) * batch_size]
+        denominator = index.numel() / world
+        x = data[index[rank::world] if world > 1 else index]
+        return (binarize_batch(x) if binarize else x), denominator
 
-    def train_step(x: torch.Tensor, compute_loss: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
-        loss = compute_loss(x)
+    def train_step(x: torch.Tensor, denominator: float,
+                   compute_loss: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+        loss = runner(x, compute_loss) if runner is not None else compute_loss(x)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        (loss / denominator).backward()
+        if distributed and runner is None:
+            dist.average_gradients(params)
         if clip_norm is not None:
             torch.nn.utils.clip_grad_norm_(params, clip_norm)
         optimizer.step()
@@ -551,9 +629,10 @@ def fit(
 
         def compute_loss(x: torch.Tensor, model: Callable = model, guide: Callable = guide, fast: Any = fast,
                          scale: float = scale) -> torch.Tensor:
+            """The loss summed over the datapoints of ``x``."""
             if fast is not None:
-                return fast.loss(x, objective, particles, scale) / x.shape[0]
-            return loss_fn(model, guide, x, num_particles=particles, max_plate_nesting=max_plate_nesting) / x.shape[0]
+                return fast.loss(x, objective, particles, scale)
+            return loss_fn(model, guide, x, num_particles=particles, max_plate_nesting=max_plate_nesting)
 
         start = _snapshot(vae, optimizer, scheduler, shuffle)  # the last good state, for replay and rollback
         events: list[dict[str, Any]] = []
@@ -562,25 +641,31 @@ def fit(
             order = torch.randperm(n, generator=shuffle).to(device)
             total = torch.zeros((), device=device)
             detected = None
-            for step in range(steps_per_epoch):
-                x = batch_at(order, step)
-                try:
-                    loss = train_step(x, compute_loss)
-                except ValueError as e:  # a validated distribution met NaN parameters: locate it like any NaN
-                    if not _is_invalid_values_error(e):
-                        raise
-                    detected = step
-                    break
-                total += loss * x.shape[0]  # a NaN or inf loss makes the total non-finite: no per-step check needed
-                if bar is not None:
-                    bar.update(1)
-                    if step % 20 == 0:
-                        bar.set_postfix(epoch=epoch + 1, loss=f"{loss.item():.2f}")
-                if (step + 1) % check_every == 0 or step + 1 == steps_per_epoch:
-                    # the only host synchronisation: every check_every steps and at the end of the epoch
-                    if not bool(torch.isfinite(total) & _all_finite(params)):
+            # several processes: a NaN must show as a non-finite loss on one rank, not as an exception that leaves
+            # the other ranks waiting in an all-reduce, so distributions do not validate their arguments here
+            with pyro.validation_enabled(False) if distributed else contextlib.nullcontext():
+                for step in range(steps_per_epoch):
+                    x, denominator = batch_at(order, step)
+                    try:
+                        loss = train_step(x, denominator, compute_loss)
+                    except ValueError as e:  # a validated distribution met NaN parameters: locate it like any NaN
+                        if not _is_invalid_values_error(e):
+                            raise
                         detected = step
                         break
+                    total += loss  # a NaN or inf loss makes the total non-finite: no per-step check needed
+                    if bar is not None:
+                        bar.update(1)
+                        if step % 20 == 0:
+                            bar.set_postfix(epoch=epoch + 1, loss=f"{loss.item() / x.shape[0]:.2f}")
+                    if (step + 1) % check_every == 0 or step + 1 == steps_per_epoch:
+                        # the only host synchronisation: every check_every steps and at the end of the epoch
+                        finite = (torch.isfinite(total) & _all_finite(params)).float()
+                        if distributed:
+                            finite = dist.all_reduce(finite, "min")  # every rank stops at the same step
+                        if not bool(finite):
+                            detected = step
+                            break
             if detected is None:
                 break
             # replay the epoch from its start, checking every value, to find the first step that failed and why
@@ -589,8 +674,9 @@ def fit(
             bad_step, where = detected, ("it did not happen again when the epoch was replayed (a transient fault, "
                                          "or non-deterministic kernels)")
             for step in range(detected + 1):
-                found = _checked_step(vae, params, optimizer, compute_loss, batch_at(order, step), model, guide,
-                                      particles, max_plate_nesting, clip_norm)
+                x, denominator = batch_at(order, step)
+                found = _checked_step(vae, params, optimizer, lambda x, d=denominator: compute_loss(x) / d, x, model,
+                                      guide, particles, max_plate_nesting, clip_norm, distributed)
                 if found is not None:
                     bad_step, where = step, found
                     break
@@ -610,9 +696,12 @@ def fit(
             start = _snapshot(vae, optimizer, scheduler, shuffle)
             new_lr = optimizer.param_groups[0]["lr"]
             events.append({"step": bad_step + 1, "site": where, "lr": new_lr})
-            warnings.warn(f"{report}; rolled back to the start of the epoch and lowered lr to {new_lr:g}",
-                          RuntimeWarning, stacklevel=2)
+            if rank == 0:
+                warnings.warn(f"{report}; rolled back to the start of the epoch and lowered lr to {new_lr:g}",
+                              RuntimeWarning, stacklevel=2)
         seconds = time.perf_counter() - t0
+        if distributed:
+            total = dist.all_reduce(total)
         record: dict[str, Any] = {"epoch": epoch + 1, "loss": (total / n).item(), "lr": optimizer.param_groups[0]["lr"],
                                   "beta": scale, "seconds": seconds, "images_per_second": n / seconds}
         if events:
@@ -621,22 +710,33 @@ def fit(
         if val_data is not None:
             if isinstance(vae, nn.Module):
                 vae.eval()
-            metrics = evaluate_elbo(vae, val_data, binarize=binarize, max_plate_nesting=max_plate_nesting)
+            metrics = evaluate_elbo(vae, val_data, binarize=binarize, max_plate_nesting=max_plate_nesting,
+                                    distributed=distributed)
             record.update({f"val_{k}": v for k, v in metrics.items()})
             if isinstance(vae, nn.Module):
                 vae.train()
+        if distributed:
+            record = dist.broadcast_object(record)  # rank 0's timings: the same history on every rank
         history.append(record)
         if ckpt_path is not None:
-            _save_checkpoint({
+            rng_ranks = dist.all_gather_objects(_rng_state()) if distributed else [_rng_state()]
+            checkpoint = {
                 "epoch": epoch + 1, "pair": _pair_state(vae), "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(), "shuffle_rng": shuffle.get_state(), "rng": _rng_state(),
+                "scheduler": scheduler.state_dict(), "shuffle_rng": shuffle.get_state(), "rng": rng_ranks[0],
+                "rng_ranks": rng_ranks, "base_seed": base_seed, "world_size": world,
                 "history": [json.dumps(h) for h in history], "config": json.dumps(run_config),
-            }, history, ckpt_path)
+            }
+            dist.on_main_process(lambda: _save_checkpoint(checkpoint, history, ckpt_path), distributed)
+        stop = False
         if on_epoch_end is not None:
             try:
                 on_epoch_end(record)
             except StopIteration:
-                break
+                stop = True
+        if distributed:
+            stop = bool(dist.all_reduce(torch.tensor(float(stop)), "max"))
+        if stop:
+            break
     if bar is not None:
         bar.close()
     if isinstance(vae, nn.Module):

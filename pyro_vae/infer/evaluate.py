@@ -30,6 +30,7 @@ import numpy as np
 import pyro
 import torch
 
+from .. import distributed as dist
 from .weights import check_estimator_input, guess_max_plate_nesting, importance_terms
 
 __all__ = ["LogLikelihoodResult", "log_likelihood", "k_curve", "effective_sample_size", "pareto_khat",
@@ -196,6 +197,7 @@ def log_likelihood(
     progress: bool = True,
     max_plate_nesting: int | None = None,
     data_plate: str = "data",
+    distributed: bool | None = None,
 ) -> LogLikelihoodResult:
     """Estimate ``log p(x)`` of every datapoint with ``K`` importance samples from the guide.
 
@@ -210,8 +212,13 @@ def log_likelihood(
     :param transform: applied to each batch before scoring (e.g. a fixed binarization).
     :param device: moves each batch there (the model must already be there).
     :param dtype: casts each batch (e.g. ``torch.float64``; cast the model too).
-    :param seed: seeds Pyro's generators first, for reproducible estimates.
-    :param progress: a progress bar over batches when on a terminal.
+    :param seed: makes the estimate reproducible: batch ``b`` (of ``batch_size`` consecutive datapoints) is drawn
+        after seeding Pyro's generators with :func:`~pyro_vae.distributed.derive_seed` of ``(seed, b)``, so the
+        result is the same for any number of processes.
+    :param progress: a progress bar over batches when on a terminal (rank 0 only).
+    :param distributed: split the batches over the ranks of ``torchrun`` and gather the values (every rank
+        returns the whole result). None: when launched by ``torchrun`` with more than one process; False: this
+        process evaluates all of ``data`` alone (e.g. when only rank 0 calls it).
     :returns: a :class:`LogLikelihoodResult` with per-datapoint tensors of shape ``(N,)``.
     """
     if int(num_particles) < 1:
@@ -224,17 +231,25 @@ def log_likelihood(
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     num_particles, batch_size = int(num_particles), int(batch_size)
     chunk_size = int(chunk_size) if chunk_size is not None else max(1, 65536 // batch_size)
-    if seed is not None:
-        pyro.set_rng_seed(seed)
+    if distributed is None:
+        distributed = dist.launched()
+    if distributed:
+        dist.init(torch.device(device) if device is not None else data.device)
+        seed = dist.shared_seed(seed)  # per-batch seeding below: the ranks need one seed
+    rank, world = (dist.rank(), dist.world_size()) if distributed else (0, 1)
     parts: dict[str, list[torch.Tensor]] = {k: [] for k in ("values", "elbo", "rate", "distortion", "ess", "khat")}
     curves: dict[int, list[torch.Tensor]] = {}
-    starts = range(0, data.shape[0], batch_size)
+    starts = list(range(0, data.shape[0], batch_size))
+    mine = list(range(rank, len(starts), world))  # whole batches, round-robin over the ranks
     bar = None
-    if progress and sys.stderr.isatty() and len(starts) > 1:
+    if progress and sys.stderr.isatty() and len(mine) > 1 and rank == 0:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=len(starts), desc=f"log p(x), K={num_particles}", unit="batch")
-    for start in starts:
+        bar = tqdm(total=len(mine), desc=f"log p(x), K={num_particles}", unit="batch")
+    for b in mine:
+        if seed is not None:
+            pyro.set_rng_seed(dist.derive_seed(seed, b))
+        start = starts[b]
         x = data[start:start + batch_size]
         if device is not None:
             x = x.to(device)
@@ -270,6 +285,29 @@ def log_likelihood(
     if bar is not None:
         bar.close()
     cat = {k: torch.cat([t.detach().cpu() for t in v]) if v else None for k, v in parts.items()}
+    curve = {k: torch.cat(v) for k, v in curves.items()}
+    if distributed:
+        n = data.shape[0]
+        index = torch.cat([torch.arange(starts[b], min(starts[b] + batch_size, n)) for b in mine]) if mine \
+            else torch.zeros(0, dtype=torch.long)
+        names = ["values", "elbo", "rate", "distortion", "ess"]
+        names += ["khat"] if diagnostics and num_particles > 1 else []
+        ks = [int(k) for k in k_values if k <= num_particles]
+        cat, curve = _gather(cat, curve, names, ks, index, n)
     return LogLikelihoodResult(values=cat["values"], elbo=cat["elbo"], rate=cat["rate"],
                                distortion=cat["distortion"], ess=cat["ess"], khat=cat["khat"],
-                               curve={k: torch.cat(v) for k, v in curves.items()}, num_particles=num_particles)
+                               curve=curve, num_particles=num_particles)
+
+
+def _gather(cat: dict[str, torch.Tensor | None], curve: dict[int, torch.Tensor], names: list[str], ks: list[int],
+            index: torch.Tensor, total: int) -> tuple[dict[str, torch.Tensor | None], dict[int, torch.Tensor]]:
+    """Every rank's per-datapoint tensors, in data-set order, on every rank (each datapoint counted once).
+
+    ``names`` and ``ks`` are the fields every rank has (a rank may have had no batch at all)."""
+    fields = [cat[k] for k in names] + [curve[k] for k in ks]
+    rows = torch.stack(fields).double() if index.numel() else torch.zeros(len(fields), 0, dtype=torch.float64)
+    dtype = dist.broadcast_object(fields[0].dtype if index.numel() else None)  # rank 0 always has batch 0
+    full = dist.gather_datapoints(rows, index, total).to(dtype)
+    out: dict[str, torch.Tensor | None] = {k: None for k in cat}
+    out.update({k: full[i] for i, k in enumerate(names)})
+    return out, {k: full[len(names) + i] for i, k in enumerate(ks)}
