@@ -407,12 +407,15 @@ def _train_settings(args: argparse.Namespace) -> tuple[dict[str, Any], Path]:
 def _run_train(args: argparse.Namespace) -> int:
     import pyro
 
-    from . import datasets
+    from . import datasets, distributed
     from .infer.objectives import get_objective
     from .models import VAE
     from .plots import save_samples, training_curves
     from .train import CHECKPOINT_NAME, evaluate_elbo, fit, resolve_device
     from .train import _check_data as check_data
+
+    main = distributed.is_main_process()  # under torchrun rank 0 alone writes and prints; every rank trains
+    say = print if main else _silent
 
     pyro.clear_param_store()
     if getattr(args, "config", None):
@@ -460,13 +463,15 @@ def _run_train(args: argparse.Namespace) -> int:
             "training": {k: s[k] for k in _TRAINING_KEYS},
             "pyro_vae_version": _version(),
         }
-        out.mkdir(parents=True, exist_ok=True)
-        _write_json_atomic(config, out / CONFIG_NAME)
-        print(f"run folder: {out}", flush=True)
-        print(f"data: {s['dataset']} {train_split} {tuple(x_train.shape)}, {valid_split} {x_valid.shape[0]}, "
-              f"{test_split} {x_test.shape[0]}; likelihood {s['likelihood']}"
-              f"{' with dynamic binarization' if s['binarize'] else ''}", flush=True)
-        log_epoch, close_log = _tensorboard_logger(out) if args.tensorboard else (None, None)
+        if main:
+            out.mkdir(parents=True, exist_ok=True)
+            _write_json_atomic(config, out / CONFIG_NAME)
+        world = f" on {distributed.world_size()} processes" if distributed.launched() else ""
+        say(f"run folder: {out}", flush=True)
+        say(f"data: {s['dataset']} {train_split} {tuple(x_train.shape)}, {valid_split} {x_valid.shape[0]}, "
+            f"{test_split} {x_test.shape[0]}; likelihood {s['likelihood']}"
+            f"{' with dynamic binarization' if s['binarize'] else ''}{world}", flush=True)
+        log_epoch, close_log = _tensorboard_logger(out) if args.tensorboard and main else (None, None)
         on_epoch_end = _epoch_hook(vae, x_train[:TRAIN_METRICS_SIZE], bool(s["binarize"]), device, log_epoch)
         previous = _read_metrics_jsonl(out) if args.resume else []
         t0 = time.perf_counter()
@@ -478,11 +483,14 @@ def _run_train(args: argparse.Namespace) -> int:
         seconds = time.perf_counter() - t0
         if close_log is not None:
             close_log()
-        _write_metrics_jsonl(history, out, previous)  # with the hook's training metrics of every epoch
-        vae.save(out / MODEL_DIR)  # configuration + weights of the trained VAE (VAE.load reads it)
+        if main:
+            _write_metrics_jsonl(history, out, previous)  # with the hook's training metrics of every epoch
+            vae.save(out / MODEL_DIR)  # configuration + weights of the trained VAE (VAE.load reads it)
         vae.eval()
         _seed_everything(s["seed"])  # the test ELBO of dynamically binarized data is a random draw: fix it
-        metrics = evaluate_elbo(vae, x_test.to(device), binarize=bool(s["binarize"]))
+        metrics = evaluate_elbo(vae, x_test.to(device), binarize=bool(s["binarize"]))  # every rank takes part
+        if not main:
+            return 0
         _write_json_atomic({"split": test_split, **metrics, "epochs": len(history)}, out / TEST_METRICS_NAME)
         _seed_everything(s["seed"])
         reference = x_train[:2000] if x_train.dim() == 2 else None
@@ -496,6 +504,10 @@ def _run_train(args: argparse.Namespace) -> int:
     print(f"test ELBO: {metrics['elbo']:.2f} nats (rate {metrics['rate']:.2f}, distortion "
           f"{metrics['distortion']:.2f}; {test_split} split, {x_test.shape[0]} datapoints)")
     return 0
+
+
+def _silent(*args: Any, **kwargs: Any) -> None:
+    """``print`` on the ranks other than 0."""
 
 
 def _parse_layers(text: str) -> list[list[int]]:
@@ -517,11 +529,13 @@ def _run_train_variant(args: argparse.Namespace, s: dict[str, Any], out: Path) -
     hierarchy. These runs cannot be resumed; ``load_run`` (so ``sample``, ``reconstruct``, ``evaluate``) reads them."""
     import pyro
 
-    from . import datasets
+    from . import datasets, distributed
     from .models import HierarchicalVAE, TwoStageVAE
     from .plots import image_grid, is_image_shape
     from .train import evaluate_elbo, fit, resolve_device
 
+    if distributed.launched():
+        raise ValueError("--two-stage and --layers runs take one process: launch them without torchrun")
     if args.resume:
         raise ValueError("--resume is not supported with --two-stage or --layers; start a new run")
     if args.two_stage and args.layers:
@@ -655,7 +669,8 @@ def _add_reconstruct(subparsers: Any) -> None:
                               description="Encode test datapoints of the run's data set, decode the posterior "
                                           "mean and save originals (odd rows) above their reconstructions.")
     p.add_argument("run", help="run folder written by 'pyro-vae train'")
-    p.add_argument("--num", type=int, default=32, help="how many test datapoints (default: 32)")
+    p.add_argument("--num-datapoints", "--num", dest="num", type=int, default=32,
+                   help="how many test datapoints (default: 32)")
     p.add_argument("--out", default="recon.png", help="PNG file to write (default: recon.png)")
     p.add_argument("--data-root", default=None, help="data folder (default: the run's, else $PYRO_VAE_DATA)")
     p.add_argument("--seed", type=int, default=0, help="random seed of the binarization (default: 0)")
@@ -691,7 +706,9 @@ def _add_evaluate(subparsers: Any) -> None:
     p.add_argument("run", help="run folder written by 'pyro-vae train'")
     p.add_argument("--num-particles", type=int, default=5000, help="K per datapoint (default: 5000)")
     p.add_argument("--split", default=None, help="data split (default: the run's test split)")
-    p.add_argument("--num", type=int, default=None, help="evaluate only the first NUM datapoints")
+    p.add_argument("--num-datapoints", "--num", dest="num", type=int, default=None,
+                   help="evaluate only the first NUM datapoints (under torchrun spell it out: torchrun reads --num "
+                        "as its own --numa-binding)")
     p.add_argument("--batch-size", type=int, default=100, help="datapoints per pass (default: 100)")
     p.add_argument("--chunk-size", type=int, default=None, help="particles per pass (default: automatic)")
     p.add_argument("--data-root", default=None, help="data folder (default: the run's, else $PYRO_VAE_DATA)")
@@ -702,7 +719,7 @@ def _add_evaluate(subparsers: Any) -> None:
 
 
 def _run_evaluate(args: argparse.Namespace) -> int:
-    from . import datasets, infer, plots
+    from . import datasets, distributed, infer, plots
 
     if args.num_particles < 1:
         raise ValueError(f"--num-particles must be >= 1, got {args.num_particles}")
@@ -722,6 +739,8 @@ def _run_evaluate(args: argparse.Namespace) -> int:
                                   batch_size=args.batch_size, chunk_size=args.chunk_size,
                                   diagnostics=not args.no_diagnostics, seed=args.seed,
                                   progress=not args.no_progress)
+    if not distributed.is_main_process():  # under torchrun every rank took its batches; rank 0 reports
+        return 0
     usage = infer.latent_usage(vae.model, vae.guide, x, seed=args.seed)
     run_dir = Path(args.run)
     out = {"split": split, "seed": args.seed, **result.as_dict(),
@@ -756,7 +775,8 @@ def _add_plot(subparsers: Any) -> None:
     p.add_argument("run", help="run folder written by 'pyro-vae train'")
     p.add_argument("--out", default=None, help="folder for the PNG files (default: the run folder)")
     p.add_argument("--num-particles", type=int, default=1000, help="K of the importance sampling (default: 1000)")
-    p.add_argument("--num", type=int, default=500, help="test datapoints to use (default: 500)")
+    p.add_argument("--num-datapoints", "--num", dest="num", type=int, default=500,
+                   help="test datapoints to use (default: 500)")
     p.add_argument("--data-root", default=None, help="data folder (default: the run's, else $PYRO_VAE_DATA)")
     p.add_argument("--device", default="cpu", help="auto, cpu or cuda (default: cpu)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
@@ -807,7 +827,11 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as e:  # argparse exits on --help (0) and usage errors (2)
         return int(e.code) if isinstance(e.code, int) else 2
     try:
-        return SUBCOMMANDS[args.command][1](args)
+        status = SUBCOMMANDS[args.command][1](args)
+        from .distributed import finish
+
+        finish()  # under torchrun: every rank waits for rank 0's files before any exits
+        return status
     except (ValueError, TypeError, OSError, FloatingPointError) as e:
         print(f"{PROG}: error: {e}", file=sys.stderr)
         return 2

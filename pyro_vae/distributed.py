@@ -28,9 +28,10 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-__all__ = ["launched", "init", "rank", "world_size", "local_rank", "is_main_process", "local_device", "rank_seed",
-           "derive_seed", "shared_seed", "on_main_process", "all_reduce", "broadcast_object", "all_gather_objects",
-           "first_report", "average_gradients", "broadcast_parameters", "gather_datapoints", "TIMEOUT_ENV"]
+__all__ = ["launched", "init", "finish", "rank", "world_size", "local_rank", "is_main_process", "local_device",
+           "rank_seed", "derive_seed", "shared_seed", "on_main_process", "all_reduce", "broadcast_object",
+           "all_gather_objects", "first_report", "average_gradients", "broadcast_parameters", "gather_datapoints",
+           "TIMEOUT_ENV"]
 
 #: environment variable: seconds a collective waits for the other ranks before failing (default 600)
 TIMEOUT_ENV = "PYRO_VAE_DIST_TIMEOUT"
@@ -81,6 +82,15 @@ def local_device(device: torch.device) -> torch.device:
 
 def _shutdown() -> None:
     if _initialized():
+        dist.destroy_process_group()
+
+
+def finish() -> None:
+    """Wait for every rank, then leave the process group (what the ``pyro-vae`` command does before it exits, so
+    that no rank tears down its connections while another still works). A no-op in a single process."""
+    if _initialized():
+        if dist.get_world_size() > 1:
+            dist.barrier()
         dist.destroy_process_group()
 
 
@@ -219,8 +229,8 @@ def gather_datapoints(rows: torch.Tensor, index: torch.Tensor, total: int) -> to
     :param rows: ``(F, n_local)``: ``F`` per-datapoint quantities of this rank's datapoints.
     :param index: ``(n_local,)``: their positions in the data set.
     :param total: ``N``, the size of the data set.
-    :returns: ``(F, N)`` on every rank, in ``rows``' dtype and device. Raises ``RuntimeError`` unless every
-        datapoint was computed by exactly one rank.
+    :returns: ``(F, N)`` float64 on every rank, on ``rows``' device (float32 values come back exactly). Raises
+        ``RuntimeError`` unless every datapoint was computed by exactly one rank.
     """
     assert rows.dim() == 2 and rows.shape[1] == index.numel(), (rows.shape, index.shape)
     out = torch.zeros(rows.shape[0], total, dtype=torch.float64, device=rows.device)
@@ -233,4 +243,4 @@ def gather_datapoints(rows: torch.Tensor, index: torch.Tensor, total: int) -> to
         bad = (counts != 1).nonzero().flatten()[:5].tolist()
         raise RuntimeError(f"datapoints {bad} were computed {counts[bad].tolist()} times across the ranks "
                            "(each must be computed exactly once)")
-    return out.to(rows.dtype)
+    return out

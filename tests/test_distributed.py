@@ -1,0 +1,207 @@
+"""Training and evaluation under ``torchrun`` with 2 CPU processes (gloo), against one process.
+
+Every job runs ``tests/distributed_worker.py`` (or the ``pyro-vae`` command) through
+``python -m torch.distributed.run --standalone --nproc_per_node=N``; each rank saves what it computed.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from pyro_vae import distributed
+
+WORKER = Path(__file__).with_name("distributed_worker.py")
+
+
+def _launch(args: list[str], nproc: int, timeout: float = 300) -> subprocess.CompletedProcess:
+    if nproc == 1:  # one process, no torchrun: the single-process path
+        cmd = [sys.executable, *args]
+    else:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", *args]
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    env["OMP_NUM_THREADS"] = "1"
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def run_worker(job: str, out: Path, nproc: int, *args: str, check: bool = True) -> list[dict]:
+    """Run a job of distributed_worker.py; returns what every rank saved."""
+    proc = _launch([str(WORKER), job, "--out", str(out), *args], nproc)
+    if check:
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return [torch.load(out / f"rank{r}.pt", weights_only=False) for r in range(nproc)]
+
+
+def untimed(history: list[dict]) -> list[dict]:
+    """A history without its timings (which differ from run to run)."""
+    return [{k: v for k, v in h.items() if k not in ("seconds", "images_per_second")} for h in history]
+
+
+def assert_same_state(a: dict, b: dict, **tol: float) -> None:
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], **tol, msg=lambda m, k=k: f"{k}: {m}")
+
+
+# ------------------------------------------------------------------------------------------------ single process
+def test_helpers_are_no_ops_in_one_process():
+    assert not distributed.launched() and distributed.rank() == 0 and distributed.world_size() == 1
+    t = torch.tensor([1.0, 2.0])
+    assert distributed.all_reduce(t) is t
+    assert distributed.broadcast_object({"a": 1}) == {"a": 1}
+    assert distributed.all_gather_objects(3) == [3]
+    assert distributed.first_report("x") == "x"
+    assert distributed.on_main_process(lambda: 5) == 5
+
+
+def test_rank_seeds_differ_across_ranks_and_are_reproducible():
+    assert distributed.rank_seed(7, 0) == 7  # rank 0 draws what a single process draws
+    seeds = [distributed.rank_seed(7, r) for r in range(8)]
+    assert len(set(seeds)) == 8
+    assert seeds == [distributed.rank_seed(7, r) for r in range(8)]
+    assert all(0 <= s < 2**32 for s in seeds)
+    assert distributed.derive_seed(7, 1) != distributed.derive_seed(1, 7)
+
+
+def test_gather_datapoints_places_values_and_refuses_double_counting():
+    rows = torch.tensor([[1.0, 2.0, 3.0]])
+    full = distributed.gather_datapoints(rows, torch.tensor([2, 0, 1]), 3)
+    torch.testing.assert_close(full, torch.tensor([[2.0, 3.0, 1.0]], dtype=torch.float64))
+    with pytest.raises(RuntimeError, match=r"datapoints \[1\] were computed \[0.0\] times"):
+        distributed.gather_datapoints(rows[:, :2], torch.tensor([2, 0]), 3)
+    with pytest.raises(RuntimeError, match="computed"):
+        distributed.gather_datapoints(rows, torch.tensor([0, 0, 1]), 3)
+
+
+def test_cli_options_survive_torchrun():
+    """torchrun's parser takes an option of the script that abbreviates one of its own (``--num`` is read as
+    ``--numa-binding``): no option of ``pyro-vae`` except the aliases kept for one process may do that."""
+    from torch.distributed.run import get_args_parser
+
+    from pyro_vae.cli import build_parser
+
+    theirs = [o for a in get_args_parser()._actions for o in a.option_strings if o not in ("-h", "--help")]
+    sub = next(a for a in build_parser()._actions if a.__class__.__name__ == "_SubParsersAction")
+    clashes = []
+    for name, parser in sub.choices.items():
+        for action in parser._actions:
+            ours = [o for o in action.option_strings if not any(t.startswith(o) for t in theirs)]
+            if action.option_strings and action.option_strings != ["-h", "--help"] and not ours:
+                clashes.append((name, action.option_strings))
+    assert not clashes, clashes
+
+
+# ------------------------------------------------------------------------------------------------ 2 processes
+def test_two_processes_take_the_steps_of_one(tmp_path):
+    """A point-mass guide makes the loss deterministic: 2 processes on the same global batch follow one process
+    to rounding (float64), and both ranks hold the same weights bit for bit."""
+    args = ("--epochs", "2", "--batch-size", "50", "--size", "400")
+    (one,) = run_worker("delta", tmp_path / "one", 1, *args)
+    r0, r1 = run_worker("delta", tmp_path / "two", 2, *args)
+    assert r0["world_size"] == 2
+    assert_same_state(r0["state"], r1["state"], rtol=0, atol=0)
+    assert_same_state(r0["state"], one["state"], rtol=0, atol=1e-12)
+    assert r0["history"] == r1["history"]
+    for a, b in zip(one["history"], r0["history"]):
+        assert math.isclose(a["loss"], b["loss"], rel_tol=1e-6)
+
+
+def test_evaluation_gathers_every_datapoint_once_and_equals_one_process(tmp_path):
+    # 250 datapoints in batches of 40: 7 batches, 4 on rank 0 and 3 on rank 1, the last one short
+    args = ("--batch-size", "40", "--size", "250", "--seed", "3")
+    (one,) = run_worker("loglik", tmp_path / "one", 1, *args)
+    r0, r1 = run_worker("loglik", tmp_path / "two", 2, *args)
+    for key in ("values", "elbo", "rate", "distortion", "ess", "khat"):
+        assert one[key].shape == (250,)
+        assert torch.equal(r0[key], one[key]), key
+        assert torch.equal(r1[key], one[key]), key
+    assert one["curve"].keys() == r0["curve"].keys() == {1, 5, 50}
+    for k in one["curve"]:
+        assert torch.equal(r0["curve"][k], one["curve"][k])
+
+
+@pytest.mark.slow
+def test_vae_training_agrees_with_one_process(tmp_path):
+    """The library's VAE with dynamic binarization: the ranks draw different numbers, so 2 processes agree with
+    one only in distribution. The training loss after 3 epochs, over 2 seeds (2 processes) and 4 seeds (one),
+    must agree within 4 standard errors of the difference (seed-to-seed sd about 0.08 nats)."""
+    args = ("--epochs", "3", "--batch-size", "50", "--size", "1000")
+    single = [run_worker("vae", tmp_path / f"one{s}", 1, *args, "--seed", str(s))[0] for s in range(4)]
+    double = [run_worker("vae", tmp_path / f"two{s}", 2, *args, "--seed", str(s)) for s in range(2)]
+    for r0, r1 in double:
+        assert_same_state(r0["state"], r1["state"], rtol=0, atol=0)  # gradients are averaged: one model
+        assert not torch.equal(r0["draw"], r1["draw"])  # but every rank has its own random stream
+    a = torch.tensor([h["history"][-1]["loss"] for h in single], dtype=torch.float64)
+    b = torch.tensor([r0["history"][-1]["loss"] for r0, _ in double], dtype=torch.float64)
+    pooled = torch.cat([a - a.mean(), b - b.mean()]).pow(2).sum() / (len(a) + len(b) - 2)
+    stderr = float((pooled * (1 / len(a) + 1 / len(b))).sqrt())
+    assert abs(float(a.mean() - b.mean())) <= 4 * max(stderr, 0.02), (a, b, stderr)
+    # and the same seed on the same number of processes gives the same run
+    again = run_worker("vae", tmp_path / "again", 2, *args, "--seed", "0")
+    assert_same_state(again[0]["state"], double[0][0]["state"], rtol=0, atol=0)
+
+
+def test_killed_rank_fails_cleanly_and_the_run_resumes(tmp_path):
+    args = ("--epochs", "4", "--batch-size", "50", "--size", "400")
+    full = run_worker("checkpointed", tmp_path / "full", 2, *args)
+    t0 = time.perf_counter()
+    proc = _launch([str(WORKER), "checkpointed", "--out", str(tmp_path / "cut"), *args, "--kill-after", "2"], 2)
+    assert proc.returncode != 0  # torchrun stops the other rank and reports the failure
+    assert "SIGKILL" in proc.stderr and "rank      : 1" in proc.stderr, proc.stderr[-2000:]
+    assert time.perf_counter() - t0 < 120
+    run = tmp_path / "cut" / "run"
+    state = torch.load(run / "checkpoint.pt", weights_only=True)
+    assert state["epoch"] == 2 and state["world_size"] == 2 and len(state["rng_ranks"]) == 2
+    assert not list(run.glob("*.tmp"))
+    shutil.copytree(tmp_path / "cut", tmp_path / "cut1")
+    # on 2 processes again: exactly the uninterrupted run, every random stream included
+    r0, _ = run_worker("checkpointed", tmp_path / "cut", 2, *args, "--resume")
+    assert_same_state(r0["state"], full[0]["state"], rtol=0, atol=0)
+    assert untimed(r0["history"]) == untimed(full[0]["history"])
+    # on 1 process: the first two epochs kept, two more trained from the checkpoint
+    (one,) = run_worker("checkpointed", tmp_path / "cut1", 1, *args, "--resume")
+    assert one["world_size"] == 1 and len(one["history"]) == 4
+    assert untimed(one["history"][:2]) == untimed(full[0]["history"][:2])
+    assert all(math.isfinite(h["val_elbo"]) for h in one["history"])
+
+
+def test_nan_is_reported_on_every_rank(tmp_path):
+    """A NaN on one rank must not leave the other waiting: every rank raises the same report."""
+    r0, r1 = run_worker("nan", tmp_path, 2, "--size", "400")
+    assert r0["error"] == r1["error"]
+    assert r0["error"].startswith("NaN or inf in epoch 1, step ") and "(on rank " in r0["error"], r0["error"]
+
+
+def test_cli_train_and_evaluate_under_torchrun(tmp_path):
+    exe = shutil.which("pyro-vae")
+    if exe is None:
+        pytest.skip("the pyro-vae command is not installed")
+    run = tmp_path / "run"
+    proc = _launch([exe, "train", "--out", str(run), "--epochs", "2", "--no-progress"], 2)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert proc.stdout.count("run folder:") == 1 and "on 2 processes" in proc.stdout  # rank 0 alone prints
+    for name in ("checkpoint.pt", "config.json", "metrics.jsonl", "test_metrics.json", "samples.png"):
+        assert (run / name).is_file(), name
+    history = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [h["epoch"] for h in history] == [1, 2] and "train_elbo" in history[-1]
+    evaluate = [exe, "evaluate", str(run), "--num-particles", "20", "--num-datapoints", "130", "--batch-size", "25",
+                "--no-progress", "--no-diagnostics"]
+    proc = _launch(evaluate, 2)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert proc.stdout.count("log p(x)") == 1
+    two = json.loads((run / "evaluation.json").read_text())
+    proc = _launch(evaluate, 1)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    one = json.loads((run / "evaluation.json").read_text())
+    assert two["num_datapoints"] == one["num_datapoints"] == 130
+    assert math.isclose(two["log_likelihood"], one["log_likelihood"], rel_tol=1e-6)
+    assert math.isclose(two["elbo"], one["elbo"], rel_tol=1e-6)
