@@ -127,6 +127,10 @@ def test_evaluation_gathers_every_datapoint_once_and_equals_one_process(tmp_path
     assert one["curve"].keys() == r0["curve"].keys() == {1, 5, 50}
     for k in one["curve"]:
         assert torch.equal(r0["curve"][k], one["curve"][k])
+    # fewer batches than processes: rank 1 computes nothing and still gets the result
+    (one,) = run_worker("loglik", tmp_path / "one_small", 1, "--batch-size", "40", "--size", "30")
+    r0, r1 = run_worker("loglik", tmp_path / "two_small", 2, "--batch-size", "40", "--size", "30")
+    assert torch.equal(r1["values"], one["values"]) and torch.equal(r1["curve"][50], one["curve"][50])
 
 
 @pytest.mark.slow
@@ -205,3 +209,13 @@ def test_cli_train_and_evaluate_under_torchrun(tmp_path):
     assert two["num_datapoints"] == one["num_datapoints"] == 130
     assert math.isclose(two["log_likelihood"], one["log_likelihood"], rel_tol=1e-6)
     assert math.isclose(two["elbo"], one["elbo"], rel_tol=1e-6)
+
+
+def test_benchmark_runs(tmp_path):
+    """benchmarks/distributed.py --smoke-test: 1 and 2 processes, one JSON summary line per configuration."""
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "distributed.py"
+    proc = subprocess.run([sys.executable, str(script), "--smoke-test"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = [json.loads(line) for line in proc.stdout.splitlines() if '"train_speedup"' in line]
+    assert [(r["processes"], r["threads"]) for r in rows] == [(1, 1), (2, 1)]
+    assert all(r["pyro_vae_images_per_second"] > 0 and math.isfinite(r["log_likelihood"][0]) for r in rows)

@@ -304,9 +304,12 @@ def _gather(cat: dict[str, torch.Tensor | None], curve: dict[int, torch.Tensor],
     """Every rank's per-datapoint tensors, in data-set order, on every rank (each datapoint counted once).
 
     ``names`` and ``ks`` are the fields every rank has (a rank may have had no batch at all)."""
-    fields = [cat[k] for k in names] + [curve[k] for k in ks]
-    rows = torch.stack(fields).double() if index.numel() else torch.zeros(len(fields), 0, dtype=torch.float64)
-    dtypes = dist.broadcast_object([f.dtype for f in fields] if index.numel() else None)  # rank 0 has batch 0
+    if index.numel():
+        fields = [cat[k] for k in names] + [curve[k] for k in ks]
+        rows = torch.stack(fields).double()
+    else:  # more ranks than batches
+        fields, rows = [], torch.zeros(len(names) + len(ks), 0, dtype=torch.float64)
+    dtypes = dist.broadcast_object([f.dtype for f in fields])  # rank 0 always has batch 0
     full = [row.to(dtype) for row, dtype in zip(dist.gather_datapoints(rows, index, total), dtypes)]
     out: dict[str, torch.Tensor | None] = {k: None for k in cat}
     out.update({k: full[i] for i, k in enumerate(names)})
