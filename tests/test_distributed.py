@@ -23,13 +23,15 @@ from pyro_vae import distributed
 WORKER = Path(__file__).with_name("distributed_worker.py")
 
 
-def _launch(args: list[str], nproc: int, timeout: float = 300) -> subprocess.CompletedProcess:
+def _launch(args: list[str], nproc: int, timeout: float = 300, torchrun: tuple[str, ...] = (),
+            **env_extra: str) -> subprocess.CompletedProcess:
     if nproc == 1:  # one process, no torchrun: the single-process path
         cmd = [sys.executable, *args]
     else:
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", *args]
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", *torchrun,
+               *args]
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
-    env["OMP_NUM_THREADS"] = "1"
+    env.update(OMP_NUM_THREADS="1", **env_extra)
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
 
 
@@ -176,6 +178,15 @@ def test_killed_rank_fails_cleanly_and_the_run_resumes(tmp_path):
     assert one["world_size"] == 1 and len(one["history"]) == 4
     assert untimed(one["history"][:2]) == untimed(full[0]["history"][:2])
     assert all(math.isfinite(h["val_elbo"]) for h in one["history"])
+    # torchrun --max-restarts restarts the processes with the same command, which resumes from the checkpoint: the
+    # run ends as the uninterrupted one (torch 2.13 needs TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 to reconnect)
+    auto = tmp_path / "auto"
+    proc = _launch([str(WORKER), "checkpointed", "--out", str(auto), *args, "--kill-after", "2", "--resume"], 2,
+                   timeout=240, torchrun=("--max-restarts=1",), TORCH_DISABLE_SHARE_RDZV_TCP_STORE="1")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "SIGKILL" in proc.stderr or "exitcode: -9" in proc.stderr  # it did die once
+    r0 = torch.load(auto / "rank0.pt", weights_only=False)
+    assert_same_state(r0["state"], full[0]["state"], rtol=0, atol=0)
 
 
 def test_nan_is_reported_on_every_rank(tmp_path):
