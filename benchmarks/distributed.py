@@ -102,6 +102,7 @@ def worker(args: argparse.Namespace) -> None:
     import pyro_vae
     from pyro_vae import distributed
 
+    (batch_size,) = args.batch_size  # the driver passes one
     device = pyro_vae.train.resolve_device(args.device)
     distributed.init(device)
     rank, world = distributed.rank(), distributed.world_size()
@@ -124,12 +125,12 @@ def worker(args: argparse.Namespace) -> None:
         for epoch in range(args.epochs):
             for impl in (("lib", "ref") if epoch % 2 == 0 else ("ref", "lib")):
                 if impl == "lib":  # one more epoch of the same run: fit resumes from its checkpoint
-                    history = pyro_vae.fit(vae, train, epochs=epoch + 1, batch_size=args.batch_size, lr=LR,
+                    history = pyro_vae.fit(vae, train, epochs=epoch + 1, batch_size=batch_size, lr=LR,
                                            binarize=True, seed=args.seed, progress=False, device=device,
                                            checkpoint_dir=ckpt, resume=True)
                     lib_seconds.append(history[-1]["seconds"])
                 else:
-                    ref_seconds.append(_reference_epoch(ddp, ref_opt, train, args.batch_size, shuffle, rank, world))
+                    ref_seconds.append(_reference_epoch(ddp, ref_opt, train, batch_size, shuffle, rank, world))
         vae.eval()
         distributed.all_reduce(torch.zeros(1))  # a barrier (also where a single process simply goes on)
         t0 = time.perf_counter()
@@ -140,7 +141,7 @@ def worker(args: argparse.Namespace) -> None:
     timed = slice(1, None) if args.epochs > 1 else slice(None)  # the first epoch warms up
     record = {
         "processes": world, "threads": torch.get_num_threads(), "device": str(device),
-        "train_size": n, "batch_size": args.batch_size, "epochs": args.epochs,
+        "train_size": n, "batch_size": batch_size, "epochs": args.epochs,
         "pyro_vae_images_per_second": n / statistics.median(lib_seconds[timed]),
         "reference_images_per_second": n / statistics.median(ref_seconds[timed]),
         "eval_size": test.shape[0], "num_particles": args.num_particles,
@@ -153,6 +154,16 @@ def worker(args: argparse.Namespace) -> None:
 
 
 # ------------------------------------------------------------------------------------------------ driver
+def parse_batch_sizes(text: str) -> list[int]:
+    try:
+        sizes = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--batch-size takes integers separated by commas, got {text!r}") from None
+    if not sizes or min(sizes) < 1:
+        raise argparse.ArgumentTypeError(f"--batch-size takes positive integers, got {text!r}")
+    return sizes
+
+
 def parse_configs(text: str) -> list[tuple[int, int]]:
     try:
         configs = [tuple(int(v) for v in c.lower().split("x")) for c in text.split(",") if c.strip()]
@@ -179,14 +190,15 @@ def launch(args: argparse.Namespace, processes: int, threads: int) -> dict[str, 
         return json.loads(result.read_text())
 
 
-def summarize(records: list[dict[str, Any]], configs: list[tuple[int, int]]) -> list[dict[str, Any]]:
+def summarize(records: list[dict[str, Any]], configs: list[tuple[int, int]], batch_size: int) -> list[dict[str, Any]]:
     rows = []
     for p, t in configs:
-        mine = [r for r in records if (r["processes"], r["threads"]) == (p, t)]
+        mine = [r for r in records if (r["processes"], r["threads"], r["batch_size"]) == (p, t, batch_size)]
         lib = statistics.median(r["pyro_vae_images_per_second"] for r in mine)
         ref = statistics.median(r["reference_images_per_second"] for r in mine)
         ratios = sorted(r["pyro_vae_images_per_second"] / r["reference_images_per_second"] for r in mine)
-        rows.append({"benchmark": BENCHMARK, "processes": p, "threads": t, "rounds": len(mine),
+        rows.append({"benchmark": BENCHMARK, "batch_size": batch_size, "processes": p, "threads": t,
+                     "rounds": len(mine),
                      "pyro_vae_images_per_second": lib, "reference_images_per_second": ref,
                      "ratio": statistics.median(ratios), "ratio_min_max": [ratios[0], ratios[-1]],
                      "eval_datapoints_per_second": statistics.median(r["eval_datapoints_per_second"] for r in mine),
@@ -203,10 +215,10 @@ def docs_section(rows: list[dict[str, Any]], args: argparse.Namespace, info: dic
                  date: str, seconds: float) -> str:
     base = rows[0]
     table = markdown_table(
-        ["processes x threads", "pyro_vae images/s", "reference images/s", "ratio (min to max)",
+        ["global batch", "processes x threads", "pyro_vae images/s", "reference images/s", "ratio (min to max)",
          f"training speed-up vs {base['processes']}x{base['threads']} (pyro_vae / reference)",
          "log p(x) datapoints/s", "evaluation speed-up", "log p(x)"],
-        [[f"{r['processes']}x{r['threads']}", f"{r['pyro_vae_images_per_second']:,.0f}",
+        [[r["batch_size"], f"{r['processes']}x{r['threads']}", f"{r['pyro_vae_images_per_second']:,.0f}",
           f"{r['reference_images_per_second']:,.0f}",
           f"**{r['ratio']:.3f}** ({r['ratio_min_max'][0]:.3f} to {r['ratio_min_max'][1]:.3f})",
           f"{r['train_speedup']:.2f} / {r['reference_speedup']:.2f}", f"{r['eval_datapoints_per_second']:,.1f}",
@@ -215,15 +227,15 @@ def docs_section(rows: list[dict[str, Any]], args: argparse.Namespace, info: dic
     return f"""## distributed: 1 and 2 processes under torchrun
 
 Script: [`benchmarks/distributed.py`](../benchmarks/distributed.py). Each configuration is P processes with T
-torch threads each, launched by `torchrun --standalone` ({info['device']}; gloo on CPU). Every launch trains the
-IWAE paper's one-layer VAE (784-200-200-50, tanh, Bernoulli) on dynamically binarized MNIST
-({args.train_size:,} training images, global batch {args.batch_size}, {args.epochs} epochs, the first
-one not timed) with `pyro_vae.fit`, alternating epochs with a hand-written PyTorch VAE of the same network
-in `DistributedDataParallel` with the same sharding of each batch ("reference"); then it estimates
+torch threads each, launched by `torchrun --standalone` ({info['device']}; gloo on CPU). Every launch trains
+the IWAE paper's one-layer VAE (784-200-200-50, tanh, Bernoulli) on dynamically binarized MNIST
+({args.train_size:,} training images, {args.epochs} epochs, the first one not timed) with `pyro_vae.fit`,
+alternating epochs with a hand-written PyTorch VAE of the same network in `DistributedDataParallel` with the
+same sharding of each global batch ("reference"); then it estimates
 `log p(x)` of {args.eval_size:,} test images with K = {args.num_particles} (`log_likelihood`, batches of
 {args.eval_batch_size} dealt round-robin to the ranks). The configurations take turns, {args.rounds} rounds;
 the numbers are medians over rounds. "Ratio" is pyro_vae's images/s over the reference's in the same
-launch (1.0 = no overhead); the speed-ups are against the first row.
+launch (1.0 = no overhead); the speed-ups are against the first row of the same global batch size.
 
 - date: {date}
 - command: `{command}`
@@ -247,20 +259,24 @@ def main(args: argparse.Namespace) -> list[dict[str, Any]]:
         return []
     if args.smoke_test:
         args.epochs, args.train_size, args.eval_size, args.num_particles, args.rounds = 2, 400, 40, 10, 1
-        args.configs = [(1, 1), (2, 1)]
+        args.configs, args.batch_size = [(1, 1), (2, 1)], [100]
     if args.data_root is None:
         args.data_root = os.environ.get("PYRO_VAE_DATA") or str(REPO_ROOT.parent / "shared" / "data")
     info = machine_info(threads=None, device=args.device)
     info["threads"] = "per configuration (T below)"
     t0 = time.perf_counter()
-    records = []
-    for round_ in range(args.rounds):
-        k = round_ % len(args.configs)
-        for processes, threads in args.configs[k:] + args.configs[:k]:  # rotate the order between rounds
-            record = {**launch(args, processes, threads), "round": round_ + 1}
-            print_json(record)
-            records.append(record)
-    rows = summarize(records, args.configs)
+    records, rows = [], []
+    batch_sizes = args.batch_size
+    for batch_size in batch_sizes:
+        args.batch_size = batch_size
+        for round_ in range(args.rounds):
+            k = round_ % len(args.configs)
+            for processes, threads in args.configs[k:] + args.configs[:k]:  # rotate the order between rounds
+                record = {**launch(args, processes, threads), "round": round_ + 1}
+                print_json(record)
+                records.append(record)
+        rows += summarize(records, args.configs, batch_size)
+    args.batch_size = batch_sizes
     for row in rows:
         print_json(row)
     if args.write_docs and not args.smoke_test:
@@ -277,7 +293,8 @@ def make_parser() -> argparse.ArgumentParser:
                    help="processes x threads per process, comma separated (default 1x2,2x1,1x1)")
     p.add_argument("--rounds", type=int, default=3, help="launches per configuration, interleaved (default 3)")
     p.add_argument("--epochs", type=int, default=3, help="training epochs per launch, the first not timed")
-    p.add_argument("--batch-size", type=int, default=100, help="global batch size (default 100)")
+    p.add_argument("--batch-size", type=parse_batch_sizes, default=[100, 1000],
+                   help="global batch size, or a comma list (default 100,1000)")
     p.add_argument("--train-size", type=int, default=20000, help="training images (default 20000)")
     p.add_argument("--eval-size", type=int, default=500, help="test images for log p(x) (default 500)")
     p.add_argument("--eval-batch-size", type=int, default=50, help="datapoints per log p(x) batch (default 50)")
