@@ -579,8 +579,12 @@ def fit(
     if distributed and isinstance(vae, nn.Module):
         from torch.nn.parallel import DistributedDataParallel
 
-        # construction copies rank 0's parameters and buffers to every rank; backward averages the gradients
-        runner = DistributedDataParallel(_BatchLoss(vae), device_ids=[device] if device.type == "cuda" else None)
+        # construction copies rank 0's parameters and buffers to every rank; backward averages the gradients.
+        # Buffers are sent again before every step only when some change in training (running statistics of
+        # batch normalization): otherwise that is one more collective per step for nothing.
+        running = any(getattr(m, "track_running_stats", False) for m in vae.modules())
+        runner = DistributedDataParallel(_BatchLoss(vae), device_ids=[device] if device.type == "cuda" else None,
+                                         broadcast_buffers=running)
     elif distributed:  # a pair of pyro.param sites: the same start everywhere, gradients averaged by hand
         dist.broadcast_parameters(params)
     run_config = {"objective": objective, "num_particles": int(num_particles), "batch_size": batch_size,
