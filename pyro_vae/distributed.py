@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import atexit
 import datetime
+import gc
 import os
 from typing import Any, Callable
 
@@ -81,7 +82,11 @@ def local_device(device: torch.device) -> torch.device:
 
 
 def _shutdown() -> None:
+    """At exit: leave the process group while the interpreter is fully alive. Objects still holding work of the
+    group (a ``DistributedDataParallel`` in a reference cycle) are collected first: freed during interpreter
+    finalization instead, they can abort the process."""
     if _initialized():
+        gc.collect()
         dist.destroy_process_group()
 
 
@@ -91,6 +96,7 @@ def finish() -> None:
     if _initialized():
         if dist.get_world_size() > 1:
             dist.barrier()
+        gc.collect()
         dist.destroy_process_group()
 
 

@@ -32,6 +32,8 @@ from __future__ import annotations
 import contextlib
 import copy
 import errno
+import gc
+import inspect
 import json
 import math
 import os
@@ -583,8 +585,10 @@ def fit(
         # Buffers are sent again before every step only when some change in training (running statistics of
         # batch normalization): otherwise that is one more collective per step for nothing.
         running = any(getattr(m, "track_running_stats", False) for m in vae.modules())
+        sync = "forward_sync_buffers"  # torch >= 2.13; ``broadcast_buffers`` before (now deprecated)
+        sync = sync if sync in inspect.signature(DistributedDataParallel).parameters else "broadcast_buffers"
         runner = DistributedDataParallel(_BatchLoss(vae), device_ids=[device] if device.type == "cuda" else None,
-                                         broadcast_buffers=running)
+                                         **{sync: running})
     elif distributed:  # a pair of pyro.param sites: the same start everywhere, gradients averaged by hand
         dist.broadcast_parameters(params)
     run_config = {"objective": objective, "num_particles": int(num_particles), "batch_size": batch_size,
@@ -743,6 +747,9 @@ def fit(
             break
     if bar is not None:
         bar.close()
+    if runner is not None:  # free the DDP wrapper (and its reducer's pending work) now, not at interpreter exit
+        runner = None
+        gc.collect()
     if isinstance(vae, nn.Module):
         vae.eval()
     return history

@@ -89,6 +89,7 @@ def main(args: argparse.Namespace) -> None:
     result["world_size"] = distributed.world_size()
     out.mkdir(parents=True, exist_ok=True)
     torch.save(result, out / f"rank{distributed.rank()}.pt")
+    distributed.finish()  # what docs/distributed.md asks of a script: wait for every rank, leave the group
 
 
 if __name__ == "__main__":
