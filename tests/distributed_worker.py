@@ -46,6 +46,25 @@ class DeltaPair(nn.Module):
             pyro.sample("z", dist.Delta(self.encoder(x), event_dim=1))
 
 
+class ParamDeltaPair:
+    """``DeltaPair`` made of ``pyro.param`` sites instead of an ``nn.Module`` (gradients averaged by hand)."""
+
+    def __init__(self, input_dim: int, latent_dim: int = 2) -> None:
+        self.input_dim, self.latent_dim = input_dim, latent_dim
+
+    def model(self, x: torch.Tensor) -> None:
+        w = pyro.param("dec_w", lambda: 0.1 * torch.randn(self.latent_dim, self.input_dim, dtype=x.dtype))
+        b = pyro.param("dec_b", lambda: torch.zeros(self.input_dim, dtype=x.dtype))
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", dist.Normal(x.new_zeros(self.latent_dim), 1.0).to_event(1))
+            pyro.sample("x", dist.Normal(z @ w + b, 1.0).to_event(1), obs=x)
+
+    def guide(self, x: torch.Tensor) -> None:
+        w = pyro.param("enc_w", lambda: 0.1 * torch.randn(self.input_dim, self.latent_dim, dtype=x.dtype))
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("z", dist.Delta(x @ w, event_dim=1))
+
+
 def main(args: argparse.Namespace) -> None:
     torch.set_num_threads(1)  # torchrun's default; the single-process reference runs with the same
     pyro.clear_param_store()
@@ -55,12 +74,14 @@ def main(args: argparse.Namespace) -> None:
     result: dict = {}
     if args.job == "delta":
         data = data.flatten(1)
-        pair = DeltaPair(data.shape[1]).double()
+        pair = ParamDeltaPair(data.shape[1]) if args.param_store else DeltaPair(data.shape[1]).double()
         result["history"] = pyro_vae.fit(pair, data.double(), epochs=args.epochs, batch_size=args.batch_size,
                                          lr=1e-2, seed=args.seed, progress=False, device="cpu")
-        result["state"] = pair.state_dict()
+        result["state"] = {k: v.detach().clone() for k, v in pyro.get_param_store().items()} if args.param_store \
+            else pair.state_dict()
     elif args.job in ("vae", "checkpointed"):
         vae = pyro_vae.VAE(data.shape[1:], latent_dim=4, hidden_dims=(32,))
+        extra = {"objective": args.objective, "num_particles": 5} if args.objective != "elbo" else {}
         hook = None
         if args.kill_after is not None:
             def hook(record: dict) -> None:
@@ -69,7 +90,7 @@ def main(args: argparse.Namespace) -> None:
         result["history"] = pyro_vae.fit(
             vae, data, epochs=args.epochs, batch_size=args.batch_size, lr=3e-3, seed=args.seed, progress=False,
             binarize=True, val_data=pyro_vae.datasets.load("digits", "test"), device="cpu", on_epoch_end=hook,
-            checkpoint_dir=out / "run" if args.job == "checkpointed" else None, resume=args.resume)
+            checkpoint_dir=out / "run" if args.job == "checkpointed" else None, resume=args.resume, **extra)
         result["state"] = vae.state_dict()
         result["draw"] = torch.rand(4)  # the rank's random stream after training
     elif args.job == "nan":
@@ -102,4 +123,6 @@ if __name__ == "__main__":
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--resume", action="store_true")
     parser.add_argument("--kill-after", type=int, default=None)
+    parser.add_argument("--param-store", action="store_true", help="delta: the pair of pyro.param sites")
+    parser.add_argument("--objective", default="elbo", help="vae: the training objective (K = 5 unless elbo)")
     main(parser.parse_args())
