@@ -231,6 +231,13 @@ def test_cli_train_and_evaluate_under_torchrun(tmp_path):
     assert math.isclose(two["elbo"], one["elbo"], rel_tol=1e-6)
 
 
+def test_ddp_example_runs_under_torchrun(tmp_path):
+    script = Path(__file__).resolve().parents[1] / "examples" / "train_ddp.py"
+    proc = _launch([str(script), "--smoke-test"], 2)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("log p(x) (IWAE, K=50)") == 1 and "2 process(es)" in proc.stdout, proc.stdout
+
+
 def test_benchmark_runs(tmp_path):
     """benchmarks/distributed.py --smoke-test: 1 and 2 processes, one JSON summary line per configuration."""
     script = Path(__file__).resolve().parents[1] / "benchmarks" / "distributed.py"
