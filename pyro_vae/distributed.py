@@ -31,8 +31,8 @@ import torch.distributed as dist
 
 __all__ = ["launched", "init", "finish", "rank", "world_size", "local_rank", "is_main_process", "local_device",
            "rank_seed", "derive_seed", "shared_seed", "on_main_process", "all_reduce", "broadcast_object",
-           "all_gather_objects", "first_report", "average_gradients", "broadcast_parameters", "gather_datapoints",
-           "TIMEOUT_ENV"]
+           "all_gather_objects", "check_same_data", "first_report", "average_gradients", "broadcast_parameters",
+           "gather_datapoints", "TIMEOUT_ENV"]
 
 #: environment variable: seconds a collective waits for the other ranks before failing (default 600)
 TIMEOUT_ENV = "PYRO_VAE_DIST_TIMEOUT"
@@ -204,6 +204,19 @@ def first_report(report: str | None) -> str | None:
         if text is not None:
             return f"{text} (on rank {r})"
     return None
+
+
+def check_same_data(data: torch.Tensor, name: str = "data") -> None:
+    """Raise ``ValueError`` on every rank unless every rank holds the same ``data`` (its shape and the float64 sum
+    of its values): each rank takes its own part of it, so different data would be silently mixed up."""
+    if not launched():
+        return
+    mine = (tuple(data.shape), float(data.detach().double().sum()))
+    seen = all_gather_objects(mine)
+    if any(other != seen[0] for other in seen):
+        detail = "; ".join(f"rank {r}: shape {shape}, sum {total:.6g}" for r, (shape, total) in enumerate(seen))
+        raise ValueError(f"{name} differs between the processes ({detail}): under torchrun every rank must pass the "
+                         "same data (each works on its own part of it)")
 
 
 def average_gradients(params: list[torch.Tensor]) -> None:

@@ -534,6 +534,8 @@ def fit(
     if distributed:
         dist.init(device)
     rank, world = (dist.rank(), dist.world_size()) if distributed else (0, 1)
+    if distributed:
+        dist.check_same_data(data)
     if batch_size < world:
         raise ValueError(f"batch_size ({batch_size}) is the global batch, split over {world} processes: it must be "
                          f"at least {world}")

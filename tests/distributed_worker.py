@@ -9,6 +9,7 @@ Each job writes ``rank<R>.pt`` into ``--out`` with what the test compares. Jobs:
 - ``checkpointed``: ``vae`` with a checkpoint folder and ``--resume``; ``--kill-after E`` kills rank 1 (SIGKILL)
   once epoch E's checkpoint is written.
 - ``nan``: a learning rate so large that the weights blow up; every rank saves the ``FloatingPointError``.
+- ``mismatch``: rank 1 passes other data than rank 0 to ``fit`` and ``log_likelihood``; the ``ValueError`` of each.
 """
 
 from __future__ import annotations
@@ -100,6 +101,16 @@ def main(args: argparse.Namespace) -> None:
                          device="cpu", nan_check_every=2)
         except FloatingPointError as e:
             result["error"] = str(e)
+    elif args.job == "mismatch":  # rank 1 passes one datapoint less
+        vae = pyro_vae.VAE(data.shape[1:], latent_dim=2, hidden_dims=(8,))
+        for name, call in (("fit", lambda x: pyro_vae.fit(vae, x, epochs=1, batch_size=50, progress=False,
+                                                         binarize=True)),
+                           ("log_likelihood", lambda x: pyro_vae.infer.log_likelihood(
+                               vae.model, vae.guide, x.round(), num_particles=2, progress=False))):
+            try:
+                call(data[: len(data) - distributed.rank()])
+            except ValueError as e:
+                result[name] = str(e)
     elif args.job == "loglik":
         vae = pyro_vae.VAE(data.shape[1:], latent_dim=3, hidden_dims=(16,))
         x = pyro_vae.datasets.binarize(data, torch.Generator().manual_seed(1))
@@ -115,7 +126,7 @@ def main(args: argparse.Namespace) -> None:
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("job", choices=["delta", "vae", "loglik", "checkpointed", "nan"])
+    parser.add_argument("job", choices=["delta", "vae", "loglik", "checkpointed", "nan", "mismatch"])
     parser.add_argument("--out", required=True)
     parser.add_argument("--size", type=int, default=400)
     parser.add_argument("--epochs", type=int, default=2)

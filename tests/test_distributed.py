@@ -205,6 +205,13 @@ def test_nan_is_reported_on_every_rank(tmp_path):
     assert r0["error"].startswith("NaN or inf in epoch 1, step ") and "(on rank " in r0["error"], r0["error"]
 
 
+def test_different_data_on_the_ranks_is_refused(tmp_path):
+    r0, r1 = run_worker("mismatch", tmp_path, 2, "--size", "100")
+    for name in ("fit", "log_likelihood"):
+        assert r0[name] == r1[name]
+        assert "differs between the processes" in r0[name] and "(100, 1, 8, 8)" in r0[name], r0[name]
+
+
 def test_cli_train_and_evaluate_under_torchrun(tmp_path):
     exe = shutil.which("pyro-vae")
     if exe is None:

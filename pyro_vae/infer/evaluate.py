@@ -235,6 +235,7 @@ def log_likelihood(
         distributed = dist.launched()
     if distributed:
         dist.init(torch.device(device) if device is not None else data.device)
+        dist.check_same_data(data)
         seed = dist.shared_seed(seed)  # per-batch seeding below: the ranks need one seed
     rank, world = (dist.rank(), dist.world_size()) if distributed else (0, 1)
     parts: dict[str, list[torch.Tensor]] = {k: [] for k in ("values", "elbo", "rate", "distortion", "ess", "khat")}
