@@ -803,6 +803,10 @@ SUBCOMMANDS: dict[str, tuple[Callable[[Any], None], Callable[[argparse.Namespace
 }
 
 
+#: the subcommands that work under ``torchrun`` (every rank computes, rank 0 writes)
+DISTRIBUTED_SUBCOMMANDS = ("train", "evaluate")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``pyro-vae`` with one subparser per entry of :data:`SUBCOMMANDS`."""
     parser = argparse.ArgumentParser(prog=PROG, description="Variational autoencoders as Pyro programs.")
@@ -827,6 +831,11 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as e:  # argparse exits on --help (0) and usage errors (2)
         return int(e.code) if isinstance(e.code, int) else 2
     try:
+        from .distributed import launched
+
+        if launched() and args.command not in DISTRIBUTED_SUBCOMMANDS:
+            raise ValueError(f"'{PROG} {args.command}' runs in one process: launch it without torchrun (only "
+                             f"{' and '.join(DISTRIBUTED_SUBCOMMANDS)} use several)")
         status = SUBCOMMANDS[args.command][1](args)
         from .distributed import finish
 

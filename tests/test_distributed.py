@@ -236,6 +236,9 @@ def test_cli_train_and_evaluate_under_torchrun(tmp_path):
     assert two["num_datapoints"] == one["num_datapoints"] == 130
     assert math.isclose(two["log_likelihood"], one["log_likelihood"], rel_tol=1e-6)
     assert math.isclose(two["elbo"], one["elbo"], rel_tol=1e-6)
+    # the one-process subcommands say so instead of writing the same files from every rank
+    proc = _launch([exe, "sample", str(run), "--out", str(tmp_path / "s.png")], 2)
+    assert proc.returncode != 0 and "runs in one process: launch it without torchrun" in proc.stderr
 
 
 def test_ddp_example_runs_under_torchrun(tmp_path):
