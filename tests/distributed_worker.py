@@ -76,6 +76,8 @@ def main(args: argparse.Namespace) -> None:
     if args.job == "delta":
         data = data.flatten(1)
         pair = ParamDeltaPair(data.shape[1]) if args.param_store else DeltaPair(data.shape[1]).double()
+        if args.batchnorm:  # running statistics: DDP sends rank 0's buffers before every step
+            pair.encoder = nn.Sequential(nn.BatchNorm1d(data.shape[1]), pair.encoder).double()
         result["history"] = pyro_vae.fit(pair, data.double(), epochs=args.epochs, batch_size=args.batch_size,
                                          lr=1e-2, seed=args.seed, progress=False, device="cpu")
         result["state"] = {k: v.detach().clone() for k, v in pyro.get_param_store().items()} if args.param_store \
@@ -135,5 +137,6 @@ if __name__ == "__main__":
     parser.add_argument("--resume", action="store_true")
     parser.add_argument("--kill-after", type=int, default=None)
     parser.add_argument("--param-store", action="store_true", help="delta: the pair of pyro.param sites")
+    parser.add_argument("--batchnorm", action="store_true", help="delta: batch normalization in the encoder")
     parser.add_argument("--objective", default="elbo", help="vae: the training objective (K = 5 unless elbo)")
     main(parser.parse_args())

@@ -119,6 +119,19 @@ def test_two_processes_take_the_steps_of_one(tmp_path, kind):
         assert math.isclose(a["loss"], b["loss"], rel_tol=1e-6)
 
 
+def test_running_statistics_are_synchronised(tmp_path):
+    """A pair with batch normalization takes the path where DDP sends rank 0's buffers before every step: it
+    trains, and the ranks keep one set of weights (each batch-normalizes its own shard, so these are not the steps
+    of one process, and the running statistics differ by the ranks' last updates)."""
+    r0, r1 = run_worker("delta", tmp_path, 2, "--epochs", "1", "--size", "400", "--batchnorm")
+    weights = {k for k in r0["state"] if "running" not in k and "num_batches" not in k}
+    assert_same_state({k: r0["state"][k] for k in weights}, {k: r1["state"][k] for k in weights}, rtol=0, atol=0)
+    # the buffers differ by one step at most: the ranks' last update, each from its own shard
+    assert int(r0["state"]["encoder.0.num_batches_tracked"]) == int(r1["state"]["encoder.0.num_batches_tracked"])
+    torch.testing.assert_close(r0["state"]["encoder.0.running_mean"], r1["state"]["encoder.0.running_mean"],
+                               rtol=0, atol=0.2)
+
+
 def test_iwae_dreg_objective_trains_under_two_processes(tmp_path):
     """The DReG surrogate (gradient hooks on replayed particles) under DistributedDataParallel: one model."""
     r0, r1 = run_worker("vae", tmp_path, 2, "--epochs", "1", "--size", "400", "--objective", "iwae-dreg")
