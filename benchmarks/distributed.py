@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import statistics
 import subprocess
@@ -63,26 +62,6 @@ LR = 1e-3
 
 
 # ------------------------------------------------------------------------------------------------ worker
-def _reference_epoch(ddp: torch.nn.Module, optimizer: torch.optim.Optimizer, data: torch.Tensor, batch_size: int,
-                     shuffle: torch.Generator, rank: int, world: int) -> float:
-    """One epoch of the hand-written DDP loop (the span ``fit`` times). :returns: seconds."""
-    from train_mnist import _sync
-
-    n = data.shape[0]
-    _sync(data.device)
-    t0 = time.perf_counter()
-    order = torch.randperm(n, generator=shuffle).to(data.device)
-    for step in range(math.ceil(n / batch_size)):
-        index = order[step * batch_size:(step + 1) * batch_size]
-        x = torch.bernoulli(data[index[rank::world]])
-        loss = -ddp(x).sum() / (index.numel() / world)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-    _sync(data.device)
-    return time.perf_counter() - t0
-
-
 class _ElboModule(torch.nn.Module):
     """``ReferenceVAE`` with ``forward = elbo``, for ``DistributedDataParallel``."""
 
@@ -98,6 +77,7 @@ class _ElboModule(torch.nn.Module):
 
 def worker(args: argparse.Namespace) -> None:
     import pyro
+    from train_mnist import reference_epoch
 
     import pyro_vae
     from pyro_vae import distributed
@@ -130,7 +110,8 @@ def worker(args: argparse.Namespace) -> None:
                                            checkpoint_dir=ckpt, resume=True)
                     lib_seconds.append(history[-1]["seconds"])
                 else:
-                    ref_seconds.append(_reference_epoch(ddp, ref_opt, train, batch_size, shuffle, rank, world))
+                    ref_seconds.append(reference_epoch(ref.vae, ref_opt, train, batch_size, shuffle, None, ddp, rank,
+                                                      world)[0])
         vae.eval()
         distributed.all_reduce(torch.zeros(1))  # a barrier (also where a single process simply goes on)
         t0 = time.perf_counter()

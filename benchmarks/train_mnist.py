@@ -44,7 +44,7 @@ import statistics
 import sys
 import tempfile
 import time
-from typing import Any
+from typing import Any, Callable
 
 import pyro
 import torch
@@ -114,8 +114,16 @@ def _sync(device: torch.device) -> None:
 
 
 def reference_epoch(ref: ReferenceVAE, optimizer: torch.optim.Optimizer, data: torch.Tensor, batch_size: int,
-                    shuffle: torch.Generator, noise: torch.Generator) -> tuple[float, float]:
-    """One epoch of the reference loop (the same span ``fit`` times). :returns: ``(seconds, mean loss)``."""
+                    shuffle: torch.Generator, noise: torch.Generator | None,
+                    elbo: Callable[[torch.Tensor], torch.Tensor] | None = None, rank: int = 0,
+                    world: int = 1) -> tuple[float, float]:
+    """One epoch of the reference loop (the same span ``fit`` times). :returns: ``(seconds, mean loss)``.
+
+    ``elbo`` (default ``ref.elbo`` drawing from ``noise``) scores a batch; with ``world > 1`` (a
+    ``DistributedDataParallel`` run, see ``benchmarks/distributed.py``) rank ``rank`` takes datapoints ``rank,
+    rank + world, ...`` of each batch and divides its summed loss by the batch's size over ``world``, as ``fit``
+    does; the mean loss is then this rank's."""
+    elbo = elbo if elbo is not None else (lambda x: ref.elbo(x, noise))
     n = data.shape[0]
     device = data.device
     _sync(device)
@@ -123,16 +131,16 @@ def reference_epoch(ref: ReferenceVAE, optimizer: torch.optim.Optimizer, data: t
     order = torch.randperm(n, generator=shuffle).to(device)
     total = torch.zeros((), device=device)
     for step in range(math.ceil(n / batch_size)):
-        x = data[order[step * batch_size:(step + 1) * batch_size]]
-        x = torch.bernoulli(x, generator=noise)
-        loss = -ref.elbo(x, noise).mean()
+        index = order[step * batch_size:(step + 1) * batch_size]
+        x = torch.bernoulli(data[index[rank::world]], generator=noise)
+        loss_sum = -elbo(x).sum()
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        (loss_sum / (index.numel() / world)).backward()
         optimizer.step()
-        total += loss.detach() * x.shape[0]
+        total += loss_sum.detach()
     _sync(device)
     seconds = time.perf_counter() - t0
-    return seconds, (total / n).item()
+    return seconds, (total * world / n).item()
 
 
 @torch.no_grad()

@@ -682,7 +682,7 @@ def _run_reconstruct(args: argparse.Namespace) -> int:
     from .plots import save_reconstructions
 
     if args.num < 1:
-        raise ValueError(f"--num must be >= 1, got {args.num}")
+        raise ValueError(f"--num-datapoints must be >= 1, got {args.num}")
     vae, config = load_run(args.run, device=args.device)
     root = args.data_root if args.data_root is not None else config.get("data_root")
     split = config.get("splits", {}).get("test", "test")
@@ -724,7 +724,7 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     if args.num_particles < 1:
         raise ValueError(f"--num-particles must be >= 1, got {args.num_particles}")
     if args.num is not None and args.num < 1:
-        raise ValueError(f"--num must be >= 1, got {args.num}")
+        raise ValueError(f"--num-datapoints must be >= 1, got {args.num}")
     vae, config = load_run(args.run, device=args.device)
     root = args.data_root if args.data_root is not None else config.get("data_root")
     split = args.split or config.get("splits", {}).get("test", "test")
