@@ -33,7 +33,7 @@ def main(args: argparse.Namespace) -> dict:
     pyro.clear_param_store()
     pyro.set_rng_seed(args.seed)
     if args.run:
-        from pyro_vae.cli import load_run
+        from pyro_vae.runs import load_run
 
         vae, config = load_run(args.run)
         test = datasets.load(config["dataset"], "test", root=config.get("data_root"))

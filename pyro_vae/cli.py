@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -35,13 +34,11 @@ from typing import Any, Callable, Iterator
 
 import torch
 
-__all__ = ["SUBCOMMANDS", "build_parser", "load_run", "main"]
+from .io import write_json
+from .runs import CONFIG_NAME, MODEL_DIR, PROG, TEST_METRICS_NAME, load_run
+from .runs import read_config as _read_config
 
-PROG = "pyro-vae"
-CONFIG_NAME = "config.json"
-#: the folder VAE.save writes into a run folder at the end of training
-MODEL_DIR = "model"
-TEST_METRICS_NAME = "test_metrics.json"
+__all__ = ["SUBCOMMANDS", "build_parser", "load_run", "main"]
 
 #: settings that depend on the data set when not given on the command line
 _IMAGE_DEFAULTS = {"latent_dim": 50, "hidden_dims": "200,200", "epochs": 20}
@@ -85,71 +82,8 @@ def _parse_dims(text: str | list[int]) -> list[int]:
 
 
 def _write_json_atomic(obj: Any, path: Path) -> None:
-    """Write JSON so that the file is never seen half-written (see :func:`pyro_vae.train.atomic_write`)."""
-    from .train import atomic_write
-
-    atomic_write(path, lambda f: f.write(json.dumps(obj, indent=2, sort_keys=True) + "\n"), binary=False)
-
-
-def _read_config(run_dir: Path) -> dict[str, Any]:
-    run_dir = Path(run_dir)
-    if not run_dir.exists():
-        raise FileNotFoundError(f"run folder {run_dir} does not exist (a run folder is what "
-                                f"'{PROG} train --out FOLDER' writes)")
-    if not run_dir.is_dir():
-        raise NotADirectoryError(f"{run_dir} is not a folder; expected a run folder written by '{PROG} train'")
-    path = run_dir / CONFIG_NAME
-    if not path.is_file():
-        raise FileNotFoundError(f"{run_dir} is not a {PROG} run folder: it has no {CONFIG_NAME} (a run folder is "
-                                f"what '{PROG} train --out FOLDER' writes)")
-    try:
-        config = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"{path} is not valid JSON ({e}); the run folder is damaged") from e
-    if not isinstance(config, dict) or not isinstance(config.get("vae"), dict) or "dataset" not in config:
-        raise ValueError(f"{path} is not a {PROG} run configuration (it needs the keys 'vae' and 'dataset')")
-    return config
-
-
-def load_run(run_dir: str | os.PathLike[str], device: str | torch.device = "cpu") -> tuple[Any, dict[str, Any]]:
-    """Rebuild the trained VAE of a run folder written by ``pyro-vae train``.
-
-    :param run_dir: the run folder (holding ``config.json`` and ``checkpoint.pt``).
-    :param device: where to put the VAE (``"auto"`` picks CUDA when present).
-    :returns: ``(vae, config)``: a :class:`pyro_vae.VAE` in eval mode with the weights of the last complete
-        epoch, and the run's configuration (the dict stored in ``config.json``).
-    :raises FileNotFoundError: if the folder, its ``config.json`` or its ``checkpoint.pt`` is missing.
-    :raises ValueError: if a file is not what a run folder holds.
-    """
-    from .models import VAE
-    from .train import CHECKPOINT_NAME, load_checkpoint, resolve_device
-
-    run_dir = Path(run_dir)
-    config = _read_config(run_dir)
-    if config.get("class") in ("HierarchicalVAE", "TwoStageVAE"):
-        return _load_variant_run(run_dir, config, resolve_device(device)), config
-    ckpt = run_dir / CHECKPOINT_NAME
-    saved = run_dir / MODEL_DIR
-    if (saved / "vae.json").is_file() and (not ckpt.is_file() or saved.stat().st_mtime >= ckpt.stat().st_mtime):
-        return VAE.load(saved, map_location=resolve_device(device)), config  # written by VAE.save after training
-    if not ckpt.is_file():
-        raise FileNotFoundError(f"run folder {run_dir} has no {CHECKPOINT_NAME}: its training did not finish a "
-                                f"single epoch (continue it with '{PROG} train --out {run_dir} --resume')")
-    try:
-        vae = VAE(**config["vae"])
-    except (TypeError, ValueError) as e:
-        raise ValueError(f"{run_dir / CONFIG_NAME} does not describe a VAE ({e}); the run folder is damaged") from e
-    state = load_checkpoint(ckpt)
-    module_state = state.get("pair", {}).get("module") if isinstance(state, dict) else None
-    if module_state is None:
-        raise ValueError(f"{ckpt} holds no VAE weights (no 'pair' -> 'module' entry)")
-    try:
-        vae.load_state_dict(module_state)
-    except RuntimeError as e:
-        raise ValueError(f"the weights in {ckpt} do not fit the VAE described in {run_dir / CONFIG_NAME}: {e}") from e
-    vae.to(resolve_device(device))
-    vae.eval()
-    return vae, config
+    """Write JSON so that the file is never seen half-written (see :func:`pyro_vae.io.atomic_write`)."""
+    write_json(obj, path)
 
 
 @contextlib.contextmanager
@@ -290,77 +224,11 @@ def _apply_config_file(args: argparse.Namespace) -> None:
 TRAIN_METRICS_SIZE = 2000
 
 
-def _epoch_hook(vae: Any, x_train: torch.Tensor, binarize: bool, device: torch.device,
-                then: Callable[[dict[str, Any]], None] | None) -> Callable[[dict[str, Any]], None]:
-    """``on_epoch_end`` for :func:`pyro_vae.fit`: add ``train_elbo``, ``train_rate`` and ``train_distortion`` (one
-    sample each on a fixed subset of the training data, as the validation metrics) to the epoch's record, then call
-    ``then``. The random number generators are restored afterwards, so training draws exactly what it would
-    without the hook (and a resumed run stays identical to an uninterrupted one)."""
-    import pyro
-
-    from .train import evaluate_elbo
-
-    x = x_train.to(device)
-
-    def hook(record: dict[str, Any]) -> None:
-        state = pyro.util.get_rng_state()
-        vae.eval()
-        try:
-            pyro.set_rng_seed(int(record["epoch"]))
-            metrics = evaluate_elbo(vae, x, binarize=binarize)
-        finally:
-            vae.train()
-            pyro.util.set_rng_state(state)
-        record.update({f"train_{k}": v for k, v in metrics.items()})
-        if then is not None:
-            then(record)
-
-    return hook
-
-
-def _read_metrics_jsonl(out: Path) -> list[dict[str, Any]]:
-    from .train import METRICS_NAME
-
-    path = out / METRICS_NAME
-    try:
-        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        return []
-
-
-def _write_metrics_jsonl(history: list[dict[str, Any]], out: Path, previous: list[dict[str, Any]] = ()) -> None:
-    """Rewrite ``metrics.jsonl`` from the history; keys of ``previous`` records (the file before a resume) that
-    the checkpoint's history lacks, i.e. the training metrics added after the checkpoint was written, are kept."""
-    from .train import METRICS_NAME, atomic_write
-
-    before = {h.get("epoch"): h for h in previous}
-    history = [{**{k: v for k, v in before.get(h.get("epoch"), {}).items() if k not in h}, **h} for h in history]
-    atomic_write(out / METRICS_NAME, lambda f: f.write("".join(json.dumps(h) + "\n" for h in history)), binary=False)
-
-
 def _require_tensorboard() -> None:
     try:
         import torch.utils.tensorboard  # noqa: F401
     except ImportError:
         raise ValueError("--tensorboard needs the tensorboard package: pip install 'pyro-vae[tensorboard]'") from None
-
-
-def _tensorboard_logger(out: Path) -> tuple[Callable[[dict[str, Any]], None], Callable[[], None]]:
-    """``(on_epoch_end, close)`` writing each epoch's numbers to ``out/tensorboard`` as TensorBoard scalars."""
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:
-        raise ValueError("--tensorboard needs the tensorboard package: pip install 'pyro-vae[tensorboard]'") from None
-    writer = SummaryWriter(log_dir=str(out / "tensorboard"))
-
-    def log(record: dict[str, Any]) -> None:
-        for key, value in record.items():
-            if key != "epoch" and isinstance(value, (int, float)):
-                tag = f"validation/{key[4:]}" if key.startswith("val_") else f"train/{key}"
-                writer.add_scalar(tag, value, int(record["epoch"]))
-        writer.flush()
-
-    return log, writer.close
 
 
 def _train_settings(args: argparse.Namespace) -> tuple[dict[str, Any], Path]:
@@ -376,7 +244,7 @@ def _train_settings(args: argparse.Namespace) -> tuple[dict[str, Any], Path]:
             raise ValueError(f"{out / CONFIG_NAME} lacks the training settings {missing or ['training']}: the run "
                              "folder is damaged, and cannot be resumed (start a new run)")
         settings = {"dataset": saved["dataset"], "data_root": saved.get("data_root"), **saved["training"],
-                    "vae_config": saved["vae"]}
+                    "vae_config": saved["vae"], "class": saved.get("class", "VAE")}
         settings.update({k: saved["model_args"][k] for k in _RUN_IDENTITY if k in saved.get("model_args", {})})
         for key in _RUN_IDENTITY:
             if key in given and key in settings:
@@ -411,8 +279,7 @@ def _run_train(args: argparse.Namespace) -> int:
     from .infer.objectives import get_objective
     from .models import VAE
     from .plots import save_samples, training_curves
-    from .train import CHECKPOINT_NAME, evaluate_elbo, fit, resolve_device
-    from .train import _check_data as check_data
+    from .train import CHECKPOINT_NAME, TensorBoard, TrainingMetrics, check_data, evaluate_elbo, fit, resolve_device
 
     main = distributed.is_main_process()  # under torchrun rank 0 alone writes and prints; every rank trains
     say = print if main else _silent
@@ -421,7 +288,7 @@ def _run_train(args: argparse.Namespace) -> int:
     if getattr(args, "config", None):
         _apply_config_file(args)
     s, out = _train_settings(args)
-    if getattr(args, "two_stage", None) or getattr(args, "layers", None):
+    if getattr(args, "two_stage", None) or getattr(args, "layers", None) or s.get("class", "VAE") != "VAE":
         return _run_train_variant(args, s, out)
     num_threads = _resolve_threads(s.get("num_threads", "auto"), s["dataset"])
     # validate everything cheap before any folder is made or any data is read
@@ -471,21 +338,19 @@ def _run_train(args: argparse.Namespace) -> int:
         say(f"data: {s['dataset']} {train_split} {tuple(x_train.shape)}, {valid_split} {x_valid.shape[0]}, "
             f"{test_split} {x_test.shape[0]}; likelihood {s['likelihood']}"
             f"{' with dynamic binarization' if s['binarize'] else ''}{world}", flush=True)
-        log_epoch, close_log = _tensorboard_logger(out) if args.tensorboard and main else (None, None)
-        on_epoch_end = _epoch_hook(vae, x_train[:TRAIN_METRICS_SIZE], bool(s["binarize"]), device, log_epoch)
-        previous = _read_metrics_jsonl(out) if args.resume else []
+        # training metrics are added to each epoch's record before the checkpoint, so they are saved with it
+        callbacks: list[Any] = [TrainingMetrics(vae, x_train[:TRAIN_METRICS_SIZE].to(device), bool(s["binarize"]))]
+        if args.tensorboard and main:
+            callbacks.append(TensorBoard(out / "tensorboard"))
         t0 = time.perf_counter()
         history = fit(vae, x_train, epochs=int(s["epochs"]), batch_size=min(int(s["batch_size"]), x_train.shape[0]),
                       lr=float(s["lr"]), objective=s["objective"], num_particles=int(s["num_particles"]),
                       device=device, val_data=x_valid, checkpoint_dir=out, resume=bool(args.resume),
                       seed=int(s["seed"]), progress=not args.no_progress, binarize=bool(s["binarize"]),
-                      config={"dataset": s["dataset"]}, on_epoch_end=on_epoch_end)
+                      config={"dataset": s["dataset"]}, callbacks=callbacks)
         seconds = time.perf_counter() - t0
-        if close_log is not None:
-            close_log()
         if main:
-            _write_metrics_jsonl(history, out, previous)  # with the hook's training metrics of every epoch
-            vae.save(out / MODEL_DIR)  # configuration + weights of the trained VAE (VAE.load reads it)
+            vae.save(out / MODEL_DIR)  # configuration + weights of the trained VAE (pyro_vae.load reads it)
         vae.eval()
         _seed_everything(s["seed"])  # the test ELBO of dynamically binarized data is a random draw: fix it
         metrics = evaluate_elbo(vae, x_test.to(device), binarize=bool(s["binarize"]))  # every rank takes part
@@ -524,118 +389,102 @@ def _parse_layers(text: str) -> list[list[int]]:
 
 def _run_train_variant(args: argparse.Namespace, s: dict[str, Any], out: Path) -> int:
     """``train --two-stage`` (Dai & Wipf) or ``train --layers`` (a HierarchicalVAE): a run folder with
-    config.json (``"class"`` names the model), model.pt (the state dict), samples.png and test_metrics.json, plus
-    history.json (both stages, gamma per epoch) for the two-stage VAE or fit's checkpoint.pt/metrics.jsonl for a
-    hierarchy. These runs cannot be resumed; ``load_run`` (so ``sample``, ``reconstruct``, ``evaluate``) reads them."""
+    config.json (``"class"`` names the model), fit's checkpoint.pt/metrics.jsonl (``stage1/`` and ``stage2/`` for
+    the two-stage VAE, plus history.json with gamma per epoch), ``model/`` (the one saved-model format),
+    samples.png and test_metrics.json. ``--resume`` continues them; ``load_run`` reads them. Everything is checked
+    before anything is written."""
     import pyro
 
     from . import datasets, distributed
+    from .infer.objectives import get_objective
     from .models import HierarchicalVAE, TwoStageVAE
     from .plots import image_grid, is_image_shape
-    from .train import evaluate_elbo, fit, resolve_device
+    from .train import check_data, evaluate_elbo, fit, resolve_device
 
     if distributed.launched():
         raise ValueError("--two-stage and --layers runs take one process: launch them without torchrun")
-    if args.resume:
-        raise ValueError("--resume is not supported with --two-stage or --layers; start a new run")
     if args.two_stage and args.layers:
         raise ValueError("choose either --two-stage or --layers, not both")
-    if out.exists() and any(out.iterdir()):
-        raise FileExistsError(f"{out} is not empty; choose another --out")
+    two_stage = bool(args.two_stage) or s.get("class") == "TwoStageVAE"
+    if not args.resume and out.exists() and any(out.iterdir()):
+        raise FileExistsError(f"{out} is not empty; choose another --out (or continue its run with --resume)")
     pyro.clear_param_store()
+    get_objective(s["objective"])
     device = resolve_device(s["device"])
+    for key in ("epochs", "batch_size", "num_particles"):
+        if int(s[key]) < 1:
+            raise ValueError(f"--{key.replace('_', '-')} must be >= 1, got {s[key]}")
+    if not s["lr"] > 0:
+        raise ValueError(f"--lr must be > 0, got {s['lr']}")
     shape = datasets.event_shape(s["dataset"])
     train_split, valid_split, test_split = _splits(s["dataset"])
     num_threads = _resolve_threads(s.get("num_threads", "auto"), s["dataset"])
+    stage2_epochs = args.stage2_epochs if args.stage2_epochs is not None else s.get("stage2_epochs")
     with _torch_threads(num_threads):
         _seed_everything(s["seed"])
-        x_train = datasets.load(s["dataset"], train_split, root=s["data_root"])
-        x_valid = datasets.load(s["dataset"], valid_split, root=s["data_root"])
-        x_test = datasets.load(s["dataset"], test_split, root=s["data_root"])
-        common = dict(batch_size=min(int(s["batch_size"]), x_train.shape[0]), lr=float(s["lr"]), device=device,
-                      seed=int(s["seed"]), progress=not args.no_progress)
-        out.mkdir(parents=True, exist_ok=True)
-        if args.two_stage:
+        if "vae_config" in s:  # resuming: the very model of the run
+            model: Any = (TwoStageVAE if two_stage else HierarchicalVAE).from_config(s["vae_config"])
+        elif two_stage:
             likelihood = s["likelihood"] if s["likelihood"] in ("normal-gamma", "normal-learned") else "normal-gamma"
-            model: Any = TwoStageVAE(shape, latent_dim=int(s["latent_dim"]), hidden_dims=tuple(s["hidden_dims"]),
-                                     stage2_hidden_dims=tuple(s["hidden_dims"]), activation=s["activation"],
-                                     encoder=s["encoder"], decoder=s["decoder"], stage1_likelihood=likelihood)
-            binarize = False
-            kind = "TwoStageVAE"
+            model = TwoStageVAE(shape, latent_dim=int(s["latent_dim"]), hidden_dims=tuple(s["hidden_dims"]),
+                                stage2_hidden_dims=tuple(s["hidden_dims"]), activation=s["activation"],
+                                encoder=s["encoder"], decoder=s["decoder"], stage1_likelihood=likelihood)
         else:
             model = HierarchicalVAE(shape, layers=_parse_layers(args.layers), activation=s["activation"],
                                     likelihood=s["likelihood"])
-            binarize = s["binarize"] if s["binarize"] != "auto" else (
-                s["likelihood"] == "bernoulli" and not _is_binary(x_train))
-            kind = "HierarchicalVAE"
-        config = {"class": kind, "vae": model.config, "dataset": s["dataset"], "data_root": s["data_root"],
-                  "splits": {"train": train_split, "valid": valid_split, "test": test_split},
+        x_train = datasets.load(s["dataset"], train_split, root=s["data_root"])
+        x_valid = datasets.load(s["dataset"], valid_split, root=s["data_root"])
+        x_test = datasets.load(s["dataset"], test_split, root=s["data_root"])
+        if two_stage:
+            binarize = False
+        elif s["binarize"] == "auto":
+            binarize = s["likelihood"] == "bernoulli" and not _is_binary(x_train)
+        else:
+            binarize = bool(s["binarize"])
+        stage1 = model.stage1 if two_stage else model
+        check_data(x_train, f"the {train_split} split of {s['dataset']!r}", stage1, binarize)
+        common = dict(batch_size=min(int(s["batch_size"]), x_train.shape[0]), lr=float(s["lr"]), device=device,
+                      seed=int(s["seed"]), progress=not args.no_progress, checkpoint_dir=out,
+                      resume=bool(args.resume))
+        config = {"class": type(model).__name__, "vae": model.config, "dataset": s["dataset"],
+                  "data_root": s["data_root"], "splits": {"train": train_split, "valid": valid_split,
+                                                          "test": test_split},
                   "training": {k: s[k] for k in _TRAINING_KEYS if k in s}, "pyro_vae_version": _version()}
         config["training"]["binarize"] = binarize
+        if two_stage:
+            config["training"]["stage2_epochs"] = stage2_epochs
+        out.mkdir(parents=True, exist_ok=True)
         _write_json_atomic(config, out / CONFIG_NAME)
         print(f"run folder: {out}", flush=True)
-        if args.two_stage:
-            history = model.fit(x_train, epochs=int(s["epochs"]), stage2_epochs=args.stage2_epochs,
-                                val_data=x_valid, **common)
-            # the histories (stage 1's with gamma per epoch); the weights go to model.pt below
-            _write_json_atomic(history, out / "history.json")
-            stage1 = model.stage1
+        if two_stage:
+            history = model.fit(x_train, epochs=int(s["epochs"]), stage2_epochs=stage2_epochs, val_data=x_valid,
+                                **common)
+            _write_json_atomic(history, out / "history.json")  # both stages; stage 1's with gamma per epoch
             last = history["stage1"][-1]
             print(f"stage 1: valid ELBO {last.get('val_elbo', float('nan')):.2f}, gamma {model.gamma:.5f}; "
                   f"stage 2: valid ELBO {history['stage2'][-1].get('val_elbo', float('nan')):.2f}")
         else:
-            history = fit(model, x_train, epochs=int(s["epochs"]), objective=s["objective"],
-                          num_particles=int(s["num_particles"]), val_data=x_valid, binarize=binarize,
-                          checkpoint_dir=out, **common)
-            stage1 = model
+            fit(model, x_train, epochs=int(s["epochs"]), objective=s["objective"],
+                num_particles=int(s["num_particles"]), val_data=x_valid, binarize=binarize, **common)
         model.eval()
-        torch.save(model.state_dict(), out / "model.pt")
+        model.save(out / MODEL_DIR)
         _seed_everything(s["seed"])
         metrics = evaluate_elbo(stage1, x_test.to(device), binarize=binarize)
-        if args.two_stage:
+        if two_stage:
             metrics["gamma"] = model.gamma
         _write_json_atomic({"split": test_split, **metrics}, out / TEST_METRICS_NAME)
         _seed_everything(s["seed"])
         if is_image_shape(shape):
             image_grid(model.sample(64).clamp(0, 1).cpu(), path=out / "samples.png",
-                       title="two-stage samples" if args.two_stage else "samples")
+                       title="two-stage samples" if two_stage else "samples")
             print(f"wrote {out / 'samples.png'}")
     print(f"test ELBO: {metrics['elbo']:.2f} nats (rate {metrics['rate']:.2f}, distortion {metrics['distortion']:.2f}"
           f"; {test_split} split, {x_test.shape[0]} datapoints)")
     return 0
 
 
-def _load_variant_run(run_dir: Path, config: dict[str, Any], device: torch.device) -> Any:
-    """The model of a ``train --layers`` / ``train --two-stage`` run: rebuilt from config.json, weights from
-    model.pt (read with ``torch.load(weights_only=True)``)."""
-    from .models import HierarchicalVAE, TwoStageVAE
-
-    weights = run_dir / "model.pt"
-    if not weights.is_file():
-        raise FileNotFoundError(f"run folder {run_dir} has no model.pt: its training did not finish")
-    c = config["vae"]
-    try:
-        if config["class"] == "HierarchicalVAE":
-            model: Any = HierarchicalVAE(**c)
-        else:
-            s1, s2 = c["stage1"], c["stage2"]
-            model = TwoStageVAE(s1["input_shape"], latent_dim=s1["latent_dim"], hidden_dims=s1["hidden_dims"],
-                                stage2_hidden_dims=s2["hidden_dims"], activation=s1["activation"],
-                                encoder=s1["encoder"], decoder=s1["decoder"], stage1_likelihood=s1["likelihood"],
-                                stage2_likelihood=s2["likelihood"])
-        state = torch.load(weights, map_location="cpu", weights_only=True)
-        model.load_state_dict(state)
-    except (KeyError, TypeError, RuntimeError) as e:
-        raise ValueError(f"{run_dir / CONFIG_NAME} and {weights} do not describe a {config['class']} ({e}); the run "
-                         "folder is damaged") from e
-    except Exception as e:  # torch refuses an unsafe or corrupt file
-        raise ValueError(f"{weights} is not a valid weights file (refused by torch.load(weights_only=True): "
-                         f"{type(e).__name__})") from e
-    return model.to(device).eval()
-
-
 def _version() -> str:
-    from . import __version__
+    from ._version import __version__
 
     return __version__
 

@@ -28,19 +28,72 @@ import torch
 from pyro.nn import PyroModule
 from torch import nn
 
-from .infer.weights import ImportanceTerms
+from .infer.weights import DReG, ImportanceTerms
+from .io import atomic_save, atomic_write, load_tensors
 from .likelihoods import Likelihood, make_likelihood
 from .nets import MLPDecoder, make_decoder, make_encoder
+from .priors import PRIORS, Prior, make_prior
 
-_HALF_LOG_2PI = math.log(math.sqrt(2 * math.pi))
-
-__all__ = ["VAE", "HierarchicalVAE", "TwoStageVAE", "init_output_bias"]
+__all__ = ["VAE", "HierarchicalVAE", "TwoStageVAE", "Saveable", "init_output_bias", "save_model", "load_model",
+           "MODEL_CLASSES"]
 
 #: the files of a folder written by :meth:`VAE.save`, and its format tag
 SAVE_CONFIG, SAVE_WEIGHTS, SAVE_FORMAT = "vae.json", "weights.pt", "pyro-vae/1"
 
 
-class VAE(PyroModule):
+class Saveable:
+    """Saving and loading, one format for every model class: a folder with ``vae.json`` (the format tag, the class
+    name, the constructor's :attr:`config` and the library version) and ``weights.pt`` (the ``state_dict``,
+    read back with ``torch.load(weights_only=True)``, so loading runs no pickled code); both written atomically.
+    :func:`pyro_vae.load` reads any of them."""
+
+    config: dict[str, Any]
+
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        """Save the configuration and the weights into the folder ``path`` (see :func:`save_model`).
+
+        :returns: the folder, as a :class:`~pathlib.Path`.
+        """
+        return save_model(self, path)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str], map_location: str | torch.device = "cpu", **overrides: Any) -> Any:
+        """Rebuild a model written by :meth:`save`, in eval mode (see :func:`load_model`).
+
+        :param path: the folder :meth:`save` wrote.
+        :param map_location: the device to put the model on (``"cpu"``, ``"cuda"``, a :class:`torch.device`).
+        :param overrides: constructor arguments that replace the saved ones; a VAE built with a user's
+            ``encoder``/``decoder`` module or ``Likelihood`` instance is loaded by passing a fresh instance
+            again, e.g. ``VAE.load(path, encoder=MyEncoder())``.
+        :raises FileNotFoundError: if the folder or one of its files is missing.
+        :raises ValueError: if the files are not what :meth:`save` writes, the saved class is not this one, or the
+            weights do not fit.
+
+        Example::
+
+            >>> import tempfile, torch, pyro_vae
+            >>> vae = pyro_vae.VAE((1, 8, 8), latent_dim=2, hidden_dims=(16,))
+            >>> folder = vae.save(tempfile.mkdtemp() + "/vae")
+            >>> again = pyro_vae.VAE.load(folder)
+            >>> x = torch.rand(3, 1, 8, 8)
+            >>> torch.equal(vae.reconstruct(x), again.reconstruct(x))
+            True
+        """
+        return load_model(path, map_location=map_location, expected=cls, **overrides)
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> Any:
+        """Build the model that :attr:`config` describes (untrained)."""
+        for key in ("encoder", "decoder", "prior"):
+            known = ("mlp", "conv") if key != "prior" else tuple(PRIORS)
+            if isinstance(config.get(key), str) and config[key] not in known:
+                raise ValueError(f"the saved model used a custom {key} ({config[key]}); pass a fresh instance: "
+                                 f"{cls.__name__}.load(path, {key}=...)")
+        return cls(**config)
+
+
+
+class VAE(Saveable, PyroModule):
     """A variational autoencoder with a standard Normal prior and an amortized diagonal Gaussian guide.
 
     :param input_shape: the shape of one datapoint, e.g. ``(1, 28, 28)`` or ``(784,)``.
@@ -52,6 +105,8 @@ class VAE(PyroModule):
     :param decoder: ``"mlp"``, ``"conv"`` or a user's ``nn.Module`` mapping ``z`` to the likelihood's
         parameter of shape ``(..., *input_shape)``.
     :param likelihood_options: keyword options of the likelihood, e.g. ``{"scale": 0.1}`` for ``"normal"``.
+    :param prior: a name from :data:`pyro_vae.priors.PRIORS` or a :class:`~pyro_vae.priors.Prior` instance.
+    :param prior_options: keyword options of the prior.
 
     Example::
 
@@ -71,6 +126,8 @@ class VAE(PyroModule):
         encoder: str | nn.Module = "mlp",
         decoder: str | nn.Module = "mlp",
         likelihood_options: dict[str, Any] | None = None,
+        prior: str | Prior = "normal",
+        prior_options: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         if isinstance(input_shape, int):
@@ -92,7 +149,10 @@ class VAE(PyroModule):
             "encoder": encoder if isinstance(encoder, str) else type(encoder).__name__,
             "decoder": decoder if isinstance(decoder, str) else type(decoder).__name__,
             "likelihood_options": dict(likelihood_options or {}),
+            "prior": prior if isinstance(prior, str) else type(prior).__name__,
+            "prior_options": dict(prior_options or {}),
         }
+        self.prior = make_prior(prior, self.latent_dim, **(prior_options or {}))
         self.encoder = make_encoder(encoder, input_shape, self.latent_dim, hidden_dims, activation)
         self.decoder = make_decoder(decoder, input_shape, self.latent_dim, hidden_dims, activation)
         self.likelihood = make_likelihood(likelihood, input_shape, **(likelihood_options or {}))
@@ -101,14 +161,14 @@ class VAE(PyroModule):
 
     # ------------------------------------------------------------------ Pyro programs
     def model(self, x: torch.Tensor) -> None:
-        """The generative model: ``z ~ N(0, I)`` then ``x ~ p(x | z)``, inside ``pyro.plate("data", N)``.
+        """The generative model: ``z ~ p(z)`` (the prior component) then ``x ~ p(x | z)``, inside
+        ``pyro.plate("data", N)``.
 
         :param x: a batch of shape ``(N, *input_shape)``.
         """
         n = x.shape[0]
         with pyro.plate("data", n):
-            z_loc = x.new_zeros((self.latent_dim,))
-            z = pyro.sample("z", dist.Normal(z_loc, 1.0).expand([self.latent_dim]).to_event(1))
+            z = pyro.sample("z", self.prior.distribution(x))
             pyro.sample("x", self.likelihood(self.decoder(z)), obs=x)
 
     def guide(self, x: torch.Tensor) -> None:
@@ -121,61 +181,36 @@ class VAE(PyroModule):
             z_loc, z_scale = self.encoder(x)
             pyro.sample("z", dist.Normal(z_loc, z_scale).to_event(1))
 
-    # ------------------------------------------------------------------ fast path
-    def importance_terms(self, x: torch.Tensor, num_particles: int = 1) -> ImportanceTerms:
-        """The terms of the log importance weights computed directly, without Pyro's tracing.
+    # ------------------------------------------------------------------ the producer of its terms
+    def importance_terms(self, x: torch.Tensor, num_particles: int = 1, *, analytic_kl: bool = False,
+                         dreg: DReG | None = None) -> ImportanceTerms:
+        """The terms of the log importance weights computed directly, without Pyro's handlers.
 
-        Exactly what :func:`pyro_vae.infer.importance_terms` computes for ``self.model``/``self.guide`` (the
-        same draws for the same seed, proven by the tests), at plain PyTorch speed.
+        Exactly what the traced path of :func:`pyro_vae.infer.importance_terms` computes for
+        ``self.model``/``self.guide`` (the same draws for the same seed, value and gradient, proven by the tests),
+        at plain PyTorch speed. Objectives live in :mod:`pyro_vae.infer.objectives`, never here.
 
         :param x: ``(N, *input_shape)``.
+        :param analytic_kl: also return ``KL(q(z | x) || p(z))`` in closed form.
+        :param dreg: the doubly reparameterized gradient's hook (see :class:`~pyro_vae.infer.weights.DReG`).
         :returns: :class:`~pyro_vae.infer.ImportanceTerms`, each ``(K, N)``.
         """
         z_loc, z_scale = self.encoder(x)
         q = torch.distributions.Normal(z_loc, z_scale, validate_args=False)
         z = q.rsample((int(num_particles),))
-        return self._terms(x, z, q)
-
-    def _terms(self, x: torch.Tensor, z: torch.Tensor, q: torch.distributions.Normal) -> ImportanceTerms:
-        # log N(z; 0, I) as torch's Normal computes it, without building the distribution
-        log_prior = (-(z**2) / 2 - _HALF_LOG_2PI).sum(-1)
-        return ImportanceTerms(self.likelihood.log_prob(self.decoder(z), x), log_prior, q.log_prob(z).sum(-1))
-
-    def loss(self, x: torch.Tensor, objective: str = "elbo", num_particles: int = 1,
-             latent_scale: float = 1.0) -> torch.Tensor:
-        """The training loss of a batch for a named objective, computed without Pyro's tracing.
-
-        Equal in value and gradient (same seed) to the objective in
-        :data:`pyro_vae.infer.objectives.OBJECTIVES` applied to ``self.model``/``self.guide`` with the latent
-        sites scaled by ``latent_scale``; :func:`pyro_vae.fit` uses it for the library's own VAE.
-
-        :returns: a scalar, ``-(sum over the batch of the bound)``.
-        """
-        k = int(num_particles)
-        z_loc, z_scale = self.encoder(x)
-        q = torch.distributions.Normal(z_loc, z_scale, validate_args=False)
-        z = q.rsample((k,))
-        if objective == "iwae-dreg":
-            # path gradient through z scaled by the normalised weight; q's parameters detached (Tucker et al.)
-            z_hooked = z.view_as(z)
-            holder: dict[str, torch.Tensor] = {}
-            if z_hooked.requires_grad:
-                z_hooked.register_hook(lambda g: g * holder["w"].unsqueeze(-1))
-            q_fixed = torch.distributions.Normal(z_loc.detach(), z_scale.detach(), validate_args=False)
-            log_w = self._terms(x, z_hooked, q_fixed).log_weights
-            holder["w"] = w = torch.softmax(log_w.detach(), 0)
-            value = (torch.logsumexp(log_w.detach(), 0) - math.log(k)).sum()
-            surrogate = (w * log_w).sum()
-            return -(value + surrogate - surrogate.detach())
-        t = self._terms(x, z, q)
-        if objective == "iwae":
-            return -(torch.logsumexp(t.log_weights, 0) - math.log(k)).sum()
-        if objective == "elbo":
-            return -(t.log_likelihood + latent_scale * (t.log_prior - t.log_guide)).sum() / k
-        if objective == "mean_field":
-            kl = torch.distributions.kl_divergence(q, torch.distributions.Normal(torch.zeros_like(z_loc), 1.0))
-            return -t.log_likelihood.sum() / k + latent_scale * kl.sum()
-        raise ValueError(f"unknown objective {objective!r}; choose one of 'elbo', 'mean_field', 'iwae', 'iwae-dreg'")
+        if dreg is not None:  # path gradient only, scaled per particle by the normalised weight
+            z = dreg.hook(z, lambda w: w.unsqueeze(-1))
+            q = torch.distributions.Normal(z_loc.detach(), z_scale.detach(), validate_args=False)
+        log_prior = self.prior.log_prob(z)
+        log_lik = self.likelihood.log_prob(self.decoder(z), x)
+        log_guide = q.log_prob(z).sum(-1)
+        kl = None
+        if analytic_kl:
+            kl = self.prior.kl(q)
+            if kl is None:  # no closed form: log q - log p, as Pyro's TraceMeanField_ELBO does
+                kl = log_guide - log_prior
+            kl = kl.expand_as(log_guide)
+        return ImportanceTerms(log_lik, log_prior, log_guide, None, kl)
 
     # ------------------------------------------------------------------ conveniences
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -194,7 +229,7 @@ class VAE(PyroModule):
 
     @torch.no_grad()
     def sample(self, num_samples: int, mean: bool = True) -> torch.Tensor:
-        """Draw ``z`` from the prior and decode it.
+        """Draw ``z`` from the prior component and decode it.
 
         :param num_samples: how many samples.
         :param mean: return the mean of ``p(x | z)`` (the usual picture) rather than a draw from it.
@@ -202,8 +237,7 @@ class VAE(PyroModule):
         """
         if int(num_samples) < 1:
             raise ValueError(f"num_samples must be >= 1, got {num_samples}")
-        z = torch.randn(int(num_samples), self.latent_dim, device=self._anchor.device, dtype=self._anchor.dtype)
-        params = self.decoder(z)
+        params = self.decoder(self.prior.sample(int(num_samples)))
         return self.likelihood.mean(params) if mean else self.likelihood(params).sample()
 
     @property
@@ -217,91 +251,10 @@ class VAE(PyroModule):
         init_output_bias(self.decoder, data)
         return self
 
-    # ------------------------------------------------------------------ saving and loading
-    def save(self, path: str | os.PathLike[str]) -> Path:
-        """Save the configuration and the weights into the folder ``path`` (created if needed).
 
-        The folder holds ``vae.json`` (the class name, :attr:`config` and the library version) and
-        ``weights.pt`` (the ``state_dict``, written with ``torch.save`` and read back with
-        ``torch.load(weights_only=True)``, so loading runs no pickled code). Both files are written atomically.
-
-        :param path: the folder.
-        :returns: the folder, as a :class:`~pathlib.Path`.
-        """
-        from . import __version__
-        from .train import atomic_save, atomic_write
-
-        path = Path(path)
-        path.mkdir(parents=True, exist_ok=True)
-        meta = {"format": SAVE_FORMAT, "class": type(self).__name__, "config": self.config,
-                "pyro_vae_version": __version__}
-        try:
-            text = json.dumps(meta, indent=2, sort_keys=True) + "\n"
-        except TypeError as e:
-            raise ValueError(f"the VAE's configuration cannot be written as JSON ({e}); likelihood_options must "
-                             "hold plain numbers") from e
-        atomic_save({k: v.detach().cpu() for k, v in self.state_dict().items()}, path / SAVE_WEIGHTS)
-        atomic_write(path / SAVE_CONFIG, lambda f: f.write(text), binary=False)
-        return path
-
-    @classmethod
-    def load(cls, path: str | os.PathLike[str], map_location: str | torch.device = "cpu", **overrides: Any) -> VAE:
-        """Rebuild a VAE written by :meth:`save`, in eval mode.
-
-        :param path: the folder :meth:`save` wrote.
-        :param map_location: the device to put the VAE on (``"cpu"``, ``"cuda"``, a :class:`torch.device`).
-        :param overrides: constructor arguments that replace the saved ones; a VAE built with a user's
-            ``encoder``/``decoder`` module or ``Likelihood`` instance is loaded by passing a fresh instance
-            again, e.g. ``VAE.load(path, encoder=MyEncoder())``.
-        :returns: the VAE with the saved weights.
-        :raises FileNotFoundError: if the folder or one of its files is missing.
-        :raises ValueError: if the files are not what :meth:`save` writes, or the weights do not fit.
-
-        Example::
-
-            >>> import tempfile, torch, pyro_vae
-            >>> vae = pyro_vae.VAE((1, 8, 8), latent_dim=2, hidden_dims=(16,))
-            >>> folder = vae.save(tempfile.mkdtemp() + "/vae")
-            >>> again = pyro_vae.VAE.load(folder)
-            >>> x = torch.rand(3, 1, 8, 8)
-            >>> torch.equal(vae.reconstruct(x), again.reconstruct(x))
-            True
-        """
-        path = Path(path)
-        config_file, weights_file = path / SAVE_CONFIG, path / SAVE_WEIGHTS
-        if not path.is_dir():
-            raise FileNotFoundError(f"no saved VAE at {path}: VAE.save(path) writes a folder with {SAVE_CONFIG} "
-                                    f"and {SAVE_WEIGHTS}")
-        for f in (config_file, weights_file):
-            if not f.is_file():
-                raise FileNotFoundError(f"{path} is not a saved VAE: it has no {f.name} (VAE.save(path) writes it)")
-        try:
-            meta = json.loads(config_file.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise ValueError(f"{config_file} is not valid JSON ({e})") from e
-        if not isinstance(meta, dict) or meta.get("format") != SAVE_FORMAT or not isinstance(meta.get("config"), dict):
-            raise ValueError(f"{config_file} is not a saved pyro-vae VAE (expected format {SAVE_FORMAT!r})")
-        config = {**meta["config"], **overrides}
-        for key in ("encoder", "decoder"):
-            if isinstance(config.get(key), str) and config[key] not in ("mlp", "conv"):
-                raise ValueError(f"the saved VAE used a custom {key} ({config[key]}); pass a fresh instance: "
-                                 f"VAE.load(path, {key}=...)")
-        vae = cls(**config)
-        try:
-            state = torch.load(weights_file, map_location="cpu", weights_only=True)
-        except Exception as e:  # UnpicklingError and others for unsafe or corrupt files
-            raise ValueError(f"{weights_file} is not a valid weights file (refused by "
-                             f"torch.load(weights_only=True): {type(e).__name__})") from e
-        try:
-            vae.load_state_dict(state)
-        except RuntimeError as e:
-            raise ValueError(f"the weights in {weights_file} do not fit the VAE of {config_file}: {e}") from e
-        vae.to(map_location)
-        vae.eval()
-        return vae
-
-# VAE.model/VAE.guide (not a subclass's overrides) may be computed by VAE.importance_terms / VAE.loss directly
+# VAE.model/VAE.guide (not a subclass's overrides) may be computed by VAE.importance_terms directly
 VAE._fast_path_for = (VAE.model, VAE.guide)
+VAE.max_plate_nesting = 1
 
 
 # ---------------------------------------------------------------------------------------------------------- helpers
@@ -355,7 +308,7 @@ class _GaussianLayer(nn.Module):
         return loc, log_scale.exp()
 
 
-class HierarchicalVAE(PyroModule):
+class HierarchicalVAE(Saveable, PyroModule):
     """A VAE with a stack of stochastic layers ``h1, ..., hL`` (Burda et al. 2016, two-layer model).
 
     The generative model samples the top layer from the prior and each lower layer given the one above:
@@ -434,6 +387,7 @@ class HierarchicalVAE(PyroModule):
              for i, layer in enumerate(layers) if i > 0])
         self.decoder = MLPDecoder(self.latent_dims[0], tuple(reversed(layers[0][:-1])), input_shape, activation)
         self.likelihood = make_likelihood(likelihood, input_shape, **(likelihood_options or {}))
+        self.prior = make_prior("normal", self.latent_dims[-1])  # p(h_L)
         self.register_buffer("_anchor", torch.zeros(()))
 
     # ------------------------------------------------------------------ Pyro programs
@@ -444,8 +398,7 @@ class HierarchicalVAE(PyroModule):
         """
         n = x.shape[0]
         with pyro.plate("data", n):
-            top = self.latent_dims[-1]
-            h = pyro.sample(self.site_names[-1], dist.Normal(x.new_zeros((top,)), 1.0).expand([top]).to_event(1))
+            h = pyro.sample(self.site_names[-1], self.prior.distribution(x))
             for i in range(len(self.layers) - 1, 0, -1):
                 loc, scale = self.priors[i - 1](h)
                 h = pyro.sample(self.site_names[i - 1], dist.Normal(loc, scale).to_event(1))
@@ -492,7 +445,7 @@ class HierarchicalVAE(PyroModule):
         (or a draw from it with ``mean=False``). :returns: ``(num_samples, *input_shape)``."""
         if int(num_samples) < 1:
             raise ValueError(f"num_samples must be >= 1, got {num_samples}")
-        h = torch.randn(int(num_samples), self.latent_dims[-1], device=self._anchor.device, dtype=self._anchor.dtype)
+        h = self.prior.sample(int(num_samples))
         for i in range(len(self.layers) - 1, 0, -1):
             loc, scale = self.priors[i - 1](h)
             h = loc + scale * torch.randn_like(loc)
@@ -500,62 +453,59 @@ class HierarchicalVAE(PyroModule):
         return self.likelihood.mean(params) if mean else self.likelihood(params).sample()
 
     # ------------------------------------------------------------------ fast path
-    def _fast_draws(self, x: torch.Tensor, k: int) -> tuple[ImportanceTerms, torch.Tensor]:
-        """The guide's draws (in the guide's order, so the same as Pyro's for the same seed) and their terms.
+    def importance_terms(self, x: torch.Tensor, num_particles: int = 1, *, analytic_kl: bool = False,
+                         dreg: DReG | None = None) -> ImportanceTerms:
+        """The log importance weights' terms without Pyro's handlers: the guide's draws in the guide's order, so
+        the same draws, values and gradients as the traced path of :func:`pyro_vae.infer.importance_terms` on
+        ``self.model``/``self.guide`` for the same seed (tested).
 
-        :returns: the terms ``(K, N)`` and the analytic KL of every layer given the sampled layers, ``(K, N)``
-            (what ``TraceMeanField_ELBO`` computes for this pair).
+        :param x: ``(N, *input_shape)``.
+        :param analytic_kl: also return the analytic KL of every layer given the sampled layers (what Pyro's
+            ``TraceMeanField_ELBO`` computes for this pair).
+        :param dreg: the doubly reparameterized gradient's hook (see :class:`~pyro_vae.infer.weights.DReG`).
+        :returns: :class:`~pyro_vae.infer.ImportanceTerms`, each ``(K, N)``.
         """
-        h = x.flatten(-len(self.input_shape))
-        hs, qs = [], []
-        log_q = x.new_zeros(())
+        k = int(num_particles)
+        flat = x.flatten(-len(self.input_shape))
+        h, hs, qs = flat, [], []
         for i, encoder in enumerate(self.encoders):
             loc, scale = encoder(h)
             q = torch.distributions.Normal(loc, scale, validate_args=False)
             h = q.rsample((k,)) if i == 0 else q.rsample()
             hs.append(h)
             qs.append(q)
-            log_q = log_q + q.log_prob(h).sum(-1)
-        zero = torch.zeros((), dtype=hs[-1].dtype, device=hs[-1].device)
-        ps: list[torch.distributions.Normal] = [torch.distributions.Normal(zero, 1.0, validate_args=False)]
-        for i in range(len(self.layers) - 1, 0, -1):
-            loc, scale = self.priors[i - 1](hs[i])
-            ps.insert(0, torch.distributions.Normal(loc, scale, validate_args=False))
-        log_p = sum(p.log_prob(v).sum(-1) for p, v in zip(ps, hs))
-        kl = sum(torch.distributions.kl_divergence(q, p).sum(-1) for q, p in zip(qs, ps))
+        if dreg is not None:
+            # the densities see hooked views of the draws (the draws' own graph stays unhooked, so no weight is
+            # applied twice down the hierarchy), and log q is also taken with every draw detached: subtracting
+            # its gradient cancels the score term
+            hooked = [dreg.hook(v, lambda w: w.unsqueeze(-1)) for v in hs]
+            qs = [self._guide_layer(i, flat if i == 0 else hooked[i - 1]) for i in range(len(hs))]
+            fixed = sum(self._guide_layer(i, flat if i == 0 else hs[i - 1].detach()).log_prob(v.detach()).sum(-1)
+                        for i, v in enumerate(hs))
+            hs = hooked
+        log_q = sum(q.log_prob(v).sum(-1) for q, v in zip(qs, hs))
+        if dreg is not None:
+            log_q = log_q - fixed + fixed.detach()
+        ps = [self._prior_layer(i, hs[i]) for i in range(1, len(self.layers))]  # p(h_{i} | h_{i+1}), 0-based
+        log_p = self.prior.log_prob(hs[-1]) + sum(p.log_prob(v).sum(-1) for p, v in zip(ps, hs))
         log_lik = self.likelihood(self.decoder(hs[0])).log_prob(x)
-        log_lik, log_p, log_q, kl = torch.broadcast_tensors(log_lik, log_p, log_q, kl)
-        return ImportanceTerms(log_lik, log_p, log_q), kl
+        parts = [log_lik, log_p, log_q]
+        if analytic_kl:
+            top = self.prior.kl(qs[-1])
+            if top is None:
+                top = qs[-1].log_prob(hs[-1]).sum(-1) - self.prior.log_prob(hs[-1])
+            parts.append(top + sum(torch.distributions.kl_divergence(q, p).sum(-1) for q, p in zip(qs, ps)))
+        parts = list(torch.broadcast_tensors(*parts))
+        return ImportanceTerms(parts[0], parts[1], parts[2], None, parts[3] if analytic_kl else None)
 
-    def importance_terms(self, x: torch.Tensor, num_particles: int = 1) -> ImportanceTerms:
-        """The log importance weights' terms without Pyro's tracing: the same draws and values as
-        :func:`pyro_vae.infer.importance_terms` on ``self.model``/``self.guide`` for the same seed.
+    def _prior_layer(self, i: int, above: torch.Tensor) -> torch.distributions.Normal:
+        """``p(h_{i-1} | h_i)``: the density of layer ``i - 1`` (0-based) given the sampled layer ``i`` above it."""
+        loc, scale = self.priors[i - 1](above)
+        return torch.distributions.Normal(loc, scale, validate_args=False)
 
-        :param x: ``(N, *input_shape)``. :returns: :class:`~pyro_vae.infer.ImportanceTerms`, each ``(K, N)``.
-        """
-        return self._fast_draws(x, int(num_particles))[0]
-
-    def loss(self, x: torch.Tensor, objective: str = "elbo", num_particles: int = 1,
-             latent_scale: float = 1.0) -> torch.Tensor:
-        """A batch's training loss without Pyro's tracing, equal in value and gradient (same seed) to the
-        objective of :data:`pyro_vae.infer.objectives.OBJECTIVES` on ``self.model``/``self.guide`` with the
-        latent sites scaled by ``latent_scale``. ``"iwae-dreg"`` is delegated to Pyro's traced objective.
-
-        :returns: a scalar, ``-(sum over the batch of the bound)``.
-        """
-        k = int(num_particles)
-        if objective == "iwae-dreg":
-            from .infer.objectives import dreg_loss
-
-            return dreg_loss(self.model, self.guide, x, num_particles=k, max_plate_nesting=1)
-        t, kl = self._fast_draws(x, k)
-        if objective == "iwae":
-            return -(torch.logsumexp(t.log_weights, 0) - math.log(k)).sum()
-        if objective == "elbo":
-            return -(t.log_likelihood + latent_scale * (t.log_prior - t.log_guide)).sum() / k
-        if objective == "mean_field":
-            return -(t.log_likelihood - latent_scale * kl).sum() / k
-        raise ValueError(f"unknown objective {objective!r}; choose one of 'elbo', 'mean_field', 'iwae', 'iwae-dreg'")
+    def _guide_layer(self, i: int, below: torch.Tensor) -> torch.distributions.Normal:
+        loc, scale = self.encoders[i](below)
+        return torch.distributions.Normal(loc, scale, validate_args=False)
 
     def init_output_bias(self, data: torch.Tensor) -> "HierarchicalVAE":
         """Set the decoder's output bias to ``logit(mean pixel)``; see :func:`init_output_bias`."""
@@ -568,11 +518,12 @@ class HierarchicalVAE(PyroModule):
         return sum(math.prod(p.shape) for p in self.parameters() if p.requires_grad)
 
 
-# HierarchicalVAE.model/.guide (not overridden, not wrapped) may be computed by its importance_terms / loss directly
+# HierarchicalVAE.model/.guide (not overridden, not wrapped) may be computed by its importance_terms directly
 HierarchicalVAE._fast_path_for = (HierarchicalVAE.model, HierarchicalVAE.guide)
+HierarchicalVAE.max_plate_nesting = 1
 
 
-class TwoStageVAE(nn.Module):
+class TwoStageVAE(Saveable, nn.Module):
     """Dai & Wipf's two-stage VAE: a VAE on the data, then a second VAE on the first one's latent codes.
 
     **Stage 1** is a :class:`VAE` with a Gaussian decoder of one learned scalar variance ``gamma``
@@ -638,7 +589,24 @@ class TwoStageVAE(nn.Module):
         self.input_shape = self.stage1.input_shape
         self.latent_dim = int(latent_dim)
         self.likelihood = self.stage1.likelihood
-        self.config = {"stage1": self.stage1.config, "stage2": self.stage2.config}
+        self.config = {"input_shape": list(self.input_shape), "latent_dim": self.latent_dim,
+                       "hidden_dims": list(hidden_dims), "stage2_hidden_dims": list(stage2_hidden_dims),
+                       "activation": activation, "encoder": self.stage1.config["encoder"],
+                       "decoder": self.stage1.config["decoder"], "stage1_likelihood": self.stage1.config["likelihood"],
+                       "stage2_likelihood": self.stage2.config["likelihood"], "stage2_gamma": float(stage2_gamma),
+                       "stage1": self.stage1.config, "stage2": self.stage2.config}
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> "TwoStageVAE":
+        """Build the model :attr:`config` describes (also the older config of only ``stage1`` and ``stage2``)."""
+        c = dict(config)
+        s1, s2 = c.pop("stage1", None), c.pop("stage2", None)
+        if "input_shape" not in c and s1 is not None and s2 is not None:  # written before version 0.2
+            c = {"input_shape": s1["input_shape"], "latent_dim": s1["latent_dim"], "hidden_dims": s1["hidden_dims"],
+                 "stage2_hidden_dims": s2["hidden_dims"], "activation": s1["activation"], "encoder": s1["encoder"],
+                 "decoder": s1["decoder"], "stage1_likelihood": s1["likelihood"],
+                 "stage2_likelihood": s2["likelihood"]}
+        return super().from_config.__func__(cls, c)
 
     # stage 1 is the model of x: estimators and fit see its programs
     @property
@@ -671,38 +639,11 @@ class TwoStageVAE(nn.Module):
         self.stage1.train(was_training)
         return out
 
-    def fit(self, data: torch.Tensor, *, epochs: int, stage2_epochs: int | None = None, batch_size: int = 100,
-            stage2_batch_size: int | None = None, val_data: torch.Tensor | None = None,
-            on_epoch_end: Any = None, **fit_kwargs: Any) -> dict[str, list[dict[str, Any]]]:
-        """Train stage 1 on ``data``, then stage 2 on stage 1's codes, each with :func:`pyro_vae.fit`.
+    def fit(self, data: torch.Tensor, **kwargs: Any) -> dict[str, list[dict[str, Any]]]:
+        """Train stage 1 on ``data``, then stage 2 on stage 1's codes: :func:`pyro_vae.train.fit_two_stage`."""
+        from .train.two_stage import fit_two_stage  # training sits above the models: imported when called
 
-        :param epochs: stage 1's passes.
-        :param stage2_epochs: stage 2's passes (default: ``epochs``).
-        :param val_data: validation data for stage 1 (its codes validate stage 2).
-        :param on_epoch_end: called as ``on_epoch_end(stage, record)`` with ``stage`` 1 or 2; stage 1's records
-            carry ``gamma`` when the likelihood has one.
-        :param fit_kwargs: passed to both :func:`pyro_vae.fit` calls (``lr``, ``device``, ``seed``, ...).
-        :returns: ``{"stage1": history, "stage2": history}``; stage 1's records carry ``gamma``.
-        """
-        from .train import fit
-
-        def hook(stage: int) -> Any:
-            def call(record: dict[str, Any]) -> None:
-                if stage == 1 and self.gamma is not None:
-                    record["gamma"] = self.gamma
-                if on_epoch_end is not None:
-                    on_epoch_end(stage, record)
-            return call
-
-        h1 = fit(self.stage1, data, epochs=epochs, batch_size=batch_size, val_data=val_data, on_epoch_end=hook(1),
-                 **fit_kwargs)
-        codes = self.codes(data)
-        val_codes = self.codes(val_data) if val_data is not None else None
-        fit_kwargs.pop("binarize", None)
-        h2 = fit(self.stage2, codes, epochs=stage2_epochs or epochs,
-                 batch_size=min(stage2_batch_size or batch_size, codes.shape[0]), val_data=val_codes,
-                 on_epoch_end=hook(2), **fit_kwargs)
-        return {"stage1": h1, "stage2": h2}
+        return fit_two_stage(self, data, **kwargs)
 
     @torch.no_grad()
     def sample(self, num_samples: int, mean: bool = True, stages: int = 2) -> torch.Tensor:
@@ -725,3 +666,109 @@ class TwoStageVAE(nn.Module):
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
         """Stage 1's reconstruction. :returns: ``(N, *input_shape)``."""
         return self.stage1.reconstruct(x)
+
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Stage 1's encoder: ``(z_loc, z_scale)``, each ``(N, latent_dim)``."""
+        return self.stage1.encode(x)
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """Stage 1's decoder mean. :returns: ``(..., *input_shape)``."""
+        return self.stage1.decode(z)
+
+
+#: the classes a saved folder may hold, by the name ``vae.json`` records
+MODEL_CLASSES: dict[str, type] = {"VAE": VAE, "HierarchicalVAE": HierarchicalVAE, "TwoStageVAE": TwoStageVAE}
+
+
+def save_model(model: Any, path: str | os.PathLike[str]) -> Path:
+    """Write ``model`` (a :class:`VAE`, :class:`HierarchicalVAE` or :class:`TwoStageVAE`) into the folder ``path``
+    (created if needed): ``vae.json`` and ``weights.pt``, both atomically.
+
+    :returns: the folder.
+    """
+    from ._version import __version__
+
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    meta = {"format": SAVE_FORMAT, "class": type(model).__name__, "config": model.config,
+            "pyro_vae_version": __version__}
+    try:
+        text = json.dumps(meta, indent=2, sort_keys=True) + "\n"
+    except TypeError as e:
+        raise ValueError(f"the model's configuration cannot be written as JSON ({e}); likelihood_options and "
+                         "prior_options must hold plain numbers") from e
+    atomic_save({k: v.detach().cpu() for k, v in model.state_dict().items()}, path / SAVE_WEIGHTS)
+    atomic_write(path / SAVE_CONFIG, lambda f: f.write(text), binary=False)
+    return path
+
+
+def _build_checked(cls: Any, config: dict[str, Any], state: dict[str, torch.Tensor], source: Path) -> Any:
+    """Build ``cls`` from ``config`` after checking, on the ``meta`` device (no memory), that its parameters have
+    the shapes of the saved weights: a tampered config cannot make the loader allocate what the weights do not
+    hold."""
+    try:
+        with torch.device("meta"):
+            skeleton = cls.from_config(config)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{source / SAVE_CONFIG} does not describe a {cls.__name__} ({e})") from e
+    except Exception:  # a module that cannot be built on the meta device: check after building instead
+        skeleton = None
+    if skeleton is not None:
+        expected = {k: tuple(v.shape) for k, v in skeleton.state_dict().items()}
+        saved = {k: tuple(v.shape) for k, v in state.items()}
+        if expected != saved:
+            diff = sorted(set(expected.items()) ^ set(saved.items()))[:3]
+            raise ValueError(f"the weights in {source / SAVE_WEIGHTS} do not fit the {cls.__name__} of "
+                             f"{source / SAVE_CONFIG} (first differences, name and shape: {diff}); one of the files "
+                             "was changed or they come from different models")
+    try:
+        return cls.from_config(config)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{source / SAVE_CONFIG} does not describe a {cls.__name__} ({e})") from e
+
+
+def load_model(path: str | os.PathLike[str], map_location: str | torch.device = "cpu", expected: type | None = None,
+               **overrides: Any) -> Any:
+    """Rebuild a model written by :func:`save_model`, in eval mode.
+
+    :param path: the folder.
+    :param map_location: the device to put the model on.
+    :param expected: refuse a folder that holds another class (``VAE.load`` passes ``VAE``).
+    :param overrides: constructor arguments replacing the saved ones (a fresh custom encoder, say).
+    :raises FileNotFoundError: if the folder or one of its files is missing.
+    :raises ValueError: if the files are not what :func:`save_model` writes, or the weights do not fit.
+    """
+    path = Path(path)
+    config_file, weights_file = path / SAVE_CONFIG, path / SAVE_WEIGHTS
+    what = "model" if expected is None else expected.__name__
+    if not path.is_dir():
+        raise FileNotFoundError(f"no saved {what} at {path}: model.save(path) writes a folder with {SAVE_CONFIG} "
+                                f"and {SAVE_WEIGHTS}")
+    for f in (config_file, weights_file):
+        if not f.is_file():
+            raise FileNotFoundError(f"{path} is not a saved model: it has no {f.name} (model.save(path) writes it)")
+    try:
+        meta = json.loads(config_file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{config_file} is not valid JSON ({e})") from e
+    if not isinstance(meta, dict) or meta.get("format") != SAVE_FORMAT or not isinstance(meta.get("config"), dict):
+        raise ValueError(f"{config_file} is not a saved pyro-vae {what} (expected format {SAVE_FORMAT!r})")
+    cls = MODEL_CLASSES.get(meta.get("class", "VAE"))
+    if cls is None:
+        raise ValueError(f"{config_file} holds an unknown model class {meta.get('class')!r}; known: "
+                         f"{sorted(MODEL_CLASSES)}")
+    if expected is not None and not issubclass(cls, expected):
+        raise ValueError(f"{path} holds a {cls.__name__}, not a {expected.__name__}: use pyro_vae.load(path)")
+    if expected is not None and issubclass(expected, cls):
+        cls = expected  # a subclass loading its own folder
+    state = load_tensors(weights_file, "weights file")
+    if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
+        raise ValueError(f"{weights_file} does not hold a state dict of tensors")
+    model = _build_checked(cls, {**meta["config"], **overrides}, state, path)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:
+        raise ValueError(f"the weights in {weights_file} do not fit the model of {config_file}: {e}") from e
+    model.to(map_location)
+    model.eval()
+    return model

@@ -320,6 +320,18 @@ def training_curves(history: Sequence[dict[str, Any]], path: str | os.PathLike[s
     return fig
 
 
+def _code_means(vae: Any, x: torch.Tensor) -> torch.Tensor:
+    """The posterior mean of the code that ``vae.decode`` takes: ``z_loc`` of a VAE, ``h_1``'s of a hierarchy
+    (whose ``encode`` returns ``[(loc_1, scale_1), ...]``)."""
+    loc = vae.encode(x)[0]
+    return loc[0] if isinstance(loc, tuple) else loc
+
+
+def _code_dim(vae: Any) -> int:
+    """The dimension of what ``vae.decode`` takes (``latent_dims[0]`` for a hierarchy)."""
+    return int(getattr(vae, "latent_dims", [vae.latent_dim])[0])
+
+
 @torch.no_grad()
 def _encode_means(vae: Any, x: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
     """``z_loc`` of every datapoint, ``(N, latent_dim)`` on the CPU."""
@@ -328,7 +340,7 @@ def _encode_means(vae: Any, x: torch.Tensor, batch_size: int = 1000) -> torch.Te
     if hasattr(vae, "eval"):
         vae.eval()
     try:
-        parts = [vae.encode(x[i:i + batch_size].to(device))[0].reshape(min(batch_size, x.shape[0] - i), -1).cpu()
+        parts = [_code_means(vae, x[i:i + batch_size].to(device)).reshape(min(batch_size, x.shape[0] - i), -1).cpu()
                  for i in range(0, x.shape[0], batch_size)]
     finally:
         if was_training and hasattr(vae, "train"):
@@ -437,7 +449,7 @@ def latent_traversal(
     """
     if int(n) < 2:
         raise ValueError(f"n must be >= 2, got {n}")
-    n, d = int(n), int(vae.latent_dim)
+    n, d = int(n), _code_dim(vae)
     device = _module_device(vae)
     if d == 2:
         u = torch.linspace(0.5 / n, 1 - 0.5 / n, n, dtype=torch.float64)
@@ -583,8 +595,8 @@ def plot_run(
     from pathlib import Path
 
     from . import datasets
-    from .cli import load_run
     from .infer import log_likelihood
+    from .runs import load_run
 
     run_dir = Path(run_dir)
     out_dir = Path(out) if out is not None else run_dir

@@ -250,6 +250,44 @@ def test_hierarchical_and_two_stage_runs_are_readable(tmp_path: Path) -> None:
         assert code == 0 and "log p(x) (IWAE, K=20)" in out, err
     code, _, err = run_cli(["reconstruct", str(layers), "--out", str(layers / "r.png")])
     assert code == 0, err
-    (two / "model.pt").write_bytes(b"not a weights file")
-    code, _, err = run_cli(["sample", str(two)])
+    for run in (layers, two):  # every figure of every model class
+        code, _, err = run_cli(["plot", str(run), "--out", str(run / "figures"), "--num-particles", "10",
+                                "--num", "30"])
+        assert code == 0, err
+        assert_picture(run / "figures" / "latent_space.png")
+    # one saved-model format: pyro_vae.load reads the run folder and its model/ folder alike
+    import pyro_vae
+
+    for run, cls in ((layers, HierarchicalVAE), (two, TwoStageVAE)):
+        assert isinstance(pyro_vae.load(run), cls) and isinstance(pyro_vae.load(run / "model"), cls)
+    # a run of version 0.1 (weights in model.pt) still loads
+    legacy = tmp_path / "legacy"
+    legacy.mkdir()
+    (legacy / "config.json").write_text((layers / "config.json").read_text())
+    torch.save(load_run(layers)[0].state_dict(), legacy / "model.pt")
+    assert isinstance(load_run(legacy)[0], HierarchicalVAE)
+    (legacy / "model.pt").write_bytes(b"not a weights file")
+    code, _, err = run_cli(["sample", str(legacy)])
     assert code == 2 and "model.pt" in err
+    (two / "model" / "weights.pt").write_bytes(b"not a weights file")
+    code, _, err = run_cli(["sample", str(two)])
+    assert code == 2 and "weights.pt" in err
+
+
+def test_hierarchical_and_two_stage_runs_resume(tmp_path: Path) -> None:
+    """``--resume`` continues ``--layers`` and ``--two-stage`` runs from their checkpoints."""
+    layers, two = tmp_path / "layers", tmp_path / "two"
+    code, _, err = run_cli(["train", "--layers", "32,8;16,4", "--epochs", "1", "--out", str(layers), "--no-progress"])
+    assert code == 0, err
+    code, _, err = run_cli(["train", "--out", str(layers), "--resume", "--epochs", "3", "--no-progress"])
+    assert code == 0, err
+    assert [json.loads(line)["epoch"] for line in (layers / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3]
+    code, _, err = run_cli(["train", "--two-stage", "--epochs", "1", "--stage2-epochs", "1", "--out", str(two),
+                            "--no-progress"])
+    assert code == 0, err
+    code, _, err = run_cli(["train", "--out", str(two), "--resume", "--epochs", "2", "--no-progress"])
+    assert code == 0, err
+    history = json.loads((two / "history.json").read_text())
+    assert len(history["stage1"]) == 2 and "gamma" in history["stage1"][-1]
+    code, _, err = run_cli(["train", "--layers", "32,8;16,4", "--epochs", "1", "--out", str(layers), "--no-progress"])
+    assert code == 2 and "--resume" in err

@@ -13,7 +13,8 @@ from torch.testing import assert_close
 
 import pyro_vae
 from pyro_vae import infer
-from pyro_vae.train import CHECKPOINT_NAME, METRICS_NAME, ScaleLatents, evaluate_elbo, load_checkpoint
+from pyro_vae.infer.objectives import objective_loss
+from pyro_vae.train import CHECKPOINT_NAME, METRICS_NAME, evaluate_elbo, load_checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -128,8 +129,7 @@ def test_beta_scales_only_the_latent_sites():
     pyro.set_rng_seed(0)
     terms = infer.importance_terms(vae.model, vae.guide, x, num_particles=1)
     pyro.set_rng_seed(0)
-    loss = pyro.infer.Trace_ELBO(max_plate_nesting=1).differentiable_loss(
-        ScaleLatents(0.25)(vae.model), ScaleLatents(0.25)(vae.guide), x)
+    loss = objective_loss("elbo", vae.model, vae.guide, x, beta=0.25)
     expected = -(terms.log_likelihood + 0.25 * (terms.log_prior - terms.log_guide)).sum()
     assert_close(loss, expected)
 
@@ -184,3 +184,72 @@ def test_iwae_schedule_is_the_papers():
     counts = Counter(round(LR_SCHEDULES["iwae"](e, 3280), 9) for e in range(3280))
     assert sorted(counts.values()) == [3**i for i in range(8)]  # stage i lasts 3^i passes, 3280 in all
     assert counts[1.0] == 1 and counts[round(10 ** (-7 / 7), 9)] == 3**7
+
+
+def test_callbacks_see_every_hook_and_their_metrics_are_saved_with_the_checkpoint(digits, tmp_path):
+    from pyro_vae.train import Callback
+
+    class Recorder(Callback):
+        def __init__(self):
+            self.steps, self.epochs, self.ended = 0, [], None
+
+        def on_step_end(self, epoch, step, steps, loss, size):
+            self.steps += 1
+            assert size == 100 and loss.dim() == 0
+
+        def on_epoch_metrics(self, record):
+            record["custom"] = 2.0 * record["epoch"]
+
+        def on_epoch_end(self, record):
+            self.epochs.append(record["epoch"])
+            if record["epoch"] == 2:
+                raise StopIteration  # early stopping
+
+        def on_train_end(self, history):
+            self.ended = len(history)
+
+    rec = Recorder()
+    hist = pyro_vae.fit(small_vae(), digits[:400], epochs=5, batch_size=100, binarize=True, seed=0, progress=False,
+                        checkpoint_dir=tmp_path, callbacks=[rec])
+    assert rec.steps == 8 and rec.epochs == [1, 2] and rec.ended == 2 and len(hist) == 2
+    saved = [json.loads(h) for h in load_checkpoint(tmp_path / CHECKPOINT_NAME)["history"]]
+    assert [h["custom"] for h in saved] == [2.0, 4.0]
+    lines = [json.loads(line) for line in (tmp_path / METRICS_NAME).read_text().splitlines()]
+    assert [h["custom"] for h in lines] == [2.0, 4.0]
+    with pytest.raises(TypeError, match="Callback"):
+        pyro_vae.fit(small_vae(), digits[:400], epochs=1, batch_size=100, binarize=True, callbacks=[lambda r: None])
+
+
+def test_progress_is_one_line_per_epoch_off_a_terminal(digits, capsys):
+    pyro_vae.fit(small_vae(), digits[:300], epochs=3, batch_size=100, binarize=True, seed=0, val_data=digits[1000:])
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 3 and lines[0].startswith("epoch 1/3: loss ") and "valid ELBO" in lines[0], lines
+    pyro_vae.fit(small_vae(), digits[:300], epochs=2, batch_size=100, binarize=True, progress=False)
+    assert capsys.readouterr().err == ""
+
+
+def test_a_new_learning_rate_on_resume_takes_effect_and_is_recorded(digits, tmp_path):
+    vae = small_vae()
+    pyro_vae.fit(vae, digits[:300], epochs=1, batch_size=100, lr=1e-3, seed=0, progress=False, binarize=True,
+                 checkpoint_dir=tmp_path)
+    hist = pyro_vae.fit(vae, digits[:300], epochs=2, batch_size=100, lr=1e-5, seed=0, progress=False, binarize=True,
+                        checkpoint_dir=tmp_path, resume=True)
+    assert hist[0]["lr"] == 1e-3 and hist[1]["lr"] == 1e-5
+    state = load_checkpoint(tmp_path / CHECKPOINT_NAME)
+    assert json.loads(state["config"])["lr"] == 1e-5
+    assert state["optimizer"]["param_groups"][0]["lr"] == 1e-5
+    # the same learning rate again changes nothing (and keeps a rollback's halving, which lives in the state)
+    hist = pyro_vae.fit(vae, digits[:300], epochs=3, batch_size=100, lr=1e-5, seed=0, progress=False, binarize=True,
+                        checkpoint_dir=tmp_path, resume=True)
+    assert hist[2]["lr"] == 1e-5
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    ({"clip_norm": -1.0}, "clip_norm"), ({"clip_norm": 0.0}, "clip_norm"), ({"beta": -0.5}, "beta"),
+    ({"lr": float("inf")}, "lr"), ({"batch_size": 2.5}, "batch_size"), ({"epochs": 1.9}, "epochs"),
+    ({"kl_warmup_epochs": -1}, "kl_warmup_epochs"),
+])
+def test_numeric_options_are_refused_not_truncated(digits, kwargs, match):
+    options = {"epochs": 1, "batch_size": 100, "binarize": True, **kwargs}
+    with pytest.raises(ValueError, match=match):
+        pyro_vae.fit(small_vae(), digits[:200], progress=False, **options)

@@ -120,9 +120,13 @@ def test_cli_two_stage_and_layers(tmp_path):
     history = json.loads((out / "history.json").read_text())
     assert len(history["stage1"]) == 2 and len(history["stage2"]) == 1 and "gamma" in history["stage1"][0]
     assert "gamma" in json.loads((out / "test_metrics.json").read_text())
-    assert (out / "samples.png").is_file() and (out / "model.pt").is_file()
+    assert (out / "samples.png").is_file() and (out / "model" / "weights.pt").is_file()
     tsv = TwoStageVAE((1, 8, 8), latent_dim=8, hidden_dims=(128,), stage2_hidden_dims=(128,))
-    tsv.load_state_dict(torch.load(out / "model.pt", weights_only=True))
+    tsv.load_state_dict(torch.load(out / "model" / "weights.pt", weights_only=True))
+    again = pyro_vae.load(out)
+    assert isinstance(again, TwoStageVAE)
+    for a, b in zip(again.state_dict().values(), tsv.state_dict().values()):
+        assert torch.equal(a, b)
 
     out = tmp_path / "h"
     assert main(["train", "--layers", "32,8;16,4", "--epochs", "1", "--objective", "iwae", "--out", str(out),

@@ -8,9 +8,13 @@ All are plain functions of ``(model, guide, *args)`` returning per-datapoint ten
 - :func:`latent_usage`: active units, KL per dimension, mutual information;
 - :func:`kde_log_likelihood`: the Parzen-window (Gaussian KDE) baseline, model-free;
 - ArviZ / xarray export of draws, weights and diagnostics (:func:`to_inference_data`, :func:`psis_khat`);
+- :func:`ais` (annealed importance sampling) and :func:`bdmc` (its sandwich on simulated data);
 - training objectives in :mod:`pyro_vae.infer.objectives` (IWAE correct under subsampling, DReG).
+
+Everything is written once on the engine of :mod:`pyro_vae.infer.weights`: a batch's importance terms.
 """
 
+from .annealing import AISResult, BDMCResult, ais, bdmc
 from .arviz import importance_draws, psis_khat, result_to_dataset, to_inference_data
 from .bounds import elbo, iwae_bound, log_weight_chunks
 from .diagnostics import latent_usage
@@ -28,11 +32,15 @@ from .objectives import OBJECTIVES, dreg_loss, iwae_loss
 from .weights import ImportanceTerms, guess_max_plate_nesting, importance_terms, log_importance_weights
 
 __all__ = [
+    "AISResult",
+    "BDMCResult",
     "DEFAULT_K_VALUES",
     "ImportanceTerms",
     "KDEResult",
     "LogLikelihoodResult",
     "OBJECTIVES",
+    "ais",
+    "bdmc",
     "dreg_loss",
     "effective_sample_size",
     "elbo",

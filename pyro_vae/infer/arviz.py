@@ -35,36 +35,14 @@ from typing import TYPE_CHECKING, Any, Callable
 import numpy as np
 import pyro
 import torch
-from pyro import poutine
-from pyro.poutine.util import site_is_subsample
 
-from .weights import PARTICLE_PLATE, guess_max_plate_nesting, sum_sites
+from .weights import terms_producer
 
 if TYPE_CHECKING:  # pragma: no cover
     import arviz
     import xarray
 
 __all__ = ["importance_draws", "psis_khat", "result_to_dataset", "to_inference_data"]
-
-
-def _latent_values(trace: Any, data_plate: str, num_particles: int) -> dict[str, torch.Tensor]:
-    """The value of each latent site of a guide trace as ``(K, N, *event_shape)``."""
-    out = {}
-    for name, site in trace.nodes.items():
-        if site["type"] != "sample" or site_is_subsample(site) or site["is_observed"]:
-            continue
-        frames = {f.name: f for f in site["cond_indep_stack"]}
-        value = site["value"]
-        event_dim = site["fn"].event_dim
-        batch_ndim = value.dim() - event_dim
-        particle_dim, data_dim = frames[PARTICLE_PLATE].dim, frames[data_plate].dim
-        while batch_ndim < max(-particle_dim, -data_dim):
-            value = value.unsqueeze(0)
-            batch_ndim += 1
-        p_axis, d_axis = batch_ndim + particle_dim, batch_ndim + data_dim
-        value = value.movedim((p_axis, d_axis), (0, 1))
-        out[name] = value.expand(num_particles, *value.shape[1:])
-    return out
 
 
 @torch.no_grad()
@@ -89,22 +67,10 @@ def importance_draws(
     k = int(num_particles)
     if k < 1:
         raise ValueError(f"num_particles must be >= 1, got {num_particles}")
-    if max_plate_nesting is None:
-        max_plate_nesting = guess_max_plate_nesting(model, guide, x)
-    with pyro.plate(PARTICLE_PLATE, k, dim=-(max_plate_nesting + 1)):
-        guide_trace = poutine.trace(guide).get_trace(x)
-        model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(x)
-    log_lik = sum_sites(model_trace, data_plate, k, observed=True)
-    if log_lik is None:
-        raise ValueError("the model has no observed sample site: condition it on the data (site 'x')")
-    log_prior = sum_sites(model_trace, data_plate, k, observed=False)
-    log_q = sum_sites(guide_trace, data_plate, k, observed=False)
-    zero = torch.zeros((), dtype=log_lik.dtype, device=log_lik.device)
-    log_lik, log_prior, log_q = torch.broadcast_tensors(
-        log_lik, zero if log_prior is None else log_prior, zero if log_q is None else log_q)
-    log_w = log_lik + log_prior - log_q
+    t = terms_producer(model, guide, x, max_plate_nesting=max_plate_nesting, data_plate=data_plate)(k, latents=True)
+    log_w = t.log_weights
     assert log_w.shape == (k, x.shape[0]), log_w.shape
-    return log_w, log_lik, _latent_values(guide_trace, data_plate, k)
+    return log_w, t.log_likelihood, t.latents
 
 
 def to_inference_data(

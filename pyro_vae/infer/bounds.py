@@ -26,7 +26,7 @@ from typing import Any, Callable, Iterator
 
 import torch
 
-from .weights import check_estimator_input, fast_path_owner, guess_max_plate_nesting, importance_terms
+from .weights import check_estimator_input, terms_producer
 
 __all__ = ["elbo", "iwae_bound", "log_weight_chunks"]
 
@@ -59,12 +59,10 @@ def _chunks(model: Callable, guide: Callable, *args: Any, num_particles: int, ch
     chunk_size = num_particles if chunk_size is None else int(chunk_size)
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
-    if max_plate_nesting is None and fast_path_owner(model, guide) is None:
-        max_plate_nesting = guess_max_plate_nesting(model, guide, *args, **kwargs)
+    produce = terms_producer(model, guide, *args, max_plate_nesting=max_plate_nesting, data_plate=data_plate,
+                             **kwargs)
     for start in range(0, num_particles, chunk_size):
-        k = min(chunk_size, num_particles - start)
-        yield importance_terms(model, guide, *args, num_particles=k, max_plate_nesting=max_plate_nesting,
-                               data_plate=data_plate, **kwargs).log_weights
+        yield produce(min(chunk_size, num_particles - start)).log_weights
 
 
 def iwae_bound(

@@ -1,15 +1,27 @@
-"""Training objectives, each a differentiable scalar loss for one batch: ``-(sum over datapoints of a bound)``.
+"""Training objectives, each written once on a batch's :class:`~pyro_vae.infer.weights.ImportanceTerms`.
+
+An objective is a function ``loss(produce, *, num_particles, beta=1.0) -> scalar`` where
+``produce(num_particles, *, analytic_kl=False, dreg=None) -> ImportanceTerms`` draws the particles (the traced
+path for any pair, or a model class's own producer; see :func:`~pyro_vae.infer.weights.terms_producer`). The
+loss is ``-(sum over the batch's datapoints of a per-datapoint bound)``: the data plate's subsample scale is
+never applied (the library's one plate-scale convention, ``docs/contract.md``), so the loss per datapoint
+means the same thing for every objective. Adding an objective is one entry in :data:`OBJECTIVES`; :func:`pyro_vae.fit`
+then trains the library's models and a user's pair with it.
 
 ===============  ===================================================================================
-name             loss
+name             per-datapoint bound (``beta`` weighs the rate term where it applies)
 ===============  ===================================================================================
-``elbo``         Pyro's ``Trace_ELBO`` (``num_particles`` vectorized samples averaged)
-``mean_field``   Pyro's ``TraceMeanField_ELBO`` (the KL term analytic where Pyro knows it)
-``iwae``         :math:`-\\sum_n \\mathcal{L}_K(x_n)`, the IWAE bound with the plate's scale kept *outside*
-                 the log-sum-exp, so it stays correct with a subsampled data plate (unlike
-                 ``RenyiELBO(alpha=0)``)
+``elbo``         :math:`\\frac{1}{K}\\sum_k [\\log p(x|z_k) + \\beta(\\log p(z_k) - \\log q(z_k|x))]`
+``mean_field``   :math:`\\frac{1}{K}\\sum_k \\log p(x|z_k) - \\beta\\,\\mathrm{KL}(q \\| p)`, the KL in closed
+                 form where torch knows it (as Pyro's ``TraceMeanField_ELBO``)
+``iwae``         :math:`\\mathcal{L}_K(x) = \\log \\frac{1}{K} \\sum_k w_k` (Burda et al. 2016)
 ``iwae-dreg``    the same value, with the doubly reparameterized gradient for the guide (Tucker et al. 2019)
 ===============  ===================================================================================
+
+Guide sites without ``rsample`` (discrete latents) get a score-function term, per datapoint (each
+datapoint's own bound is the cost of its own latents, as Pyro's ``Trace_ELBO`` does by plate):
+:math:`\\nabla \\mathbb{E}_q[f] = \\mathbb{E}_q[\\nabla f + f\\,\\nabla \\log q]`. ``elbo`` and ``iwae`` support it;
+``mean_field`` and ``iwae-dreg`` refuse such guides.
 
 The doubly reparameterized gradient (DReG) of the IWAE bound removes the score-function term that makes
 the guide's IWAE gradient noisy as ``K`` grows. With normalised weights
@@ -22,14 +34,12 @@ the guide's IWAE gradient noisy as ``K`` grows. With normalised weights
     \\nabla_\\phi \\mathcal{L}_K = \\mathbb{E}\\Big[\\sum_k \\tilde w_k^2
         \\frac{\\partial \\log w_k}{\\partial z_k} \\frac{\\partial z_k}{\\partial \\phi}\\Big].
 
-It is implemented as a surrogate whose gradient is exactly that, for any guide whose sites are
-reparameterized (hierarchical guides included): the particles' values are replayed through the model and
-the guide behind a gradient hook that multiplies the path gradient by :math:`\\tilde w_k`, and the direct
-(score) dependence of :math:`\\log q_\\phi` on :math:`\\phi` is cancelled by adding
-:math:`\\sum_k \\tilde w_k \\log q_\\phi(\\mathrm{stop\\_grad}(z_k))`.
+It is a surrogate :math:`\\sum_k \\tilde w_k \\log w_k` whose producer (given a
+:class:`~pyro_vae.infer.weights.DReG`) cancels the direct (score) dependence of :math:`\\log q_\\phi` on
+:math:`\\phi` and multiplies the path gradient reaching each :math:`z_k` by :math:`\\tilde w_k`.
 
 References: Burda, Grosse, Salakhutdinov, ICLR 2016; Tucker, Lawson, Gu, Maddison, "Doubly Reparameterized
-Gradient Estimators for Monte Carlo Objectives", ICLR 2019.
+Gradient Estimators for Monte Carlo Objectives", ICLR 2019; Williams 1992 (score function).
 """
 
 from __future__ import annotations
@@ -37,96 +47,84 @@ from __future__ import annotations
 import math
 from typing import Any, Callable
 
-import pyro
 import torch
-from pyro import poutine
-from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
-from pyro.poutine.util import site_is_subsample
 
-from .bounds import _iwae_bound
-from .weights import PARTICLE_PLATE, importance_terms, sum_sites
+from .weights import DReG, ImportanceTerms, terms_producer
 
-__all__ = ["OBJECTIVES", "elbo_loss", "mean_field_loss", "iwae_loss", "dreg_loss", "get_objective"]
+__all__ = ["OBJECTIVES", "elbo", "mean_field", "iwae", "iwae_dreg", "elbo_loss", "mean_field_loss", "iwae_loss",
+           "dreg_loss", "get_objective", "objective_loss"]
 
-
-def elbo_loss(model: Callable, guide: Callable, *args: Any, num_particles: int = 1,
-              max_plate_nesting: int = 1, **kwargs: Any) -> torch.Tensor:
-    """``Trace_ELBO`` loss of the batch (a scalar), vectorized over particles."""
-    return Trace_ELBO(num_particles=num_particles, vectorize_particles=num_particles > 1,
-                      max_plate_nesting=max_plate_nesting).differentiable_loss(model, guide, *args, **kwargs)
+Producer = Callable[..., ImportanceTerms]
 
 
-def mean_field_loss(model: Callable, guide: Callable, *args: Any, num_particles: int = 1,
-                    max_plate_nesting: int = 1, **kwargs: Any) -> torch.Tensor:
-    """``TraceMeanField_ELBO`` loss of the batch (a scalar): analytic KL for mean-field guides."""
-    return TraceMeanField_ELBO(num_particles=num_particles, vectorize_particles=num_particles > 1,
-                               max_plate_nesting=max_plate_nesting).differentiable_loss(
-        model, guide, *args, **kwargs)
+def _score_surrogate(terms: ImportanceTerms, cost: torch.Tensor, direct: float = 0.0) -> torch.Tensor | float:
+    """Zero in value; its gradient is the score-function term ``cost * grad log q`` of non-reparameterized sites.
 
-
-def iwae_loss(model: Callable, guide: Callable, *args: Any, num_particles: int = 5,
-              max_plate_nesting: int = 1, data_plate: str = "data", **kwargs: Any) -> torch.Tensor:
-    """``-sum_n L_K(x_n)``: the IWAE loss of the batch, reparameterized gradients (Burda et al. 2016)."""
-    return -_iwae_bound(model, guide, *args, num_particles=num_particles, max_plate_nesting=max_plate_nesting,
-                        data_plate=data_plate, **kwargs).sum()
-
-
-def _weight_view(value: torch.Tensor, site: dict, weights: torch.Tensor, data_plate: str) -> torch.Tensor:
-    """Reshape ``(K, N)`` weights to broadcast against a site's value."""
-    frames = {f.name: f for f in site["cond_indep_stack"]}
-    batch_dims = value.dim() - site["fn"].event_dim
-    shape = [1] * value.dim()
-    shape[batch_dims + frames[PARTICLE_PLATE].dim] = weights.shape[0]
-    shape[batch_dims + frames[data_plate].dim] = weights.shape[1]
-    return weights.reshape(shape)
-
-
-def dreg_loss(model: Callable, guide: Callable, *args: Any, num_particles: int = 5,
-              max_plate_nesting: int = 1, data_plate: str = "data", **kwargs: Any) -> torch.Tensor:
-    """The IWAE loss with the doubly reparameterized gradient for the guide (Tucker et al. 2019).
-
-    The returned value equals :func:`iwae_loss` for the same draws; only the gradient differs.
-    Every latent site of the guide must be reparameterized.
+    :param cost: ``(K, N)`` or ``(N,)``: each datapoint's (and particle's) cost, detached here.
+    :param direct: adds ``direct * grad log q`` too: the ELBO passes its weight of ``log q`` (``beta``) to cancel
+        the direct gradient of ``-beta log q``, which is zero in expectation and only adds variance (as Pyro's
+        ``Trace_ELBO`` does).
     """
-    particles = pyro.plate(PARTICLE_PLATE, int(num_particles), dim=-(max_plate_nesting + 1))
-    with particles:
-        guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
-    holder: dict[str, torch.Tensor] = {}
-    hooked = guide_trace.copy()
-    detached = guide_trace.copy()
-    for name, site in guide_trace.nodes.items():
-        if site["type"] != "sample" or site["is_observed"] or site_is_subsample(site):
-            continue
-        if not site["fn"].has_rsample:
-            raise ValueError(f"objective 'iwae-dreg' needs reparameterized guide sites; {name!r} is not")
-        value = site["value"]
-        hooked_value = value.view_as(value)
-        if hooked_value.requires_grad:
-            hooked_value.register_hook(
-                lambda g, site=site: g * _weight_view(g, site, holder["w"], data_plate).to(g.dtype))
-        hooked.nodes[name] = dict(site, value=hooked_value)
-        detached.nodes[name] = dict(site, value=value.detach())
-
-    terms = importance_terms(model, poutine.replay(guide, trace=hooked), *args, num_particles=num_particles,
-                             max_plate_nesting=max_plate_nesting, data_plate=data_plate, **kwargs)
-    with particles:
-        fixed_trace = poutine.trace(poutine.replay(guide, trace=detached)).get_trace(*args, **kwargs)
-    log_q_fixed = sum_sites(fixed_trace, data_plate, num_particles, observed=False)
-    log_w = terms.log_weights
-    w = torch.softmax(log_w.detach(), dim=0)
-    holder["w"] = w
-    surrogate = (w * (log_w + log_q_fixed)).sum()
-    value = (torch.logsumexp(log_w, 0) - math.log(int(num_particles))).sum()
-    # the loss has the IWAE value and the surrogate's gradient
-    return -(value.detach() + surrogate - surrogate.detach())
+    if terms.log_guide_score is None:
+        return 0.0
+    extra = (terms.log_guide_score * (cost.detach() + direct)).sum()
+    return extra - extra.detach()
 
 
-#: name -> loss function ``(model, guide, *args, num_particles=, max_plate_nesting=, **kwargs) -> scalar``
+def _reparameterized_only(terms: ImportanceTerms, name: str) -> None:
+    if terms.log_guide_score is not None:
+        raise ValueError(f"objective {name!r} needs a guide whose sites are all reparameterized (have rsample); "
+                         "use 'elbo' or 'iwae' for discrete latents (score-function gradients)")
+
+
+def elbo(produce: Producer, *, num_particles: int = 1, beta: float = 1.0) -> torch.Tensor:
+    """The ELBO loss (``beta`` weighs the rate), averaged over ``K`` particles, summed over the batch."""
+    t = produce(num_particles)
+    bound = t.log_weights if beta == 1.0 else t.log_likelihood + beta * (t.log_prior - t.log_guide)
+    return -(bound.sum() + _score_surrogate(t, bound, beta)) / int(num_particles)
+
+
+def mean_field(produce: Producer, *, num_particles: int = 1, beta: float = 1.0) -> torch.Tensor:
+    """The ELBO loss with the rate's KL in closed form where torch has it."""
+    t = produce(num_particles, analytic_kl=True)
+    _reparameterized_only(t, "mean_field")
+    return -(t.log_likelihood - beta * t.kl).sum() / int(num_particles)
+
+
+def _no_beta(name: str, beta: float) -> None:
+    if beta != 1.0:
+        raise ValueError(f"beta weighs the rate term of the ELBO; it does not apply to the {name!r} objective "
+                         "(use objective='elbo' or 'mean_field')")
+
+
+def iwae(produce: Producer, *, num_particles: int = 5, beta: float = 1.0) -> torch.Tensor:
+    """``-sum_n L_K(x_n)``, reparameterized gradients (Burda et al. 2016)."""
+    _no_beta("iwae", beta)
+    t = produce(num_particles)
+    bound = torch.logsumexp(t.log_weights, 0) - math.log(int(num_particles))
+    return -(bound.sum() + _score_surrogate(t, bound))
+
+
+def iwae_dreg(produce: Producer, *, num_particles: int = 5, beta: float = 1.0) -> torch.Tensor:
+    """The IWAE loss with the doubly reparameterized gradient for the guide (Tucker et al. 2019): the value of
+    :func:`iwae` for the same draws, another gradient."""
+    _no_beta("iwae-dreg", beta)
+    weights = DReG()
+    t = produce(num_particles, dreg=weights)
+    _reparameterized_only(t, "iwae-dreg")
+    log_w = t.log_weights
+    weights.weights = w = torch.softmax(log_w.detach(), dim=0)
+    surrogate = (w * log_w).sum()
+    value = (torch.logsumexp(log_w.detach(), 0) - math.log(int(num_particles))).sum()
+    return -(value + surrogate - surrogate.detach())
+
+
+#: name -> ``loss(produce, *, num_particles, beta=1.0) -> scalar``; add an entry to add an objective everywhere
 OBJECTIVES: dict[str, Callable[..., torch.Tensor]] = {
-    "elbo": elbo_loss,
-    "mean_field": mean_field_loss,
-    "iwae": iwae_loss,
-    "iwae-dreg": dreg_loss,
+    "elbo": elbo,
+    "mean_field": mean_field,
+    "iwae": iwae,
+    "iwae-dreg": iwae_dreg,
 }
 
 
@@ -135,3 +133,37 @@ def get_objective(name: str) -> Callable[..., torch.Tensor]:
     if name not in OBJECTIVES:
         raise ValueError(f"unknown objective {name!r}; choose one of {sorted(OBJECTIVES)}")
     return OBJECTIVES[name]
+
+
+def objective_loss(objective: str | Callable[..., torch.Tensor], model: Callable, guide: Callable, *args: Any,
+                   num_particles: int = 1, beta: float = 1.0, max_plate_nesting: int | None = None,
+                   data_plate: str = "data", **kwargs: Any) -> torch.Tensor:
+    """An objective's loss of one batch for a ``(model, guide)`` pair: ``-(sum over the batch of the bound)``.
+
+    :param objective: a name of :data:`OBJECTIVES` or an objective function.
+    """
+    fn = get_objective(objective) if isinstance(objective, str) else objective
+    produce = terms_producer(model, guide, *args, max_plate_nesting=max_plate_nesting, data_plate=data_plate,
+                             **kwargs)
+    return fn(produce, num_particles=int(num_particles), beta=beta)
+
+
+def elbo_loss(model: Callable, guide: Callable, *args: Any, num_particles: int = 1, **kwargs: Any) -> torch.Tensor:
+    """:func:`objective_loss` of ``"elbo"``."""
+    return objective_loss("elbo", model, guide, *args, num_particles=num_particles, **kwargs)
+
+
+def mean_field_loss(model: Callable, guide: Callable, *args: Any, num_particles: int = 1,
+                    **kwargs: Any) -> torch.Tensor:
+    """:func:`objective_loss` of ``"mean_field"``."""
+    return objective_loss("mean_field", model, guide, *args, num_particles=num_particles, **kwargs)
+
+
+def iwae_loss(model: Callable, guide: Callable, *args: Any, num_particles: int = 5, **kwargs: Any) -> torch.Tensor:
+    """:func:`objective_loss` of ``"iwae"``: ``-sum_n L_K(x_n)``."""
+    return objective_loss("iwae", model, guide, *args, num_particles=num_particles, **kwargs)
+
+
+def dreg_loss(model: Callable, guide: Callable, *args: Any, num_particles: int = 5, **kwargs: Any) -> torch.Tensor:
+    """:func:`objective_loss` of ``"iwae-dreg"``."""
+    return objective_loss("iwae-dreg", model, guide, *args, num_particles=num_particles, **kwargs)

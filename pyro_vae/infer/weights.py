@@ -1,4 +1,4 @@
-"""Per-datapoint log importance weights for any model/guide pair that keeps the site contract.
+"""The engine's one representation of a batch: the per-datapoint terms of the log importance weights.
 
 For ``K`` particles ``z_k ~ q(z | x)`` (drawn in one vectorized pass under an outer particle plate) the log
 importance weight of datapoint ``x_n`` is
@@ -9,30 +9,47 @@ importance weight of datapoint ``x_n`` is
                  = \\underbrace{\\log p(x_n \\mid z_{k,n})}_{\\text{site "x"}}
                  + \\underbrace{\\log p(z_{k,n}) - \\log q(z_{k,n} \\mid x_n)}_{\\text{latent sites}}.
 
-Each site's ``log_prob`` is summed over every dimension except the particle dimension and the data plate's
-dimension. The plate's subsample scale and any ``poutine.scale`` are *not* applied: an importance weight
-is a property of one datapoint, and scaling belongs outside the log-sum-exp (the mistake Pyro's
-``RenyiELBO`` makes). Masks are applied.
+:class:`ImportanceTerms` holds those three parts, each ``(K, N)``, and whatever an objective may also need
+(the score-function part of ``log q`` for non-reparameterized sites, the analytic KL, the latent values).
+Every objective (:mod:`~pyro_vae.infer.objectives`) and every estimator (:mod:`~pyro_vae.infer.bounds`,
+:mod:`~pyro_vae.infer.evaluate`, ...) is written once on these terms.
+
+Two producers make them:
+
+- **the traced path**, for any pair that keeps the site contract: the guide runs once under a minimal
+  recording handler (:class:`_Recorder`: each sample site's distribution, value and plates, no Pyro ``Trace``
+  graph), then the model runs with the guide's values replayed; each site's ``log_prob`` is summed over
+  every dimension except the particle dimension and the data plate's;
+- **a model class's own producer**: a class that sets ``_fast_path_for = (cls.model, cls.guide)`` and defines
+  ``importance_terms(x, num_particles, *, analytic_kl=False, dreg=None)`` computes the same terms with its own
+  density code (the tests prove them equal, value and gradient, for the same seed). It never has objectives.
+
+**Plate-scale convention** (one for the whole library): the data plate's subsample scale and any
+``poutine.scale`` are *not* applied. An importance weight is a property of one datapoint; every estimator
+returns per-datapoint values and every objective's loss is ``-(sum over the batch of a per-datapoint
+bound)``. (Pyro's ``RenyiELBO`` puts the scale inside the log-sum-exp, which is wrong.) Masks are applied.
 """
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any, Callable, NamedTuple
 
 import pyro
 import torch
 from pyro import poutine
 from pyro.distributions.util import scale_and_mask
+from pyro.poutine.messenger import Messenger
 from pyro.poutine.util import site_is_subsample
 
-__all__ = ["ImportanceTerms", "check_estimator_input", "fast_path_owner", "importance_terms", "sum_sites",
-           "log_importance_weights", "guess_max_plate_nesting"]
+__all__ = ["ImportanceTerms", "DReG", "check_estimator_input", "fast_path_owner", "importance_terms", "sum_sites",
+           "log_importance_weights", "guess_max_plate_nesting", "terms_producer", "PARTICLE_PLATE"]
 
 PARTICLE_PLATE = "_pyro_vae_particles"
 
 
 class ImportanceTerms(NamedTuple):
-    """The three parts of the log importance weights, each of shape ``(K, N)``."""
+    """The parts of the log importance weights of a batch, each of shape ``(K, N)``."""
 
     #: ``log p(x | z)``: the observation site(s)
     log_likelihood: torch.Tensor
@@ -40,11 +57,39 @@ class ImportanceTerms(NamedTuple):
     log_prior: torch.Tensor
     #: ``log q(z | x)``: the guide's latent sites
     log_guide: torch.Tensor
+    #: the part of ``log q`` from sites without ``rsample`` (discrete latents): their score-function term;
+    #: None when every guide site is reparameterized
+    log_guide_score: torch.Tensor | None = None
+    #: ``KL(q || p)`` of the latent sites given the sampled parents, in closed form where torch knows it
+    #: (``log q - log p`` otherwise); only when asked for (``analytic_kl=True``)
+    kl: torch.Tensor | None = None
+    #: ``{site: (K, N, *event_shape)}``, the guide's latent values; only when asked for (``latents=True``)
+    latents: dict[str, torch.Tensor] | None = None
 
     @property
     def log_weights(self) -> torch.Tensor:
         """``log p(x, z) - log q(z | x)``, shape ``(K, N)``."""
         return self.log_likelihood + self.log_prior - self.log_guide
+
+
+class DReG:
+    """What a producer needs for the doubly reparameterized gradient (Tucker et al. 2019).
+
+    A producer given ``dreg=DReG()`` (1) multiplies the path gradient reaching each latent value by the
+    normalised weight of its particle, ``self.weights`` ``(K, N)`` (set by the objective after the terms are
+    computed, before backward), through a gradient hook on the value, and (2) returns a ``log_guide`` whose
+    gradient with respect to the guide's parameters is the path gradient only (the score term cancelled).
+    """
+
+    def __init__(self) -> None:
+        self.weights: torch.Tensor | None = None
+
+    def hook(self, value: torch.Tensor, view: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+        """A view of ``value`` whose gradient is multiplied by ``view(self.weights)``."""
+        hooked = value.view_as(value)
+        if hooked.requires_grad:
+            hooked.register_hook(lambda g: g * view(self.weights).to(g.dtype))
+        return hooked
 
 
 def guess_max_plate_nesting(model: Callable, guide: Callable, *args: Any, **kwargs: Any) -> int:
@@ -69,28 +114,79 @@ def guess_max_plate_nesting(model: Callable, guide: Callable, *args: Any, **kwar
     return depth
 
 
-def _per_datapoint(site: dict, data_plate: str, num_particles: int) -> torch.Tensor:
-    """``log_prob`` of one site summed to shape ``(K, N)``."""
-    frames = {f.name: f for f in site["cond_indep_stack"]}
-    if data_plate not in frames:
+def _frames(site: dict, data_plate: str) -> tuple[int | None, int]:
+    """The particle and data plate dimensions of a site, counted from the right of its batch shape (the particle
+    dimension is None when one particle was drawn without a particle plate)."""
+    particle_dim = data_dim = None
+    for frame in site["cond_indep_stack"]:
+        if frame.name == data_plate:
+            data_dim = frame.dim
+        elif frame.name == PARTICLE_PLATE:
+            particle_dim = frame.dim
+    if data_dim is None:
         raise ValueError(
             f"sample site {site['name']!r} is outside the data plate {data_plate!r}: per-datapoint log "
             "importance weights need every sample site inside pyro.plate(data_plate, N) (global latents "
             "do not factorise over datapoints)")
-    log_p = scale_and_mask(site["fn"].log_prob(site["value"]), 1.0, site["mask"])
+    return particle_dim, data_dim
+
+
+def _per_datapoint(log_p: torch.Tensor, site: dict, data_plate: str) -> torch.Tensor:
+    """A site's ``log_prob``-shaped tensor (masked) summed to shape ``(K or 1, N or 1)``."""
+    particle_dim, data_dim = _frames(site, data_plate)
+    if site["mask"] is not None:
+        log_p = scale_and_mask(log_p, 1.0, site["mask"])
     if not torch.is_tensor(log_p):
         log_p = torch.as_tensor(log_p)
-    particle_dim = frames[PARTICLE_PLATE].dim
-    data_dim = frames[data_plate].dim
+    if particle_dim is None:  # one particle, no particle plate
+        while log_p.dim() < -data_dim:
+            log_p = log_p.unsqueeze(0)
+        if log_p.dim() > 1 or data_dim != -1:
+            log_p = log_p.movedim(data_dim, 0)
+            log_p = log_p.reshape(log_p.shape[0], -1).sum(-1)
+        return log_p.unsqueeze(0)
     while log_p.dim() < max(-particle_dim, -data_dim):
         log_p = log_p.unsqueeze(0)
+    if log_p.dim() == 2 and (particle_dim, data_dim) == (-2, -1):  # the usual case: nothing to move
+        return log_p
     log_p = log_p.movedim((particle_dim, data_dim), (0, 1))
-    log_p = log_p.reshape(log_p.shape[0], log_p.shape[1], -1).sum(-1)
-    return log_p  # (K or 1, N or 1): broadcast by the caller
+    return log_p.reshape(log_p.shape[0], log_p.shape[1], -1).sum(-1)
+
+
+def _latent_value(site: dict, data_plate: str, num_particles: int) -> torch.Tensor:
+    """A latent site's value as ``(K, N, *event_shape)``."""
+    particle_dim, data_dim = _frames(site, data_plate)
+    value = site["value"]
+    batch_ndim = value.dim() - site["fn"].event_dim
+    if particle_dim is None:
+        while batch_ndim < -data_dim:
+            value = value.unsqueeze(0)
+            batch_ndim += 1
+        return value.movedim(batch_ndim + data_dim, 0).unsqueeze(0)
+    while batch_ndim < max(-particle_dim, -data_dim):
+        value = value.unsqueeze(0)
+        batch_ndim += 1
+    value = value.movedim((batch_ndim + particle_dim, batch_ndim + data_dim), (0, 1))
+    return value.expand(num_particles, *value.shape[1:])
+
+
+def _weight_view(weights: torch.Tensor, site: dict, data_plate: str, shape: torch.Size) -> torch.Tensor:
+    """Reshape ``(K, N)`` weights to broadcast against a site's value of shape ``shape``."""
+    particle_dim, data_dim = _frames(site, data_plate)
+    batch_dims = len(shape) - site["fn"].event_dim
+    view = [1] * len(shape)
+    if particle_dim is not None:
+        view[batch_dims + particle_dim] = weights.shape[0]
+    view[batch_dims + data_dim] = weights.shape[1]
+    return weights.reshape(view)
+
+
+def _is_latent(site: dict) -> bool:
+    return site["type"] == "sample" and not site["is_observed"] and not site_is_subsample(site)
 
 
 def sum_sites(trace: Any, data_plate: str, num_particles: int, observed: bool) -> torch.Tensor | None:
-    """The sum of ``log_prob`` over a trace's observed (or latent) sample sites; None if none.
+    """The sum of ``log_prob`` over a Pyro trace's observed (or latent) sample sites; None if none.
 
     :returns: shape ``(K, N)``, or a broadcastable ``(1, N)`` / ``(K, 1)``.
     """
@@ -98,8 +194,158 @@ def sum_sites(trace: Any, data_plate: str, num_particles: int, observed: bool) -
     for site in trace.nodes.values():
         if site["type"] != "sample" or site_is_subsample(site) or bool(site["is_observed"]) != observed:
             continue
-        term = _per_datapoint(site, data_plate, num_particles)
+        term = _per_datapoint(site["fn"].log_prob(site["value"]), site, data_plate)
         total = term if total is None else total + term
+    return total
+
+
+class _Recorder(Messenger):
+    """Record every sample site's message (distribution, value, plates, mask): what :func:`importance_terms`
+    needs, without building a Pyro ``Trace``. With ``replay`` (name -> value) the latent and subsample sites
+    named there take those values instead of being drawn; ``on_latent(msg)`` may replace a drawn latent value
+    (before the program sees it)."""
+
+    def __init__(self, replay: dict[str, torch.Tensor] | None = None,
+                 on_latent: Callable[[dict], torch.Tensor] | None = None) -> None:
+        super().__init__()
+        self.sites: list[dict] = []
+        self.replay = replay
+        self.on_latent = on_latent
+
+    def _pyro_sample(self, msg: dict) -> None:
+        if self.replay is not None and not msg["is_observed"]:
+            value = self.replay.get(msg["name"])
+            if value is not None:
+                msg["value"] = value
+                msg["done"] = True
+
+    def _pyro_post_sample(self, msg: dict) -> None:
+        if self.on_latent is not None and _is_latent(msg):
+            msg["value"] = self.on_latent(msg)
+        self.sites.append(msg)
+
+
+def _run(program: Callable, args: tuple, kwargs: dict, replay: dict[str, torch.Tensor] | None = None,
+         on_latent: Callable[[dict], torch.Tensor] | None = None) -> list[dict]:
+    recorder = _Recorder(replay, on_latent)
+    with recorder:
+        program(*args, **kwargs)
+    return recorder.sites
+
+
+def _add(total: torch.Tensor | None, term: torch.Tensor) -> torch.Tensor:
+    return term if total is None else total + term
+
+
+def _sums(sites: list[dict], data_plate: str) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+    """``(observed, latent, latent without rsample)`` sums of ``log_prob`` over a run's sites, each ``(K, N)`` or
+    broadcastable, or None where there is no such site."""
+    observed = latent = score = None
+    for site in sites:
+        if site["type"] != "sample" or site_is_subsample(site):
+            continue
+        term = _per_datapoint(site["fn"].log_prob(site["value"]), site, data_plate)
+        if site["is_observed"]:
+            observed = _add(observed, term)
+        else:
+            latent = _add(latent, term)
+            if not site["fn"].has_rsample:
+                score = _add(score, term)
+    return observed, latent, score
+
+
+def traced_terms(
+    model: Callable,
+    guide: Callable,
+    *args: Any,
+    num_particles: int,
+    max_plate_nesting: int,
+    data_plate: str = "data",
+    analytic_kl: bool = False,
+    dreg: DReG | None = None,
+    latents: bool = False,
+    **kwargs: Any,
+) -> ImportanceTerms:
+    """The terms of any pair, by running the guide and then the model (the guide's values replayed) once each.
+
+    :returns: :class:`ImportanceTerms`, each ``(K, N)``.
+    """
+    k = int(num_particles)
+    # one particle needs no particle plate (the same draws, fewer broadcasts): the common training step
+    with pyro.plate(PARTICLE_PLATE, k, dim=-(max_plate_nesting + 1)) if k > 1 else contextlib.nullcontext():
+        guide_sites = _run(guide, args, kwargs)
+        values = {s["name"]: s["value"] for s in guide_sites if s["type"] == "sample" and not s["is_observed"]}
+        if dreg is not None:
+            guide_sites, values, fixed = _dreg_replays(guide, args, kwargs, guide_sites, values, dreg, data_plate)
+        model_sites = _run(model, args, kwargs, replay=values)
+    log_lik, log_prior, _ = _sums(model_sites, data_plate)
+    if log_lik is None:
+        raise ValueError("the model has no observed sample site: condition it on the data (site 'x')")
+    _, log_q, score = _sums(guide_sites, data_plate)
+    if dreg is not None:
+        log_q_fixed = _sums(fixed, data_plate)[1]
+        if log_q_fixed is not None:
+            log_q = log_q - log_q_fixed + log_q_fixed.detach()
+    kl = None
+    if analytic_kl:
+        kl = _analytic_kl(guide_sites, {s["name"]: s for s in model_sites if _is_latent(s)}, data_plate)
+    zero = log_lik.new_zeros(())
+    parts = [log_lik, zero if log_prior is None else log_prior, zero if log_q is None else log_q]
+    if kl is not None:
+        parts.append(kl)
+    shape = (k, max(p.shape[-1] for p in parts))
+    if any(p.shape != shape for p in parts):
+        parts = [p.expand(shape) for p in parts]
+    if score is not None:
+        score = score.expand(shape)
+    draws = None
+    if latents:
+        draws = {s["name"]: _latent_value(s, data_plate, k) for s in guide_sites if _is_latent(s)}
+    return ImportanceTerms(parts[0], parts[1], parts[2], score, parts[3] if kl is not None else None, draws)
+
+
+def _dreg_replays(guide: Callable, args: tuple, kwargs: dict, sites: list[dict], values: dict[str, torch.Tensor],
+                  dreg: DReG, data_plate: str) -> tuple[list[dict], dict[str, torch.Tensor], list[dict]]:
+    """Replay the guide twice for DReG: on hooked views of its values (their log densities take the weighted path
+    gradient; a value's own graph still runs through the unhooked values, so no weight is applied twice down a
+    hierarchy) and on detached values (``log q`` whose gradient is the score term alone).
+
+    :returns: the hooked guide's sites, the hooked values (for the model) and the detached guide's sites.
+    """
+    hooked = dict(values)
+    for site in sites:
+        if not _is_latent(site):
+            continue
+        if not site["fn"].has_rsample:
+            raise ValueError(f"objective 'iwae-dreg' needs reparameterized guide sites; {site['name']!r} is not")
+        value = site["value"]
+        hooked[site["name"]] = dreg.hook(value, lambda w, s=site, shape=value.shape: _weight_view(w, s, data_plate,
+                                                                                                    shape))
+    guide_sites = _run(guide, args, kwargs, replay=hooked)
+    fixed = _run(guide, args, kwargs, replay={n: v.detach() for n, v in values.items()})
+    return guide_sites, hooked, fixed
+
+
+def _analytic_kl(guide_sites: list[dict], model_latents: dict[str, dict], data_plate: str) -> torch.Tensor | None:
+    """``KL(q || p)`` per datapoint, site by site: closed form where torch has it, ``log q - log p`` otherwise
+    (what Pyro's ``TraceMeanField_ELBO`` computes)."""
+    total = None
+    for site in guide_sites:
+        if not _is_latent(site):
+            continue
+        model_site = model_latents.get(site["name"])
+        try:
+            kl = torch.distributions.kl_divergence(site["fn"], model_site["fn"])
+        except (NotImplementedError, TypeError, AttributeError):
+            kl = site["fn"].log_prob(site["value"])
+            if model_site is not None:
+                kl = kl - model_site["fn"].log_prob(site["value"])
+        term = _per_datapoint(kl, site, data_plate)
+        total = term if total is None else total + term
+    if total is not None:  # latent sites of the model that the guide does not sample
+        for name, site in model_latents.items():
+            if not any(g["name"] == name for g in guide_sites):
+                total = total - _per_datapoint(site["fn"].log_prob(site["value"]), site, data_plate)
     return total
 
 
@@ -136,11 +382,11 @@ def check_estimator_input(model: Callable, guide: Callable, args: tuple, num_par
 
 
 def fast_path_owner(model: Callable, guide: Callable) -> Any:
-    """The object whose direct computation may replace tracing ``model``/``guide``, or None.
+    """The object whose own producer of terms may replace tracing ``model``/``guide``, or None.
 
     A class opts in by setting ``_fast_path_for = (model_function, guide_function)`` and providing
-    ``importance_terms(x, num_particles)`` and ``loss(x, objective, num_particles, latent_scale)``; bound methods
-    that are exactly those functions (not overridden in a subclass, not wrapped in a handler) take the fast path.
+    ``importance_terms(x, num_particles, *, analytic_kl=False, dreg=None)``; bound methods that are exactly
+    those functions (not overridden in a subclass, not wrapped in a handler) take its producer.
     """
     owner = getattr(model, "__self__", None)
     if owner is None or getattr(guide, "__self__", None) is not owner:
@@ -149,6 +395,35 @@ def fast_path_owner(model: Callable, guide: Callable) -> Any:
     if fast is not None and (getattr(model, "__func__", None), getattr(guide, "__func__", None)) == fast:
         return owner
     return None
+
+
+def terms_producer(model: Callable, guide: Callable, *args: Any, max_plate_nesting: int | None = None,
+                   data_plate: str = "data", **kwargs: Any) -> Callable[..., ImportanceTerms]:
+    """Choose the producer of a pair's terms once (the model class's own, else the traced path; the plate
+    nesting guessed once), for many calls on the same arguments.
+
+    :returns: ``produce(num_particles, *, analytic_kl=False, dreg=None, latents=False) -> ImportanceTerms``.
+    """
+    owner = fast_path_owner(model, guide)
+    if owner is not None and len(args) == 1 and not kwargs and data_plate == "data":
+        x = args[0]
+
+        def produce(num_particles: int, *, analytic_kl: bool = False, dreg: DReG | None = None,
+                    latents: bool = False) -> ImportanceTerms:
+            if not latents:
+                return owner.importance_terms(x, int(num_particles), analytic_kl=analytic_kl, dreg=dreg)
+            return traced_terms(owner.model, owner.guide, x, num_particles=num_particles, max_plate_nesting=1,
+                                analytic_kl=analytic_kl, dreg=dreg, latents=True)
+        return produce
+    if max_plate_nesting is None:
+        max_plate_nesting = guess_max_plate_nesting(model, guide, *args, **kwargs)
+    nesting = int(max_plate_nesting)
+
+    def produce(num_particles: int, *, analytic_kl: bool = False, dreg: DReG | None = None,
+                latents: bool = False) -> ImportanceTerms:
+        return traced_terms(model, guide, *args, num_particles=num_particles, max_plate_nesting=nesting,
+                            data_plate=data_plate, analytic_kl=analytic_kl, dreg=dreg, latents=latents, **kwargs)
+    return produce
 
 
 def importance_terms(
@@ -172,25 +447,8 @@ def importance_terms(
     """
     if int(num_particles) < 1:
         raise ValueError(f"num_particles must be >= 1, got {num_particles}")
-    owner = fast_path_owner(model, guide)
-    if owner is not None and len(args) == 1 and not kwargs and data_plate == "data":
-        return owner.importance_terms(args[0], int(num_particles))
-    if max_plate_nesting is None:
-        max_plate_nesting = guess_max_plate_nesting(model, guide, *args, **kwargs)
-    particles = pyro.plate(PARTICLE_PLATE, int(num_particles), dim=-(max_plate_nesting + 1))
-    with particles:
-        guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
-        model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(*args, **kwargs)
-    log_lik = sum_sites(model_trace, data_plate, num_particles, observed=True)
-    log_prior = sum_sites(model_trace, data_plate, num_particles, observed=False)
-    log_q = sum_sites(guide_trace, data_plate, num_particles, observed=False)
-    if log_lik is None:
-        raise ValueError("the model has no observed sample site: condition it on the data (site 'x')")
-    zero = torch.zeros((), dtype=log_lik.dtype, device=log_lik.device)
-    log_lik, log_prior, log_q = torch.broadcast_tensors(
-        log_lik, zero if log_prior is None else log_prior, zero if log_q is None else log_q)
-    assert log_lik.dim() == 2 and log_lik.shape[0] == num_particles, log_lik.shape
-    return ImportanceTerms(log_lik, log_prior, log_q)
+    return terms_producer(model, guide, *args, max_plate_nesting=max_plate_nesting, data_plate=data_plate,
+                          **kwargs)(int(num_particles))
 
 
 def log_importance_weights(

@@ -1,0 +1,172 @@
+"""The run folder that ``pyro-vae train`` writes, read and written in one place (the CLI and the figures use it).
+
+=====================  ==========================================================================================
+file                   what it holds
+=====================  ==========================================================================================
+``config.json``        the model class and its ``config``, the data set, the training settings (written first)
+``checkpoint.pt``      :func:`pyro_vae.fit`'s state after the last complete epoch (``stage1/``, ``stage2/`` for
+                       a two-stage run)
+``metrics.jsonl``      one line of metrics per epoch, written with the checkpoint
+``model/``             the trained model in the one saved-model format (:func:`pyro_vae.models.save_model`)
+``test_metrics.json``  the test ELBO, rate and distortion
+``*.png``              figures
+=====================  ==========================================================================================
+
+:func:`load` reads a saved model folder or a run folder, whatever the model class.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .io import write_json
+from .models import MODEL_CLASSES, SAVE_CONFIG, load_model
+from .train import CHECKPOINT_NAME, METRICS_NAME, load_checkpoint, resolve_device
+
+__all__ = ["CONFIG_NAME", "MODEL_DIR", "TEST_METRICS_NAME", "read_config", "write_config", "read_metrics",
+           "load_run", "load"]
+
+PROG = "pyro-vae"
+CONFIG_NAME = "config.json"
+#: the folder the trained model is saved into at the end of training
+MODEL_DIR = "model"
+TEST_METRICS_NAME = "test_metrics.json"
+
+
+def read_config(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
+    """The run's ``config.json``, checked. :raises FileNotFoundError:, :raises ValueError: with what to do."""
+    run_dir = Path(run_dir)
+    if not run_dir.exists():
+        raise FileNotFoundError(f"run folder {run_dir} does not exist (a run folder is what "
+                                f"'{PROG} train --out FOLDER' writes)")
+    if not run_dir.is_dir():
+        raise NotADirectoryError(f"{run_dir} is not a folder; expected a run folder written by '{PROG} train'")
+    path = run_dir / CONFIG_NAME
+    if not path.is_file():
+        raise FileNotFoundError(f"{run_dir} is not a {PROG} run folder: it has no {CONFIG_NAME} (a run folder is "
+                                f"what '{PROG} train --out FOLDER' writes)")
+    try:
+        config = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path} is not valid JSON ({e}); the run folder is damaged") from e
+    if not isinstance(config, dict) or not isinstance(config.get("vae"), dict) or "dataset" not in config:
+        raise ValueError(f"{path} is not a {PROG} run configuration (it needs the keys 'vae' and 'dataset')")
+    return config
+
+
+def write_config(config: dict[str, Any], run_dir: str | os.PathLike[str]) -> None:
+    """Write ``config.json`` atomically."""
+    write_json(config, Path(run_dir) / CONFIG_NAME)
+
+
+def read_metrics(run_dir: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    """The records of ``metrics.jsonl`` (empty if the file is missing or damaged)."""
+    path = Path(run_dir) / METRICS_NAME
+    try:
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return []
+
+
+def _model_class(config: dict[str, Any]) -> type:
+    name = config.get("class", "VAE")
+    if name not in MODEL_CLASSES:
+        raise ValueError(f"the run's {CONFIG_NAME} names an unknown model class {name!r}")
+    return MODEL_CLASSES[name]
+
+
+def _from_checkpoint(run_dir: Path, config: dict[str, Any]) -> Any:
+    """The model of a run whose training has not finished: its config, the last checkpoint's weights."""
+    cls = _model_class(config)
+    if cls.__name__ == "TwoStageVAE":
+        raise FileNotFoundError(f"run folder {run_dir} has no {MODEL_DIR}/: its two-stage training did not finish "
+                                f"(continue it with '{PROG} train --out {run_dir} --resume')")
+    ckpt = run_dir / CHECKPOINT_NAME
+    if not ckpt.is_file():
+        raise FileNotFoundError(f"run folder {run_dir} has no {CHECKPOINT_NAME}: its training did not finish a "
+                                f"single epoch (continue it with '{PROG} train --out {run_dir} --resume')")
+    try:
+        model = cls.from_config(config["vae"])
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{run_dir / CONFIG_NAME} does not describe a {cls.__name__} ({e}); the run folder is "
+                         "damaged") from e
+    state = load_checkpoint(ckpt)
+    module_state = state.get("pair", {}).get("module") if isinstance(state, dict) else None
+    if module_state is None:
+        raise ValueError(f"{ckpt} holds no model weights (no 'pair' -> 'module' entry)")
+    try:
+        model.load_state_dict(module_state)
+    except RuntimeError as e:
+        raise ValueError(f"the weights in {ckpt} do not fit the model described in {run_dir / CONFIG_NAME}: "
+                         f"{e}") from e
+    return model
+
+
+def _legacy_model_pt(run_dir: Path, config: dict[str, Any]) -> Any:
+    """A ``--layers`` / ``--two-stage`` run of version 0.1: weights in ``model.pt``."""
+    weights = run_dir / "model.pt"
+    cls = _model_class(config)
+    try:
+        model = cls.from_config(config["vae"])
+        state = torch.load(weights, map_location="cpu", weights_only=True)
+        model.load_state_dict(state)
+    except (KeyError, TypeError, RuntimeError) as e:
+        raise ValueError(f"{run_dir / CONFIG_NAME} and {weights} do not describe a {cls.__name__} ({e}); the run "
+                         "folder is damaged") from e
+    except Exception as e:  # torch refuses an unsafe or corrupt file
+        raise ValueError(f"{weights} is not a valid weights file (refused by torch.load(weights_only=True): "
+                         f"{type(e).__name__})") from e
+    return model
+
+
+def load_run(run_dir: str | os.PathLike[str], device: str | torch.device = "cpu") -> tuple[Any, dict[str, Any]]:
+    """Rebuild the trained model of a run folder written by ``pyro-vae train`` (any model class).
+
+    :param run_dir: the run folder.
+    :param device: where to put the model (``"auto"`` picks CUDA when present).
+    :returns: ``(model, config)``: the model in eval mode with the weights of the end of training (or of the last
+        complete epoch of an unfinished run), and the run's configuration (``config.json``).
+    :raises FileNotFoundError: if the folder, its ``config.json`` or its weights are missing.
+    :raises ValueError: if a file is not what a run folder holds.
+    """
+    run_dir = Path(run_dir)
+    config = read_config(run_dir)
+    device = resolve_device(device)
+    saved, ckpt = run_dir / MODEL_DIR, run_dir / CHECKPOINT_NAME
+    if (saved / SAVE_CONFIG).is_file() and (not ckpt.is_file() or saved.stat().st_mtime >= ckpt.stat().st_mtime):
+        model = load_model(saved, map_location=device)  # written after training
+    elif (run_dir / "model.pt").is_file():
+        model = _legacy_model_pt(run_dir, config)
+    else:
+        model = _from_checkpoint(run_dir, config)
+    return model.to(device).eval(), config
+
+
+def load(folder: str | os.PathLike[str], map_location: str | torch.device = "cpu") -> Any:
+    """Load a model: a folder written by ``model.save(folder)`` (any class) or a run folder of ``pyro-vae train``.
+
+    :param folder: the folder.
+    :param map_location: the device to put the model on.
+    :returns: the model (:class:`~pyro_vae.VAE`, :class:`~pyro_vae.HierarchicalVAE` or
+        :class:`~pyro_vae.TwoStageVAE`) in eval mode.
+
+    Example::
+
+        >>> import tempfile, pyro_vae
+        >>> folder = pyro_vae.HierarchicalVAE((1, 8, 8), layers=((16, 4), (8, 2))).save(tempfile.mkdtemp() + "/m")
+        >>> type(pyro_vae.load(folder)).__name__
+        'HierarchicalVAE'
+    """
+    folder = Path(folder)
+    if (folder / SAVE_CONFIG).is_file():
+        return load_model(folder, map_location=map_location)
+    if (folder / CONFIG_NAME).is_file():
+        return load_run(folder, device=map_location)[0]
+    if not folder.exists():
+        raise FileNotFoundError(f"no such folder: {folder}")
+    raise FileNotFoundError(f"{folder} holds neither a saved model ({SAVE_CONFIG}) nor a run ({CONFIG_NAME})")

@@ -1,0 +1,31 @@
+"""Training: :func:`fit` (the loop, :mod:`pyro_vae.train.loop`) and its components, one job a module.
+
+=========================  ==============================================================================
+module                     its job
+=========================  ==============================================================================
+``loop``                   :func:`fit`, read top to bottom
+``step``                   :class:`TrainStep`: one step shaped like Pyro's ``SVI.step`` (any objective)
+``nan``                    :class:`NanGuard`: detect NaN/inf, replay the epoch to name the site, roll back
+``state``                  checkpoint and resume state (weights, optimizer, generators), snapshots
+``parallel``               the ``torchrun`` plumbing (DDP, sharded batches); no-ops in one process
+``callbacks``              :class:`Callback`: progress, training metrics, TensorBoard, a user's logger
+``schedules``              learning-rate schedules, beta and KL warm-up
+``validation``             data checks, the device, trainable parameters, the validation ELBO
+``two_stage``              :func:`fit_two_stage`: Dai & Wipf's two stages, each a :func:`fit`
+=========================  ==============================================================================
+"""
+
+from ..io import atomic_save, atomic_write
+from .callbacks import Callback, CallbackList, EpochFunction, Progress, TensorBoard, TrainingMetrics
+from .loop import fit
+from .nan import ON_NAN, NanGuard
+from .schedules import LR_SCHEDULES, iwae_schedule
+from .state import CHECKPOINT_NAME, METRICS_NAME, load_checkpoint
+from .step import TrainStep
+from .two_stage import fit_two_stage
+from .validation import check_data, evaluate_elbo, resolve_device
+
+__all__ = ["fit", "atomic_write", "atomic_save", "evaluate_elbo", "resolve_device", "check_data", "LR_SCHEDULES",
+           "CHECKPOINT_NAME", "METRICS_NAME", "iwae_schedule", "load_checkpoint", "ON_NAN", "Callback",
+           "CallbackList", "EpochFunction", "Progress", "TensorBoard", "TrainingMetrics", "TrainStep", "NanGuard",
+           "fit_two_stage"]

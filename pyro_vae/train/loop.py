@@ -1,0 +1,327 @@
+"""The training loop: :func:`fit` trains anything with ``.model`` and ``.guide`` attributes.
+
+Read it top to bottom: options are checked before any work; then the device, the data, the optimizer and
+(with ``resume``) the checkpoint; then each epoch is a pass of :class:`~pyro_vae.train.step.TrainStep` over
+shuffled batches, watched by the :class:`~pyro_vae.train.nan.NanGuard`, followed by validation, the checkpoint
+and the callbacks. The parts live in their own modules: ``step`` (one optimisation step), ``nan`` (detect,
+replay, roll back), ``state`` (checkpoint and resume), ``parallel`` (torchrun), ``callbacks`` (progress,
+metrics, loggers), ``schedules`` (learning rate, beta and KL warm-up), ``validation`` (data checks, ELBO).
+
+Data stay in memory on the training device; each epoch draws a permutation from a dedicated generator, and
+dynamic binarization (``binarize=True``) is a fresh Bernoulli draw of every pixel per batch, on the device.
+``beta`` and KL warm-up weigh the rate term of the objective: the loss is ``distortion + beta_t * rate``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import numbers
+import os
+import time
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import pyro
+import torch
+from torch import nn
+
+from .. import distributed as dist
+from ..datasets import binarize as binarize_batch
+from ..infer.objectives import get_objective
+from ..infer.weights import fast_path_owner, guess_max_plate_nesting
+from .callbacks import Callback, CallbackList, EpochFunction, Progress
+from .nan import ON_NAN, NanGuard, is_invalid_values_error
+from .parallel import Parallel
+from .schedules import get_lr_schedule, rate_weight
+from .state import (
+    CHECKPOINT_NAME,
+    Snapshot,
+    load_checkpoint,
+    load_pair_state,
+    pair_state,
+    prepare_checkpoint_dir,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
+from .step import TrainStep
+from .validation import check_data, collect_parameters, evaluate_elbo, resolve_device
+
+__all__ = ["fit"]
+
+
+def _whole(value: Any, name: str, low: int = 1) -> int:
+    """An integer option (a float with a fraction is refused, not truncated)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or value != int(value) or int(value) < low:
+        raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+    return int(value)
+
+
+def _positive(value: Any, name: str, allow_zero: bool = False) -> float:
+    """A finite positive (or non-negative) number."""
+    ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+    if not ok or value < 0 or (value == 0 and not allow_zero):
+        raise ValueError(f"{name} must be a finite number {'>= 0' if allow_zero else '> 0'}, got {value!r}")
+    return float(value)
+
+
+def fit(
+    vae: Any,
+    data: torch.Tensor,
+    *,
+    epochs: int,
+    batch_size: int,
+    lr: float = 1e-3,
+    objective: str = "elbo",
+    num_particles: int = 1,
+    device: str | torch.device = "auto",
+    val_data: torch.Tensor | None = None,
+    checkpoint_dir: str | os.PathLike | None = None,
+    resume: bool = False,
+    seed: int | None = None,
+    progress: bool = True,
+    binarize: bool = False,
+    beta: float = 1.0,
+    kl_warmup_epochs: int = 0,
+    lr_schedule: str | Callable[[int, int], float] = "constant",
+    betas: Sequence[float] = (0.9, 0.999),
+    eps: float = 1e-8,
+    clip_norm: float | None = None,
+    max_plate_nesting: int | None = None,
+    config: dict[str, Any] | None = None,
+    on_epoch_end: Callable[[dict[str, Any]], None] | None = None,
+    fast_path: bool = True,
+    on_nan: str = "raise",
+    nan_check_every: int = 50,
+    max_rollbacks: int = 10,
+    distributed: bool | None = None,
+    callbacks: Sequence[Callback] = (),
+) -> list[dict[str, Any]]:
+    """Train a model/guide pair by stochastic gradient ascent on a bound of ``log p(x)``.
+
+    :param vae: a :class:`pyro_vae.VAE`, or any object with ``.model(x)`` and ``.guide(x)`` keeping the site
+        contract (an ``nn.Module`` has its parameters trained; otherwise the ``pyro.param`` sites are).
+    :param data: training data ``(N, *event_shape)``, a float tensor.
+    :param epochs: passes over the data (the total, also when resuming).
+    :param batch_size: datapoints per step (``<= N``).
+    :param lr: Adam's learning rate (multiplied by the ``lr_schedule`` factor each epoch). A different ``lr``
+        given on resume takes effect from the resumed epoch (and is recorded).
+    :param objective: a name of :data:`pyro_vae.infer.objectives.OBJECTIVES`: ``"elbo"``, ``"mean_field"``,
+        ``"iwae"``, ``"iwae-dreg"`` or one added there.
+    :param num_particles: particles per datapoint (``K`` for the IWAE objectives).
+    :param device: ``"auto"``, ``"cpu"``, ``"cuda"`` or a ``torch.device``.
+    :param val_data: validation data; its ELBO, rate and distortion are recorded each epoch.
+    :param checkpoint_dir: folder for ``checkpoint.pt`` and ``metrics.jsonl`` (created if needed).
+    :param resume: continue from ``checkpoint_dir/checkpoint.pt`` if it exists.
+    :param seed: seeds Pyro's, torch's, numpy's and Python's generators and the shuffling.
+    :param progress: show progress: a bar on a terminal, otherwise one line per epoch on standard error.
+    :param binarize: dynamic binarization: a fresh Bernoulli draw of every pixel per batch.
+    :param beta: weight of the rate term (beta-VAE); 1 is the ELBO.
+    :param kl_warmup_epochs: ramp the rate weight linearly from 0 to ``beta`` over this many epochs.
+    :param lr_schedule: a name from :data:`~pyro_vae.train.LR_SCHEDULES` or ``factor(epoch, epochs)``.
+    :param betas: Adam's ``(beta1, beta2)``.
+    :param eps: Adam's epsilon.
+    :param clip_norm: clip the gradient's global norm to this value (> 0).
+    :param max_plate_nesting: the model's deepest plate nesting; guessed if None.
+    :param config: extra JSON-able settings recorded in the checkpoint (the CLI stores its arguments).
+    :param on_epoch_end: called with each epoch's metrics after its checkpoint is written (logging, early
+        stopping by raising ``StopIteration``); the same as ``callbacks=[EpochFunction(on_epoch_end)]``.
+    :param fast_path: let the library's models produce their importance terms directly (equal in value and
+        gradient to the traced path, tested); False traces every pair.
+    :param on_nan: what to do when a loss or gradient becomes NaN or inf: ``"raise"`` a ``FloatingPointError``
+        naming the epoch, the step and the site, or ``"rollback"``: restore the start of the epoch, halve the
+        learning rate and go on (recorded in the epoch's ``nan_events``).
+    :param nan_check_every: check the running loss and the parameters for NaN/inf every this many steps (and at
+        each epoch's end); smaller stops sooner after a failure, larger synchronises with the device less often.
+    :param max_rollbacks: with ``on_nan="rollback"``, raise after this many rollbacks in one run.
+    :param distributed: train with every process that ``torchrun`` started (None: when it started more than one;
+        see :mod:`pyro_vae.train.parallel`). ``batch_size`` is then the *global* batch, every rank is seeded
+        differently, rank 0 alone writes checkpoints and shows progress, every rank gets the same history and calls
+        its callbacks (a ``StopIteration`` on any rank stops all). A run resumes on any number of processes
+        (exactly, random streams included, on the same number).
+    :param callbacks: :class:`~pyro_vae.train.Callback` instances (loggers, early stopping, metrics).
+    :returns: the history, one dict of metrics per epoch (``epoch``, ``loss`` (the objective's loss per
+        datapoint: the same meaning for every objective), ``lr``, ``beta``, ``seconds``, ``images_per_second``,
+        with ``val_data`` ``val_elbo``, ``val_rate``, ``val_distortion``, and after a rollback ``nan_events``: a
+        list of ``{"step", "site", "lr"}``).
+    :raises FloatingPointError: on a non-finite loss or gradient with ``on_nan="raise"`` (or too many rollbacks).
+    :raises OSError: when a checkpoint cannot be written (disk full, read-only folder); the previous one is intact.
+    """
+    # ---- every option checked before any work
+    if not (hasattr(vae, "model") and hasattr(vae, "guide")):
+        raise TypeError("fit needs an object with .model and .guide attributes (a pyro_vae.VAE or your own pair)")
+    loss_fn = get_objective(objective)
+    if objective.startswith("iwae") and (beta != 1.0 or kl_warmup_epochs):
+        raise ValueError("beta and kl_warmup_epochs weight the rate term of the ELBO; they do not apply to the "
+                         f"{objective!r} objective (use objective='elbo' or 'mean_field')")
+    epochs, num_particles = _whole(epochs, "epochs"), _whole(num_particles, "num_particles")
+    lr, beta = _positive(lr, "lr"), _positive(beta, "beta", allow_zero=True)
+    kl_warmup_epochs = _whole(kl_warmup_epochs, "kl_warmup_epochs", low=0)
+    if clip_norm is not None:
+        clip_norm = _positive(clip_norm, "clip_norm")
+    if on_nan not in ON_NAN:
+        raise ValueError(f"unknown on_nan {on_nan!r}; choose one of {list(ON_NAN)}")
+    nan_check_every = _whole(nan_check_every, "nan_check_every")
+    schedule = get_lr_schedule(lr_schedule)
+    batch_size = _whole(batch_size, "batch_size")
+    data = check_data(data, "data", vae, binarize)
+    if val_data is not None:
+        val_data = check_data(val_data, "val_data", vae, binarize)
+    n = data.shape[0]
+    if batch_size > n:
+        raise ValueError(f"batch_size must be between 1 and the number of datapoints ({n}), got {batch_size}")
+    if checkpoint_dir is None and resume:
+        raise ValueError("resume=True needs a checkpoint_dir to resume from")
+    hooks = CallbackList([*callbacks, *([EpochFunction(on_epoch_end)] if on_epoch_end is not None else [])])
+
+    # ---- device, processes, seeds, data, parameters, optimizer
+    device = resolve_device(device)
+    parallel = Parallel(distributed, device)
+    parallel.check(data, batch_size)
+    ckpt_path = None
+    if checkpoint_dir is not None:
+        ckpt_path = Path(checkpoint_dir) / CHECKPOINT_NAME
+        parallel.on_main(lambda: prepare_checkpoint_dir(ckpt_path.parent))
+    base_seed = dist.shared_seed(seed) if parallel.enabled else seed
+    if base_seed is not None:
+        pyro.set_rng_seed(dist.rank_seed(base_seed, parallel.rank))
+    if isinstance(vae, nn.Module):
+        vae.to(device)
+    data = data.to(device)
+    val_data = val_data.to(device) if val_data is not None else None
+    if max_plate_nesting is None:  # a library model knows its own; a user's pair is traced once
+        owner = fast_path_owner(vae.model, vae.guide)
+        max_plate_nesting = getattr(owner, "max_plate_nesting", None)
+        if max_plate_nesting is None:
+            max_plate_nesting = guess_max_plate_nesting(vae.model, vae.guide, data[:batch_size])
+    params = collect_parameters(vae, data[:batch_size])
+    optimizer = torch.optim.Adam(params, lr=lr, betas=tuple(betas), eps=eps)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda e: schedule(e, epochs))
+    # the same permutation on every rank: each takes its part of every batch
+    shuffle = torch.Generator().manual_seed(int(base_seed) if base_seed is not None else int(torch.randint(2**62, ())))
+    history: list[dict[str, Any]] = []
+    if resume:
+        history = _resume(ckpt_path, parallel, vae, optimizer, scheduler, shuffle, lr, schedule, epochs)
+    start_epoch = len(history)
+    parallel.wrap(vae, params)
+    step = TrainStep(vae, loss_fn, optimizer, params, num_particles=num_particles,
+                     max_plate_nesting=max_plate_nesting, clip_norm=clip_norm, parallel=parallel, fast_path=fast_path)
+    guard = NanGuard(on_nan, nan_check_every, max_rollbacks, parallel)
+    steps = math.ceil(n / batch_size)
+    if progress and parallel.rank == 0:
+        hooks.callbacks.insert(0, Progress((epochs - start_epoch) * steps, epochs))
+        hooks.stepping.insert(0, hooks.callbacks[0])
+    run_config = {"objective": objective, "num_particles": num_particles, "batch_size": batch_size, "lr": lr,
+                  "epochs": epochs, "seed": seed, "binarize": binarize, "beta": beta,
+                  "kl_warmup_epochs": kl_warmup_epochs, **(config or {})}
+
+    def batches(order: torch.Tensor) -> Callable[[int], tuple[torch.Tensor, float]]:
+        def batch(i: int) -> tuple[torch.Tensor, float]:
+            x, denominator = parallel.batch(data, order, i, batch_size)
+            return (binarize_batch(x) if binarize else x), denominator
+        return batch
+
+    # ---- the epochs
+    if isinstance(vae, nn.Module):
+        vae.train()
+    for epoch in range(start_epoch, epochs):
+        beta_t = rate_weight(epoch, beta, kl_warmup_epochs)
+        start = Snapshot(vae, optimizer, scheduler, shuffle)  # the last good state, for replay and rollback
+        events: list[dict[str, Any]] = []
+        while True:
+            t0 = time.perf_counter()
+            batch = batches(torch.randperm(n, generator=shuffle).to(device))
+            total, detected = torch.zeros((), device=device), None
+            for i in range(steps):
+                x, denominator = batch(i)
+                try:
+                    loss = step(x, denominator, beta_t)
+                except ValueError as e:  # a validated distribution met NaN parameters: locate it like any NaN
+                    if not is_invalid_values_error(e):
+                        raise
+                    detected = i
+                    break
+                total += loss  # a NaN or inf loss makes the total non-finite: no per-step check needed
+                hooks.on_step_end(epoch, i, steps, loss, x.shape[0])
+                if guard.due(i, steps) and guard.failed(total, params):
+                    detected = i
+                    break
+            if detected is None:
+                break
+            start.restore(vae, optimizer, scheduler, shuffle)  # replay the epoch to find the step and the site
+            bad_step, where = guard.locate(step, vae, batches(torch.randperm(n, generator=shuffle).to(device)),
+                                           beta_t, detected)
+            start.restore(vae, optimizer, scheduler, shuffle)
+            events.append(guard.handle(epoch, bad_step, steps, where, optimizer, scheduler))
+            start = Snapshot(vae, optimizer, scheduler, shuffle)
+        seconds = time.perf_counter() - t0
+        record: dict[str, Any] = {"epoch": epoch + 1, "loss": (parallel.sum(total) / n).item(),
+                                  "lr": optimizer.param_groups[0]["lr"], "beta": beta_t, "seconds": seconds,
+                                  "images_per_second": n / seconds}
+        if events:
+            record["nan_events"] = events
+        scheduler.step()
+        if val_data is not None:
+            record.update({f"val_{k}": v for k, v in _validate(vae, val_data, binarize, max_plate_nesting,
+                                                                 parallel).items()})
+        record = parallel.broadcast(record)  # rank 0's timings: the same history on every rank
+        hooks.on_epoch_metrics(record)
+        history.append(record)
+        if ckpt_path is not None:
+            state = {"epoch": epoch + 1, "pair": pair_state(vae), "optimizer": optimizer.state_dict(),
+                     "scheduler": scheduler.state_dict(), "shuffle_rng": shuffle.get_state(),
+                     "rng_ranks": parallel.gather(rng_state()), "base_seed": base_seed, "world_size": parallel.world,
+                     "history": [json.dumps(h) for h in history], "config": json.dumps(run_config)}
+            state["rng"] = state["rng_ranks"][0]
+            parallel.on_main(lambda: save_checkpoint(state, history, ckpt_path))
+        if parallel.any(hooks.on_epoch_end(record)):
+            break
+    hooks.on_train_end(history)
+    parallel.close()
+    if isinstance(vae, nn.Module):
+        vae.eval()
+    return history
+
+
+def _validate(vae: Any, val_data: torch.Tensor, binarize: bool, max_plate_nesting: int,
+              parallel: Parallel) -> dict[str, float]:
+    if isinstance(vae, nn.Module):
+        vae.eval()
+    try:
+        return evaluate_elbo(vae, val_data, binarize=binarize, max_plate_nesting=max_plate_nesting,
+                             distributed=parallel.enabled)
+    finally:
+        if isinstance(vae, nn.Module):
+            vae.train()
+
+
+def _resume(ckpt_path: Path, parallel: Parallel, vae: Any, optimizer: torch.optim.Optimizer, scheduler: Any,
+            shuffle: torch.Generator, lr: float, schedule: Callable[[int, int], float],
+            epochs: int) -> list[dict[str, Any]]:
+    """Load the checkpoint (rank 0 reads it and sends it to the others) into the pair, the optimizer, the scheduler
+    and the generators. :returns: the history so far (empty without a checkpoint)."""
+    state = parallel.on_main(lambda: load_checkpoint(ckpt_path) if ckpt_path.exists() else None)
+    if state is None:
+        return []
+    load_pair_state(vae, state["pair"])
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    shuffle.set_state(state["shuffle_rng"])
+    history = [json.loads(h) for h in state["history"]]
+    start_epoch = int(state["epoch"])
+    saved_lr = json.loads(state.get("config") or "{}").get("lr")
+    if saved_lr is not None and float(saved_lr) != lr:  # a new learning rate given on resume takes effect
+        scheduler.base_lrs = [lr] * len(optimizer.param_groups)
+        for group in optimizer.param_groups:
+            group["initial_lr"] = lr
+            group["lr"] = lr * schedule(start_epoch, epochs)
+    rng_ranks = state.get("rng_ranks") or [state["rng"]]
+    if len(rng_ranks) == parallel.world:  # the same number of processes: every stream continues where it stopped
+        set_rng_state(rng_ranks[parallel.rank])
+    else:  # another number: fresh streams, reproducible from the run's seed and the epoch
+        saved_seed = state.get("base_seed")
+        reseed = int(saved_seed) if saved_seed is not None else dist.shared_seed(None) if parallel.enabled else None
+        if reseed is not None:
+            pyro.set_rng_seed(dist.derive_seed(reseed, start_epoch, parallel.world, parallel.rank))
+    return history

@@ -1,0 +1,77 @@
+"""One training step, shaped like Pyro's ``SVI.step``: a batch's loss and its gradients, then the optimizer.
+
+The loss comes from an objective of :data:`pyro_vae.infer.objectives.OBJECTIVES` applied to the pair's
+importance terms (:func:`pyro_vae.infer.weights.terms_producer`: the library model's own producer, or the
+traced path for any pair), so every objective serves every pair. Distributions validate their arguments on the
+first step only (when Pyro's validation is on): a model that builds an invalid distribution is refused at once,
+and the following steps skip the checks (they cost about 10% of a step); a NaN that appears later is caught by
+the NaN guard.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any, Callable
+
+import pyro
+import torch
+from pyro.distributions import is_validation_enabled
+
+from ..infer.weights import terms_producer
+from .parallel import Parallel
+
+__all__ = ["TrainStep"]
+
+
+class TrainStep:
+    """``step(x, denominator, beta)``: one optimisation step on the batch ``x``; returns its summed loss.
+
+    :param pair: anything with ``.model`` and ``.guide``.
+    :param objective: an objective function ``loss(produce, *, num_particles, beta)``.
+    :param optimizer: a ``torch.optim`` optimizer over ``params``.
+    :param params: the trained tensors.
+    :param num_particles: particles per datapoint.
+    :param max_plate_nesting: the pair's deepest plate nesting.
+    :param clip_norm: clip the gradient's global norm to this value (None: no clipping).
+    :param parallel: the distributed plumbing.
+    :param fast_path: let a model class produce its own terms (False: always the traced path).
+    """
+
+    def __init__(self, pair: Any, objective: Callable[..., torch.Tensor], optimizer: torch.optim.Optimizer,
+                 params: list[torch.Tensor], *, num_particles: int, max_plate_nesting: int, clip_norm: float | None,
+                 parallel: Parallel, fast_path: bool = True) -> None:
+        self.objective, self.optimizer, self.params = objective, optimizer, params
+        self.num_particles, self.max_plate_nesting, self.clip_norm = num_particles, max_plate_nesting, clip_norm
+        self.parallel = parallel
+        if fast_path:
+            self.model, self.guide = pair.model, pair.guide
+        else:  # plain functions: the traced path
+            self.model = lambda *args, **kwargs: pair.model(*args, **kwargs)
+            self.guide = lambda *args, **kwargs: pair.guide(*args, **kwargs)
+        # several processes: a NaN must show as a non-finite loss on one rank, not as an exception that leaves the
+        # other ranks waiting in an all-reduce, so distributions never validate there
+        self.validated = parallel.enabled or not is_validation_enabled()
+
+    def loss(self, x: torch.Tensor, beta: float = 1.0) -> torch.Tensor:
+        """The objective's loss summed over the datapoints of ``x`` (a differentiable scalar)."""
+        produce = terms_producer(self.model, self.guide, x, max_plate_nesting=self.max_plate_nesting)
+        return self.objective(produce, num_particles=self.num_particles, beta=beta)
+
+    def validation(self) -> contextlib.AbstractContextManager:
+        """Validate on the first step only."""
+        if not self.validated:
+            self.validated = True
+            return contextlib.nullcontext()
+        return pyro.validation_enabled(False)
+
+    def __call__(self, x: torch.Tensor, denominator: float, beta: float = 1.0) -> torch.Tensor:
+        """:returns: the batch's summed loss, detached (no host synchronisation)."""
+        with self.validation():
+            loss = self.parallel.loss(x, lambda x: self.loss(x, beta))
+        self.optimizer.zero_grad(set_to_none=True)
+        (loss / denominator).backward()
+        self.parallel.average_gradients(self.params)
+        if self.clip_norm is not None:
+            torch.nn.utils.clip_grad_norm_(self.params, self.clip_norm)
+        self.optimizer.step()
+        return loss.detach()

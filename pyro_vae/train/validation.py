@@ -1,0 +1,101 @@
+"""What :func:`~pyro_vae.train.fit` checks and measures outside its steps: the device, the data (refused before
+any work, with a message that says what to do), the pair's trainable parameters, and the validation ELBO."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pyro
+import torch
+from pyro import poutine
+from torch import nn
+
+from .. import distributed as dist
+from ..datasets import binarize as binarize_batch
+from ..infer.weights import importance_terms
+
+__all__ = ["resolve_device", "check_data", "collect_parameters", "evaluate_elbo"]
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """``"auto"`` -> CUDA when available, else CPU; ``"cuda"`` without a GPU is an error. Under ``torchrun``,
+    ``"auto"`` and ``"cuda"`` mean this process's GPU, ``cuda:LOCAL_RANK``."""
+    if str(device) == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device='cuda' was asked for but torch sees no CUDA device; use 'cpu' or 'auto'")
+    return dist.local_device(device)
+
+
+def check_data(data: Any, name: str, pair: Any, binarize: bool) -> torch.Tensor:
+    """Refuse data that is not a finite float tensor of the model's shape and support (before any work)."""
+    if not torch.is_tensor(data):
+        raise TypeError(f"{name} must be a torch.Tensor of shape (N, *event_shape), got {type(data).__name__}; "
+                        "use pyro_vae.datasets.from_array for numpy arrays")
+    if not data.is_floating_point():
+        raise TypeError(f"{name} must be a floating-point tensor, got dtype {data.dtype}; convert it with .float()")
+    if data.dim() < 2 or data.shape[0] == 0:
+        raise ValueError(f"{name} must be a non-empty tensor of shape (N, *event_shape), got {tuple(data.shape)}")
+    input_shape = getattr(pair, "input_shape", None)
+    if input_shape is not None and tuple(data.shape[1:]) != tuple(input_shape):
+        raise ValueError(f"{name} has datapoints of shape {tuple(data.shape[1:])} but the model's input_shape is "
+                         f"{tuple(input_shape)}: reshape the data or build the model with that input_shape")
+    likelihood = getattr(pair, "likelihood", None)
+    if binarize:
+        low, high = torch.aminmax(data)  # one pass: NaN propagates, and inf is outside [0, 1]
+        if not (bool(low >= 0) and bool(high <= 1)):
+            if not torch.isfinite(data).all():
+                raise ValueError(f"{name} holds NaN or inf values: clean the data before training")
+            raise ValueError(f"binarize=True needs {name} in [0, 1] (pixel intensities), got values from "
+                             f"{low.item():g} to {high.item():g}")
+        return data
+    if not torch.isfinite(data).all():
+        raise ValueError(f"{name} holds NaN or inf values: clean the data before training")
+    if likelihood is not None and hasattr(likelihood, "check_support"):
+        likelihood.check_support(data)
+    return data
+
+
+def collect_parameters(pair: Any, example: torch.Tensor) -> list[torch.Tensor]:
+    """The trainable tensors of a model/guide pair: an ``nn.Module``'s parameters, else the param store's."""
+    if isinstance(pair, nn.Module):
+        params = [p for p in pair.parameters() if p.requires_grad]
+    else:
+        with poutine.block(), torch.no_grad():
+            rng = pyro.util.get_rng_state()
+            guide_trace = poutine.trace(pair.guide, param_only=True).get_trace(example)
+            model_trace = poutine.trace(pair.model, param_only=True).get_trace(example)
+            pyro.util.set_rng_state(rng)
+        store = dict(pyro.get_param_store().named_parameters())
+        names = [n for tr in (guide_trace, model_trace) for n in tr.nodes if n in store]
+        params = list({id(store[n]): store[n] for n in names}.values())
+    if not params:
+        raise ValueError("the model/guide pair has no trainable parameters (no nn.Module parameters and no "
+                         "pyro.param sites)")
+    return params
+
+
+@torch.no_grad()
+def evaluate_elbo(pair: Any, data: torch.Tensor, batch_size: int = 1000, binarize: bool = False,
+                  max_plate_nesting: int | None = None, distributed: bool | None = None) -> dict[str, float]:
+    """Mean per-datapoint ELBO, rate and distortion (one sample each) of ``data``.
+
+    :param distributed: under ``torchrun`` (None: when launched with several processes) every rank takes every
+        ``world_size``-th batch and the sums are added up over the ranks; every rank must call it.
+    :returns: ``{"elbo": ..., "rate": ..., "distortion": ...}`` in nats per datapoint, where
+        ``rate = E_q[log q(z | x) - log p(z)]`` and ``distortion = -E_q[log p(x | z)]``.
+    """
+    distributed = dist.launched() if distributed is None else distributed
+    rank, world = (dist.rank(), dist.world_size()) if distributed else (0, 1)
+    sums = torch.zeros(3, dtype=torch.float64, device=data.device)
+    for start in range(rank * batch_size, data.shape[0], world * batch_size):
+        x = data[start:start + batch_size]
+        if binarize:
+            x = binarize_batch(x)
+        t = importance_terms(pair.model, pair.guide, x, num_particles=1, max_plate_nesting=max_plate_nesting)
+        sums += torch.stack([t.log_weights.sum(), (t.log_guide - t.log_prior).sum(), -t.log_likelihood.sum()])
+    if distributed:
+        sums = dist.all_reduce(sums)
+    elbo, rate, distortion = (sums / data.shape[0]).tolist()
+    return {"elbo": elbo, "rate": rate, "distortion": distortion}

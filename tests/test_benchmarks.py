@@ -1,0 +1,40 @@
+"""The training benchmarks run (``--smoke-test``): they time what they say, so none can rot."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _run(script: str, *args: str) -> str:
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), "--smoke-test", *args],
+                          capture_output=True, text=True, timeout=600, cwd=ROOT / "benchmarks")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stdout
+
+
+def test_train_mnist_compares_whole_fit_calls_of_the_vae_and_a_users_pair(data_root: Path) -> None:
+    lines = [json.loads(line) for line in _run("train_mnist.py", "--batch-size", "100", "--data-root",
+                                               str(data_root)).splitlines() if line.startswith("{")]
+    impls = {r["impl"] for r in lines if "impl" in r}
+    assert impls == {"library", "user_pair", "reference"}
+    ratios = {r["numerator"]: r for r in lines if r.get("metric") == "images_per_second_ratio"}
+    assert set(ratios) == {"library", "user_pair"}
+    assert all(r["ratio"] > 0 and r["rounds"] == 2 for r in ratios.values())
+    # the two fit calls trained the same network from the same weights on the same data: close losses
+    loss = {r["impl"]: r["last_epoch_train_loss"] for r in lines if "impl" in r}
+    assert abs(loss["library"] - loss["user_pair"]) < 0.05 * abs(loss["reference"])
+
+
+@pytest.mark.filterwarnings("ignore")
+def test_profile_step_times_every_variant() -> None:
+    out = _run("profile_step.py")
+    for name in ("reference", "engine", "engine, validated", "Trace_ELBO", "library VAE"):
+        assert f"{name} " in out
+    assert "tottime" in out
