@@ -39,13 +39,14 @@ def main(args: argparse.Namespace) -> dict:
         vae.eval()
         r = infer.log_likelihood(vae.model, vae.guide, x, num_particles=args.k or rec["eval_k"], batch_size=50,
                                  seed=args.seed, progress=False, diagnostics=False)
-        values[rec["row"]] = r.values
+        values[rec["row"]] = r
         print_json({"row": rec["row"], "log_likelihood": r.mean, "stderr": r.stderr})
-    (a, va), (b, vb) = values.items()
-    d = (vb - va).double()
-    out = {"a": a, "b": b, "mean_difference_b_minus_a": float(d.mean()),
-           "paired_stderr": float(d.std() / math.sqrt(d.numel())), "fraction_b_better": float((d > 0).double().mean()),
-           "unpaired_stderr": math.hypot(float(va.double().std()), float(vb.double().std())) / math.sqrt(d.numel())}
+    (a, ra), (b, rb) = values.items()
+    c = infer.compare(rb, ra)  # the library's paired comparison: b - a
+    va, vb = ra.values, rb.values
+    out = {"a": a, "b": b, "mean_difference_b_minus_a": c.mean, "paired_stderr": c.stderr,
+           "ci95": [c.ci_low, c.ci_high], "fraction_b_better": float((c.difference > 0).double().mean()),
+           "unpaired_stderr": math.hypot(float(va.double().std()), float(vb.double().std())) / math.sqrt(va.numel())}
     print_json(out)
     return out
 

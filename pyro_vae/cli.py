@@ -51,9 +51,11 @@ _DATASET_DEFAULTS: dict[str, dict[str, Any]] = {
 _GLOBAL_DEFAULTS: dict[str, Any] = {
     "likelihood": "bernoulli", "activation": "tanh", "encoder": "mlp", "decoder": "mlp", "objective": "elbo",
     "batch_size": 100, "lr": 1e-3, "device": "auto", "seed": 0, "binarize": "auto", "num_threads": "auto",
+    "prior": "normal", "prior_components": None, "flow": None, "num_flows": 2,
 }
 #: settings that define the model and the data: fixed for a run, a resumed run must keep them
-_RUN_IDENTITY = ("dataset", "likelihood", "latent_dim", "hidden_dims", "activation", "encoder", "decoder")
+_RUN_IDENTITY = ("dataset", "likelihood", "latent_dim", "hidden_dims", "activation", "encoder", "decoder", "prior",
+                 "prior_components", "flow", "num_flows")
 #: training settings stored in config.json; on --resume they are taken from there unless given again
 _TRAINING_KEYS = ("epochs", "batch_size", "lr", "objective", "num_particles", "seed", "binarize", "device",
                   "num_threads")
@@ -155,6 +157,11 @@ def _add_train(subparsers: Any) -> None:
     p.add_argument("--encoder", default=None, help="mlp or conv (default: mlp)")
     p.add_argument("--decoder", default=None, help="mlp or conv (default: mlp)")
     p.add_argument("--objective", default=None, help="elbo, mean_field, iwae or iwae-dreg (default: elbo)")
+    p.add_argument("--prior", default=None, help="normal, mixture, vamp or flow (default: normal)")
+    p.add_argument("--prior-components", type=int, default=None,
+                   help="components of a mixture or VampPrior (default: 10 for mixture, 500 for vamp)")
+    p.add_argument("--flow", default=None, help="a flow guide: iaf or spline (default: none, a Gaussian guide)")
+    p.add_argument("--num-flows", type=int, default=None, help="flow layers of the guide (default: 2)")
     p.add_argument("--num-particles", type=int, default=None,
                    help="particles per datapoint (default: 1 for elbo/mean_field, 5 for the IWAE objectives)")
     p.add_argument("--epochs", type=int, default=None, help="total number of epochs (also when resuming)")
@@ -262,7 +269,8 @@ def _train_settings(args: argparse.Namespace) -> tuple[dict[str, Any], Path]:
     dataset = given.get("dataset", "digits")
     settings = {"dataset": dataset, "data_root": given.get("data_root")}
     for key in ("likelihood", "latent_dim", "hidden_dims", "activation", "encoder", "decoder", "objective",
-                "epochs", "batch_size", "lr", "device", "seed", "num_threads"):
+                "epochs", "batch_size", "lr", "device", "seed", "num_threads", "prior", "prior_components", "flow",
+                "num_flows"):
         settings[key] = given.get(key, _default(dataset, key))
     settings["hidden_dims"] = _parse_dims(settings["hidden_dims"])
     settings["binarize"] = {"yes": True, "no": False}.get(given.get("binarize", "auto"), "auto")
@@ -311,9 +319,11 @@ def _run_train(args: argparse.Namespace) -> int:
         if "vae_config" in s:  # resuming: the very model of the run
             vae = VAE(**s["vae_config"])
         else:
+            prior_options = {"num_components": int(s["prior_components"])} if s.get("prior_components") else {}
             vae = VAE(input_shape=shape, latent_dim=int(s["latent_dim"]), hidden_dims=tuple(s["hidden_dims"]),
                       activation=s["activation"], likelihood=s["likelihood"], encoder=s["encoder"],
-                      decoder=s["decoder"])
+                      decoder=s["decoder"], prior=s.get("prior", "normal"), prior_options=prior_options,
+                      guide_flow=s.get("flow"), num_flows=int(s.get("num_flows", 2)))
         x_train = datasets.load(s["dataset"], train_split, root=s["data_root"])
         x_valid = datasets.load(s["dataset"], valid_split, root=s["data_root"])
         x_test = datasets.load(s["dataset"], test_split, root=s["data_root"])
@@ -326,7 +336,7 @@ def _run_train(args: argparse.Namespace) -> int:
             "dataset": s["dataset"],
             "data_root": s["data_root"],
             "splits": {"train": train_split, "valid": valid_split, "test": test_split},
-            "model_args": {k: s[k] for k in _RUN_IDENTITY},
+            "model_args": {k: s[k] for k in _RUN_IDENTITY if k in s},
             "training": {k: s[k] for k in _TRAINING_KEYS},
             "pyro_vae_version": _version(),
         }

@@ -24,6 +24,7 @@ from typing import Any, Sequence
 
 import pyro
 import pyro.distributions as dist
+import pyro.distributions.transforms as T
 import torch
 from pyro.nn import PyroModule
 from torch import nn
@@ -94,7 +95,9 @@ class Saveable:
 
 
 class VAE(Saveable, PyroModule):
-    """A variational autoencoder with a standard Normal prior and an amortized diagonal Gaussian guide.
+    """A variational autoencoder: a prior component (standard Normal by default; a mixture, the VampPrior or a
+    flow), a decoder likelihood, and an amortized diagonal Gaussian guide, optionally made a normalizing flow
+    conditioned on ``x`` (``guide_flow``).
 
     :param input_shape: the shape of one datapoint, e.g. ``(1, 28, 28)`` or ``(784,)``.
     :param latent_dim: the dimension of ``z``.
@@ -107,6 +110,11 @@ class VAE(Saveable, PyroModule):
     :param likelihood_options: keyword options of the likelihood, e.g. ``{"scale": 0.1}`` for ``"normal"``.
     :param prior: a name from :data:`pyro_vae.priors.PRIORS` or a :class:`~pyro_vae.priors.Prior` instance.
     :param prior_options: keyword options of the prior.
+    :param guide_flow: None (a diagonal Gaussian guide), ``"iaf"`` (inverse autoregressive flow, Kingma et al.
+        2016) or ``"spline"`` (conditional neural spline flow): ``num_flows`` autoregressive layers on the
+        Gaussian, each conditioned on the encoder's ``(z_loc, log z_scale)`` as context, reversed orders between
+        layers. Its densities come from Pyro's conditional transforms (the guide is then always traced).
+    :param num_flows: the number of flow layers of the guide.
 
     Example::
 
@@ -128,6 +136,8 @@ class VAE(Saveable, PyroModule):
         likelihood_options: dict[str, Any] | None = None,
         prior: str | Prior = "normal",
         prior_options: dict[str, Any] | None = None,
+        guide_flow: str | None = None,
+        num_flows: int = 2,
     ) -> None:
         super().__init__()
         if isinstance(input_shape, int):
@@ -151,9 +161,14 @@ class VAE(Saveable, PyroModule):
             "likelihood_options": dict(likelihood_options or {}),
             "prior": prior if isinstance(prior, str) else type(prior).__name__,
             "prior_options": dict(prior_options or {}),
+            "guide_flow": guide_flow, "num_flows": int(num_flows),
         }
         self.prior = make_prior(prior, self.latent_dim, **(prior_options or {}))
         self.encoder = make_encoder(encoder, input_shape, self.latent_dim, hidden_dims, activation)
+        self.prior.set_context(self.encoder, input_shape)
+        self.guide_flows = _guide_flows(guide_flow, self.latent_dim, int(num_flows), hidden_dims)
+        # the direct terms assume the diagonal Gaussian guide: a flow guide is traced
+        self.direct_terms = guide_flow is None
         self.decoder = make_decoder(decoder, input_shape, self.latent_dim, hidden_dims, activation)
         self.likelihood = make_likelihood(likelihood, input_shape, **(likelihood_options or {}))
         # a buffer gives the prior its device and dtype, so .to(device) moves everything
@@ -172,14 +187,27 @@ class VAE(Saveable, PyroModule):
             pyro.sample("x", self.likelihood(self.decoder(z)), obs=x)
 
     def guide(self, x: torch.Tensor) -> None:
-        """The recognition model ``q(z | x) = N(z_loc(x), diag z_scale(x)^2)``.
+        """The recognition model ``q(z | x) = N(z_loc(x), diag z_scale(x)^2)``, pushed through the conditional
+        flow layers when ``guide_flow`` is set.
 
         :param x: a batch of shape ``(N, *input_shape)``.
         """
         n = x.shape[0]
         with pyro.plate("data", n):
             z_loc, z_scale = self.encoder(x)
-            pyro.sample("z", dist.Normal(z_loc, z_scale).to_event(1))
+            q = dist.Normal(z_loc, z_scale).to_event(1)
+            if self.guide_flows is not None:
+                q = dist.TransformedDistribution(q, self._conditioned_flows(z_loc, z_scale))
+            pyro.sample("z", q)
+
+    def _conditioned_flows(self, z_loc: torch.Tensor, z_scale: torch.Tensor) -> list[Any]:
+        context = torch.cat([z_loc, z_scale.log()], -1)
+        out: list[Any] = []
+        for i, flow in enumerate(self.guide_flows):
+            if i > 0:  # reverse the autoregressive order between layers
+                out.append(T.Permute(torch.arange(self.latent_dim - 1, -1, -1, device=z_loc.device)))
+            out.append(flow.condition(context))
+        return out
 
     # ------------------------------------------------------------------ the producer of its terms
     def importance_terms(self, x: torch.Tensor, num_particles: int = 1, *, analytic_kl: bool = False,
@@ -207,8 +235,9 @@ class VAE(Saveable, PyroModule):
         kl = None
         if analytic_kl:
             kl = self.prior.kl(q)
-            if kl is None:  # no closed form: log q - log p, as Pyro's TraceMeanField_ELBO does
-                kl = log_guide - log_prior
+            if kl is None:
+                raise ValueError(f"objective 'mean_field' needs KL(q || p) in closed form, and the "
+                                 f"{self.config['prior']!r} prior has none: use objective='elbo'")
             kl = kl.expand_as(log_guide)
         return ImportanceTerms(log_lik, log_prior, log_guide, None, kl)
 
@@ -258,6 +287,33 @@ VAE.max_plate_nesting = 1
 
 
 # ---------------------------------------------------------------------------------------------------------- helpers
+GUIDE_FLOWS = (None, "iaf", "spline")
+
+
+def _guide_flows(kind: str | None, latent_dim: int, num_flows: int, hidden_dims: Sequence[int]) -> nn.ModuleList | None:
+    """The conditional flow layers of a guide (Pyro's conditional transforms), or None for a Gaussian guide."""
+    if kind not in GUIDE_FLOWS:
+        raise ValueError(f"unknown guide_flow {kind!r}; choose one of {list(GUIDE_FLOWS)}")
+    if kind is None:
+        return None
+    if num_flows < 1:
+        raise ValueError(f"num_flows must be >= 1, got {num_flows}")
+    if latent_dim < 2 and kind == "iaf":
+        raise ValueError("guide_flow='iaf' needs latent_dim >= 2 (an autoregressive flow over one dimension is "
+                         "elementwise): use guide_flow='spline'")
+    hidden = [max(4 * latent_dim, 16)] * 2
+    context = 2 * latent_dim
+    layers = []
+    for _ in range(num_flows):
+        if kind == "iaf":
+            layers.append(T.conditional_affine_autoregressive(latent_dim, context, hidden_dims=hidden))
+        elif latent_dim == 1:
+            layers.append(T.conditional_spline(1, context, hidden_dims=hidden))
+        else:
+            layers.append(T.conditional_spline_autoregressive(latent_dim, context, hidden_dims=hidden))
+    return nn.ModuleList(layers)
+
+
 @torch.no_grad()
 def init_output_bias(decoder: nn.Module, data: torch.Tensor, eps: float = 1e-3) -> nn.Module:
     """Initialise a decoder's output bias to ``logit(mean pixel)`` (Burda et al. 2016, section 5).

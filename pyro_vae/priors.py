@@ -16,13 +16,14 @@ as ``Normal(0, 1).log_prob`` for speed (the tests compare them).
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Callable, Sequence
 
 import pyro.distributions as dist
+import pyro.distributions.transforms as T
 import torch
 from torch import nn
 
-__all__ = ["Prior", "StandardNormal", "PRIORS", "make_prior"]
+__all__ = ["Prior", "StandardNormal", "MixturePrior", "VampPrior", "FlowPrior", "PRIORS", "make_prior"]
 
 _HALF_LOG_2PI = math.log(math.sqrt(2 * math.pi))  # exactly as torch's Normal.log_prob spells it
 
@@ -57,9 +58,18 @@ class Prior(nn.Module):
         ``(..., latent_dim)``, or None where there is no closed form."""
         return None
 
+    #: whether :meth:`kl` has a closed form (``objective="mean_field"`` needs one)
+    has_closed_form_kl = False
+
+    def set_context(self, encoder: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]],
+                    input_shape: Sequence[int]) -> None:
+        """Called by the model with its encoder and input shape (the VampPrior needs them; others ignore it)."""
+
 
 class StandardNormal(Prior):
     """:math:`p(z) = \\mathcal{N}(0, I_d)`."""
+
+    has_closed_form_kl = True
 
     def distribution(self, like: torch.Tensor) -> dist.TorchDistribution:
         return dist.Normal(like.new_zeros((self.latent_dim,)), 1.0).to_event(1)
@@ -77,8 +87,125 @@ class StandardNormal(Prior):
         return torch.distributions.kl_divergence(q, p).sum(-1)
 
 
+class MixturePrior(Prior):
+    """A learned mixture of ``num_components`` diagonal Gaussians (``MixtureSameFamily``).
+
+    :param num_components: ``K``.
+    :param init_scale: the spread of the components' initial means (drawn from ``N(0, init_scale^2)``).
+    """
+
+    def __init__(self, latent_dim: int, num_components: int = 10, init_scale: float = 1.0) -> None:
+        super().__init__(latent_dim)
+        if int(num_components) < 1:
+            raise ValueError(f"num_components must be >= 1, got {num_components}")
+        self.num_components = int(num_components)
+        self.locs = nn.Parameter(torch.randn(self.num_components, self.latent_dim) * float(init_scale))
+        self.log_scales = nn.Parameter(torch.zeros(self.num_components, self.latent_dim))
+        self.logits = nn.Parameter(torch.zeros(self.num_components))
+
+    def distribution(self, like: torch.Tensor) -> dist.TorchDistribution:
+        components = dist.Normal(self.locs.to(like.dtype), self.log_scales.to(like.dtype).exp()).to_event(1)
+        return dist.MixtureSameFamily(dist.Categorical(logits=self.logits.to(like.dtype)), components)
+
+
+class VampPrior(Prior):
+    """The VampPrior: :math:`p(z) = \\frac{1}{K}\\sum_k q_\\phi(z \\mid u_k)`, the guide's Gaussian posteriors at
+    ``K`` learned pseudo-inputs :math:`u_k` (Tomczak & Welling 2018). The model hands it its encoder
+    (:meth:`set_context`); the pseudo-inputs are parameters of the prior and get the gradient of ``log p(z)``.
+
+    :param num_components: ``K`` (500 in the paper).
+    :param init: ``"random"``: pseudo-inputs drawn from ``N(init_mean, init_std^2)`` (the paper's), or set them
+        later from data with :meth:`init_from_data`.
+    :param init_mean: the mean of the random initialisation.
+    :param init_std: its standard deviation.
+    """
+
+    def __init__(self, latent_dim: int, num_components: int = 500, init: str = "random", init_mean: float = 0.05,
+                 init_std: float = 0.01) -> None:
+        super().__init__(latent_dim)
+        if int(num_components) < 1:
+            raise ValueError(f"num_components must be >= 1, got {num_components}")
+        if init not in ("random",):
+            raise ValueError(f"unknown init {init!r}; use 'random' (or init_from_data after building the model)")
+        self.num_components = int(num_components)
+        self.init_mean, self.init_std = float(init_mean), float(init_std)
+        self.pseudo_inputs: nn.Parameter | None = None
+        self._encoder: list[Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]] = []
+
+    def set_context(self, encoder: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]],
+                    input_shape: Sequence[int]) -> None:
+        self._encoder = [encoder]  # a list: the encoder stays the model's submodule, not the prior's
+        shape = (self.num_components, *input_shape)
+        self.pseudo_inputs = nn.Parameter(torch.randn(shape) * self.init_std + self.init_mean)
+
+    @torch.no_grad()
+    def init_from_data(self, data: torch.Tensor, generator: torch.Generator | None = None) -> None:
+        """Set the pseudo-inputs to ``K`` datapoints drawn without replacement (with replacement if fewer)."""
+        self._check()
+        idx = torch.randperm(data.shape[0], generator=generator)[: self.num_components]
+        if idx.numel() < self.num_components:
+            idx = torch.randint(data.shape[0], (self.num_components,), generator=generator)
+        self.pseudo_inputs.copy_(data[idx].to(self.pseudo_inputs))
+
+    def _check(self) -> None:
+        if self.pseudo_inputs is None or not self._encoder:
+            raise RuntimeError("the VampPrior needs the model's encoder: build it through VAE(prior='vamp')")
+
+    def components(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The guide's ``(loc, scale)`` at the pseudo-inputs, each ``(K, latent_dim)``."""
+        self._check()
+        return self._encoder[0](self.pseudo_inputs)
+
+    def distribution(self, like: torch.Tensor) -> dist.TorchDistribution:
+        loc, scale = self.components()
+        mix = dist.Categorical(logits=loc.new_zeros(self.num_components))
+        return dist.MixtureSameFamily(mix, dist.Normal(loc.to(like.dtype), scale.to(like.dtype)).to_event(1))
+
+
+class FlowPrior(Prior):
+    """A learned flow on :math:`\\mathcal{N}(0, I_d)`: ``num_flows`` spline coupling layers (elementwise splines
+    when ``d = 1``), a fixed permutation between consecutive layers.
+
+    :param num_flows: the number of layers.
+    :param count_bins: spline bins per dimension.
+    :param bound: the splines act on ``[-bound, bound]`` (identity outside).
+    """
+
+    def __init__(self, latent_dim: int, num_flows: int = 2, count_bins: int = 8, bound: float = 5.0) -> None:
+        super().__init__(latent_dim)
+        if int(num_flows) < 1:
+            raise ValueError(f"num_flows must be >= 1, got {num_flows}")
+        d = self.latent_dim
+        layers: list[nn.Module] = []
+        for i in range(int(num_flows)):
+            if d == 1:
+                layers.append(T.Spline(1, count_bins=int(count_bins), bound=float(bound)))
+            else:
+                layers.append(T.spline_coupling(d, count_bins=int(count_bins), bound=float(bound)))
+        self.layers = nn.ModuleList(layers)
+        perms = torch.stack([torch.randperm(d, generator=torch.Generator().manual_seed(i)) for i in range(len(layers))])
+        self.register_buffer("permutations", perms)
+
+    def transforms(self) -> list[Any]:
+        out: list[Any] = []
+        for i, layer in enumerate(self.layers):
+            out.append(layer)
+            if self.latent_dim > 1 and i + 1 < len(self.layers):
+                out.append(T.Permute(self.permutations[i]))
+        return out
+
+    def distribution(self, like: torch.Tensor) -> dist.TorchDistribution:
+        base = dist.Normal(like.new_zeros((self.latent_dim,)), 1.0).to_event(1)
+        return dist.TransformedDistribution(base, self.transforms())
+
+    @torch.no_grad()
+    def sample(self, num_samples: int) -> torch.Tensor:
+        return self.distribution(self._anchor).sample((int(num_samples),))
+
+
 #: name -> prior class ``cls(latent_dim, **options)``
-PRIORS: dict[str, type[Prior]] = {"normal": StandardNormal}
+PRIORS: dict[str, type[Prior]] = {"normal": StandardNormal, "mixture": MixturePrior, "vamp": VampPrior,
+                                  "flow": FlowPrior}
 
 
 def make_prior(prior: str | Prior, latent_dim: int, **options: Any) -> Prior:
@@ -89,4 +216,7 @@ def make_prior(prior: str | Prior, latent_dim: int, **options: Any) -> Prior:
         return prior
     if prior not in PRIORS:
         raise ValueError(f"unknown prior {prior!r}; choose one of {sorted(PRIORS)} or pass a pyro_vae.priors.Prior")
-    return PRIORS[prior](int(latent_dim), **options)
+    try:
+        return PRIORS[prior](int(latent_dim), **options)
+    except TypeError as e:
+        raise ValueError(f"bad prior_options for the {prior!r} prior: {e}") from None

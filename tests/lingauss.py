@@ -51,3 +51,28 @@ class LinearGaussian:
         g = torch.Generator().manual_seed(seed)
         z = torch.randn(n, self.d, generator=g, dtype=W.dtype)
         return z @ W.T + b + sigma * torch.randn(n, W.shape[0], generator=g, dtype=W.dtype)
+
+
+def inner_plate_pair():
+    """A data plate at dim -2 with an inner plate: ``z ~ N(0, 1)`` per datapoint, ``u_j ~ N(z, 1)`` per feature,
+    ``x_j ~ N(u_j, 0.5)``, so ``x ~ N(0, 1.25 I + 1 1^T)``; an approximate guide. :returns: ``(model, guide,
+    exact)`` with ``exact(x)`` the closed-form ``log p(x)`` of ``x`` ``(N, 3)``."""
+
+    def model(x):
+        with pyro.plate("data", x.shape[0], dim=-2):
+            z = pyro.sample("z", dist.Normal(x.new_zeros(()), 1.0))
+            with pyro.plate("feat", 3, dim=-1):
+                u = pyro.sample("u", dist.Normal(z, 1.0))
+                pyro.sample("x", dist.Normal(u, 0.5), obs=x)
+
+    def guide(x):
+        with pyro.plate("data", x.shape[0], dim=-2):
+            z = pyro.sample("z", dist.Normal(0.4 * x.mean(-1, keepdim=True), 0.8))
+            with pyro.plate("feat", 3, dim=-1):
+                pyro.sample("u", dist.Normal(0.7 * x + 0.1 * z, 0.6))
+
+    def exact(x):
+        cov = 1.25 * torch.eye(3, dtype=x.dtype) + torch.ones(3, 3, dtype=x.dtype)
+        return dist.MultivariateNormal(torch.zeros(3, dtype=x.dtype), cov).log_prob(x)
+
+    return model, guide, exact

@@ -38,3 +38,11 @@ def test_profile_step_times_every_variant() -> None:
     for name in ("reference", "engine", "engine, validated", "Trace_ELBO", "library VAE"):
         assert f"{name} " in out
     assert "tottime" in out
+
+
+def test_priors_reproduction_runs_every_row(data_root: Path) -> None:
+    lines = [json.loads(line) for line in _run("priors.py", "--data-root", str(data_root)).splitlines()
+             if line.startswith("{")]
+    assert [r["row"] for r in lines] == ["standard prior", "mixture prior (K=50)", "VampPrior (K=500)",
+                                         "IAF guide (2 flows)", "VampPrior + IAF"]
+    assert all(r["log_likelihood"] < 0 and 0 <= r["active_units"] <= 40 for r in lines)

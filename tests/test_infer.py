@@ -333,23 +333,12 @@ def test_iwae_objective_trains_and_is_correct_under_subsampling():
 
 def test_inner_plates_and_several_latent_sites():
     """Data plate at dim -2, an inner plate, a latent per datapoint and one per feature: still per datapoint."""
-    def model(x):
-        with pyro.plate("data", x.shape[0], dim=-2):
-            z = pyro.sample("z", dist.Normal(x.new_zeros(()), 1.0))
-            with pyro.plate("feat", 3, dim=-1):
-                u = pyro.sample("u", dist.Normal(z, 1.0))
-                pyro.sample("x", dist.Normal(u, 0.5), obs=x)
+    from lingauss import inner_plate_pair
 
-    def guide(x):
-        with pyro.plate("data", x.shape[0], dim=-2):
-            z = pyro.sample("z", dist.Normal(0.4 * x.mean(-1, keepdim=True), 0.8))
-            with pyro.plate("feat", 3, dim=-1):
-                pyro.sample("u", dist.Normal(0.7 * x + 0.1 * z, 0.6))
-
+    model, guide, exact_log_prob = inner_plate_pair()
     g = torch.Generator().manual_seed(0)
     x = torch.randn(200, 3, generator=g, dtype=torch.float64) * 1.5
-    cov = 1.25 * torch.eye(3, dtype=torch.float64) + torch.ones(3, 3, dtype=torch.float64)
-    exact = dist.MultivariateNormal(torch.zeros(3, dtype=torch.float64), cov).log_prob(x)
+    exact = exact_log_prob(x)
     lw = infer.log_importance_weights(model, guide, x, num_particles=4)
     assert lw.shape == (4, 200)
     # one datapoint scored alone gives the same weights as inside the batch (same draws)

@@ -20,11 +20,14 @@ from .bounds import elbo, iwae_bound, log_weight_chunks
 from .diagnostics import latent_usage
 from .evaluate import (
     DEFAULT_K_VALUES,
+    Comparison,
     LogLikelihoodResult,
+    compare,
     effective_sample_size,
     k_curve,
     log_likelihood,
     pareto_khat,
+    replicate_stderr,
 )
 from .exact import exact_log_likelihood
 from .kde import KDEResult, kde_log_likelihood
@@ -34,6 +37,7 @@ from .weights import ImportanceTerms, guess_max_plate_nesting, importance_terms,
 __all__ = [
     "AISResult",
     "BDMCResult",
+    "Comparison",
     "DEFAULT_K_VALUES",
     "ImportanceTerms",
     "KDEResult",
@@ -41,6 +45,7 @@ __all__ = [
     "OBJECTIVES",
     "ais",
     "bdmc",
+    "compare",
     "dreg_loss",
     "effective_sample_size",
     "elbo",
@@ -58,6 +63,7 @@ __all__ = [
     "log_weight_chunks",
     "pareto_khat",
     "psis_khat",
+    "replicate_stderr",
     "result_to_dataset",
     "to_inference_data",
 ]

@@ -46,6 +46,7 @@ from pyro import poutine
 from pyro.distributions.util import sum_rightmost
 from torch.distributions import biject_to
 
+from .evaluate import replicate_stderr
 from .weights import (
     PARTICLE_PLATE,
     _is_latent,
@@ -316,19 +317,6 @@ def _anneal(target: _Target, us: list[torch.Tensor], fixed: dict[str, torch.Tens
     return log_w, accepted / max(transitions, 1), step_size, us
 
 
-def _group_stderr(log_w: torch.Tensor, num_groups: int) -> torch.Tensor:
-    """The Monte Carlo error of ``log mean_c w_c`` per datapoint from ``num_groups`` disjoint groups of chains:
-    the spread of the groups' estimates over ``sqrt(num_groups)``."""
-    c = log_w.shape[0]
-    g = max(1, min(int(num_groups), c))
-    if g < 2:
-        return torch.full(log_w.shape[1:], float("nan"), dtype=log_w.dtype, device=log_w.device)
-    per = c // g
-    groups = log_w[: per * g].reshape(g, per, -1)
-    estimates = torch.logsumexp(groups, 1) - math.log(per)
-    return estimates.std(0) / math.sqrt(g)
-
-
 def _check_options(num_chains: int, num_steps: int, num_leapfrog: int, proposal: str, schedule: str,
                    target_accept: float) -> None:
     for name, value in (("num_chains", num_chains), ("num_steps", num_steps), ("num_leapfrog", num_leapfrog)):
@@ -410,7 +398,7 @@ def ais(
     log_w, rate, step, _ = _anneal(target, us, _non_latent(fixed, target), betas, num_leapfrog, step,
                                    target_accept, adapt=True)
     groups = min(int(num_chains), 4) if num_groups is None else int(num_groups)
-    return AISResult(log_weights=log_w, mc_stderr=_group_stderr(log_w, groups), acceptance_rate=rate,
+    return AISResult(log_weights=log_w, mc_stderr=replicate_stderr(log_w, groups), acceptance_rate=rate,
                      step_size=step, num_steps=int(num_steps), num_leapfrog=int(num_leapfrog), num_groups=groups)
 
 
@@ -488,7 +476,7 @@ def bdmc(
     log_w, rate, step, _ = _anneal(target, us, _non_latent(init, target), betas, num_leapfrog, step,
                                    target_accept, adapt=False)
     groups = forward.num_groups
-    reverse = AISResult(log_weights=log_w, mc_stderr=_group_stderr(log_w, groups), acceptance_rate=rate,
+    reverse = AISResult(log_weights=log_w, mc_stderr=replicate_stderr(log_w, groups), acceptance_rate=rate,
                         step_size=step, num_steps=int(num_steps), num_leapfrog=int(num_leapfrog), num_groups=groups,
                         direction=-1)
     return BDMCResult(x=x_sim, forward=forward, reverse=reverse,

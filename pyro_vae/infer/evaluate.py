@@ -31,9 +31,10 @@ import pyro
 import torch
 
 from .. import distributed as dist
-from .weights import check_estimator_input, guess_max_plate_nesting, importance_terms
+from .weights import check_estimator_input, guess_max_plate_nesting, terms_producer
 
 __all__ = ["LogLikelihoodResult", "log_likelihood", "k_curve", "effective_sample_size", "pareto_khat",
+           "replicate_stderr", "compare", "Comparison",
            "DEFAULT_K_VALUES", "KHAT_THRESHOLD"]
 
 DEFAULT_K_VALUES = (1, 5, 50, 500, 5000)
@@ -72,6 +73,28 @@ def _stderr(values: torch.Tensor) -> float:
 def effective_sample_size(log_w: torch.Tensor) -> torch.Tensor:
     """:param log_w: ``(K, N)`` log weights. :returns: ``(N,)`` ESS of the normalised weights, in ``[1, K]``."""
     return torch.exp(2 * torch.logsumexp(log_w, 0) - torch.logsumexp(2 * log_w, 0))
+
+
+def replicate_stderr(log_w: torch.Tensor, num_groups: int) -> torch.Tensor:
+    """The Monte Carlo error of ``log mean_k w_k`` per datapoint, from independent replicates.
+
+    The ``K`` weights (particles or chains) are split into ``num_groups`` disjoint groups; each group's mean
+    weight is an independent unbiased estimate of ``p(x)``, so the spread of the group means over
+    ``sqrt(num_groups)`` is the standard error of the overall mean, and dividing by the overall mean turns it into
+    the error of its logarithm (the delta method). It is measured, not derived from an effective sample size.
+    Where the weights' variance is infinite (Pareto k-hat above 0.7) no error bar is reliable, this one included:
+    a rare huge weight that none of the groups drew is missing from the spread as it is from the estimate.
+
+    :param log_w: ``(K, N)``. :returns: ``(N,)`` (NaN with fewer than two groups).
+    """
+    k = log_w.shape[0]
+    g = max(1, min(int(num_groups), k))
+    if g < 2:
+        return torch.full(log_w.shape[1:], float("nan"), dtype=log_w.dtype, device=log_w.device)
+    per = k // g
+    top = log_w.max(0).values
+    means = torch.exp(torch.logsumexp(log_w[: per * g].reshape(g, per, -1), 1) - math.log(per) - top)
+    return means.std(0) / math.sqrt(g) / means.mean(0)
 
 
 def k_curve(log_w: torch.Tensor, k_values: Sequence[int]) -> dict[int, torch.Tensor]:
@@ -122,6 +145,16 @@ class LogLikelihoodResult:
     #: ``{k: (N,)}``, the bound as a function of the number of particles
     curve: dict[int, torch.Tensor] = field(default_factory=dict)
     num_particles: int = 1
+    #: ``(N,)``: the Monte Carlo error of each datapoint's estimate, from disjoint groups of particles
+    #: (:func:`replicate_stderr`); None when ``K`` is too small to split
+    mc_stderr: torch.Tensor | None = None
+
+    @property
+    def mean_mc_stderr(self) -> float:
+        """The Monte Carlo error of :attr:`mean` (the datapoints' errors combined), apart from :attr:`stderr`."""
+        if self.mc_stderr is None:
+            return float("nan")
+        return float(self.mc_stderr.double().pow(2).sum().sqrt() / self.mc_stderr.numel())
 
     @property
     def mean(self) -> float:
@@ -144,6 +177,7 @@ class LogLikelihoodResult:
         out: dict[str, Any] = {
             "num_datapoints": int(self.values.numel()), "num_particles": self.num_particles,
             "log_likelihood": self.mean, "log_likelihood_stderr": self.stderr,
+            "log_likelihood_mc_stderr": self.mean_mc_stderr,
             "elbo": float(self.elbo.double().mean()), "elbo_stderr": _stderr(self.elbo),
             "rate": float(self.rate.double().mean()), "distortion": float(self.distortion.double().mean()),
             "gap": float(gap.double().mean()), "gap_stderr": _stderr(gap),
@@ -167,7 +201,8 @@ class LogLikelihoodResult:
         d = self.as_dict()
         lines = [
             f"log p(x) (IWAE, K={self.num_particles}): {d['log_likelihood']:.3f} +- {d['log_likelihood_stderr']:.3f}"
-            f" nats over {d['num_datapoints']} datapoints",
+            f" nats over {d['num_datapoints']} datapoints (Monte Carlo error of the mean "
+            f"{d['log_likelihood_mc_stderr']:.3f})",
             f"ELBO: {d['elbo']:.3f} +- {d['elbo_stderr']:.3f}  (rate {d['rate']:.3f}, distortion "
             f"{d['distortion']:.3f}); gap IWAE - ELBO: {d['gap']:.3f} +- {d['gap_stderr']:.3f}",
             "K-curve: " + ", ".join(f"K={k}: {v['mean']:.3f} +- {v['stderr']:.3f}" for k, v in d["curve"].items()),
@@ -198,8 +233,12 @@ def log_likelihood(
     max_plate_nesting: int | None = None,
     data_plate: str = "data",
     distributed: bool | None = None,
-) -> LogLikelihoodResult:
-    """Estimate ``log p(x)`` of every datapoint with ``K`` importance samples from the guide.
+    method: str = "iwae",
+    num_groups: int = 10,
+    **ais_options: Any,
+) -> Any:
+    """Estimate ``log p(x)`` of every datapoint with ``K`` importance samples from the guide (``method="iwae"``),
+    or by annealed importance sampling (``method="ais"``: :func:`pyro_vae.infer.ais` on each batch).
 
     :param model: a Pyro model keeping the site contract (its parameters already on ``device``).
     :param guide: its guide, the proposal.
@@ -219,8 +258,21 @@ def log_likelihood(
     :param distributed: split the batches over the ranks of ``torchrun`` and gather the values (every rank
         returns the whole result). None: when launched by ``torchrun`` with more than one process; False: this
         process evaluates all of ``data`` alone (e.g. when only rank 0 calls it).
-    :returns: a :class:`LogLikelihoodResult` with per-datapoint tensors of shape ``(N,)``.
+    :param method: ``"iwae"`` or ``"ais"``.
+    :param num_groups: the disjoint groups of particles the Monte Carlo error ``mc_stderr`` is measured from.
+    :param ais_options: with ``method="ais"``, options of :func:`~pyro_vae.infer.ais` (``num_chains``,
+        ``num_steps``, ``num_leapfrog``, ``proposal``, ``schedule``, ...); ``num_particles`` is then unused.
+    :returns: a :class:`LogLikelihoodResult` with per-datapoint tensors of shape ``(N,)`` (``method="ais"``: an
+        :class:`~pyro_vae.infer.AISResult` over the whole data).
     """
+    if method not in ("iwae", "ais"):
+        raise ValueError(f"unknown method {method!r}; choose 'iwae' or 'ais'")
+    if method == "ais":
+        return _ais_over_batches(model, guide, data, batch_size=batch_size, transform=transform, device=device,
+                                 dtype=dtype, seed=seed, max_plate_nesting=max_plate_nesting, data_plate=data_plate,
+                                 distributed=distributed, **ais_options)
+    if ais_options:
+        raise TypeError(f"unexpected options for method='iwae': {sorted(ais_options)}")
     if int(num_particles) < 1:
         raise ValueError(f"num_particles must be >= 1, got {num_particles}")
     if not torch.is_tensor(data) or data.dim() < 1 or data.shape[0] == 0:
@@ -238,7 +290,8 @@ def log_likelihood(
         dist.check_same_data(data)
         seed = dist.shared_seed(seed)  # per-batch seeding below: the ranks need one seed
     rank, world = (dist.rank(), dist.world_size()) if distributed else (0, 1)
-    parts: dict[str, list[torch.Tensor]] = {k: [] for k in ("values", "elbo", "rate", "distortion", "ess", "khat")}
+    parts: dict[str, list[torch.Tensor]] = {k: [] for k in ("values", "elbo", "rate", "distortion", "ess", "khat",
+                                                            "mc")}
     curves: dict[int, list[torch.Tensor]] = {}
     starts = list(range(0, data.shape[0], batch_size))
     mine = list(range(rank, len(starts), world))  # whole batches, round-robin over the ranks
@@ -250,31 +303,28 @@ def log_likelihood(
     for b in mine:
         if seed is not None:
             pyro.set_rng_seed(dist.derive_seed(seed, b))
-        start = starts[b]
-        x = data[start:start + batch_size]
-        if device is not None:
-            x = x.to(device)
-        if dtype is not None:
-            x = x.to(dtype)
-        if transform is not None:
-            x = transform(x)
+        x = _batch(data, starts[b], batch_size, device, dtype, transform)
         if max_plate_nesting is None:
             max_plate_nesting = guess_max_plate_nesting(model, guide, x)
+        # one producer per batch: every chunk scores the same datapoints (one subsample of a subsampled plate)
+        produce = terms_producer(model, guide, x, max_plate_nesting=max_plate_nesting, data_plate=data_plate)
         log_w, rate, distortion = [], 0.0, 0.0
         for c in range(0, num_particles, chunk_size):
-            k = min(chunk_size, num_particles - c)
-            t = importance_terms(model, guide, x, num_particles=k, max_plate_nesting=max_plate_nesting,
-                                 data_plate=data_plate)
+            t = produce(min(chunk_size, num_particles - c))
             log_w.append(t.log_weights)
             rate = rate + (t.log_guide - t.log_prior).sum(0)
             distortion = distortion - t.log_likelihood.sum(0)
         lw = torch.cat(log_w)
-        assert lw.shape == (num_particles, x.shape[0]), lw.shape
+        if lw.shape != (num_particles, x.shape[0]):
+            raise ValueError(f"the pair scored {lw.shape[1]} datapoints of a batch of {x.shape[0]}: log_likelihood "
+                             "needs one estimate per datapoint of the batch (a subsampled data plate scores only "
+                             "its subsample; evaluate without subsampling)")
         parts["values"].append(torch.logsumexp(lw, 0) - math.log(num_particles))
         parts["elbo"].append(lw.mean(0))
         parts["rate"].append(rate / num_particles)
         parts["distortion"].append(distortion / num_particles)
         parts["ess"].append(effective_sample_size(lw))
+        parts["mc"].append(replicate_stderr(lw, num_groups))
         if diagnostics and num_particles > 1:
             parts["khat"].append(pareto_khat(lw))
         for k, v in k_curve(lw, k_values).items():
@@ -291,13 +341,14 @@ def log_likelihood(
         n = data.shape[0]
         index = torch.cat([torch.arange(starts[b], min(starts[b] + batch_size, n)) for b in mine]) if mine \
             else torch.zeros(0, dtype=torch.long)
-        names = ["values", "elbo", "rate", "distortion", "ess"]
+        names = ["values", "elbo", "rate", "distortion", "ess", "mc"]
         names += ["khat"] if diagnostics and num_particles > 1 else []
         ks = [int(k) for k in k_values if k <= num_particles]
         cat, curve = _gather(cat, curve, names, ks, index, n)
     return LogLikelihoodResult(values=cat["values"], elbo=cat["elbo"], rate=cat["rate"],
                                distortion=cat["distortion"], ess=cat["ess"], khat=cat["khat"],
-                               curve=curve, num_particles=num_particles)
+                               curve=curve, num_particles=num_particles,
+                               mc_stderr=None if cat["mc"] is None or bool(cat["mc"].isnan().all()) else cat["mc"])
 
 
 def _gather(cat: dict[str, torch.Tensor | None], curve: dict[int, torch.Tensor], names: list[str], ks: list[int],
@@ -315,3 +366,87 @@ def _gather(cat: dict[str, torch.Tensor | None], curve: dict[int, torch.Tensor],
     out: dict[str, torch.Tensor | None] = {k: None for k in cat}
     out.update({k: full[i] for i, k in enumerate(names)})
     return out, {k: full[len(names) + i] for i, k in enumerate(ks)}
+
+
+def _batch(data: torch.Tensor, start: int, size: int, device: Any, dtype: Any,
+           transform: Callable[[torch.Tensor], torch.Tensor] | None) -> torch.Tensor:
+    """Datapoints ``start .. start + size`` on ``device`` in ``dtype``, transformed."""
+    x = data[start:start + size]
+    if device is not None:
+        x = x.to(device)
+    if dtype is not None:
+        x = x.to(dtype)
+    return transform(x) if transform is not None else x
+
+
+def _ais_over_batches(model: Callable, guide: Callable, data: torch.Tensor, *, batch_size: int,
+                      transform: Callable[[torch.Tensor], torch.Tensor] | None, device: Any, dtype: Any,
+                      seed: int | None, max_plate_nesting: int | None, data_plate: str, distributed: bool | None,
+                      **options: Any) -> Any:
+    """:func:`~pyro_vae.infer.ais` batch by batch (batch ``b`` seeded with ``derive_seed(seed, b)``), concatenated."""
+    from .annealing import AISResult, ais
+
+    if distributed or (distributed is None and dist.launched() and dist.world_size() > 1):
+        raise ValueError("method='ais' runs in one process: call it with distributed=False (on rank 0, say)")
+    parts = []
+    for b, start in enumerate(range(0, data.shape[0], int(batch_size))):
+        x = _batch(data, start, int(batch_size), device, dtype, transform)
+        parts.append(ais(model, guide, x, seed=None if seed is None else dist.derive_seed(seed, b),
+                         max_plate_nesting=max_plate_nesting, data_plate=data_plate, **options))
+    first = parts[0]
+    return AISResult(log_weights=torch.cat([p.log_weights for p in parts], 1).cpu(),
+                     mc_stderr=torch.cat([p.mc_stderr for p in parts]).cpu(),
+                     acceptance_rate=torch.cat([p.acceptance_rate for p in parts]).cpu(),
+                     step_size=torch.cat([p.step_size for p in parts]).cpu(), num_steps=first.num_steps,
+                     num_leapfrog=first.num_leapfrog, num_groups=first.num_groups)
+
+
+@dataclass
+class Comparison:
+    """The paired difference ``a - b`` of two estimates over the same datapoints (see :func:`compare`)."""
+
+    #: ``(N,)``: per-datapoint differences
+    difference: torch.Tensor
+    mean: float
+    #: the standard error of :attr:`mean` from the spread of the paired differences (it holds the Monte Carlo
+    #: noise of both estimates too)
+    stderr: float
+    #: the Monte Carlo part of the error of :attr:`mean`, where both results report one (else NaN)
+    mc_stderr: float
+    ci_low: float
+    ci_high: float
+    confidence: float
+
+    def summary(self) -> str:
+        return (f"difference {self.mean:.3f} ± {self.stderr:.3f} nats per datapoint over {self.difference.numel()} "
+                f"datapoints; {100 * self.confidence:.0f}% interval [{self.ci_low:.3f}, {self.ci_high:.3f}]"
+                + (f"; Monte Carlo part {self.mc_stderr:.3f}" if math.isfinite(self.mc_stderr) else ""))
+
+
+def compare(a: Any, b: Any, confidence: float = 0.95) -> Comparison:
+    """The paired difference of two models' (or two estimators') ``log p(x)`` estimates on the same datapoints.
+
+    Pairing removes the spread between datapoints that both share: the standard error of a paired difference
+    is usually far smaller than either estimate's.
+
+    :param a: a result with ``.values`` ``(N,)`` (:class:`LogLikelihoodResult`, :class:`~pyro_vae.infer.AISResult`)
+        or an ``(N,)`` tensor.
+    :param b: the same for the other estimate, over the same datapoints in the same order.
+    :param confidence: of the normal interval.
+    :returns: :class:`Comparison`: ``mean``, ``stderr``, ``ci_low``, ``ci_high``, per-datapoint ``difference``.
+    """
+    va, vb = (r if torch.is_tensor(r) else r.values if hasattr(r, "values") else torch.as_tensor(r) for r in (a, b))
+    if va.shape != vb.shape or va.dim() != 1:
+        raise ValueError(f"compare needs two per-datapoint estimates of the same datapoints, got shapes "
+                         f"{tuple(va.shape)} and {tuple(vb.shape)}")
+    if not 0.0 < float(confidence) < 1.0:
+        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
+    diff = (va.double().cpu() - vb.double().cpu())
+    mean, se = float(diff.mean()), _stderr(diff)
+    z = float(torch.distributions.Normal(0.0, 1.0).icdf(torch.tensor(0.5 + float(confidence) / 2)))
+    mcs = [None if torch.is_tensor(r) else getattr(r, "mc_stderr", None) for r in (a, b)]
+    mc = float("nan")
+    if all(m is not None for m in mcs):
+        mc = float((mcs[0].double().cpu().pow(2) + mcs[1].double().cpu().pow(2)).sum().sqrt() / diff.numel())
+    return Comparison(difference=diff, mean=mean, stderr=se, mc_stderr=mc, ci_low=mean - z * se,
+                      ci_high=mean + z * se, confidence=float(confidence))

@@ -33,6 +33,7 @@ bound)``. (Pyro's ``RenyiELBO`` puts the scale inside the log-sum-exp, which is 
 from __future__ import annotations
 
 import contextlib
+import warnings
 from typing import Any, Callable, NamedTuple
 
 import pyro
@@ -264,20 +265,26 @@ def traced_terms(
     analytic_kl: bool = False,
     dreg: DReG | None = None,
     latents: bool = False,
+    subsample: dict[str, torch.Tensor] | None = None,
     **kwargs: Any,
 ) -> ImportanceTerms:
     """The terms of any pair, by running the guide and then the model (the guide's values replayed) once each.
 
+    :param subsample: a dict shared by the chunks of one batch: the first call stores the data plate's
+        subsample indices in it and later calls replay them, so that every chunk scores the same datapoints.
     :returns: :class:`ImportanceTerms`, each ``(K, N)``.
     """
     k = int(num_particles)
     # one particle needs no particle plate (the same draws, fewer broadcasts): the common training step
     with pyro.plate(PARTICLE_PLATE, k, dim=-(max_plate_nesting + 1)) if k > 1 else contextlib.nullcontext():
-        guide_sites = _run(guide, args, kwargs)
+        guide_sites = _run(guide, args, kwargs, replay=subsample)
         values = {s["name"]: s["value"] for s in guide_sites if s["type"] == "sample" and not s["is_observed"]}
+        if subsample is not None:  # the first chunk's subsample, kept for every later chunk of the same batch
+            subsample.update({s["name"]: s["value"] for s in guide_sites if site_is_subsample(s)})
         if dreg is not None:
             guide_sites, values, fixed = _dreg_replays(guide, args, kwargs, guide_sites, values, dreg, data_plate)
         model_sites = _run(model, args, kwargs, replay=values)
+    _warn_unguided(model_sites, values)
     log_lik, log_prior, _ = _sums(model_sites, data_plate)
     if log_lik is None:
         raise ValueError("the model has no observed sample site: condition it on the data (site 'x')")
@@ -293,7 +300,7 @@ def traced_terms(
     parts = [log_lik, zero if log_prior is None else log_prior, zero if log_q is None else log_q]
     if kl is not None:
         parts.append(kl)
-    shape = (k, max(p.shape[-1] for p in parts))
+    shape = (k, max(p.shape[-1] if p.dim() else 1 for p in parts))
     if any(p.shape != shape for p in parts):
         parts = [p.expand(shape) for p in parts]
     if score is not None:
@@ -324,6 +331,21 @@ def _dreg_replays(guide: Callable, args: tuple, kwargs: dict, sites: list[dict],
     guide_sites = _run(guide, args, kwargs, replay=hooked)
     fixed = _run(guide, args, kwargs, replay={n: v.detach() for n, v in values.items()})
     return guide_sites, hooked, fixed
+
+
+_WARNED: set[str] = set()
+
+
+def _warn_unguided(model_sites: list[dict], guide_values: dict[str, torch.Tensor]) -> None:
+    """Warn (once per site name) about a latent site of the model that the guide does not sample: it is drawn from
+    the prior and scored in ``log p(z)`` with nothing in ``log q``, which is not the bound the user meant (Pyro's
+    ``Trace_ELBO`` warns too)."""
+    for s in model_sites:
+        if _is_latent(s) and s["name"] not in guide_values and s["name"] not in _WARNED:
+            _WARNED.add(s["name"])
+            warnings.warn(f"the model's latent site {s['name']!r} is not in the guide: it is drawn from the model and "
+                          "its log density counts in log p(z) alone; add it to the guide", RuntimeWarning,
+                          stacklevel=4)
 
 
 def _analytic_kl(guide_sites: list[dict], model_latents: dict[str, dict], data_plate: str) -> torch.Tensor | None:
@@ -386,13 +408,15 @@ def fast_path_owner(model: Callable, guide: Callable) -> Any:
 
     A class opts in by setting ``_fast_path_for = (model_function, guide_function)`` and providing
     ``importance_terms(x, num_particles, *, analytic_kl=False, dreg=None)``; bound methods that are exactly
-    those functions (not overridden in a subclass, not wrapped in a handler) take its producer.
+    those functions (not overridden in a subclass, not wrapped in a handler) take its producer, unless the
+    instance says ``direct_terms = False`` (a configuration its producer does not cover, e.g. a flow guide).
     """
     owner = getattr(model, "__self__", None)
     if owner is None or getattr(guide, "__self__", None) is not owner:
         return None
     fast = getattr(type(owner), "_fast_path_for", None)
-    if fast is not None and (getattr(model, "__func__", None), getattr(guide, "__func__", None)) == fast:
+    if fast is not None and (getattr(model, "__func__", None), getattr(guide, "__func__", None)) == fast \
+            and getattr(owner, "direct_terms", True):
         return owner
     return None
 
@@ -401,6 +425,9 @@ def terms_producer(model: Callable, guide: Callable, *args: Any, max_plate_nesti
                    data_plate: str = "data", **kwargs: Any) -> Callable[..., ImportanceTerms]:
     """Choose the producer of a pair's terms once (the model class's own, else the traced path; the plate
     nesting guessed once), for many calls on the same arguments.
+
+    A subsampled data plate draws its subsample on the first call; later calls (the chunks of particles of one
+    batch) replay it, so that every chunk scores the same datapoints.
 
     :returns: ``produce(num_particles, *, analytic_kl=False, dreg=None, latents=False) -> ImportanceTerms``.
     """
@@ -418,11 +445,13 @@ def terms_producer(model: Callable, guide: Callable, *args: Any, max_plate_nesti
     if max_plate_nesting is None:
         max_plate_nesting = guess_max_plate_nesting(model, guide, *args, **kwargs)
     nesting = int(max_plate_nesting)
+    subsample: dict[str, torch.Tensor] = {}  # one subsample of the data plate for every call (every chunk)
 
     def produce(num_particles: int, *, analytic_kl: bool = False, dreg: DReG | None = None,
                 latents: bool = False) -> ImportanceTerms:
         return traced_terms(model, guide, *args, num_particles=num_particles, max_plate_nesting=nesting,
-                            data_plate=data_plate, analytic_kl=analytic_kl, dreg=dreg, latents=latents, **kwargs)
+                            data_plate=data_plate, analytic_kl=analytic_kl, dreg=dreg, latents=latents,
+                            subsample=subsample, **kwargs)
     return produce
 
 

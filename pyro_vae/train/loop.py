@@ -155,6 +155,10 @@ def fit(
     if objective.startswith("iwae") and (beta != 1.0 or kl_warmup_epochs):
         raise ValueError("beta and kl_warmup_epochs weight the rate term of the ELBO; they do not apply to the "
                          f"{objective!r} objective (use objective='elbo' or 'mean_field')")
+    prior = getattr(vae, "prior", None)
+    if objective == "mean_field" and prior is not None and not getattr(prior, "has_closed_form_kl", True):
+        raise ValueError(f"objective 'mean_field' needs KL(q || p) in closed form, and the model's "
+                         f"{type(prior).__name__} has none: use objective='elbo'")
     epochs, num_particles = _whole(epochs, "epochs"), _whole(num_particles, "num_particles")
     lr, beta = _positive(lr, "lr"), _positive(beta, "beta", allow_zero=True)
     kl_warmup_epochs = _whole(kl_warmup_epochs, "kl_warmup_epochs", low=0)
@@ -194,7 +198,7 @@ def fit(
         owner = fast_path_owner(vae.model, vae.guide)
         max_plate_nesting = getattr(owner, "max_plate_nesting", None)
         if max_plate_nesting is None:
-            max_plate_nesting = guess_max_plate_nesting(vae.model, vae.guide, data[:batch_size])
+            max_plate_nesting = _guess_nesting(vae, data, batch_size)
     params = collect_parameters(vae, data[:batch_size])
     optimizer = torch.optim.Adam(params, lr=lr, betas=tuple(betas), eps=eps)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda e: schedule(e, epochs))
@@ -282,6 +286,15 @@ def fit(
     if isinstance(vae, nn.Module):
         vae.eval()
     return history
+
+
+def _guess_nesting(vae: Any, data: torch.Tensor, batch_size: int) -> int:
+    """The pair's plate nesting from one trace of a few datapoints (a whole batch if the pair needs it, e.g. a
+    plate subsampled to more datapoints than the few): setup costs a fraction of a step, not a step."""
+    try:
+        return guess_max_plate_nesting(vae.model, vae.guide, data[:min(batch_size, 8)])
+    except Exception:
+        return guess_max_plate_nesting(vae.model, vae.guide, data[:batch_size])
 
 
 def _validate(vae: Any, val_data: torch.Tensor, binarize: bool, max_plate_nesting: int,
