@@ -22,6 +22,7 @@ extensions = [
     "sphinx.ext.autodoc",
     "sphinx.ext.doctest",
     "sphinx.ext.mathjax",
+    "sphinx-mathjax-offline",  # MathJax bundled into _static: the math renders without a network
     "sphinx.ext.viewcode",
 ]
 source_suffix = {".rst": "restructuredtext", ".md": "markdown"}
@@ -39,11 +40,9 @@ autodoc_typehints = "description"
 autodoc_mock_imports: list[str] = []
 nitpicky = False
 
-html_theme = "alabaster"
+html_theme = "furo"  # maintained, readable code blocks that scroll instead of overflowing
 html_static_path: list[str] = []
 html_title = f"pyro-vae {release}"
-html_theme_options = {"description": "Variational autoencoders as Pyro programs", "fixed_sidebar": True,
-                      "page_width": "1100px", "sidebar_width": "230px"}
 
 doctest_global_setup = """
 import torch, pyro

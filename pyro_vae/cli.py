@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -34,7 +35,7 @@ from typing import Any, Callable, Iterator
 
 import torch
 
-from .io import write_json
+from .io import RunLock, RunLocked, write_json
 from .runs import CONFIG_NAME, MODEL_DIR, PROG, TEST_METRICS_NAME, load_run
 from .runs import read_config as _read_config
 
@@ -213,18 +214,53 @@ def _apply_config_file(args: argparse.Namespace) -> None:
         values = {}
     if not isinstance(values, dict):
         raise ValueError(f"--config {path} must hold a mapping of option names to values, got {type(values).__name__}")
-    known = {k for k in vars(args) if k not in ("command", "config")}
+    known = {k for k in vars(args) if k not in ("command", "config", "exit_stack")}
     for key, value in values.items():
         name = str(key).replace("-", "_")
         if name not in known:
             raise ValueError(f"--config {path}: unknown option {key!r}; known: "
                              f"{', '.join(sorted(k.replace('_', '-') for k in known))}")
-        if name == "binarize" and isinstance(value, bool):
-            value = "yes" if value else "no"
-        if name == "hidden_dims" and isinstance(value, list):
-            value = ",".join(str(v) for v in value)
+        value = _typed_option(path, name, value)
         if getattr(args, name) in (None, False):  # the command line wins
             setattr(args, name, value)
+
+
+def _typed_option(path: Path, name: str, value: Any) -> Any:
+    """A value from a config file, checked and converted as the command line would, with an error naming it."""
+    action = next((a for a in _train_actions() if a.dest == name), None)
+    option = f"--config {path}: {name.replace('_', '-')}"
+    if name == "binarize":
+        choices = {True: "yes", False: "no", "yes": "yes", "no": "no", "auto": None}
+        if not isinstance(value, (bool, str)) or value not in choices:
+            raise ValueError(f"{option} must be true, false or auto, got {value!r}")
+        return choices[value]
+    if name == "hidden_dims" and isinstance(value, list):
+        return ",".join(str(v) for v in value)
+    if action is not None and isinstance(action, (argparse._StoreTrueAction, argparse._StoreConstAction)):
+        if not isinstance(value, bool):
+            raise ValueError(f"{option} must be true or false, got {value!r}")
+        return value or None
+    if action is not None and action.type in (int, float) and value is not None:
+        if isinstance(value, bool):
+            raise ValueError(f"{option} must be a number, got {value!r}")
+        try:
+            converted = action.type(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"{option} must be {'an integer' if action.type is int else 'a number'}, got "
+                             f"{value!r}") from None
+        if action.type is int and isinstance(value, float) and value != converted:
+            raise ValueError(f"{option} must be an integer, got {value!r}")
+        return converted
+    if value is not None and not isinstance(value, (str, int, float)):
+        raise ValueError(f"{option} must be a single value, got {value!r}")
+    return value if value is None or action is None or action.type is None else str(value)
+
+
+def _train_actions() -> list[argparse.Action]:
+    parser = argparse.ArgumentParser(add_help=False)
+    _add_train(parser.add_subparsers(dest="command"))
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return list(sub.choices["train"]._actions)
 
 
 #: training datapoints (the first ones) whose ELBO, rate and distortion are recorded after every epoch
@@ -341,7 +377,7 @@ def _run_train(args: argparse.Namespace) -> int:
             "pyro_vae_version": _version(),
         }
         if main:
-            out.mkdir(parents=True, exist_ok=True)
+            args.exit_stack.enter_context(RunLock(out))  # refuses a second writer before anything is written
             _write_json_atomic(config, out / CONFIG_NAME)
         world = f" on {distributed.world_size()} processes" if distributed.launched() else ""
         say(f"run folder: {out}", flush=True)
@@ -463,7 +499,7 @@ def _run_train_variant(args: argparse.Namespace, s: dict[str, Any], out: Path) -
         config["training"]["binarize"] = binarize
         if two_stage:
             config["training"]["stage2_epochs"] = stage2_epochs
-        out.mkdir(parents=True, exist_ok=True)
+        args.exit_stack.enter_context(RunLock(out))  # refuses a second writer before anything is written
         _write_json_atomic(config, out / CONFIG_NAME)
         print(f"run folder: {out}", flush=True)
         if two_stage:
@@ -584,7 +620,12 @@ def _run_evaluate(args: argparse.Namespace) -> int:
         raise ValueError(f"--num-particles must be >= 1, got {args.num_particles}")
     if args.num is not None and args.num < 1:
         raise ValueError(f"--num-datapoints must be >= 1, got {args.num}")
+    if args.chunk_size is not None and args.chunk_size < 1:
+        raise ValueError(f"--chunk-size must be >= 1, got {args.chunk_size}")
     vae, config = load_run(args.run, device=args.device)
+    if distributed.is_main_process() and not os.access(args.run, os.W_OK):
+        raise PermissionError(f"the run folder {args.run} is not writable: evaluate writes evaluation.json and its "
+                              "figures there (copy the run somewhere writable)")
     root = args.data_root if args.data_root is not None else config.get("data_root")
     split = args.split or config.get("splits", {}).get("test", "test")
     x = datasets.load(config["dataset"], split, root=root)
@@ -695,13 +736,21 @@ def main(argv: list[str] | None = None) -> int:
         if launched() and args.command not in DISTRIBUTED_SUBCOMMANDS:
             raise ValueError(f"'{PROG} {args.command}' runs in one process: launch it without torchrun (only "
                              f"{' and '.join(DISTRIBUTED_SUBCOMMANDS)} use several)")
-        status = SUBCOMMANDS[args.command][1](args)
+        with contextlib.ExitStack() as stack:
+            args.exit_stack = stack  # what a command holds until it returns (the run folder's lock)
+            status = SUBCOMMANDS[args.command][1](args)
         from .distributed import finish
 
         finish()  # under torchrun: every rank waits for rank 0's files before any exits
         return status
-    except (ValueError, TypeError, OSError, FloatingPointError) as e:
+    except (ValueError, TypeError, OSError, FloatingPointError, RunLocked) as e:
         print(f"{PROG}: error: {e}", file=sys.stderr)
+        return 2
+    except RuntimeError as e:  # torch's allocator: a size option too large for this machine
+        if "memory" not in str(e).lower() and "allocat" not in str(e).lower():
+            raise
+        print(f"{PROG}: error: not enough memory ({str(e).splitlines()[0][:160]}): lower --latent-dim, "
+              "--hidden-dims, --batch-size or --num-particles", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted (a training run continues with '{PROG} train --out RUN --resume')",

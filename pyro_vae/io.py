@@ -1,12 +1,20 @@
-"""Files: atomic writes (never seen half-written) and safe reads of tensors; the floor every writer stands on.
+"""Files: atomic writes (never seen half-written, never through a link), safe reads of tensors, checksums and
+the run folder's lock; the floor every writer stands on.
 
-A file is written to a temporary file in the same folder, flushed, fsynced and renamed over the target, then
-the folder is fsynced: a crash or a full disk leaves the previous file intact. Tensors are read with
-``torch.load(weights_only=True)``, so no pickled code runs.
+- A file is written to a temporary file in the same folder, flushed, fsynced and renamed over the target, then
+  the folder is fsynced: a crash or a full disk leaves the previous file intact. Renaming replaces a symbolic
+  link itself, never the file it points to; a folder that is a link is refused (:func:`refuse_link`). The new
+  file gets the permissions of the process's umask (``0666 & ~umask``), as an ordinary ``open`` would.
+- Tensors are read with ``torch.load(weights_only=True)``, so no pickled code runs; :func:`tensor_checksum`
+  (sha256 of names, dtypes, shapes and bytes) is stored with checkpoints and saved models and verified on load,
+  so a flipped bit is refused rather than loaded.
+- :class:`RunLock` keeps a second writer out of a run folder (an advisory ``flock`` on ``.lock``).
 """
 
 from __future__ import annotations
 
+import errno
+import hashlib
 import json
 import os
 import tempfile
@@ -15,20 +23,41 @@ from typing import Any, Callable
 
 import torch
 
-__all__ = ["atomic_write", "atomic_save", "write_json", "load_tensors"]
+__all__ = ["atomic_write", "atomic_save", "write_json", "load_tensors", "refuse_link", "tensor_checksum",
+           "RunLock", "RunLocked", "describe_write_error"]
+
+
+def refuse_link(path: str | os.PathLike) -> Path:
+    """Refuse to write into or through a symbolic link (it may point outside the run folder).
+
+    :returns: ``path``. :raises ValueError: if ``path`` is a link.
+    """
+    path = Path(path)
+    if path.is_symlink():
+        raise ValueError(f"{path} is a symbolic link (to {os.readlink(path)}); pyro-vae does not write through "
+                         "links: remove it, or choose another folder")
+    return path
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[Any], None], binary: bool = True) -> None:
     """Write a file so that it is never seen half-written: ``write(f)`` to a temporary file in the same folder,
     fsync, rename over ``path``, fsync the folder. On any error the previous file is left intact."""
     path = Path(path)
+    refuse_link(path.parent)
     fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb" if binary else "w") as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600: give the file the permissions open() would
+        os.replace(tmp, path)  # replaces a link itself, never its target
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
@@ -64,3 +93,76 @@ def load_tensors(path: str | os.PathLike, what: str = "pyro-vae checkpoint") -> 
     except Exception as e:  # torch raises UnpicklingError (and others) for unsafe or corrupt files
         raise ValueError(f"{path} is not a valid {what} (refused by torch.load(weights_only=True): "
                          f"{type(e).__name__}); it may be corrupt or not a safe file") from e
+
+
+def tensor_checksum(tensors: dict[str, Any]) -> str:
+    """sha256 over the names, dtypes, shapes and bytes of a (nested) dict of tensors, in sorted order."""
+    digest = hashlib.sha256()
+
+    def feed(prefix: str, value: Any) -> None:
+        if isinstance(value, dict):
+            for key in sorted(value, key=str):
+                feed(f"{prefix}/{key}", value[key])
+        elif torch.is_tensor(value):
+            t = value.detach().cpu().contiguous()
+            digest.update(f"{prefix}:{t.dtype}:{tuple(t.shape)}".encode())
+            digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    feed("", tensors)
+    return digest.hexdigest()
+
+
+def describe_write_error(e: BaseException) -> str:
+    """Why a write failed, in words: a full disk also shows as torch's ``RuntimeError`` from ``torch.save``."""
+    if isinstance(e, OSError):
+        return {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is exceeded",
+                errno.EROFS: "the file system is read-only", errno.EACCES: "the folder is not writable",
+                errno.EPERM: "the folder is not writable"}.get(e.errno, e.strerror or str(e))
+    return f"the write failed ({str(e).splitlines()[0][:200]}): the disk is probably full"
+
+
+class RunLocked(RuntimeError):
+    """Another process holds the run folder."""
+
+
+_HELD: dict[str, list[Any]] = {}
+
+
+class RunLock:
+    """An exclusive advisory lock on a run folder (``flock`` on ``folder/.lock``), re-entrant within a process.
+
+    A second process that tries to write the same folder (another ``pyro-vae train``, a ``--resume`` beside a
+    running train) is refused at once with :class:`RunLocked`, before it writes anything.
+    """
+
+    def __init__(self, folder: str | os.PathLike) -> None:
+        self.folder = Path(folder)
+        self.key = str(self.folder.resolve())
+
+    def __enter__(self) -> "RunLock":
+        held = _HELD.get(self.key)
+        if held is not None:
+            held[1] += 1
+            return self
+        import fcntl
+
+        self.folder.mkdir(parents=True, exist_ok=True)
+        refuse_link(self.folder / ".lock")
+        fd = os.open(self.folder / ".lock", os.O_RDWR | os.O_CREAT, 0o666 & ~_umask())
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            raise RunLocked(f"another process is writing the run folder {self.folder} (it holds {self.folder}/.lock):"
+                            " wait for it to finish, or choose another folder") from None
+        _HELD[self.key] = [fd, 1]
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        held = _HELD[self.key]
+        held[1] -= 1
+        if held[1] == 0:
+            import fcntl
+
+            fcntl.flock(held[0], fcntl.LOCK_UN)
+            os.close(held[0])
+            del _HELD[self.key]

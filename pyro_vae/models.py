@@ -30,13 +30,13 @@ from pyro.nn import PyroModule
 from torch import nn
 
 from .infer.weights import DReG, ImportanceTerms
-from .io import atomic_save, atomic_write, load_tensors
+from .io import atomic_save, atomic_write, load_tensors, refuse_link, tensor_checksum
 from .likelihoods import Likelihood, make_likelihood
 from .nets import MLPDecoder, make_decoder, make_encoder
 from .priors import PRIORS, Prior, make_prior
 
 __all__ = ["VAE", "HierarchicalVAE", "TwoStageVAE", "Saveable", "init_output_bias", "save_model", "load_model",
-           "MODEL_CLASSES"]
+           "build_checked", "MODEL_CLASSES"]
 
 #: the files of a folder written by :meth:`VAE.save`, and its format tag
 SAVE_CONFIG, SAVE_WEIGHTS, SAVE_FORMAT = "vae.json", "weights.pt", "pyro-vae/1"
@@ -115,6 +115,10 @@ class VAE(Saveable, PyroModule):
         Gaussian, each conditioned on the encoder's ``(z_loc, log z_scale)`` as context, reversed orders between
         layers. Its densities come from Pyro's conditional transforms (the guide is then always traced).
     :param num_flows: the number of flow layers of the guide.
+    :param condition_shape: makes it a conditional VAE (Sohn et al. 2015): ``model(x, y)``, ``guide(x, y)``,
+        ``sample(n, y=...)``, with the decoder and the encoder seeing ``y`` (of shape ``(N, *condition_shape)``)
+        joined to their input; every estimator then takes ``y`` after ``x`` and gives ``log p(x | y)``, and
+        ``fit(..., condition=y)`` trains it.
 
     Example::
 
@@ -138,6 +142,7 @@ class VAE(Saveable, PyroModule):
         prior_options: dict[str, Any] | None = None,
         guide_flow: str | None = None,
         num_flows: int = 2,
+        condition_shape: Sequence[int] | int | None = None,
     ) -> None:
         super().__init__()
         if isinstance(input_shape, int):
@@ -163,42 +168,76 @@ class VAE(Saveable, PyroModule):
             "prior_options": dict(prior_options or {}),
             "guide_flow": guide_flow, "num_flows": int(num_flows),
         }
+        self.condition_shape = _condition_shape(condition_shape, encoder, decoder, prior)
+        if self.condition_shape is not None:
+            self.config["condition_shape"] = list(self.condition_shape)
+        c = math.prod(self.condition_shape) if self.condition_shape is not None else 0
         self.prior = make_prior(prior, self.latent_dim, **(prior_options or {}))
-        self.encoder = make_encoder(encoder, input_shape, self.latent_dim, hidden_dims, activation)
+        # a conditional VAE's MLPs see y too: the encoder (x, y) flattened and joined, the decoder (z, y)
+        encoder_input = input_shape if not c else (math.prod(input_shape) + c,)
+        self.encoder = make_encoder(encoder, encoder_input, self.latent_dim, hidden_dims, activation)
         self.prior.set_context(self.encoder, input_shape)
         self.guide_flows = _guide_flows(guide_flow, self.latent_dim, int(num_flows), hidden_dims)
-        # the direct terms assume the diagonal Gaussian guide: a flow guide is traced
-        self.direct_terms = guide_flow is None
-        self.decoder = make_decoder(decoder, input_shape, self.latent_dim, hidden_dims, activation)
+        # the direct terms assume the diagonal Gaussian guide of x alone: a flow guide or a condition is traced
+        self.direct_terms = guide_flow is None and self.condition_shape is None
+        self.decoder = make_decoder(decoder, input_shape, self.latent_dim + c, hidden_dims, activation)
         self.likelihood = make_likelihood(likelihood, input_shape, **(likelihood_options or {}))
         # a buffer gives the prior its device and dtype, so .to(device) moves everything
         self.register_buffer("_anchor", torch.zeros(()))
 
     # ------------------------------------------------------------------ Pyro programs
-    def model(self, x: torch.Tensor) -> None:
-        """The generative model: ``z ~ p(z)`` (the prior component) then ``x ~ p(x | z)``, inside
-        ``pyro.plate("data", N)``.
+    def model(self, x: torch.Tensor, y: torch.Tensor | None = None) -> None:
+        """The generative model: ``z ~ p(z)`` (the prior component) then ``x ~ p(x | z)`` (``p(x | z, y)`` for a
+        conditional VAE), inside ``pyro.plate("data", N)``.
 
         :param x: a batch of shape ``(N, *input_shape)``.
+        :param y: the conditions ``(N, *condition_shape)`` of a conditional VAE (``condition_shape`` set).
         """
         n = x.shape[0]
         with pyro.plate("data", n):
             z = pyro.sample("z", self.prior.distribution(x))
-            pyro.sample("x", self.likelihood(self.decoder(z)), obs=x)
+            pyro.sample("x", self.likelihood(self.decoder(self._join(z, y, n))), obs=x)
 
-    def guide(self, x: torch.Tensor) -> None:
-        """The recognition model ``q(z | x) = N(z_loc(x), diag z_scale(x)^2)``, pushed through the conditional
-        flow layers when ``guide_flow`` is set.
+    def guide(self, x: torch.Tensor, y: torch.Tensor | None = None) -> None:
+        """The recognition model ``q(z | x) = N(z_loc(x), diag z_scale(x)^2)`` (of ``(x, y)`` for a conditional
+        VAE), pushed through the conditional flow layers when ``guide_flow`` is set.
 
         :param x: a batch of shape ``(N, *input_shape)``.
+        :param y: the conditions ``(N, *condition_shape)`` of a conditional VAE.
         """
         n = x.shape[0]
         with pyro.plate("data", n):
-            z_loc, z_scale = self.encoder(x)
+            z_loc, z_scale = self.encoder(self._encoder_input(x, y))
             q = dist.Normal(z_loc, z_scale).to_event(1)
             if self.guide_flows is not None:
                 q = dist.TransformedDistribution(q, self._conditioned_flows(z_loc, z_scale))
             pyro.sample("z", q)
+
+    def _condition(self, y: torch.Tensor | None, n: int | None) -> torch.Tensor | None:
+        """``y`` flattened to ``(N, C)``, checked; None for an unconditional VAE (which refuses a ``y``)."""
+        if self.condition_shape is None:
+            if y is not None:
+                raise ValueError("this VAE is not conditional: build it with condition_shape=... to pass y")
+            return None
+        if y is None:
+            raise ValueError(f"this conditional VAE needs y of shape (N, *{self.condition_shape}): model(x, y), "
+                             "guide(x, y), sample(n, y=...)")
+        if tuple(y.shape[-len(self.condition_shape):]) != self.condition_shape or (n is not None and y.shape[0] != n):
+            raise ValueError(f"y must have shape (N, *{self.condition_shape}) with N = {n}, got {tuple(y.shape)}")
+        return y.flatten(-len(self.condition_shape))
+
+    def _join(self, z: torch.Tensor, y: torch.Tensor | None, n: int | None) -> torch.Tensor:
+        """The decoder's input: ``z``, with ``y`` (broadcast over any particle dimension) joined for a CVAE."""
+        c = self._condition(y, n)
+        if c is None:
+            return z
+        return torch.cat([z, c.to(z.dtype).expand(*z.shape[:-1], c.shape[-1])], -1)
+
+    def _encoder_input(self, x: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
+        c = self._condition(y, x.shape[0])
+        if c is None:
+            return x
+        return torch.cat([x.flatten(-len(self.input_shape)), c.to(x.dtype)], -1)
 
     def _conditioned_flows(self, z_loc: torch.Tensor, z_scale: torch.Tensor) -> list[Any]:
         context = torch.cat([z_loc, z_scale.log()], -1)
@@ -242,31 +281,46 @@ class VAE(Saveable, PyroModule):
         return ImportanceTerms(log_lik, log_prior, log_guide, None, kl)
 
     # ------------------------------------------------------------------ conveniences
-    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """:param x: ``(N, *input_shape)``. :returns: ``(z_loc, z_scale)``, each ``(N, latent_dim)``."""
-        return self.encoder(x)
+    def encode(self, x: torch.Tensor, y: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The guide's Gaussian parameters.
 
-    def decode(self, z: torch.Tensor) -> torch.Tensor:
-        """:param z: ``(..., latent_dim)``. :returns: the mean of ``p(x | z)``, ``(..., *input_shape)``."""
-        return self.likelihood.mean(self.decoder(z))
+        :param x: ``(N, *input_shape)``.
+        :param y: a conditional VAE's ``(N, *condition_shape)``.
+        :returns: ``(z_loc, z_scale)``, each ``(N, latent_dim)``.
+        """
+        return self.encoder(self._encoder_input(x, y))
+
+    def decode(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        """The mean of ``p(x | z)`` (``p(x | z, y)`` for a conditional VAE).
+
+        :param z: ``(..., latent_dim)``.
+        :param y: a conditional VAE's ``(..., *condition_shape)``.
+        :returns: ``(..., *input_shape)``.
+        """
+        return self.likelihood.mean(self.decoder(self._join(z, y, None)))
 
     @torch.no_grad()
-    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
+    def reconstruct(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         """Decode the posterior mean: ``E[x | z = z_loc(x)]``. :returns: ``(N, *input_shape)``."""
-        z_loc, _ = self.encoder(x)
-        return self.decode(z_loc)
+        z_loc, _ = self.encode(x, y)
+        return self.decode(z_loc, y)
 
     @torch.no_grad()
-    def sample(self, num_samples: int, mean: bool = True) -> torch.Tensor:
-        """Draw ``z`` from the prior component and decode it.
+    def sample(self, num_samples: int, mean: bool = True, y: torch.Tensor | None = None) -> torch.Tensor:
+        """Draw ``z`` from the prior component and decode it (given ``y`` for a conditional VAE).
 
         :param num_samples: how many samples.
         :param mean: return the mean of ``p(x | z)`` (the usual picture) rather than a draw from it.
+        :param y: a CVAE's condition: one ``(*condition_shape)`` for every sample, or ``(num_samples,
+            *condition_shape)``.
         :returns: ``(num_samples, *input_shape)``.
         """
         if int(num_samples) < 1:
             raise ValueError(f"num_samples must be >= 1, got {num_samples}")
-        params = self.decoder(self.prior.sample(int(num_samples)))
+        n = int(num_samples)
+        if y is not None and self.condition_shape is not None and y.dim() == len(self.condition_shape):
+            y = y.expand(n, *self.condition_shape)
+        params = self.decoder(self._join(self.prior.sample(n), y, n))
         return self.likelihood.mean(params) if mean else self.likelihood(params).sample()
 
     @property
@@ -288,6 +342,22 @@ VAE.max_plate_nesting = 1
 
 # ---------------------------------------------------------------------------------------------------------- helpers
 GUIDE_FLOWS = (None, "iaf", "spline")
+
+
+def _condition_shape(shape: Sequence[int] | int | None, encoder: Any, decoder: Any,
+                     prior: Any) -> tuple[int, ...] | None:
+    """A conditional VAE's condition shape, checked against what it can be combined with."""
+    if shape is None:
+        return None
+    shape = (int(shape),) if isinstance(shape, int) else tuple(int(s) for s in shape)
+    if not shape or any(s < 1 for s in shape):
+        raise ValueError(f"condition_shape must be a non-empty tuple of positive sizes, got {shape}")
+    if encoder != "mlp" or decoder != "mlp":
+        raise ValueError("a conditional VAE (condition_shape) takes the MLP encoder and decoder, which see y joined "
+                         "to their input; pass encoder='mlp', decoder='mlp'")
+    if prior == "vamp":
+        raise ValueError("the VampPrior's pseudo-inputs have no condition: use another prior with condition_shape")
+    return shape
 
 
 def _guide_flows(kind: str | None, latent_dim: int, num_flows: int, hidden_dims: Sequence[int]) -> nn.ModuleList | None:
@@ -744,29 +814,30 @@ def save_model(model: Any, path: str | os.PathLike[str]) -> Path:
     """
     from ._version import __version__
 
-    path = Path(path)
+    path = refuse_link(Path(path))
     path.mkdir(parents=True, exist_ok=True)
+    weights = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     meta = {"format": SAVE_FORMAT, "class": type(model).__name__, "config": model.config,
-            "pyro_vae_version": __version__}
+            "pyro_vae_version": __version__, "weights_sha256": tensor_checksum(weights)}
     try:
         text = json.dumps(meta, indent=2, sort_keys=True) + "\n"
     except TypeError as e:
         raise ValueError(f"the model's configuration cannot be written as JSON ({e}); likelihood_options and "
                          "prior_options must hold plain numbers") from e
-    atomic_save({k: v.detach().cpu() for k, v in model.state_dict().items()}, path / SAVE_WEIGHTS)
+    atomic_save(weights, path / SAVE_WEIGHTS)
     atomic_write(path / SAVE_CONFIG, lambda f: f.write(text), binary=False)
     return path
 
 
-def _build_checked(cls: Any, config: dict[str, Any], state: dict[str, torch.Tensor], source: Path) -> Any:
+def build_checked(cls: Any, config: dict[str, Any], state: dict[str, torch.Tensor], source: Path) -> Any:
     """Build ``cls`` from ``config`` after checking, on the ``meta`` device (no memory), that its parameters have
-    the shapes of the saved weights: a tampered config cannot make the loader allocate what the weights do not
-    hold."""
+    the shapes of the saved weights ``state``: a tampered config cannot make the loader allocate what the weights
+    do not hold. ``source`` names the folder in messages."""
     try:
         with torch.device("meta"):
             skeleton = cls.from_config(config)
     except (TypeError, ValueError) as e:
-        raise ValueError(f"{source / SAVE_CONFIG} does not describe a {cls.__name__} ({e})") from e
+        raise ValueError(f"the configuration in {source} does not describe a {cls.__name__} ({e})") from e
     except Exception:  # a module that cannot be built on the meta device: check after building instead
         skeleton = None
     if skeleton is not None:
@@ -774,13 +845,13 @@ def _build_checked(cls: Any, config: dict[str, Any], state: dict[str, torch.Tens
         saved = {k: tuple(v.shape) for k, v in state.items()}
         if expected != saved:
             diff = sorted(set(expected.items()) ^ set(saved.items()))[:3]
-            raise ValueError(f"the weights in {source / SAVE_WEIGHTS} do not fit the {cls.__name__} of "
-                             f"{source / SAVE_CONFIG} (first differences, name and shape: {diff}); one of the files "
-                             "was changed or they come from different models")
+            raise ValueError(f"the weights in {source} do not fit the {cls.__name__} its configuration describes "
+                             f"(first differences, name and shape: {diff}); a file was changed or they come from "
+                             "different models")
     try:
         return cls.from_config(config)
     except (TypeError, ValueError) as e:
-        raise ValueError(f"{source / SAVE_CONFIG} does not describe a {cls.__name__} ({e})") from e
+        raise ValueError(f"the configuration in {source} does not describe a {cls.__name__} ({e})") from e
 
 
 def load_model(path: str | os.PathLike[str], map_location: str | torch.device = "cpu", expected: type | None = None,
@@ -820,7 +891,11 @@ def load_model(path: str | os.PathLike[str], map_location: str | torch.device = 
     state = load_tensors(weights_file, "weights file")
     if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
         raise ValueError(f"{weights_file} does not hold a state dict of tensors")
-    model = _build_checked(cls, {**meta["config"], **overrides}, state, path)
+    model = build_checked(cls, {**meta["config"], **overrides}, state, path)  # shapes first: the clearer message
+    expected = meta.get("weights_sha256")
+    if expected is not None and tensor_checksum(state) != expected:
+        raise ValueError(f"{weights_file} is damaged: it does not match the checksum in {config_file} (a changed or "
+                         "flipped byte); restore the folder from a copy")
     try:
         model.load_state_dict(state)
     except RuntimeError as e:

@@ -37,11 +37,15 @@ def _figure(figsize: tuple[float, float]) -> Figure:
 
 
 def _save(fig: Figure, path: str | os.PathLike[str] | None, dpi: int = 100) -> None:
+    """Write the figure atomically (a temporary file renamed over ``path``: never through a symbolic link)."""
     if path is not None:
+        from .io import atomic_write
+
         parent = os.path.dirname(os.fspath(path))
         if parent:
             os.makedirs(parent, exist_ok=True)
-        fig.savefig(path, dpi=dpi)
+        fmt = os.path.splitext(os.fspath(path))[1].lstrip(".") or "png"
+        atomic_write(path, lambda f: fig.savefig(f, dpi=dpi, format=fmt))
 
 
 def is_image_shape(shape: Sequence[int]) -> bool:
@@ -600,12 +604,12 @@ def plot_run(
 
     run_dir = Path(run_dir)
     out_dir = Path(out) if out is not None else run_dir
-    out_dir.mkdir(parents=True, exist_ok=True)
     if int(num_particles) < 2:
         raise ValueError(f"num_particles must be >= 2 (the k-hat needs several), got {num_particles}")
     if int(num) < 2:
         raise ValueError(f"num must be >= 2, got {num}")
-    vae, config = load_run(run_dir, device=device)
+    vae, config = load_run(run_dir, device=device)  # a missing or damaged run is refused before any folder is made
+    out_dir.mkdir(parents=True, exist_ok=True)
     root = data_root if data_root is not None else config.get("data_root")
     split = config.get("splits", {}).get("test", "test")
     try:

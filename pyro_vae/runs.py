@@ -25,7 +25,7 @@ from typing import Any
 import torch
 
 from .io import write_json
-from .models import MODEL_CLASSES, SAVE_CONFIG, load_model
+from .models import MODEL_CLASSES, SAVE_CONFIG, build_checked, load_model
 from .train import CHECKPOINT_NAME, METRICS_NAME, load_checkpoint, resolve_device
 
 __all__ = ["CONFIG_NAME", "MODEL_DIR", "TEST_METRICS_NAME", "read_config", "write_config", "read_metrics",
@@ -90,15 +90,12 @@ def _from_checkpoint(run_dir: Path, config: dict[str, Any]) -> Any:
     if not ckpt.is_file():
         raise FileNotFoundError(f"run folder {run_dir} has no {CHECKPOINT_NAME}: its training did not finish a "
                                 f"single epoch (continue it with '{PROG} train --out {run_dir} --resume')")
-    try:
-        model = cls.from_config(config["vae"])
-    except (TypeError, ValueError) as e:
-        raise ValueError(f"{run_dir / CONFIG_NAME} does not describe a {cls.__name__} ({e}); the run folder is "
-                         "damaged") from e
     state = load_checkpoint(ckpt)
     module_state = state.get("pair", {}).get("module") if isinstance(state, dict) else None
     if module_state is None:
         raise ValueError(f"{ckpt} holds no model weights (no 'pair' -> 'module' entry)")
+    # the config is checked against the weights' shapes before anything is allocated
+    model = build_checked(cls, config["vae"], module_state, run_dir)
     try:
         model.load_state_dict(module_state)
     except RuntimeError as e:

@@ -124,3 +124,21 @@ def test_theory_page_covers_the_issue() -> None:
     assert theory.count("$$") >= 20  # the math is there, not only words
 
 
+
+
+def test_the_built_html_renders_math_without_a_network(tmp_path: Path) -> None:
+    """MathJax is bundled (sphinx-mathjax-offline): no page of the built documentation loads it from a CDN."""
+    pytest.importorskip("sphinx")
+    pytest.importorskip("sphinx-mathjax-offline")
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "sphinx", "-q", "-b", "html", str(DOCS), str(tmp_path / "html")],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    pages = list((tmp_path / "html").glob("*.html"))
+    assert pages and (tmp_path / "html" / "_static" / "mathjax" / "tex-chtml.js").is_file()
+    for page in pages:
+        text = page.read_text()
+        assert "cdn.jsdelivr" not in text and "cdnjs" not in text, page.name
+    assert "_static/mathjax/tex-chtml.js" in (tmp_path / "html" / "theory.html").read_text()

@@ -250,12 +250,12 @@ def test_disk_full_keeps_the_previous_checkpoint(tmp_path, digits, monkeypatch):
     monkeypatch.undo()
     assert (tmp_path / CHECKPOINT_NAME).read_bytes() == before
     assert load_checkpoint(tmp_path / CHECKPOINT_NAME)["epoch"] == 1
-    assert sorted(p.name for p in tmp_path.iterdir()) == [CHECKPOINT_NAME, METRICS_NAME]  # no temporary left
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".lock", CHECKPOINT_NAME, METRICS_NAME]  # no temporary left
     assert len((tmp_path / METRICS_NAME).read_text().splitlines()) == 1
     (tmp_path / f"{CHECKPOINT_NAME}.k1ll3d.tmp").write_bytes(b"what a writer killed mid-write leaves")
     hist = pyro_vae.fit(vae, x, epochs=2, resume=True, **kw)  # space freed: the run goes on
     assert [h["epoch"] for h in hist] == [1, 2]
-    assert sorted(p.name for p in tmp_path.iterdir()) == [CHECKPOINT_NAME, METRICS_NAME]  # the stale one removed
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".lock", CHECKPOINT_NAME, METRICS_NAME]  # stale one removed
 
 
 def test_read_only_folder_keeps_the_previous_checkpoint(tmp_path, digits, monkeypatch):

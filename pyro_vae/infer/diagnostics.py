@@ -36,6 +36,19 @@ def _base_normal(fn: Any) -> torch.distributions.Normal | None:
     return fn if isinstance(fn, torch.distributions.Normal) else None
 
 
+def _has_mean(fn: Any) -> bool:
+    try:
+        fn.mean
+    except NotImplementedError:
+        return False
+    return True
+
+
+def _posterior_mean(fn: Any, num_samples: int = 64) -> torch.Tensor:
+    """``E_q[z]``: the distribution's mean, or a Monte Carlo estimate where it has none (a flow guide)."""
+    return fn.mean if _has_mean(fn) else fn.sample((num_samples,)).mean(0)
+
+
 @torch.no_grad()
 def latent_usage(
     model: Callable,
@@ -64,7 +77,7 @@ def latent_usage(
         model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(x)
         for name, site in _latent_sites(guide_trace).items():
             fn = site["fn"]
-            means.setdefault(name, []).append(fn.mean.reshape(x.shape[0], -1))
+            means.setdefault(name, []).append(_posterior_mean(fn).reshape(x.shape[0], -1))
             q, p = _base_normal(fn), _base_normal(model_trace.nodes[name]["fn"])
             if q is not None and p is not None:
                 kl = torch.distributions.kl_divergence(q, p)
@@ -79,7 +92,7 @@ def latent_usage(
         fn = mi_trace.nodes[name]["fn"]
         z = mi_trace.nodes[name]["value"]  # (M, ...) one draw per datapoint
         mi = None
-        if fn.batch_shape == (m,):
+        if fn.batch_shape == (m,) and _has_mean(fn):  # a flow guide has no cheap cross-density: no MI
             log_q_cross = fn.log_prob(z.unsqueeze(1))  # (M, M): z_i scored under q(. | x_j)
             log_q_own = log_q_cross.diagonal()
             log_agg = torch.logsumexp(log_q_cross, 1) - math.log(m)

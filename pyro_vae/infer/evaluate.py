@@ -235,6 +235,7 @@ def log_likelihood(
     distributed: bool | None = None,
     method: str = "iwae",
     num_groups: int = 10,
+    condition: torch.Tensor | None = None,
     **ais_options: Any,
 ) -> Any:
     """Estimate ``log p(x)`` of every datapoint with ``K`` importance samples from the guide (``method="iwae"``),
@@ -259,6 +260,8 @@ def log_likelihood(
         returns the whole result). None: when launched by ``torchrun`` with more than one process; False: this
         process evaluates all of ``data`` alone (e.g. when only rank 0 calls it).
     :param method: ``"iwae"`` or ``"ais"``.
+    :param condition: a conditional model's ``y`` ``(N, *condition_shape)``, batched with ``data`` and passed after
+        ``x``: the estimates are then of ``log p(x | y)``.
     :param num_groups: the disjoint groups of particles the Monte Carlo error ``mc_stderr`` is measured from.
     :param ais_options: with ``method="ais"``, options of :func:`~pyro_vae.infer.ais` (``num_chains``,
         ``num_steps``, ``num_leapfrog``, ``proposal``, ``schedule``, ...); ``num_particles`` is then unused.
@@ -270,7 +273,7 @@ def log_likelihood(
     if method == "ais":
         return _ais_over_batches(model, guide, data, batch_size=batch_size, transform=transform, device=device,
                                  dtype=dtype, seed=seed, max_plate_nesting=max_plate_nesting, data_plate=data_plate,
-                                 distributed=distributed, **ais_options)
+                                 distributed=distributed, condition=condition, **ais_options)
     if ais_options:
         raise TypeError(f"unexpected options for method='iwae': {sorted(ais_options)}")
     if int(num_particles) < 1:
@@ -278,9 +281,20 @@ def log_likelihood(
     if not torch.is_tensor(data) or data.dim() < 1 or data.shape[0] == 0:
         raise ValueError("data must be a non-empty tensor of shape (N, *event_shape)")
     # dtype, shape against a VAE's input_shape, NaN/inf and (without a transform) the likelihood's support
-    check_estimator_input(model, guide, (data,), num_particles, support=transform is None)
+    check_estimator_input(model, guide, (data,), num_particles, support=transform is None, placement=False)
+    # each batch goes to the model's device and dtype (data may stay on the CPU, or come as float64)
+    owner = getattr(model, "__self__", None)
+    param = next(owner.parameters(), None) if isinstance(owner, torch.nn.Module) else None
+    if param is not None:
+        device = param.device if device is None and data.device != param.device else device
+        dtype = param.dtype if dtype is None and data.is_floating_point() and data.dtype != param.dtype else dtype
     if int(batch_size) < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if chunk_size is not None and (isinstance(chunk_size, bool) or int(chunk_size) != chunk_size or chunk_size < 1):
+        raise ValueError(f"chunk_size must be an integer >= 1 (particles per pass), got {chunk_size!r}")
+    bad = [k for k in k_values if isinstance(k, bool) or int(k) != k or int(k) < 1]
+    if bad:
+        raise ValueError(f"k_values must be integers >= 1, got {list(k_values)}")
     num_particles, batch_size = int(num_particles), int(batch_size)
     chunk_size = int(chunk_size) if chunk_size is not None else max(1, 65536 // batch_size)
     if distributed is None:
@@ -304,10 +318,11 @@ def log_likelihood(
         if seed is not None:
             pyro.set_rng_seed(dist.derive_seed(seed, b))
         x = _batch(data, starts[b], batch_size, device, dtype, transform)
+        extra = () if condition is None else (_batch(condition, starts[b], batch_size, device, dtype, None),)
         if max_plate_nesting is None:
-            max_plate_nesting = guess_max_plate_nesting(model, guide, x)
+            max_plate_nesting = guess_max_plate_nesting(model, guide, x, *extra)
         # one producer per batch: every chunk scores the same datapoints (one subsample of a subsampled plate)
-        produce = terms_producer(model, guide, x, max_plate_nesting=max_plate_nesting, data_plate=data_plate)
+        produce = terms_producer(model, guide, x, *extra, max_plate_nesting=max_plate_nesting, data_plate=data_plate)
         log_w, rate, distortion = [], 0.0, 0.0
         for c in range(0, num_particles, chunk_size):
             t = produce(min(chunk_size, num_particles - c))
@@ -382,7 +397,7 @@ def _batch(data: torch.Tensor, start: int, size: int, device: Any, dtype: Any,
 def _ais_over_batches(model: Callable, guide: Callable, data: torch.Tensor, *, batch_size: int,
                       transform: Callable[[torch.Tensor], torch.Tensor] | None, device: Any, dtype: Any,
                       seed: int | None, max_plate_nesting: int | None, data_plate: str, distributed: bool | None,
-                      **options: Any) -> Any:
+                      condition: torch.Tensor | None = None, **options: Any) -> Any:
     """:func:`~pyro_vae.infer.ais` batch by batch (batch ``b`` seeded with ``derive_seed(seed, b)``), concatenated."""
     from .annealing import AISResult, ais
 
@@ -391,7 +406,8 @@ def _ais_over_batches(model: Callable, guide: Callable, data: torch.Tensor, *, b
     parts = []
     for b, start in enumerate(range(0, data.shape[0], int(batch_size))):
         x = _batch(data, start, int(batch_size), device, dtype, transform)
-        parts.append(ais(model, guide, x, seed=None if seed is None else dist.derive_seed(seed, b),
+        extra = () if condition is None else (_batch(condition, start, int(batch_size), device, dtype, None),)
+        parts.append(ais(model, guide, x, *extra, seed=None if seed is None else dist.derive_seed(seed, b),
                          max_plate_nesting=max_plate_nesting, data_plate=data_plate, **options))
     first = parts[0]
     return AISResult(log_weights=torch.cat([p.log_weights for p in parts], 1).cpu(),

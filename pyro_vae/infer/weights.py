@@ -372,22 +372,33 @@ def _analytic_kl(guide_sites: list[dict], model_latents: dict[str, dict], data_p
 
 
 def check_estimator_input(model: Callable, guide: Callable, args: tuple, num_particles: int,
-                          support: bool = True) -> None:
+                          support: bool = True, placement: bool = True) -> None:
     """Refuse bad input to an estimator before any work, with a message that says what to do.
 
     Checks ``num_particles >= 1`` and, when the first argument is the data tensor ``x``: a non-empty
     ``(N, *event_shape)`` shape, finite values and, for a model that is a method of an object with
     ``input_shape`` / ``likelihood`` (a :class:`pyro_vae.VAE`), a floating dtype, the event shape and
-    (``support=True``) the likelihood's support. One pass over ``x``, once per call (never per chunk).
+    (``support=True``) the likelihood's support; with ``placement``, that ``x`` is on the model's device and in
+    its dtype. One pass over ``x``, once per call (never per chunk).
     """
     if isinstance(num_particles, bool) or int(num_particles) != num_particles or int(num_particles) < 1:
         raise ValueError(f"num_particles must be an integer >= 1, got {num_particles!r}")
+    if args and not torch.is_tensor(args[0]) and hasattr(args[0], "__array__"):
+        raise TypeError(f"the data x must be a torch.Tensor, got {type(args[0]).__module__}.{type(args[0]).__name__}: "
+                        "convert it with torch.as_tensor(x, dtype=torch.float32)")
     if not args or not torch.is_tensor(args[0]):
         return
     x = args[0]
     if x.dim() < 1 or x.shape[0] == 0:
         raise ValueError(f"the data x must be a non-empty tensor of shape (N, *event_shape), got {tuple(x.shape)}")
     owner = getattr(model, "__self__", None)
+    param = next(owner.parameters(), None) if placement and isinstance(owner, torch.nn.Module) else None
+    if param is not None and x.device != param.device:
+        raise ValueError(f"the data x are on {x.device} but the model is on {param.device}: move one of them "
+                         f"(x.to({str(param.device)!r}) or model.to({str(x.device)!r}))")
+    if param is not None and x.is_floating_point() and x.dtype != param.dtype:
+        raise TypeError(f"the data x are {x.dtype} but the model's parameters are {param.dtype}: convert one of them "
+                        f"(x.to({param.dtype}) or model.to({x.dtype}))")
     input_shape = getattr(owner, "input_shape", None)
     if input_shape is not None:  # the library's models take float data; a user's model may observe integers
         if not x.is_floating_point():

@@ -14,6 +14,7 @@ dynamic binarization (``binarize=True``) is a fresh Bernoulli draw of every pixe
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import numbers
@@ -30,6 +31,7 @@ from .. import distributed as dist
 from ..datasets import binarize as binarize_batch
 from ..infer.objectives import get_objective
 from ..infer.weights import fast_path_owner, guess_max_plate_nesting
+from ..io import RunLock
 from .callbacks import Callback, CallbackList, EpochFunction, Progress
 from .nan import ON_NAN, NanGuard, is_invalid_values_error
 from .parallel import Parallel
@@ -97,12 +99,14 @@ def fit(
     max_rollbacks: int = 10,
     distributed: bool | None = None,
     callbacks: Sequence[Callback] = (),
+    condition: torch.Tensor | None = None,
+    val_condition: torch.Tensor | None = None,
 ) -> list[dict[str, Any]]:
     """Train a model/guide pair by stochastic gradient ascent on a bound of ``log p(x)``.
 
     :param vae: a :class:`pyro_vae.VAE`, or any object with ``.model(x)`` and ``.guide(x)`` keeping the site
         contract (an ``nn.Module`` has its parameters trained; otherwise the ``pyro.param`` sites are).
-    :param data: training data ``(N, *event_shape)``, a float tensor.
+    :param data: training data ``(N, *event_shape)``, a float tensor (converted to the model's device and dtype).
     :param epochs: passes over the data (the total, also when resuming).
     :param batch_size: datapoints per step (``<= N``).
     :param lr: Adam's learning rate (multiplied by the ``lr_schedule`` factor each epoch). A different ``lr``
@@ -141,6 +145,9 @@ def fit(
         its callbacks (a ``StopIteration`` on any rank stops all). A run resumes on any number of processes
         (exactly, random streams included, on the same number).
     :param callbacks: :class:`~pyro_vae.train.Callback` instances (loggers, early stopping, metrics).
+    :param condition: for a conditional model ``model(x, y)``: the conditions ``y`` ``(N, *condition_shape)``, one
+        per datapoint of ``data``, batched with it.
+    :param val_condition: the conditions of ``val_data``.
     :returns: the history, one dict of metrics per epoch (``epoch``, ``loss`` (the objective's loss per
         datapoint: the same meaning for every objective), ``lr``, ``beta``, ``seconds``, ``images_per_second``,
         with ``val_data`` ``val_elbo``, ``val_rate``, ``val_distortion``, and after a rollback ``nan_events``: a
@@ -172,6 +179,8 @@ def fit(
     data = check_data(data, "data", vae, binarize)
     if val_data is not None:
         val_data = check_data(val_data, "val_data", vae, binarize)
+    condition = _check_condition(condition, "condition", data)
+    val_condition = _check_condition(val_condition, "val_condition", val_data)
     n = data.shape[0]
     if batch_size > n:
         raise ValueError(f"batch_size must be between 1 and the number of datapoints ({n}), got {batch_size}")
@@ -187,123 +196,151 @@ def fit(
     if checkpoint_dir is not None:
         ckpt_path = Path(checkpoint_dir) / CHECKPOINT_NAME
         parallel.on_main(lambda: prepare_checkpoint_dir(ckpt_path.parent))
-    base_seed = dist.shared_seed(seed) if parallel.enabled else seed
-    if base_seed is not None:
-        pyro.set_rng_seed(dist.rank_seed(base_seed, parallel.rank))
-    if isinstance(vae, nn.Module):
-        vae.to(device)
-    data = data.to(device)
-    val_data = val_data.to(device) if val_data is not None else None
-    if max_plate_nesting is None:  # a library model knows its own; a user's pair is traced once
-        owner = fast_path_owner(vae.model, vae.guide)
-        max_plate_nesting = getattr(owner, "max_plate_nesting", None)
-        if max_plate_nesting is None:
-            max_plate_nesting = _guess_nesting(vae, data, batch_size)
-    params = collect_parameters(vae, data[:batch_size])
-    optimizer = torch.optim.Adam(params, lr=lr, betas=tuple(betas), eps=eps)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda e: schedule(e, epochs))
-    # the same permutation on every rank: each takes its part of every batch
-    shuffle = torch.Generator().manual_seed(int(base_seed) if base_seed is not None else int(torch.randint(2**62, ())))
-    history: list[dict[str, Any]] = []
-    if resume:
-        history = _resume(ckpt_path, parallel, vae, optimizer, scheduler, shuffle, lr, schedule, epochs)
-    start_epoch = len(history)
-    parallel.wrap(vae, params)
-    step = TrainStep(vae, loss_fn, optimizer, params, num_particles=num_particles,
-                     max_plate_nesting=max_plate_nesting, clip_norm=clip_norm, parallel=parallel, fast_path=fast_path)
-    guard = NanGuard(on_nan, nan_check_every, max_rollbacks, parallel)
-    steps = math.ceil(n / batch_size)
-    if progress and parallel.rank == 0:
-        hooks.callbacks.insert(0, Progress((epochs - start_epoch) * steps, epochs))
-        hooks.stepping.insert(0, hooks.callbacks[0])
-    run_config = {"objective": objective, "num_particles": num_particles, "batch_size": batch_size, "lr": lr,
-                  "epochs": epochs, "seed": seed, "binarize": binarize, "beta": beta,
-                  "kl_warmup_epochs": kl_warmup_epochs, **(config or {})}
+    lock = contextlib.ExitStack()  # one writer per run folder: a second train or resume is refused
+    if ckpt_path is not None:  # rank 0 holds it; its refusal reaches every rank
+        parallel.on_main(lambda: lock.enter_context(RunLock(ckpt_path.parent)) and None)
+    with lock:
+        base_seed = dist.shared_seed(seed) if parallel.enabled else seed
+        if base_seed is not None:
+            pyro.set_rng_seed(dist.rank_seed(base_seed, parallel.rank))
+        if isinstance(vae, nn.Module):
+            vae.to(device)
+        # data in the model's dtype (float16, bfloat16 or float64 data for a float32 model are converted)
+        dtype = next((p.dtype for p in vae.parameters()), data.dtype) if isinstance(vae, nn.Module) else data.dtype
+        data = data.to(device=device, dtype=dtype)
+        val_data = val_data.to(device=device, dtype=dtype) if val_data is not None else None
+        condition = condition.to(device) if condition is not None else None
+        val_condition = val_condition.to(device) if val_condition is not None else None
+        example = (data[:batch_size],) if condition is None else (data[:batch_size], condition[:batch_size])
+        if max_plate_nesting is None:  # a library model knows its own; a user's pair is traced once
+            owner = fast_path_owner(vae.model, vae.guide)
+            max_plate_nesting = getattr(owner, "max_plate_nesting", None)
+            if max_plate_nesting is None:
+                max_plate_nesting = _guess_nesting(vae, example)
+        params = collect_parameters(vae, example)
+        optimizer = torch.optim.Adam(params, lr=lr, betas=tuple(betas), eps=eps)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda e: schedule(e, epochs))
+        # the same permutation on every rank: each takes its part of every batch
+        first_seed = int(base_seed) if base_seed is not None else int(torch.randint(2**62, ()))
+        shuffle = torch.Generator().manual_seed(first_seed)
+        history: list[dict[str, Any]] = []
+        if resume:
+            history = _resume(ckpt_path, parallel, vae, optimizer, scheduler, shuffle, lr, schedule, epochs)
+        start_epoch = len(history)
+        parallel.wrap(vae, params)
+        step = TrainStep(vae, loss_fn, optimizer, params, num_particles=num_particles,
+                         max_plate_nesting=max_plate_nesting, clip_norm=clip_norm, parallel=parallel,
+                         fast_path=fast_path)
+        guard = NanGuard(on_nan, nan_check_every, max_rollbacks, parallel)
+        steps = math.ceil(n / batch_size)
+        if progress and parallel.rank == 0:
+            hooks.callbacks.insert(0, Progress((epochs - start_epoch) * steps, epochs))
+            hooks.stepping.insert(0, hooks.callbacks[0])
+        run_config = {"objective": objective, "num_particles": num_particles, "batch_size": batch_size, "lr": lr,
+                      "epochs": epochs, "seed": seed, "binarize": binarize, "beta": beta,
+                      "kl_warmup_epochs": kl_warmup_epochs, **(config or {})}
 
-    def batches(order: torch.Tensor) -> Callable[[int], tuple[torch.Tensor, float]]:
-        def batch(i: int) -> tuple[torch.Tensor, float]:
-            x, denominator = parallel.batch(data, order, i, batch_size)
-            return (binarize_batch(x) if binarize else x), denominator
-        return batch
+        def batches(order: torch.Tensor) -> Callable[[int], tuple[tuple, float]]:
+            def batch(i: int) -> tuple[tuple, float]:
+                index, denominator = parallel.batch(order, i, batch_size)
+                x = binarize_batch(data[index]) if binarize else data[index]
+                return ((x,) if condition is None else (x, condition[index])), denominator
+            return batch
 
-    # ---- the epochs
-    if isinstance(vae, nn.Module):
-        vae.train()
-    for epoch in range(start_epoch, epochs):
-        beta_t = rate_weight(epoch, beta, kl_warmup_epochs)
-        start = Snapshot(vae, optimizer, scheduler, shuffle)  # the last good state, for replay and rollback
-        events: list[dict[str, Any]] = []
-        while True:
-            t0 = time.perf_counter()
-            batch = batches(torch.randperm(n, generator=shuffle).to(device))
-            total, detected = torch.zeros((), device=device), None
-            for i in range(steps):
-                x, denominator = batch(i)
-                try:
-                    loss = step(x, denominator, beta_t)
-                except ValueError as e:  # a validated distribution met NaN parameters: locate it like any NaN
-                    if not is_invalid_values_error(e):
-                        raise
-                    detected = i
+        # ---- the epochs
+        if isinstance(vae, nn.Module):
+            vae.train()
+        for epoch in range(start_epoch, epochs):
+            beta_t = rate_weight(epoch, beta, kl_warmup_epochs)
+            start = Snapshot(vae, optimizer, scheduler, shuffle)  # the last good state, for replay and rollback
+            events: list[dict[str, Any]] = []
+            while True:
+                t0 = time.perf_counter()
+                batch = batches(torch.randperm(n, generator=shuffle).to(device))
+                total, detected = torch.zeros((), device=device), None
+                for i in range(steps):
+                    args, denominator = batch(i)
+                    try:
+                        loss = step(args, denominator, beta_t)
+                    except ValueError as e:  # a validated distribution met NaN parameters: locate it like any NaN
+                        if not is_invalid_values_error(e):
+                            raise
+                        detected = i
+                        break
+                    total += loss  # a NaN or inf loss makes the total non-finite: no per-step check needed
+                    hooks.on_step_end(epoch, i, steps, loss, args[0].shape[0])
+                    if guard.due(i, steps) and guard.failed(total, params):
+                        detected = i
+                        break
+                if detected is None:
                     break
-                total += loss  # a NaN or inf loss makes the total non-finite: no per-step check needed
-                hooks.on_step_end(epoch, i, steps, loss, x.shape[0])
-                if guard.due(i, steps) and guard.failed(total, params):
-                    detected = i
-                    break
-            if detected is None:
+                start.restore(vae, optimizer, scheduler, shuffle)  # replay the epoch to find the step and the site
+                bad_step, where = guard.locate(step, vae, batches(torch.randperm(n, generator=shuffle).to(device)),
+                                               beta_t, detected)
+                start.restore(vae, optimizer, scheduler, shuffle)
+                events.append(guard.handle(epoch, bad_step, steps, where, optimizer, scheduler))
+                start = Snapshot(vae, optimizer, scheduler, shuffle)
+            seconds = time.perf_counter() - t0
+            record: dict[str, Any] = {"epoch": epoch + 1, "loss": (parallel.sum(total) / n).item(),
+                                      "lr": optimizer.param_groups[0]["lr"], "beta": beta_t, "seconds": seconds,
+                                      "images_per_second": n / seconds}
+            if events:
+                record["nan_events"] = events
+            scheduler.step()
+            if val_data is not None:
+                record.update({f"val_{k}": v for k, v in _validate(vae, val_data, binarize, max_plate_nesting,
+                                                                     parallel, val_condition).items()})
+            record = parallel.broadcast(record)  # rank 0's timings: the same history on every rank
+            hooks.on_epoch_metrics(record)
+            history.append(record)
+            if ckpt_path is not None:
+                state = {"epoch": epoch + 1, "pair": pair_state(vae), "optimizer": optimizer.state_dict(),
+                         "scheduler": scheduler.state_dict(), "shuffle_rng": shuffle.get_state(),
+                         "rng_ranks": parallel.gather(rng_state()), "base_seed": base_seed,
+                         "world_size": parallel.world,
+                         "history": [json.dumps(h) for h in history], "config": json.dumps(run_config)}
+                state["rng"] = state["rng_ranks"][0]
+                parallel.on_main(lambda: save_checkpoint(state, history, ckpt_path))
+            if parallel.any(hooks.on_epoch_end(record)):
                 break
-            start.restore(vae, optimizer, scheduler, shuffle)  # replay the epoch to find the step and the site
-            bad_step, where = guard.locate(step, vae, batches(torch.randperm(n, generator=shuffle).to(device)),
-                                           beta_t, detected)
-            start.restore(vae, optimizer, scheduler, shuffle)
-            events.append(guard.handle(epoch, bad_step, steps, where, optimizer, scheduler))
-            start = Snapshot(vae, optimizer, scheduler, shuffle)
-        seconds = time.perf_counter() - t0
-        record: dict[str, Any] = {"epoch": epoch + 1, "loss": (parallel.sum(total) / n).item(),
-                                  "lr": optimizer.param_groups[0]["lr"], "beta": beta_t, "seconds": seconds,
-                                  "images_per_second": n / seconds}
-        if events:
-            record["nan_events"] = events
-        scheduler.step()
-        if val_data is not None:
-            record.update({f"val_{k}": v for k, v in _validate(vae, val_data, binarize, max_plate_nesting,
-                                                                 parallel).items()})
-        record = parallel.broadcast(record)  # rank 0's timings: the same history on every rank
-        hooks.on_epoch_metrics(record)
-        history.append(record)
-        if ckpt_path is not None:
-            state = {"epoch": epoch + 1, "pair": pair_state(vae), "optimizer": optimizer.state_dict(),
-                     "scheduler": scheduler.state_dict(), "shuffle_rng": shuffle.get_state(),
-                     "rng_ranks": parallel.gather(rng_state()), "base_seed": base_seed, "world_size": parallel.world,
-                     "history": [json.dumps(h) for h in history], "config": json.dumps(run_config)}
-            state["rng"] = state["rng_ranks"][0]
-            parallel.on_main(lambda: save_checkpoint(state, history, ckpt_path))
-        if parallel.any(hooks.on_epoch_end(record)):
-            break
-    hooks.on_train_end(history)
-    parallel.close()
-    if isinstance(vae, nn.Module):
-        vae.eval()
-    return history
+        hooks.on_train_end(history)
+        parallel.close()
+        if isinstance(vae, nn.Module):
+            vae.eval()
+        return history
 
 
-def _guess_nesting(vae: Any, data: torch.Tensor, batch_size: int) -> int:
+def _guess_nesting(vae: Any, example: tuple) -> int:
     """The pair's plate nesting from one trace of a few datapoints (a whole batch if the pair needs it, e.g. a
     plate subsampled to more datapoints than the few): setup costs a fraction of a step, not a step."""
     try:
-        return guess_max_plate_nesting(vae.model, vae.guide, data[:min(batch_size, 8)])
+        return guess_max_plate_nesting(vae.model, vae.guide, *(a[:8] for a in example))
     except Exception:
-        return guess_max_plate_nesting(vae.model, vae.guide, data[:batch_size])
+        return guess_max_plate_nesting(vae.model, vae.guide, *example)
+
+
+def _check_condition(condition: Any, name: str, data: torch.Tensor | None) -> torch.Tensor | None:
+    """Refuse conditions that are not a finite float tensor with one row per datapoint."""
+    if condition is None:
+        return None
+    if data is None:
+        raise ValueError(f"{name} was given without its data")
+    if not torch.is_tensor(condition) or not condition.is_floating_point():
+        raise TypeError(f"{name} must be a float tensor of shape (N, *condition_shape)")
+    if condition.dim() < 1 or condition.shape[0] != data.shape[0]:
+        raise ValueError(f"{name} must have one row per datapoint: {data.shape[0]}, got {tuple(condition.shape)}")
+    if not bool(torch.isfinite(condition).all()):
+        raise ValueError(f"{name} holds NaN or inf values")
+    return condition
 
 
 def _validate(vae: Any, val_data: torch.Tensor, binarize: bool, max_plate_nesting: int,
-              parallel: Parallel) -> dict[str, float]:
+              parallel: Parallel, condition: torch.Tensor | None) -> dict[str, float]:
     if isinstance(vae, nn.Module):
         vae.eval()
     try:
         return evaluate_elbo(vae, val_data, binarize=binarize, max_plate_nesting=max_plate_nesting,
-                             distributed=parallel.enabled)
+                             distributed=parallel.enabled, condition=condition)
     finally:
         if isinstance(vae, nn.Module):
             vae.train()

@@ -42,15 +42,15 @@ def _parameter_names(pair: Any) -> dict[int, str]:
     return {id(v): k for k, v in pyro.get_param_store().named_parameters()}
 
 
-def _nonfinite_sites(model: Callable, guide: Callable, x: torch.Tensor, num_particles: int,
+def _nonfinite_sites(model: Callable, guide: Callable, args: tuple, num_particles: int,
                      max_plate_nesting: int) -> str | None:
     """Trace guide and model on ``x`` (the current random state) and name the first sample site whose value or
     ``log_prob`` is not finite; None if every site is finite."""
     try:
         with pyro.validation_enabled(False), torch.no_grad(), poutine.block():
             with pyro.plate(PARTICLE_PLATE, num_particles, dim=-(max_plate_nesting + 1)):
-                guide_trace = poutine.trace(guide).get_trace(x)
-                model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(x)
+                guide_trace = poutine.trace(guide).get_trace(*args)
+                model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(*args)
             for role, trace in (("guide", guide_trace), ("model", model_trace)):
                 for name, site in trace.nodes.items():
                     if site["type"] != "sample":
@@ -89,21 +89,21 @@ class NanGuard:
         finite = torch.isfinite(total) & torch.stack([torch.isfinite(p).all() for p in params]).all()
         return not self.parallel.all_ok(finite)
 
-    def locate(self, step: TrainStep, pair: Any, batches: Callable[[int], tuple[torch.Tensor, float]], beta: float,
+    def locate(self, step: TrainStep, pair: Any, batches: Callable[[int], tuple[tuple, float]], beta: float,
                detected: int) -> tuple[int, str]:
         """Replay steps ``0..detected`` (the epoch's start already restored), checking every value.
 
         :returns: the failing step (0-based) and what went non-finite.
         """
         for i in range(detected + 1):
-            x, denominator = batches(i)
-            found = self._checked_step(step, pair, x, denominator, beta)
+            args, denominator = batches(i)
+            found = self._checked_step(step, pair, args, denominator, beta)
             if found is not None:
                 return i, found
         return detected, ("it did not happen again when the epoch was replayed (a transient fault, or "
                           "non-deterministic kernels)")
 
-    def _checked_step(self, step: TrainStep, pair: Any, x: torch.Tensor, denominator: float,
+    def _checked_step(self, step: TrainStep, pair: Any, args: tuple, denominator: float,
                       beta: float) -> str | None:
         """One training step exactly as :class:`TrainStep` takes it, with every value checked (host syncs are fine:
         this runs only to locate a failure). Under torchrun the ranks agree on the loss check (the first rank's
@@ -111,7 +111,7 @@ class NanGuard:
         names, params, optimizer = _parameter_names(pair), step.params, step.optimizer
         rng = pyro.util.get_rng_state()
         try:
-            loss, refused = step.loss(x, beta) / denominator, None
+            loss, refused = step.loss(args, beta) / denominator, None
         except ValueError as e:
             if not is_invalid_values_error(e):
                 raise
@@ -119,7 +119,7 @@ class NanGuard:
         report = None
         if loss is None or not bool(torch.isfinite(loss)):
             pyro.util.set_rng_state(rng)  # the same draws again
-            site = _nonfinite_sites(step.model, step.guide, x, step.num_particles, step.max_plate_nesting)
+            site = _nonfinite_sites(step.model, step.guide, args, step.num_particles, step.max_plate_nesting)
             if site is not None and not site.startswith("("):
                 report = site
             elif refused is not None:

@@ -29,8 +29,8 @@ class _BatchLoss(nn.Module):
         super().__init__()
         self.pair = pair
 
-    def forward(self, x: torch.Tensor, compute_loss: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
-        return compute_loss(x)
+    def forward(self, args: tuple, compute_loss: Callable[[tuple], torch.Tensor]) -> torch.Tensor:
+        return compute_loss(args)
 
 
 class Parallel:
@@ -80,14 +80,15 @@ class Parallel:
             dist.broadcast_parameters(params)
             self.hand_average = True
 
-    def batch(self, data: torch.Tensor, order: torch.Tensor, step: int, batch_size: int) -> tuple[torch.Tensor, float]:
-        """This rank's part of the step's batch, and what its summed loss is divided by: the global batch's size
-        over the number of processes (averaging the ranks' gradients then gives the global batch's mean)."""
+    def batch(self, order: torch.Tensor, step: int, batch_size: int) -> tuple[torch.Tensor, float]:
+        """The indices of this rank's part of the step's batch, and what its summed loss is divided by: the global
+        batch's size over the number of processes (averaging the ranks' gradients then gives the global batch's
+        mean)."""
         index = order[step * batch_size:(step + 1) * batch_size]
-        return data[index[self.rank::self.world] if self.world > 1 else index], index.numel() / self.world
+        return (index[self.rank::self.world] if self.world > 1 else index), index.numel() / self.world
 
-    def loss(self, x: torch.Tensor, compute_loss: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
-        return self.runner(x, compute_loss) if self.runner is not None else compute_loss(x)
+    def loss(self, args: tuple, compute_loss: Callable[[tuple], torch.Tensor]) -> torch.Tensor:
+        return self.runner(args, compute_loss) if self.runner is not None else compute_loss(args)
 
     def average_gradients(self, params: list[torch.Tensor]) -> None:
         if self.hand_average:

@@ -21,7 +21,7 @@ import pyro
 import torch
 from torch import nn
 
-from ..io import atomic_save, atomic_write, load_tensors
+from ..io import atomic_save, atomic_write, describe_write_error, load_tensors, tensor_checksum
 
 __all__ = ["CHECKPOINT_NAME", "METRICS_NAME", "load_checkpoint", "rng_state", "set_rng_state", "pair_state",
            "load_pair_state", "Snapshot", "prepare_checkpoint_dir", "save_checkpoint", "write_metrics"]
@@ -31,8 +31,17 @@ METRICS_NAME = "metrics.jsonl"
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
-    """Load a checkpoint with ``torch.load(weights_only=True)``: no pickled code can run."""
-    return load_tensors(path, "pyro-vae checkpoint")
+    """Load a checkpoint with ``torch.load(weights_only=True)`` (no pickled code can run) and verify the checksum
+    of its weights (a flipped bit is refused, not loaded).
+
+    :raises ValueError: for a corrupt, unsafe or tampered file.
+    """
+    state = load_tensors(path, "pyro-vae checkpoint")
+    expected = state.get("pair_sha256") if isinstance(state, dict) else None
+    if expected is not None and tensor_checksum(state.get("pair", {})) != expected:
+        raise ValueError(f"{path} is damaged: its weights do not match the checksum stored with them (a changed "
+                         "or flipped byte); restore it from a copy, or start the run again")
+    return state
 
 
 def rng_state() -> dict[str, Any]:
@@ -117,20 +126,17 @@ def write_metrics(history: list[dict[str, Any]], path: Path) -> None:
     atomic_write(path, lambda f: f.write("".join(json.dumps(h) + "\n" for h in history)), binary=False)
 
 
-_REASONS = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is exceeded",
-            errno.EROFS: "the file system is read-only", errno.EACCES: "the folder is not writable",
-            errno.EPERM: "the folder is not writable"}
-
-
 def save_checkpoint(state: dict[str, Any], history: list[dict[str, Any]], path: Path) -> None:
-    """Write the checkpoint and the metrics atomically; a failure raises an ``OSError`` that says what to do."""
+    """Write the checkpoint (with the checksum of its weights) and the metrics atomically; a failure raises an
+    ``OSError`` that says what to do (a full disk also shows as torch's ``RuntimeError`` from ``torch.save``)."""
     previous = (f"the previous checkpoint {path} is intact" if path.exists() else "no checkpoint has been written yet")
+    state = {**state, "pair_sha256": tensor_checksum(state["pair"])}
     for target, write in ((path, lambda: atomic_save(state, path)),
                           (path.parent / METRICS_NAME, lambda: write_metrics(history, path.parent / METRICS_NAME))):
         try:
             write()
-        except OSError as e:
-            reason = _REASONS.get(e.errno, e.strerror or str(e))
-            raise OSError(e.errno, f"could not write {target} after epoch {state['epoch']}: {reason}; {previous} "
-                                   "(free some space or make the folder writable, then continue with resume=True, "
-                                   "or 'pyro-vae train --resume')") from e
+        except (OSError, RuntimeError) as e:
+            code = e.errno if isinstance(e, OSError) else errno.ENOSPC
+            raise OSError(code, f"could not write {target} after epoch {state['epoch']}: {describe_write_error(e)}; "
+                                f"{previous} (free some space or make the folder writable, then continue with "
+                                "resume=True, or 'pyro-vae train --resume')") from e

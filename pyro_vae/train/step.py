@@ -24,7 +24,8 @@ __all__ = ["TrainStep"]
 
 
 class TrainStep:
-    """``step(x, denominator, beta)``: one optimisation step on the batch ``x``; returns its summed loss.
+    """``step(args, denominator, beta)``: one optimisation step on the batch ``args`` (``(x,)``, or ``(x, y)``
+    for a conditional model); returns its summed loss.
 
     :param pair: anything with ``.model`` and ``.guide``.
     :param objective: an objective function ``loss(produce, *, num_particles, beta)``.
@@ -52,9 +53,12 @@ class TrainStep:
         # other ranks waiting in an all-reduce, so distributions never validate there
         self.validated = parallel.enabled or not is_validation_enabled()
 
-    def loss(self, x: torch.Tensor, beta: float = 1.0) -> torch.Tensor:
-        """The objective's loss summed over the datapoints of ``x`` (a differentiable scalar)."""
-        produce = terms_producer(self.model, self.guide, x, max_plate_nesting=self.max_plate_nesting)
+    def loss(self, args: tuple, beta: float = 1.0) -> torch.Tensor:
+        """The objective's loss summed over the batch's datapoints (a differentiable scalar).
+
+        :param args: the model's arguments, ``(x,)`` or ``(x, y)``.
+        """
+        produce = terms_producer(self.model, self.guide, *args, max_plate_nesting=self.max_plate_nesting)
         return self.objective(produce, num_particles=self.num_particles, beta=beta)
 
     def validation(self) -> contextlib.AbstractContextManager:
@@ -64,10 +68,10 @@ class TrainStep:
             return contextlib.nullcontext()
         return pyro.validation_enabled(False)
 
-    def __call__(self, x: torch.Tensor, denominator: float, beta: float = 1.0) -> torch.Tensor:
+    def __call__(self, args: tuple, denominator: float, beta: float = 1.0) -> torch.Tensor:
         """:returns: the batch's summed loss, detached (no host synchronisation)."""
         with self.validation():
-            loss = self.parallel.loss(x, lambda x: self.loss(x, beta))
+            loss = self.parallel.loss(args, lambda args: self.loss(args, beta))
         self.optimizer.zero_grad(set_to_none=True)
         (loss / denominator).backward()
         self.parallel.average_gradients(self.params)

@@ -22,7 +22,10 @@ def resolve_device(device: str | torch.device) -> torch.device:
     ``"auto"`` and ``"cuda"`` mean this process's GPU, ``cuda:LOCAL_RANK``."""
     if str(device) == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(device)
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"unknown device {device!r}: use 'auto', 'cpu', 'cuda' or 'cuda:N'") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("device='cuda' was asked for but torch sees no CUDA device; use 'cpu' or 'auto'")
     return dist.local_device(device)
@@ -57,15 +60,15 @@ def check_data(data: Any, name: str, pair: Any, binarize: bool) -> torch.Tensor:
     return data
 
 
-def collect_parameters(pair: Any, example: torch.Tensor) -> list[torch.Tensor]:
+def collect_parameters(pair: Any, example: tuple) -> list[torch.Tensor]:
     """The trainable tensors of a model/guide pair: an ``nn.Module``'s parameters, else the param store's."""
     if isinstance(pair, nn.Module):
         params = [p for p in pair.parameters() if p.requires_grad]
     else:
         with poutine.block(), torch.no_grad():
             rng = pyro.util.get_rng_state()
-            guide_trace = poutine.trace(pair.guide, param_only=True).get_trace(example)
-            model_trace = poutine.trace(pair.model, param_only=True).get_trace(example)
+            guide_trace = poutine.trace(pair.guide, param_only=True).get_trace(*example)
+            model_trace = poutine.trace(pair.model, param_only=True).get_trace(*example)
             pyro.util.set_rng_state(rng)
         store = dict(pyro.get_param_store().named_parameters())
         names = [n for tr in (guide_trace, model_trace) for n in tr.nodes if n in store]
@@ -78,11 +81,13 @@ def collect_parameters(pair: Any, example: torch.Tensor) -> list[torch.Tensor]:
 
 @torch.no_grad()
 def evaluate_elbo(pair: Any, data: torch.Tensor, batch_size: int = 1000, binarize: bool = False,
-                  max_plate_nesting: int | None = None, distributed: bool | None = None) -> dict[str, float]:
+                  max_plate_nesting: int | None = None, distributed: bool | None = None,
+                  condition: torch.Tensor | None = None) -> dict[str, float]:
     """Mean per-datapoint ELBO, rate and distortion (one sample each) of ``data``.
 
     :param distributed: under ``torchrun`` (None: when launched with several processes) every rank takes every
         ``world_size``-th batch and the sums are added up over the ranks; every rank must call it.
+    :param condition: a conditional model's conditions ``(N, *condition_shape)``, batched with ``data``.
     :returns: ``{"elbo": ..., "rate": ..., "distortion": ...}`` in nats per datapoint, where
         ``rate = E_q[log q(z | x) - log p(z)]`` and ``distortion = -E_q[log p(x | z)]``.
     """
@@ -93,7 +98,8 @@ def evaluate_elbo(pair: Any, data: torch.Tensor, batch_size: int = 1000, binariz
         x = data[start:start + batch_size]
         if binarize:
             x = binarize_batch(x)
-        t = importance_terms(pair.model, pair.guide, x, num_particles=1, max_plate_nesting=max_plate_nesting)
+        extra = () if condition is None else (condition[start:start + batch_size],)
+        t = importance_terms(pair.model, pair.guide, x, *extra, num_particles=1, max_plate_nesting=max_plate_nesting)
         sums += torch.stack([t.log_weights.sum(), (t.log_guide - t.log_prior).sum(), -t.log_likelihood.sum()])
     if distributed:
         sums = dist.all_reduce(sums)

@@ -1,0 +1,174 @@
+"""Trust and polish: nothing written through links, one writer per run folder, checksums, the umask, a real
+disk-full error, and bad input refused with a message that names it (each a fault found by trying the project
+as a careless or hostile user)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+
+import pyro_vae
+from pyro_vae import infer
+from pyro_vae.cli import main
+from pyro_vae.io import RunLock, tensor_checksum
+from pyro_vae.train import CHECKPOINT_NAME, load_checkpoint
+
+
+def run_cli(argv, capsys):
+    code = main([str(a) for a in argv])
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+@pytest.fixture
+def digits():
+    return pyro_vae.datasets.load("digits")
+
+
+def small_vae():
+    return pyro_vae.VAE((1, 8, 8), latent_dim=2, hidden_dims=(16,))
+
+
+def test_figures_and_models_are_never_written_through_a_link(tmp_path, capsys):
+    run, outside = tmp_path / "run", tmp_path / "outside"
+    outside.mkdir()
+    assert run_cli(["train", "--epochs", "1", "--out", run, "--no-progress"], capsys)[0] == 0
+    victim = outside / "precious.png"
+    victim.write_bytes(b"keep me")
+    (run / "samples.png").unlink()
+    (run / "samples.png").symlink_to(victim)
+    code, _, err = run_cli(["train", "--out", run, "--resume", "--epochs", "2", "--no-progress"], capsys)
+    assert code == 0, err
+    assert victim.read_bytes() == b"keep me" and not (run / "samples.png").is_symlink()
+    # a model folder that is a link is refused, not written into
+    target = outside / "model"
+    target.mkdir()
+    import shutil
+
+    shutil.rmtree(run / "model")
+    (run / "model").symlink_to(target, target_is_directory=True)
+    code, _, err = run_cli(["train", "--out", run, "--resume", "--epochs", "3", "--no-progress"], capsys)
+    assert code == 2 and "symbolic link" in err and not any(target.iterdir())
+
+
+def test_a_second_writer_is_refused_before_it_writes(tmp_path, capsys):
+    run = tmp_path / "run"
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from pyro_vae.io import RunLock; "
+                               f"RunLock({str(run)!r}).__enter__(); print('held', flush=True); time.sleep(60)"],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        code, _, err = run_cli(["train", "--epochs", "1", "--out", run, "--no-progress"], capsys)
+        assert code == 2 and "another process" in err
+        assert not (run / "config.json").exists()
+        with pytest.raises(RuntimeError, match="another process"):
+            pyro_vae.fit(small_vae(), pyro_vae.datasets.load("digits")[:100], epochs=1, batch_size=50, binarize=True,
+                         checkpoint_dir=run, progress=False)
+    finally:
+        holder.kill()
+        holder.wait()
+    with RunLock(run), RunLock(run):  # re-entrant within one process
+        pass
+
+
+def test_a_real_disk_full_error_is_an_oserror_and_keeps_the_checkpoint(tmp_path, digits, monkeypatch):
+    vae = small_vae()
+    pyro_vae.fit(vae, digits[:100], epochs=1, batch_size=50, binarize=True, checkpoint_dir=tmp_path, progress=False)
+    before = (tmp_path / CHECKPOINT_NAME).read_bytes()
+
+    def full(*args, **kwargs):
+        raise RuntimeError("[enforce fail at inline_container.cc:778] . PytorchStreamWriter failed writing file "
+                           "data/3: file write failed; unexpected pos 5120 vs 4096")
+
+    monkeypatch.setattr(torch, "save", full)
+    with pytest.raises(OSError, match="disk is probably full"):
+        pyro_vae.fit(vae, digits[:100], epochs=2, batch_size=50, binarize=True, checkpoint_dir=tmp_path,
+                     resume=True, progress=False)
+    monkeypatch.undo()
+    assert (tmp_path / CHECKPOINT_NAME).read_bytes() == before
+
+
+def test_flipped_weights_are_refused(tmp_path, digits):
+    vae = small_vae()
+    pyro_vae.fit(vae, digits[:100], epochs=1, batch_size=50, binarize=True, checkpoint_dir=tmp_path, progress=False)
+    state = torch.load(tmp_path / CHECKPOINT_NAME, weights_only=True)
+    key = next(iter(state["pair"]["module"]))
+    state["pair"]["module"][key].view(-1)[0] += 1e-3  # one changed weight, the old checksum kept
+    torch.save(state, tmp_path / CHECKPOINT_NAME)
+    with pytest.raises(ValueError, match="checksum"):
+        load_checkpoint(tmp_path / CHECKPOINT_NAME)
+    folder = vae.save(tmp_path / "model")
+    weights = torch.load(folder / "weights.pt", weights_only=True)
+    weights[key].view(-1)[0] += 1e-3
+    torch.save(weights, folder / "weights.pt")
+    with pytest.raises(ValueError, match="checksum"):
+        pyro_vae.load(folder)
+    assert tensor_checksum({"a": torch.zeros(2)}) != tensor_checksum({"a": torch.zeros(3)})
+
+
+def test_a_tampered_run_config_cannot_allocate(tmp_path, digits, capsys):
+    run = tmp_path / "run"
+    assert run_cli(["train", "--epochs", "1", "--out", run, "--no-progress"], capsys)[0] == 0
+    import shutil
+
+    shutil.rmtree(run / "model")  # the loader falls back on config.json + checkpoint.pt
+    config = json.loads((run / "config.json").read_text())
+    config["vae"]["latent_dim"] = 10**9
+    (run / "config.json").write_text(json.dumps(config))
+    t0 = time.perf_counter()
+    code, _, err = run_cli(["sample", run, "--out", tmp_path / "s.png"], capsys)
+    assert code == 2 and "do not fit" in err and time.perf_counter() - t0 < 10
+
+
+def test_files_respect_the_umask(tmp_path, digits):
+    old = os.umask(0o022)
+    try:
+        pyro_vae.fit(small_vae(), digits[:100], epochs=1, batch_size=50, binarize=True, checkpoint_dir=tmp_path,
+                     progress=False)
+    finally:
+        os.umask(old)
+    assert (tmp_path / CHECKPOINT_NAME).stat().st_mode & 0o777 == 0o644
+
+
+def test_data_of_another_dtype_trains_and_estimators_say_what_is_wrong(digits):
+    vae = small_vae()
+    for dtype in (torch.float16, torch.bfloat16, torch.float64):
+        history = pyro_vae.fit(vae, digits[:100].to(dtype), epochs=1, batch_size=50, binarize=True, progress=False)
+        assert np.isfinite(history[0]["loss"])
+    x = torch.bernoulli(digits[:5])
+    with pytest.raises(TypeError, match="torch.as_tensor"):
+        infer.elbo(vae.model, vae.guide, x.numpy())
+    with pytest.raises(TypeError, match="float64"):
+        infer.elbo(vae.model, vae.guide, x.double())
+    with pytest.raises(ValueError, match="on meta"):
+        infer.iwae_bound(vae.model, vae.guide, x.to("meta"), num_particles=2)
+    result = infer.log_likelihood(vae.model, vae.guide, x.double(), num_particles=4, progress=False)  # converted
+    assert result.values.shape == (5,)
+    with pytest.raises(ValueError, match="chunk_size"):
+        infer.log_likelihood(vae.model, vae.guide, x, num_particles=4, chunk_size=0)
+    with pytest.raises(ValueError, match="k_values"):
+        infer.log_likelihood(vae.model, vae.guide, x, num_particles=4, k_values=[0])
+
+
+def test_cli_refuses_bad_options_without_a_traceback_or_a_file(tmp_path, capsys):
+    code, _, err = run_cli(["train", "--device", "bogus", "--out", tmp_path / "a"], capsys)
+    assert code == 2 and "unknown device" in err and "Traceback" not in err and not (tmp_path / "a").exists()
+    code, _, err = run_cli(["plot", tmp_path / "typo", "--out", tmp_path / "figs"], capsys)
+    assert code == 2 and not (tmp_path / "figs").exists()
+    config = tmp_path / "run.yaml"
+    for text, match in (("epochs: five\n", "epochs must be an integer"), ("two_stage: 'no'\n", "true or false"),
+                        ("binarize: maybe\n", "true, false or auto"), ("epochs: 1.5\n", "integer")):
+        config.write_text(text)
+        code, _, err = run_cli(["train", "--config", config, "--out", tmp_path / "b"], capsys)
+        assert code == 2 and match in err, (text, err)
+    config.write_text("lr: 1e-3\nepochs: 1\nbinarize: true\n")  # YAML reads 1e-3 as a string: converted
+    code, _, err = run_cli(["train", "--config", config, "--out", tmp_path / "c", "--no-progress"], capsys)
+    assert code == 0, err
+    assert json.loads((tmp_path / "c" / "config.json").read_text())["training"]["lr"] == 1e-3
