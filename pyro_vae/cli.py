@@ -155,13 +155,15 @@ def _add_train(subparsers: Any) -> None:
     p.add_argument("--latent-dim", type=int, default=None, help="dimension of z")
     p.add_argument("--hidden-dims", default=None, help="comma-separated hidden layer sizes, e.g. 200,200")
     p.add_argument("--activation", default=None, help="MLP activation (default: tanh)")
-    p.add_argument("--encoder", default=None, help="mlp or conv (default: mlp)")
-    p.add_argument("--decoder", default=None, help="mlp or conv (default: mlp)")
+    p.add_argument("--encoder", default=None, choices=["mlp", "conv"], help="the encoder network (default: mlp)")
+    p.add_argument("--decoder", default=None, choices=["mlp", "conv"], help="the decoder network (default: mlp)")
     p.add_argument("--objective", default=None, help="elbo, mean_field, iwae or iwae-dreg (default: elbo)")
-    p.add_argument("--prior", default=None, help="normal, mixture, vamp or flow (default: normal)")
+    p.add_argument("--prior", default=None, choices=["normal", "mixture", "vamp", "flow"],
+                   help="the prior (default: normal)")
     p.add_argument("--prior-components", type=int, default=None,
                    help="components of a mixture or VampPrior (default: 10 for mixture, 500 for vamp)")
-    p.add_argument("--flow", default=None, help="a flow guide: iaf or spline (default: none, a Gaussian guide)")
+    p.add_argument("--flow", default=None, choices=["iaf", "spline"],
+                   help="a flow guide (default: none, a Gaussian guide)")
     p.add_argument("--num-flows", type=int, default=None, help="flow layers of the guide (default: 2)")
     p.add_argument("--num-particles", type=int, default=None,
                    help="particles per datapoint (default: 1 for elbo/mean_field, 5 for the IWAE objectives)")
@@ -541,9 +543,9 @@ def _add_sample(subparsers: Any) -> None:
                               description="Draw z from the prior, decode it and save the picture.")
     p.add_argument("run", help="run folder written by 'pyro-vae train'")
     p.add_argument("--num-samples", type=int, default=64, help="how many samples (default: 64)")
-    p.add_argument("--out", default="samples.png", help="PNG file to write (default: samples.png)")
+    p.add_argument("--out", default=None, help="image file to write (default: RUN/samples-sample.png)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
-    p.add_argument("--device", default="cpu", help="auto, cpu or cuda (default: cpu)")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
 
 
 def _run_sample(args: argparse.Namespace) -> int:
@@ -553,8 +555,9 @@ def _run_sample(args: argparse.Namespace) -> int:
         raise ValueError(f"--num-samples must be >= 1, got {args.num_samples}")
     vae, _ = load_run(args.run, device=args.device)
     _seed_everything(args.seed)
-    save_samples(vae, args.out, num_samples=args.num_samples)
-    print(f"wrote {args.out}")
+    out = Path(args.out) if args.out is not None else Path(args.run) / "samples-sample.png"
+    save_samples(vae, out, num_samples=args.num_samples)
+    print(f"wrote {out}")
     return 0
 
 
@@ -566,10 +569,10 @@ def _add_reconstruct(subparsers: Any) -> None:
     p.add_argument("run", help="run folder written by 'pyro-vae train'")
     p.add_argument("--num-datapoints", "--num", dest="num", type=int, default=32,
                    help="how many test datapoints (default: 32)")
-    p.add_argument("--out", default="recon.png", help="PNG file to write (default: recon.png)")
+    p.add_argument("--out", default=None, help="image file to write (default: RUN/reconstructions.png)")
     p.add_argument("--data-root", default=None, help="data folder (default: the run's, else $PYRO_VAE_DATA)")
     p.add_argument("--seed", type=int, default=0, help="random seed of the binarization (default: 0)")
-    p.add_argument("--device", default="cpu", help="auto, cpu or cuda (default: cpu)")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
 
 
 def _run_reconstruct(args: argparse.Namespace) -> int:
@@ -585,8 +588,9 @@ def _run_reconstruct(args: argparse.Namespace) -> int:
     _seed_everything(args.seed)
     if config.get("training", {}).get("binarize"):
         x = datasets.binarize(x)  # show what the model was trained on: binary images
-    save_reconstructions(vae, x, args.out, n=args.num)
-    print(f"wrote {args.out}")
+    out = Path(args.out) if args.out is not None else Path(args.run) / "reconstructions.png"
+    save_reconstructions(vae, x, out, n=args.num)
+    print(f"wrote {out}")
     return 0
 
 
@@ -646,17 +650,20 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     out = {"split": split, "seed": args.seed, **result.as_dict(),
            "latent_usage": {name: {k: v for k, v in u.items() if k != "mean_variance"} for name, u in usage.items()}}
     _write_json_atomic(out, run_dir / "evaluation.json")
+    written = [run_dir / "evaluation.json"]
     plots.k_curve(result, run_dir / "k_curve.png")
     plots.gap_histogram(result, run_dir / "gaps.png")
+    written += [run_dir / "k_curve.png", run_dir / "gaps.png"]
     if result.khat is not None:
         plots.khat_plot(result, run_dir / "khat.png")
+        written.append(run_dir / "khat.png")
     print(result.summary())
     for name, u in usage.items():
         mi = u["mutual_information"]
         print(f"latent {name!r}: {u['active_units']} of {u['dimensions']} units active; rate per dimension "
               f"{_fmt_list(u['kl_per_dim'])}; I(x; z) = {mi:.3f} nats (at most {u['mutual_information_max']:.2f})"
               if mi is not None else f"latent {name!r}: {u['active_units']} of {u['dimensions']} units active")
-    print(f"wrote {run_dir / 'evaluation.json'}")
+    print("wrote " + ", ".join(str(w) for w in written))
     return 0
 
 
@@ -744,7 +751,8 @@ def main(argv: list[str] | None = None) -> int:
         finish()  # under torchrun: every rank waits for rank 0's files before any exits
         return status
     except (ValueError, TypeError, OSError, FloatingPointError, RunLocked) as e:
-        print(f"{PROG}: error: {e}", file=sys.stderr)
+        hint = " (on the command line: --data-root FOLDER)" if "PYRO_VAE_DATA" in str(e) else ""
+        print(f"{PROG}: error: {e}{hint}", file=sys.stderr)
         return 2
     except RuntimeError as e:  # torch's allocator: a size option too large for this machine
         if "memory" not in str(e).lower() and "allocat" not in str(e).lower():

@@ -135,14 +135,28 @@ class Normal(Likelihood):
 
 
 class NormalLearned(Likelihood):
-    """A Gaussian with one learned standard deviation per data dimension (``exp`` of a free parameter)."""
+    """A Gaussian with one learned standard deviation per data dimension (``exp`` of a free parameter), with the
+    same smooth floor as ``normal-gamma``: ``log(min_scale) + softplus(log_scale - log(min_scale))`` near the
+    floor, the parameter itself above it (a dimension with no variance drives the free parameter to minus
+    infinity; the floor keeps the density finite instead of NaN).
 
-    def __init__(self, event_shape: tuple[int, ...], scale: float = 1.0) -> None:
+    :param scale: the initial standard deviation.
+    :param min_scale: the floor (1e-9: the parameter is used as it is, bit for bit, from about ``exp(20)`` times
+        the floor, i.e. for scales above 5e-1; below that the floor's softplus differs from it by less than 1e-9).
+    """
+
+    def __init__(self, event_shape: tuple[int, ...], scale: float = 1.0, min_scale: float = 1e-9) -> None:
         super().__init__(event_shape)
         self.log_scale = nn.Parameter(torch.full(self.event_shape, math.log(scale)))
+        self.min_log_scale = math.log(min_scale)
+
+    def effective_log_scale(self) -> torch.Tensor:
+        """``log_scale`` with the smooth floor at ``log(min_scale)``."""
+        t = self.log_scale - self.min_log_scale
+        return torch.where(t > 20, self.log_scale, self.min_log_scale + torch.nn.functional.softplus(t))
 
     def base(self, params: torch.Tensor) -> dist.TorchDistribution:
-        return dist.Normal(params, self.log_scale.exp(), validate_args=False)
+        return dist.Normal(params, self.effective_log_scale().exp(), validate_args=False)
 
 
 class NormalGamma(Likelihood):

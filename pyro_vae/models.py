@@ -463,6 +463,9 @@ class HierarchicalVAE(Saveable, PyroModule):
     :param activation: the MLP activation (``"tanh"`` in the paper).
     :param likelihood: the observation distribution (a name or a ``Likelihood``).
     :param likelihood_options: its keyword options.
+    :param prior: the top layer's prior ``p(h_L)``: a name from :data:`pyro_vae.priors.PRIORS` (not the
+        VampPrior) or a :class:`~pyro_vae.priors.Prior`.
+    :param prior_options: its keyword options.
 
     Example::
 
@@ -481,6 +484,8 @@ class HierarchicalVAE(Saveable, PyroModule):
         activation: str = "tanh",
         likelihood: str | Likelihood = "bernoulli",
         likelihood_options: dict[str, Any] | None = None,
+        prior: str | Prior = "normal",
+        prior_options: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         if isinstance(input_shape, int):
@@ -501,6 +506,8 @@ class HierarchicalVAE(Saveable, PyroModule):
             "input_shape": list(input_shape), "layers": [list(layer) for layer in layers], "activation": activation,
             "likelihood": likelihood if isinstance(likelihood, str) else type(likelihood).__name__,
             "likelihood_options": dict(likelihood_options or {}),
+            "prior": prior if isinstance(prior, str) else type(prior).__name__,
+            "prior_options": dict(prior_options or {}),
         }
         x_dim = math.prod(input_shape)
         below = [x_dim, *self.latent_dims[:-1]]
@@ -513,7 +520,10 @@ class HierarchicalVAE(Saveable, PyroModule):
              for i, layer in enumerate(layers) if i > 0])
         self.decoder = MLPDecoder(self.latent_dims[0], tuple(reversed(layers[0][:-1])), input_shape, activation)
         self.likelihood = make_likelihood(likelihood, input_shape, **(likelihood_options or {}))
-        self.prior = make_prior("normal", self.latent_dims[-1])  # p(h_L)
+        if prior == "vamp":
+            raise ValueError("the VampPrior needs the guide of the top layer from x in one step; a HierarchicalVAE's "
+                             "top layer is reached through the stack: use 'normal', 'mixture' or 'flow'")
+        self.prior = make_prior(prior, self.latent_dims[-1], **(prior_options or {}))  # p(h_L)
         self.register_buffer("_anchor", torch.zeros(()))
 
     # ------------------------------------------------------------------ Pyro programs
@@ -656,9 +666,9 @@ class TwoStageVAE(Saveable, nn.Module):
     (likelihood ``"normal-gamma"``). On data that lie near an ``r``-dimensional manifold, the optimum sends
     ``gamma -> 0``: reconstructions become sharp, ``r`` latent dimensions carry the data with posterior variance
     going to 0 and the others collapse to the prior, and the ELBO and ``log p(x)`` grow without bound like
-    ``-(d - r)/2 * log(gamma)``: a density concentrating on the manifold. The aggregate posterior
-    ``q(z) = E_x q(z | x)`` then differs from the prior ``N(0, I)`` on the used dimensions, so decoding prior
-    draws gives poor samples although reconstructions are good.
+    ``-((D - r)/2) log(gamma)`` (``D`` the data's dimension): a density concentrating on the manifold. The
+    aggregate posterior ``q(z) = E_x q(z | x)`` then differs from the prior ``N(0, I)`` on the used dimensions,
+    so decoding prior draws gives poor samples although reconstructions are good.
 
     **Stage 2** is a VAE on the stage-1 codes ``z = E_q[z | x]`` (``kappa``-dimensional, full-dimensional data
     now, where a VAE can match the distribution), with a latent ``u`` of the same dimension. Sampling goes

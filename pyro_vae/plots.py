@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import math
 import os
-import warnings
 from typing import TYPE_CHECKING, Any, Sequence
 
 import torch
@@ -498,14 +497,21 @@ def k_curve(result: Any, path: str | os.PathLike[str] | None = None) -> Figure:
     :param result: what :func:`pyro_vae.infer.log_likelihood` returns (its ``curve``: ``{k: (N,) tensor}``).
     :param path: where to save the PNG (None: only return the figure).
     """
-    ks = sorted(result.curve)
+    curve = dict(result.curve)
+    if getattr(result, "values", None) is not None and getattr(result, "num_particles", None):
+        curve.setdefault(int(result.num_particles), result.values)  # the K that was actually evaluated
+    ks = sorted(curve)
     if not ks:
         raise ValueError("the result holds no K-curve")
-    means = [float(result.curve[k].double().mean()) for k in ks]
-    errs = [float(result.curve[k].double().std() / math.sqrt(result.curve[k].numel())) for k in ks]
+    top = curve[ks[-1]].double()
+    means = [float(curve[k].double().mean()) for k in ks]
+    # paired errors: of each point's difference to the largest K, over the same datapoints (the points share
+    # their datapoints, so unpaired errors overlap while the paired gaps are tiny)
+    errs = [float((curve[k].double() - top).std() / math.sqrt(top.numel())) if k != ks[-1] else 0.0 for k in ks]
     fig = _figure((4.8, 3.4))
     ax = fig.add_subplot(1, 1, 1)
-    ax.errorbar(ks, means, yerr=errs, marker="o", capsize=3, label="IWAE bound $\\mathcal{L}_K$")
+    ax.errorbar(ks, means, yerr=errs, marker="o", capsize=3,
+                label=f"IWAE bound $\\mathcal{{L}}_K$ (errors paired with K={ks[-1]})")
     ax.axhline(means[0] if ks[0] == 1 else float(result.elbo.double().mean()), color="tab:gray", ls="--",
                label="ELBO ($K=1$)")
     ax.set_xscale("log")
@@ -532,16 +538,17 @@ def gap_histogram(result: Any, path: str | os.PathLike[str] | None = None, bins:
 
 
 def khat_plot(result: Any, path: str | os.PathLike[str] | None = None) -> Figure:
-    """Pareto :math:`\\hat k` per datapoint, drawn by :func:`arviz.plot_khat`, with the 0.7 threshold.
+    """Pareto :math:`\\hat k` per datapoint, in the bands Pyro's ``psis_diagnostic`` reads: good (below 0.5),
+    usable with care (below the sample-size threshold ``min(1 - 1/log10 K, 0.7)``), unreliable (above it).
 
     :param result: a ``LogLikelihoodResult`` with ``khat``, an :class:`arviz.InferenceData` from
-        :func:`pyro_vae.infer.to_inference_data`, or a ``(N,)`` array of k-hat values.
+        :func:`pyro_vae.infer.to_inference_data`, or a ``(N,)`` array of k-hat values (threshold 0.7).
     :param path: where to save the PNG (None: only return the figure).
     :returns: the :class:`matplotlib.figure.Figure`.
     """
-    import arviz as az
     import numpy as np
 
+    threshold = 0.7
     if hasattr(result, "sample_stats"):
         from .infer.arviz import psis_khat
 
@@ -550,20 +557,27 @@ def khat_plot(result: Any, path: str | os.PathLike[str] | None = None) -> Figure
         if result.khat is None:
             raise ValueError("the result has no Pareto k-hat (log_likelihood(..., diagnostics=False))")
         khat = result.khat.double().numpy()
+        threshold = float(getattr(result, "khat_threshold", threshold))
     else:
         khat = np.asarray(torch.as_tensor(result).double())
     khat = np.asarray(khat, dtype=np.float64).reshape(-1)
     fig = _figure((5.6, 3.6))
     ax = fig.add_subplot(1, 1, 1)
-    bad = khat > 0.7
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)  # ArviZ prefers ELPDData to an array of k-hat values
-        az.plot_khat(khat, ax=ax, color=np.where(bad, "tab:red", "tab:blue").tolist(), show_bins=False,
-                     markersize=6 if len(khat) <= 2000 else 2)
-    ax.axhline(0.7, color="tab:red", ls="--", lw=1, label="0.7: unreliable above")
+    bad = khat >= threshold
+    care = (khat >= 0.5) & ~bad
+    size = 6 if len(khat) <= 2000 else 2
+    index = np.arange(len(khat))
+    for mask, colour, label in ((~(bad | care), "tab:blue", "good (< 0.5)"),
+                                (care, "tab:orange", f"usable with care (< {threshold:.2f})"),
+                                (bad, "tab:red", "unreliable")):
+        ax.scatter(index[mask], khat[mask], s=size, color=colour, label=f"{label}: {int(mask.sum())}")
+    ax.axhline(0.5, color="tab:orange", ls=":", lw=1)
+    ax.axhline(threshold, color="tab:red", ls="--", lw=1)
     ax.set_xlabel("datapoint")
     ax.set_ylabel("Pareto $\\hat{k}$")
-    ax.set_title(f"PSIS diagnostic: {int(bad.sum())} of {len(khat)} datapoints above 0.7", fontsize="medium")
+    ax.grid(alpha=0.3)
+    ax.set_title(f"PSIS diagnostic: {int(bad.sum())} of {len(khat)} datapoints above {threshold:.2g}",
+                 fontsize="medium")
     ax.legend(fontsize="small", loc="upper right")
     _save(fig, path)
     return fig

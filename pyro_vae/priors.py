@@ -23,7 +23,8 @@ import pyro.distributions.transforms as T
 import torch
 from torch import nn
 
-__all__ = ["Prior", "StandardNormal", "MixturePrior", "VampPrior", "FlowPrior", "PRIORS", "make_prior"]
+__all__ = ["Prior", "StandardNormal", "MixturePrior", "VampPrior", "FlowPrior", "DiagonalNormalMixture", "PRIORS",
+           "make_prior"]
 
 _HALF_LOG_2PI = math.log(math.sqrt(2 * math.pi))  # exactly as torch's Normal.log_prob spells it
 
@@ -87,6 +88,37 @@ class StandardNormal(Prior):
         return torch.distributions.kl_divergence(q, p).sum(-1)
 
 
+class DiagonalNormalMixture(dist.MixtureSameFamily):
+    """``MixtureSameFamily`` of diagonal Gaussians whose ``log_prob`` never materialises a ``(..., K, d)`` tensor:
+
+    .. math::
+
+        \\log \\mathcal{N}(z; \\mu_k, \\sigma_k^2) = -\\tfrac12 \\Big[\\sum_j \\frac{z_j^2}{\\sigma_{kj}^2}
+        - 2 \\sum_j \\frac{z_j \\mu_{kj}}{\\sigma_{kj}^2} + \\sum_j \\frac{\\mu_{kj}^2}{\\sigma_{kj}^2}\\Big]
+        - \\sum_j \\log \\sigma_{kj} - \\tfrac{d}{2} \\log 2\\pi,
+
+    two matrix products over the components (a VampPrior with K = 500 scored for 1000 particles of 50 datapoints
+    would otherwise allocate 4 GB). Sampling is ``MixtureSameFamily``'s; the tests compare ``log_prob`` with it.
+    """
+
+    def __init__(self, logits: torch.Tensor, locs: torch.Tensor, scales: torch.Tensor, validate_args: Any = None):
+        super().__init__(dist.Categorical(logits=logits), dist.Normal(locs, scales).to_event(1),
+                         validate_args=validate_args)
+        self._locs, self._scales, self._logits = locs, scales, logits
+
+    def expand(self, batch_shape: Any, _instance: Any = None) -> dist.TorchDistribution:
+        if tuple(batch_shape) == ():
+            return self
+        return dist.ExpandedDistribution(self, batch_shape)
+
+    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        inv_var = self._scales.pow(-2)  # (K, d)
+        quad = (value.pow(2) @ inv_var.T - 2 * (value @ (self._locs * inv_var).T)
+                + (self._locs.pow(2) * inv_var).sum(-1))  # (..., K)
+        log_norm = -self._scales.log().sum(-1) - 0.5 * self._locs.shape[-1] * math.log(2 * math.pi)
+        return torch.logsumexp(torch.log_softmax(self._logits, -1) + log_norm - 0.5 * quad, -1)
+
+
 class MixturePrior(Prior):
     """A learned mixture of ``num_components`` diagonal Gaussians (``MixtureSameFamily``).
 
@@ -104,8 +136,8 @@ class MixturePrior(Prior):
         self.logits = nn.Parameter(torch.zeros(self.num_components))
 
     def distribution(self, like: torch.Tensor) -> dist.TorchDistribution:
-        components = dist.Normal(self.locs.to(like.dtype), self.log_scales.to(like.dtype).exp()).to_event(1)
-        return dist.MixtureSameFamily(dist.Categorical(logits=self.logits.to(like.dtype)), components)
+        return DiagonalNormalMixture(self.logits.to(like.dtype), self.locs.to(like.dtype),
+                                     self.log_scales.to(like.dtype).exp())
 
 
 class VampPrior(Prior):
@@ -158,8 +190,8 @@ class VampPrior(Prior):
 
     def distribution(self, like: torch.Tensor) -> dist.TorchDistribution:
         loc, scale = self.components()
-        mix = dist.Categorical(logits=loc.new_zeros(self.num_components))
-        return dist.MixtureSameFamily(mix, dist.Normal(loc.to(like.dtype), scale.to(like.dtype)).to_event(1))
+        return DiagonalNormalMixture(loc.new_zeros(self.num_components).to(like.dtype), loc.to(like.dtype),
+                                     scale.to(like.dtype))
 
 
 class FlowPrior(Prior):

@@ -352,3 +352,16 @@ def test_inner_plates_and_several_latent_sites():
     assert (exact - elbo).mean() > 5 * se(exact - elbo)
     d = exact - iw
     assert d.mean() > -3 * se(d) and d.mean() < 0.05 * (exact - elbo).mean()
+
+
+def test_khat_bands_follow_the_sample_size_threshold():
+    from pyro_vae.infer.evaluate import LogLikelihoodResult
+
+    khat = torch.tensor([0.2, 0.45, 0.55, 0.6, 0.66, 0.69, 0.75, 1.2], dtype=torch.float64)
+    z = torch.zeros(8)
+    for k, threshold, bands in ((200, 0.5654, {"good": 2, "ok": 1, "bad": 5}),
+                                (1000, 2 / 3, {"good": 2, "ok": 3, "bad": 3}),
+                                (5000, 0.7, {"good": 2, "ok": 4, "bad": 2})):
+        r = LogLikelihoodResult(values=z, elbo=z, rate=z, distortion=z, ess=z, khat=khat, num_particles=k)
+        assert abs(r.khat_threshold - threshold) < 1e-3 and r.khat_bands() == bands
+        assert r.num_unreliable == bands["bad"] and "downward bias" in r.summary()

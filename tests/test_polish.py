@@ -172,3 +172,22 @@ def test_cli_refuses_bad_options_without_a_traceback_or_a_file(tmp_path, capsys)
     code, _, err = run_cli(["train", "--config", config, "--out", tmp_path / "c", "--no-progress"], capsys)
     assert code == 0, err
     assert json.loads((tmp_path / "c" / "config.json").read_text())["training"]["lr"] == 1e-3
+
+
+def test_cli_defaults_write_into_the_run_folder_and_objective_spellings_agree(tmp_path, capsys, monkeypatch):
+    run = tmp_path / "run"
+    monkeypatch.chdir(tmp_path)
+    code, _, err = run_cli(["train", "--epochs", "1", "--out", run, "--objective", "mean-field", "--no-progress"],
+                           capsys)
+    assert code == 0, err
+    assert run_cli(["sample", run], capsys)[0] == 0 and (run / "samples-sample.png").is_file()
+    assert run_cli(["reconstruct", run], capsys)[0] == 0 and (run / "reconstructions.png").is_file()
+    assert not list(tmp_path.glob("*.png"))  # nothing in the current folder
+    code, out, _ = run_cli(["evaluate", run, "--num-particles", "8", "--num", "10", "--no-progress"], capsys)
+    assert code == 0 and "evaluation.json" in out and "k_curve.png" in out and "gaps.png" in out
+    from pyro_vae.infer.objectives import OBJECTIVES, get_objective
+
+    assert get_objective("iwae_dreg") is OBJECTIVES["iwae-dreg"] and get_objective("mean-field") is OBJECTIVES[
+        "mean_field"]
+    code, _, err = run_cli(["train", "--prior", "laplace", "--out", tmp_path / "x"], capsys)
+    assert code == 2 and "invalid choice" in err

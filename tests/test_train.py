@@ -253,3 +253,33 @@ def test_numeric_options_are_refused_not_truncated(digits, kwargs, match):
     options = {"epochs": 1, "batch_size": 100, "binarize": True, **kwargs}
     with pytest.raises(ValueError, match=match):
         pyro_vae.fit(small_vae(), digits[:200], progress=False, **options)
+
+
+def test_fit_is_the_documented_loop_parameter_for_parameter(digits):
+    """fit for 2 epochs with N not divisible by the batch size equals a hand-written loop of the documented
+    semantics: a seeded permutation each epoch (a new order each epoch), zero_grad, the batch's summed loss over
+    its own size (the last, partial batch too), Adam."""
+    data = torch.bernoulli(digits[:150], generator=torch.Generator().manual_seed(3))
+    torch.manual_seed(0)
+    vae = small_vae()
+    torch.manual_seed(0)
+    ref = small_vae()
+    ref.load_state_dict(vae.state_dict())
+    pyro_vae.fit(vae, data, epochs=2, batch_size=100, lr=1e-2, seed=7, progress=False)
+
+    pyro.set_rng_seed(7)
+    shuffle = torch.Generator().manual_seed(7)
+    optimizer = torch.optim.Adam(ref.parameters(), lr=1e-2)
+    orders = []
+    ref.train()
+    for _ in range(2):
+        order = torch.randperm(150, generator=shuffle)
+        orders.append(order)
+        for index in order.split(100):
+            loss = objective_loss("elbo", ref.model, ref.guide, data[index])
+            optimizer.zero_grad()
+            (loss / index.numel()).backward()
+            optimizer.step()
+    assert not torch.equal(orders[0], orders[1])
+    for (name, a), b in zip(vae.named_parameters(), ref.parameters()):
+        assert_close(a, b, msg=name)

@@ -167,9 +167,26 @@ class LogLikelihoodResult:
         return _stderr(self.values)
 
     @property
+    def khat_threshold(self) -> float:
+        """The sample-size dependent threshold of Vehtari et al. (2024), ``min(1 - 1 / log10(K), 0.7)``: above it
+        even the smoothed estimate is unreliable (0.57 at K = 200, 0.67 at K = 1000, 0.7 from K = 2154)."""
+        k = max(int(self.num_particles), 11)
+        return min(1.0 - 1.0 / math.log10(k), KHAT_THRESHOLD)
+
+    def khat_bands(self) -> dict[str, int]:
+        """Datapoints per k-hat band, as Pyro's ``psis_diagnostic`` reads them: ``good`` (k-hat < 0.5: the raw
+        weights' variance is finite), ``ok`` (below :attr:`khat_threshold`: usable with care, the variance of the
+        raw IWAE estimate the library reports is already infinite), ``bad`` (above it: unreliable)."""
+        if self.khat is None:
+            return {}
+        k = self.khat
+        return {"good": int((k < 0.5).sum()), "ok": int(((k >= 0.5) & (k < self.khat_threshold)).sum()),
+                "bad": int((k >= self.khat_threshold).sum())}
+
+    @property
     def num_unreliable(self) -> int:
-        """Datapoints whose Pareto k-hat exceeds 0.7."""
-        return int((self.khat > KHAT_THRESHOLD).sum()) if self.khat is not None else 0
+        """Datapoints whose Pareto k-hat exceeds :attr:`khat_threshold`."""
+        return self.khat_bands().get("bad", 0)
 
     def as_dict(self) -> dict[str, Any]:
         """A JSON-able summary (means and standard errors; no per-datapoint arrays)."""
@@ -186,7 +203,8 @@ class LogLikelihoodResult:
         }
         if self.khat is not None:
             out.update({"khat_mean": float(self.khat.mean()), "khat_max": float(self.khat.max()),
-                        "num_unreliable": self.num_unreliable, "khat_threshold": KHAT_THRESHOLD})
+                        "num_unreliable": self.num_unreliable, "khat_threshold": self.khat_threshold,
+                        "khat_bands": self.khat_bands()})
         return out
 
     def to_xarray(self) -> Any:
@@ -209,8 +227,12 @@ class LogLikelihoodResult:
             f"ESS: mean {d['ess_mean']:.1f}, min {d['ess_min']:.1f} of {self.num_particles}",
         ]
         if self.khat is not None:
-            lines.append(f"Pareto k-hat: mean {d['khat_mean']:.3f}, max {d['khat_max']:.3f}; "
-                         f"{d['num_unreliable']} datapoints above {KHAT_THRESHOLD} (unreliable)")
+            b = d["khat_bands"]
+            lines.append(f"Pareto k-hat: mean {d['khat_mean']:.3f}, max {d['khat_max']:.3f}; {b['good']} datapoints "
+                         f"below 0.5 (good), {b['ok']} below {d['khat_threshold']:.2f} (usable with care: the raw "
+                         f"weights' variance is infinite), {b['bad']} above (unreliable)")
+        lines.append("The errors above are the spread over datapoints and the Monte Carlo error; neither covers "
+                     "IWAE_K's downward bias, which only a larger K (or AIS) shrinks")
         return "\n".join(lines)
 
 

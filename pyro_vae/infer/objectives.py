@@ -129,10 +129,12 @@ OBJECTIVES: dict[str, Callable[..., torch.Tensor]] = {
 
 
 def get_objective(name: str) -> Callable[..., torch.Tensor]:
-    """Look an objective up by name, with an error that lists the choices."""
-    if name not in OBJECTIVES:
-        raise ValueError(f"unknown objective {name!r}; choose one of {sorted(OBJECTIVES)}")
-    return OBJECTIVES[name]
+    """Look an objective up by name, with an error that lists the choices. ``-`` and ``_`` are the same
+    (``mean-field`` is ``mean_field``, ``iwae_dreg`` is ``iwae-dreg``)."""
+    for spelling in (name, str(name).replace("-", "_"), str(name).replace("_", "-")):
+        if spelling in OBJECTIVES:
+            return OBJECTIVES[spelling]
+    raise ValueError(f"unknown objective {name!r}; choose one of {sorted(OBJECTIVES)}")
 
 
 def objective_loss(objective: str | Callable[..., torch.Tensor], model: Callable, guide: Callable, *args: Any,

@@ -29,7 +29,7 @@ from torch import nn
 
 from .. import distributed as dist
 from ..datasets import binarize as binarize_batch
-from ..infer.objectives import get_objective
+from ..infer.objectives import OBJECTIVES, get_objective
 from ..infer.weights import fast_path_owner, guess_max_plate_nesting
 from ..io import RunLock
 from .callbacks import Callback, CallbackList, EpochFunction, Progress
@@ -163,7 +163,7 @@ def fit(
         raise ValueError("beta and kl_warmup_epochs weight the rate term of the ELBO; they do not apply to the "
                          f"{objective!r} objective (use objective='elbo' or 'mean_field')")
     prior = getattr(vae, "prior", None)
-    if objective == "mean_field" and prior is not None and not getattr(prior, "has_closed_form_kl", True):
+    if loss_fn is OBJECTIVES.get("mean_field") and prior is not None and not getattr(prior, "has_closed_form_kl", True):
         raise ValueError(f"objective 'mean_field' needs KL(q || p) in closed form, and the model's "
                          f"{type(prior).__name__} has none: use objective='elbo'")
     epochs, num_particles = _whole(epochs, "epochs"), _whole(num_particles, "num_particles")
