@@ -117,7 +117,8 @@ that the images share.
 {PUBLISHED} The budget here is far from the papers': they train for hundreds to thousands of epochs with
 warm-up and early stopping, and evaluate with K = 5000 on all 10,000 test images; {args.epochs} epochs on two CPU
 cores is a few percent of that, so the absolute numbers are far below theirs and only the ordering of the rows
-under the same budget is evidence (and, at this budget, weak evidence).
+under the same budget is evidence (and, at this budget, weak evidence). Training times are wall-clock on a shared
+two-core machine, some rows measured while other jobs ran: they are indicative only.
 
 ![64 samples of each model, side by side](figures/priors_samples.png)
 """

@@ -614,6 +614,10 @@ def _add_evaluate(subparsers: Any) -> None:
     p.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     p.add_argument("--no-diagnostics", action="store_true", help="skip the Pareto k-hat")
+    p.add_argument("--ais-steps", type=int, default=0,
+                   help="also estimate log p(x) of the same datapoints by annealed importance sampling with this many "
+                        "steps, reported beside the ELBO and IWAE with the paired difference (default: 0, off)")
+    p.add_argument("--ais-chains", type=int, default=16, help="AIS chains per datapoint (default: 16)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -626,6 +630,9 @@ def _run_evaluate(args: argparse.Namespace) -> int:
         raise ValueError(f"--num-datapoints must be >= 1, got {args.num}")
     if args.chunk_size is not None and args.chunk_size < 1:
         raise ValueError(f"--chunk-size must be >= 1, got {args.chunk_size}")
+    if args.ais_steps < 0 or args.ais_chains < 1:
+        raise ValueError(f"--ais-steps must be >= 0 and --ais-chains >= 1, got {args.ais_steps} and "
+                         f"{args.ais_chains}")
     vae, config = load_run(args.run, device=args.device)
     if distributed.is_main_process() and not os.access(args.run, os.W_OK):
         raise PermissionError(f"the run folder {args.run} is not writable: evaluate writes evaluation.json and its "
@@ -649,6 +656,17 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     run_dir = Path(args.run)
     out = {"split": split, "seed": args.seed, **result.as_dict(),
            "latent_usage": {name: {k: v for k, v in u.items() if k != "mean_variance"} for name, u in usage.items()}}
+    ais = None
+    if args.ais_steps:  # the same datapoints, side by side with the ELBO and IWAE
+        ais = infer.log_likelihood(vae.model, vae.guide, x, method="ais", batch_size=args.batch_size,
+                                   num_chains=args.ais_chains, num_steps=args.ais_steps, seed=args.seed,
+                                   distributed=False)
+        paired = infer.compare(ais, result)
+        out["ais"] = {"num_steps": args.ais_steps, "num_chains": args.ais_chains, "log_likelihood": ais.mean,
+                      "stderr": ais.stderr, "mc_stderr": ais.mean_mc_stderr,
+                      "acceptance_rate": float(ais.acceptance_rate.mean()),
+                      "minus_iwae": {"mean": paired.mean, "stderr": paired.stderr,
+                                     "ci95": [paired.ci_low, paired.ci_high]}}
     _write_json_atomic(out, run_dir / "evaluation.json")
     written = [run_dir / "evaluation.json"]
     plots.k_curve(result, run_dir / "k_curve.png")
@@ -658,6 +676,10 @@ def _run_evaluate(args: argparse.Namespace) -> int:
         plots.khat_plot(result, run_dir / "khat.png")
         written.append(run_dir / "khat.png")
     print(result.summary())
+    if ais is not None:
+        print(f"log p(x) (AIS, {args.ais_chains} chains, {args.ais_steps} steps): {ais.mean:.3f} +- {ais.stderr:.3f} "
+              f"(Monte Carlo {ais.mean_mc_stderr:.3f}); AIS - IWAE: {out['ais']['minus_iwae']['mean']:.3f} +- "
+              f"{out['ais']['minus_iwae']['stderr']:.3f} (paired)")
     for name, u in usage.items():
         mi = u["mutual_information"]
         print(f"latent {name!r}: {u['active_units']} of {u['dimensions']} units active; rate per dimension "

@@ -191,3 +191,15 @@ def test_cli_defaults_write_into_the_run_folder_and_objective_spellings_agree(tm
         "mean_field"]
     code, _, err = run_cli(["train", "--prior", "laplace", "--out", tmp_path / "x"], capsys)
     assert code == 2 and "invalid choice" in err
+
+
+def test_evaluate_reports_ais_beside_the_elbo_and_iwae(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert run_cli(["train", "--epochs", "1", "--out", run, "--no-progress"], capsys)[0] == 0
+    code, out, err = run_cli(["evaluate", run, "--num-particles", "20", "--num", "12", "--ais-steps", "10",
+                              "--ais-chains", "4", "--no-progress"], capsys)
+    assert code == 0, err
+    assert "log p(x) (AIS, 4 chains, 10 steps)" in out and "AIS - IWAE" in out
+    report = json.loads((run / "evaluation.json").read_text())
+    assert report["ais"]["num_steps"] == 10 and "minus_iwae" in report["ais"]
+    assert run_cli(["evaluate", run, "--ais-steps", "-1"], capsys)[0] == 2
