@@ -107,11 +107,13 @@ class DiagonalNormalMixture(dist.MixtureSameFamily):
         self._locs, self._scales, self._logits = locs, scales, logits
 
     def expand(self, batch_shape: Any, _instance: Any = None) -> dist.TorchDistribution:
+        """The same mixture over ``batch_shape`` (an ``ExpandedDistribution``, so ``log_prob`` stays this one)."""
         if tuple(batch_shape) == ():
             return self
         return dist.ExpandedDistribution(self, batch_shape)
 
     def log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        """:param value: ``(..., d)``. :returns: ``(...)``, the mixture's log density."""
         inv_var = self._scales.pow(-2)  # (K, d)
         quad = (value.pow(2) @ inv_var.T - 2 * (value @ (self._locs * inv_var).T)
                 + (self._locs.pow(2) * inv_var).sum(-1))  # (..., K)
