@@ -567,7 +567,7 @@ def khat_plot(result: Any, path: str | os.PathLike[str] | None = None) -> Figure
     care = (khat >= 0.5) & ~bad
     size = 6 if len(khat) <= 2000 else 2
     index = np.arange(len(khat))
-    for mask, colour, label in ((~(bad | care), "tab:blue", "good (< 0.5)"),
+    for mask, colour, label in ((~(bad | care), "tab:blue", f"good (< {min(0.5, threshold):.2g})"),
                                 (care, "tab:orange", f"usable with care (< {threshold:.2f})"),
                                 (bad, "tab:red", "unreliable")):
         ax.scatter(index[mask], khat[mask], s=size, color=colour, label=f"{label}: {int(mask.sum())}")

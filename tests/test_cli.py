@@ -223,7 +223,9 @@ def test_evaluate_writes_estimates_diagnostics_and_figures(trained: tuple[Path, 
     assert report["gap"] > -3 * report["gap_stderr"]
     assert report["curve"]["50"]["mean"] > report["curve"]["1"]["mean"]
     assert report["latent_usage"]["z"]["dimensions"] == 8
-    assert 0 <= report["num_unreliable"] <= 40
+    bands = report["khat_bands"]
+    assert sum(bands.values()) == 40 and report["num_unreliable"] == bands["bad"]
+    assert report["khat_threshold"] == pytest.approx(1 - 1 / math.log10(60))
     for name in ("k_curve.png", "gaps.png", "khat.png"):
         assert_picture(run / name)
     assert "log p(x) (IWAE, K=60)" in out and "Pareto k-hat" in out and "units active" in out

@@ -359,9 +359,10 @@ def test_khat_bands_follow_the_sample_size_threshold():
 
     khat = torch.tensor([0.2, 0.45, 0.55, 0.6, 0.66, 0.69, 0.75, 1.2], dtype=torch.float64)
     z = torch.zeros(8)
-    for k, threshold, bands in ((200, 0.5654, {"good": 2, "ok": 1, "bad": 5}),
+    for k, threshold, bands in ((60, 0.4377, {"good": 1, "ok": 0, "bad": 7}),
+                                (200, 0.5654, {"good": 2, "ok": 1, "bad": 5}),
                                 (1000, 2 / 3, {"good": 2, "ok": 3, "bad": 3}),
                                 (5000, 0.7, {"good": 2, "ok": 4, "bad": 2})):
         r = LogLikelihoodResult(values=z, elbo=z, rate=z, distortion=z, ess=z, khat=khat, num_particles=k)
-        assert abs(r.khat_threshold - threshold) < 1e-3 and r.khat_bands() == bands
+        assert abs(r.khat_threshold - threshold) < 1e-3 and r.khat_bands() == bands and sum(bands.values()) == 8
         assert r.num_unreliable == bands["bad"] and "downward bias" in r.summary()

@@ -179,9 +179,10 @@ class LogLikelihoodResult:
         raw IWAE estimate the library reports is already infinite), ``bad`` (above it: unreliable)."""
         if self.khat is None:
             return {}
-        k = self.khat
-        return {"good": int((k < 0.5).sum()), "ok": int(((k >= 0.5) & (k < self.khat_threshold)).sum()),
-                "bad": int((k >= self.khat_threshold).sum())}
+        k, top = self.khat, self.khat_threshold
+        good = min(0.5, top)  # with few particles (K < 100) the sample-size threshold is itself below 0.5
+        return {"good": int((k < good).sum()), "ok": int(((k >= good) & (k < top)).sum()),
+                "bad": int((k >= top).sum())}
 
     @property
     def num_unreliable(self) -> int:
