@@ -707,15 +707,18 @@ def _add_plot(subparsers: Any) -> None:
     p.add_argument("--num-datapoints", "--num", dest="num", type=int, default=500,
                    help="test datapoints to use (default: 500)")
     p.add_argument("--data-root", default=None, help="data folder (default: the run's, else $PYRO_VAE_DATA)")
-    p.add_argument("--device", default="cpu", help="auto, cpu or cuda (default: cpu)")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    p.add_argument("--format", dest="fmt", default="png", choices=["png", "pdf", "svg"],
+                   help="figure file format (default: png)")
+    p.add_argument("--dpi", type=int, default=100, help="resolution of raster figures (default: 100)")
 
 
 def _run_plot(args: argparse.Namespace) -> int:
     from .plots import plot_run
 
     written = plot_run(args.run, args.out, num_particles=args.num_particles, num=args.num, data_root=args.data_root,
-                       seed=args.seed, device=args.device)
+                       seed=args.seed, device=args.device, fmt=args.fmt, dpi=args.dpi)
     for path in written.values():
         print(f"wrote {path}")
     return 0

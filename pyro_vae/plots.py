@@ -12,6 +12,7 @@ Data whose datapoints are not images (for example the 2-D ``ring`` toy set) are 
 
 from __future__ import annotations
 
+import contextvars
 import math
 import os
 from typing import TYPE_CHECKING, Any, Sequence
@@ -35,15 +36,24 @@ def _figure(figsize: tuple[float, float]) -> Figure:
     return Figure(figsize=figsize, layout="constrained")
 
 
-def _save(fig: Figure, path: str | os.PathLike[str] | None, dpi: int = 100) -> None:
-    """Write the figure atomically (a temporary file renamed over ``path``: never through a symbolic link)."""
+#: what :func:`plot_run` asks every figure it saves for: a resolution and a caption naming the run and data set
+_SAVE_OPTIONS: contextvars.ContextVar[dict[str, Any]] = contextvars.ContextVar("pyro_vae_save_options", default={})
+
+
+def _save(fig: Figure, path: str | os.PathLike[str] | None, dpi: int | None = None) -> None:
+    """Write the figure atomically (a temporary file renamed over ``path``: never through a symbolic link), in the
+    format of ``path``'s extension (png, pdf, svg)."""
     if path is not None:
         from .io import atomic_write
 
+        options = _SAVE_OPTIONS.get()
+        if options.get("caption"):
+            fig.text(0.995, 0.005, options["caption"], ha="right", va="bottom", fontsize="x-small", color="0.4")
         parent = os.path.dirname(os.fspath(path))
         if parent:
             os.makedirs(parent, exist_ok=True)
         fmt = os.path.splitext(os.fspath(path))[1].lstrip(".") or "png"
+        dpi = dpi if dpi is not None else options.get("dpi", 100)
         atomic_write(path, lambda f: fig.savefig(f, dpi=dpi, format=fmt))
 
 
@@ -285,6 +295,8 @@ def training_curves(history: Sequence[dict[str, Any]], path: str | os.PathLike[s
     :param path: where to save the PNG (None: only return the figure).
     :returns: the :class:`matplotlib.figure.Figure`, one axes per panel.
     """
+    from matplotlib.ticker import MaxNLocator
+
     history = list(history)
     if not history:
         raise ValueError("training_curves needs a non-empty history (one dict per epoch)")
@@ -316,6 +328,7 @@ def training_curves(history: Sequence[dict[str, Any]], path: str | os.PathLike[s
             ax.plot(epochs, values, marker="." if len(epochs) <= 30 else None, label=name,
                     color="tab:blue" if name.startswith("training") else "tab:orange")
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
         ax.legend(fontsize="small")
@@ -598,8 +611,13 @@ def plot_run(
     seed: int = 0,
     device: str = "cpu",
     progress: bool = False,
+    fmt: str = "png",
+    dpi: int = 100,
 ) -> dict[str, str]:
     """Draw every figure of a run folder written by ``pyro-vae train`` (what ``pyro-vae plot`` does).
+
+    Every figure carries a caption with the run folder's name and the data set, and is written in ``fmt``
+    (``png``, ``pdf`` or ``svg``) at ``dpi`` dots per inch.
 
     Writes into ``out`` (default: the run folder): ``training.png`` (:func:`training_curves` of
     ``metrics.jsonl``), ``reconstructions.png``, ``samples.png``, ``latent_space.png`` (coloured by label when
@@ -609,15 +627,17 @@ def plot_run(
 
     :returns: ``{figure name: path}`` of the files written.
     """
-    import json
     from pathlib import Path
 
     from . import datasets
-    from .infer import log_likelihood
     from .runs import load_run
 
     run_dir = Path(run_dir)
     out_dir = Path(out) if out is not None else run_dir
+    if fmt not in ("png", "pdf", "svg"):
+        raise ValueError(f"unknown figure format {fmt!r}; choose png, pdf or svg")
+    if isinstance(dpi, bool) or int(dpi) != dpi or not 10 <= int(dpi) <= 1200:
+        raise ValueError(f"dpi must be an integer between 10 and 1200, got {dpi!r}")
     if int(num_particles) < 2:
         raise ValueError(f"num_particles must be >= 2 (the k-hat needs several), got {num_particles}")
     if int(num) < 2:
@@ -635,10 +655,25 @@ def plot_run(
     if config.get("training", {}).get("binarize"):
         x = datasets.binarize(x, gen)
     written: dict[str, str] = {}
+    token = _SAVE_OPTIONS.set({"dpi": int(dpi), "caption": f"run {run_dir.resolve().name} · {config['dataset']}"})
 
     def done(name: str) -> Path:
-        written[name] = str(out_dir / name)
-        return out_dir / name
+        path = out_dir / (os.path.splitext(name)[0] + "." + fmt)
+        written[name] = str(path)
+        return path
+
+    try:
+        _draw_run(vae, x, labels, run_dir, done, num_particles, seed, progress)
+    finally:
+        _SAVE_OPTIONS.reset(token)
+    return written
+
+
+def _draw_run(vae: Any, x: torch.Tensor, labels: Any, run_dir: Any, done: Any, num_particles: int, seed: int,
+              progress: bool) -> None:
+    import json
+
+    from .infer import log_likelihood
 
     metrics = run_dir / "metrics.jsonl"
     if metrics.is_file():
@@ -657,4 +692,3 @@ def plot_run(
     k_curve(result, done("k_curve.png"))
     gap_histogram(result, done("gaps.png"))
     khat_plot(result, done("khat.png"))
-    return written

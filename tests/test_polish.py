@@ -203,3 +203,25 @@ def test_evaluate_reports_ais_beside_the_elbo_and_iwae(tmp_path, capsys):
     report = json.loads((run / "evaluation.json").read_text())
     assert report["ais"]["num_steps"] == 10 and "minus_iwae" in report["ais"]
     assert run_cli(["evaluate", run, "--ais-steps", "-1"], capsys)[0] == 2
+
+
+def test_plot_writes_every_figure_in_the_format_and_resolution_asked_with_a_caption(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert run_cli(["train", "--epochs", "2", "--out", run, "--no-progress"], capsys)[0] == 0
+    code, out, err = run_cli(["plot", run, "--out", tmp_path / "svg", "--format", "svg", "--num", "20",
+                              "--num-particles", "10"], capsys)
+    assert code == 0, err
+    files = sorted(p.name for p in (tmp_path / "svg").iterdir())
+    assert files and all(name.endswith(".svg") for name in files) and "training.svg" in files
+    text = (tmp_path / "svg" / "training.svg").read_text()
+    assert "digits" in text and "run run" in text  # the caption names the run and the data set
+    code, _, _ = run_cli(["plot", run, "--out", tmp_path / "lo", "--dpi", "50", "--num", "20",
+                          "--num-particles", "10"], capsys)
+    code, _, _ = run_cli(["plot", run, "--out", tmp_path / "hi", "--dpi", "200", "--num", "20",
+                          "--num-particles", "10"], capsys)
+    import matplotlib.image
+
+    low = matplotlib.image.imread(tmp_path / "lo" / "training.png")
+    high = matplotlib.image.imread(tmp_path / "hi" / "training.png")
+    assert high.shape[0] == pytest.approx(4 * low.shape[0], rel=0.05)
+    assert run_cli(["plot", run, "--dpi", "0"], capsys)[0] == 2
