@@ -6,11 +6,30 @@ modules :mod:`pyro_vae.datasets`, :mod:`pyro_vae.infer`, :mod:`pyro_vae.priors` 
 where each kind of change goes, is in ``docs/architecture.md``.
 """
 
-from . import datasets, distributed, infer, likelihoods, nets, priors
 from ._version import __version__
-from .models import VAE, HierarchicalVAE, TwoStageVAE
-from .runs import load
-from .train import fit
+
+# the names are imported when first used (PEP 562), so that ``pyro-vae --help`` imports neither torch nor Pyro
+_LAZY = {"VAE": ".models", "HierarchicalVAE": ".models", "TwoStageVAE": ".models", "load": ".runs", "fit": ".train"}
+_MODULES = ("datasets", "distributed", "infer", "likelihoods", "nets", "priors", "models", "train", "runs", "plots",
+            "io", "cli")
+
+
+def __getattr__(name: str):  # noqa: ANN202 - module attribute hook
+    import importlib
+
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name], __name__), name)
+    elif name in _MODULES:
+        value = importlib.import_module("." + name, __name__)
+    else:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY) | set(_MODULES))
+
 
 __all__ = ["VAE", "HierarchicalVAE", "TwoStageVAE", "__version__", "datasets", "distributed", "fit", "infer",
            "likelihoods", "load", "nets", "priors"]

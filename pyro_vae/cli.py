@@ -33,13 +33,32 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-import torch
-
-from .io import RunLock, RunLocked, write_json
-from .runs import CONFIG_NAME, MODEL_DIR, PROG, TEST_METRICS_NAME, load_run
-from .runs import read_config as _read_config
-
 __all__ = ["SUBCOMMANDS", "build_parser", "load_run", "main"]
+
+# the run folder's names (pyro_vae.runs owns them; repeated here so that --help imports neither torch nor Pyro)
+PROG = "pyro-vae"
+CONFIG_NAME = "config.json"
+MODEL_DIR = "model"
+TEST_METRICS_NAME = "test_metrics.json"
+
+
+def load_run(run_dir: Any, device: Any = "cpu") -> tuple[Any, dict[str, Any]]:
+    """:func:`pyro_vae.runs.load_run` (imported when called)."""
+    from .runs import load_run as load
+
+    return load(run_dir, device=device)
+
+
+def _read_config(run_dir: Any) -> dict[str, Any]:
+    from .runs import read_config
+
+    return read_config(run_dir)
+
+
+def _run_lock(folder: Path) -> Any:
+    from .io import RunLock
+
+    return RunLock(folder)
 
 #: settings that depend on the data set when not given on the command line
 _IMAGE_DEFAULTS = {"latent_dim": 50, "hidden_dims": "200,200", "epochs": 20}
@@ -86,12 +105,16 @@ def _parse_dims(text: str | list[int]) -> list[int]:
 
 def _write_json_atomic(obj: Any, path: Path) -> None:
     """Write JSON so that the file is never seen half-written (see :func:`pyro_vae.io.atomic_write`)."""
+    from .io import write_json
+
     write_json(obj, path)
 
 
 @contextlib.contextmanager
 def _torch_threads(num_threads: int | None) -> Iterator[None]:
     """Use ``num_threads`` intra-op threads inside the block (restored afterwards; None: leave as is)."""
+    import torch
+
     previous = torch.get_num_threads()
     if num_threads is not None:
         torch.set_num_threads(int(num_threads))
@@ -124,7 +147,7 @@ def _splits(dataset: str) -> tuple[str, str, str]:
     return train, "valid", "test"
 
 
-def _is_binary(x: torch.Tensor) -> bool:
+def _is_binary(x: Any) -> bool:
     return bool(((x == 0) | (x == 1)).all())
 
 
@@ -379,7 +402,7 @@ def _run_train(args: argparse.Namespace) -> int:
             "pyro_vae_version": _version(),
         }
         if main:
-            args.exit_stack.enter_context(RunLock(out))  # refuses a second writer before anything is written
+            args.exit_stack.enter_context(_run_lock(out))  # refuses a second writer before anything is written
             _write_json_atomic(config, out / CONFIG_NAME)
         world = f" on {distributed.world_size()} processes" if distributed.launched() else ""
         say(f"run folder: {out}", flush=True)
@@ -501,7 +524,7 @@ def _run_train_variant(args: argparse.Namespace, s: dict[str, Any], out: Path) -
         config["training"]["binarize"] = binarize
         if two_stage:
             config["training"]["stage2_epochs"] = stage2_epochs
-        args.exit_stack.enter_context(RunLock(out))  # refuses a second writer before anything is written
+        args.exit_stack.enter_context(_run_lock(out))  # refuses a second writer before anything is written
         _write_json_atomic(config, out / CONFIG_NAME)
         print(f"run folder: {out}", flush=True)
         if two_stage:
@@ -645,6 +668,8 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     device = next(vae.parameters()).device
     x = x.to(device)
     if config.get("training", {}).get("binarize"):
+        import torch
+
         x = datasets.binarize(x, torch.Generator(device=device).manual_seed(args.seed))
     result = infer.log_likelihood(vae.model, vae.guide, x, num_particles=args.num_particles,
                                   batch_size=args.batch_size, chunk_size=args.chunk_size,
@@ -750,6 +775,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _RunLocked(RuntimeError):
+    """Stands for :class:`pyro_vae.io.RunLocked` until a command has imported it (see :func:`main`)."""
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run ``pyro-vae`` with the arguments ``argv`` (default: ``sys.argv[1:]``).
 
@@ -762,7 +791,11 @@ def main(argv: list[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as e:  # argparse exits on --help (0) and usage errors (2)
         return int(e.code) if isinstance(e.code, int) else 2
+    global _RunLocked
     try:
+        from .io import RunLocked  # after parsing: --help and usage errors import neither torch nor Pyro
+
+        _RunLocked = RunLocked
         from .distributed import launched
 
         if launched() and args.command not in DISTRIBUTED_SUBCOMMANDS:
@@ -775,7 +808,7 @@ def main(argv: list[str] | None = None) -> int:
 
         finish()  # under torchrun: every rank waits for rank 0's files before any exits
         return status
-    except (ValueError, TypeError, OSError, FloatingPointError, RunLocked) as e:
+    except (ValueError, TypeError, OSError, FloatingPointError, _RunLocked) as e:
         hint = " (on the command line: --data-root FOLDER)" if "PYRO_VAE_DATA" in str(e) else ""
         print(f"{PROG}: error: {e}{hint}", file=sys.stderr)
         return 2

@@ -225,3 +225,15 @@ def test_plot_writes_every_figure_in_the_format_and_resolution_asked_with_a_capt
     high = matplotlib.image.imread(tmp_path / "hi" / "training.png")
     assert high.shape[0] == pytest.approx(4 * low.shape[0], rel=0.05)
     assert run_cli(["plot", run, "--dpi", "0"], capsys)[0] == 2
+
+
+def test_help_is_fast_because_it_imports_neither_torch_nor_pyro():
+    code = ("import sys; from pyro_vae.cli import main\n"
+            "try:\n    main(['train', '--help'])\nexcept SystemExit:\n    pass\n"
+            "assert 'torch' not in sys.modules and 'pyro' not in sys.modules, sorted(sys.modules)[:5]")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert "--prior" in proc.stdout
+    import pyro_vae as package
+
+    assert package.VAE is pyro_vae.models.VAE and callable(package.fit) and callable(package.load)
