@@ -33,13 +33,10 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+from .run_files import CONFIG_NAME, MODEL_DIR, PROG, TEST_METRICS_NAME
+
 __all__ = ["SUBCOMMANDS", "build_parser", "load_run", "main"]
 
-# the run folder's names (pyro_vae.runs owns them; repeated here so that --help imports neither torch nor Pyro)
-PROG = "pyro-vae"
-CONFIG_NAME = "config.json"
-MODEL_DIR = "model"
-TEST_METRICS_NAME = "test_metrics.json"
 
 
 def load_run(run_dir: Any, device: Any = "cpu") -> tuple[Any, dict[str, Any]]:
@@ -348,7 +345,8 @@ def _run_train(args: argparse.Namespace) -> int:
     from .infer.objectives import get_objective
     from .models import VAE
     from .plots import save_samples, training_curves
-    from .train import CHECKPOINT_NAME, TensorBoard, TrainingMetrics, check_data, evaluate_elbo, fit, resolve_device
+    from .run_files import CHECKPOINT_NAME
+    from .train import TensorBoard, TrainingMetrics, check_data, evaluate_elbo, fit, resolve_device
 
     main = distributed.is_main_process()  # under torchrun rank 0 alone writes and prints; every rank trains
     say = print if main else _silent
@@ -775,10 +773,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-class _RunLocked(RuntimeError):
-    """Stands for :class:`pyro_vae.io.RunLocked` until a command has imported it (see :func:`main`)."""
-
-
 def main(argv: list[str] | None = None) -> int:
     """Run ``pyro-vae`` with the arguments ``argv`` (default: ``sys.argv[1:]``).
 
@@ -791,12 +785,8 @@ def main(argv: list[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as e:  # argparse exits on --help (0) and usage errors (2)
         return int(e.code) if isinstance(e.code, int) else 2
-    global _RunLocked
     try:
-        from .io import RunLocked  # after parsing: --help and usage errors import neither torch nor Pyro
-
-        _RunLocked = RunLocked
-        from .distributed import launched
+        from .distributed import launched  # after parsing: --help and usage errors import neither torch nor Pyro
 
         if launched() and args.command not in DISTRIBUTED_SUBCOMMANDS:
             raise ValueError(f"'{PROG} {args.command}' runs in one process: launch it without torchrun (only "
@@ -808,7 +798,7 @@ def main(argv: list[str] | None = None) -> int:
 
         finish()  # under torchrun: every rank waits for rank 0's files before any exits
         return status
-    except (ValueError, TypeError, OSError, FloatingPointError, _RunLocked) as e:
+    except (ValueError, TypeError, OSError, FloatingPointError) as e:  # RunLocked is an OSError
         hint = " (on the command line: --data-root FOLDER)" if "PYRO_VAE_DATA" in str(e) else ""
         print(f"{PROG}: error: {e}{hint}", file=sys.stderr)
         return 2

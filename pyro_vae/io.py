@@ -120,8 +120,8 @@ def describe_write_error(e: BaseException) -> str:
     return f"the write failed ({str(e).splitlines()[0][:200]}): the disk is probably full"
 
 
-class RunLocked(RuntimeError):
-    """Another process holds the run folder."""
+class RunLocked(OSError, RuntimeError):
+    """Another process holds the run folder (an ``OSError``, as a busy resource is)."""
 
 
 _HELD: dict[str, list[Any]] = {}

@@ -178,8 +178,6 @@ class VAE(Saveable, PyroModule):
         self.encoder = make_encoder(encoder, encoder_input, self.latent_dim, hidden_dims, activation)
         self.prior.set_context(self.encoder, input_shape)
         self.guide_flows = _guide_flows(guide_flow, self.latent_dim, int(num_flows), hidden_dims)
-        # the direct terms assume the diagonal Gaussian guide of x alone: a flow guide or a condition is traced
-        self.direct_terms = guide_flow is None and self.condition_shape is None
         self.decoder = make_decoder(decoder, input_shape, self.latent_dim + c, hidden_dims, activation)
         self.likelihood = make_likelihood(likelihood, input_shape, **(likelihood_options or {}))
         # a buffer gives the prior its device and dtype, so .to(device) moves everything
@@ -212,6 +210,12 @@ class VAE(Saveable, PyroModule):
             if self.guide_flows is not None:
                 q = dist.TransformedDistribution(q, self._conditioned_flows(z_loc, z_scale))
             pyro.sample("z", q)
+
+    @property
+    def direct_terms(self) -> bool:
+        """Whether :meth:`importance_terms` covers this configuration: it assumes the diagonal Gaussian guide of
+        ``x`` alone, so a flow guide or a conditional VAE is traced instead."""
+        return self.guide_flows is None and self.condition_shape is None
 
     def _condition(self, y: torch.Tensor | None, n: int | None) -> torch.Tensor | None:
         """``y`` flattened to ``(N, C)``, checked; None for an unconditional VAE (which refuses a ``y``)."""
@@ -742,7 +746,7 @@ class TwoStageVAE(Saveable, nn.Module):
                  "stage2_hidden_dims": s2["hidden_dims"], "activation": s1["activation"], "encoder": s1["encoder"],
                  "decoder": s1["decoder"], "stage1_likelihood": s1["likelihood"],
                  "stage2_likelihood": s2["likelihood"]}
-        return super().from_config.__func__(cls, c)
+        return super().from_config(c)
 
     # stage 1 is the model of x: estimators and fit see its programs
     @property

@@ -26,16 +26,12 @@ import torch
 
 from .io import write_json
 from .models import MODEL_CLASSES, SAVE_CONFIG, build_checked, load_model
-from .train import CHECKPOINT_NAME, METRICS_NAME, load_checkpoint, resolve_device
+from .run_files import CHECKPOINT_NAME, CONFIG_NAME, METRICS_NAME, MODEL_DIR, PROG, TEST_METRICS_NAME
+from .train import load_checkpoint, resolve_device
 
 __all__ = ["CONFIG_NAME", "MODEL_DIR", "TEST_METRICS_NAME", "read_config", "write_config", "read_metrics",
            "load_run", "load"]
 
-PROG = "pyro-vae"
-CONFIG_NAME = "config.json"
-#: the folder the trained model is saved into at the end of training
-MODEL_DIR = "model"
-TEST_METRICS_NAME = "test_metrics.json"
 
 
 def read_config(run_dir: str | os.PathLike[str]) -> dict[str, Any]:

@@ -237,3 +237,12 @@ def test_help_is_fast_because_it_imports_neither_torch_nor_pyro():
     import pyro_vae as package
 
     assert package.VAE is pyro_vae.models.VAE and callable(package.fit) and callable(package.load)
+
+
+def test_a_layers_run_with_a_bad_option_writes_nothing_so_the_retry_runs(tmp_path, capsys):
+    out = tmp_path / "h"
+    code, _, err = run_cli(["train", "--layers", "16,4", "--objective", "bogus", "--out", out, "--epochs", "1"],
+                           capsys)
+    assert code == 2 and "unknown objective" in err and not (out / "config.json").exists()
+    code, _, err = run_cli(["train", "--layers", "16,4", "--out", out, "--epochs", "1", "--no-progress"], capsys)
+    assert code == 0, err

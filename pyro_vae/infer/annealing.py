@@ -46,7 +46,7 @@ from pyro import poutine
 from pyro.distributions.util import sum_rightmost
 from torch.distributions import biject_to
 
-from .evaluate import replicate_stderr
+from .replicates import replicate_stderr
 from .weights import (
     PARTICLE_PLATE,
     _is_latent,
@@ -104,7 +104,6 @@ class AISResult:
     num_groups: int = 1
     #: ``-1`` for a reverse chain (an upper bound): ``values`` is then ``-log mean exp(log_weights)``
     direction: int = 1
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def num_chains(self) -> int:
@@ -200,6 +199,8 @@ class _Target:
         return {s["name"]: s["value"] for s in sites if s["type"] == "sample" and not s["is_observed"]}
 
     def _setup(self, latents: list[dict]) -> None:
+        if not latents:
+            raise ValueError("the guide has no latent sample site: there is nothing to anneal")
         self.sites = []
         for s in latents:
             fn = s["fn"]
@@ -230,10 +231,9 @@ class _Target:
         for s, u in zip(self.sites, us):
             z = s["transform"](u)
             values[s["name"]] = z
-            if s["transform"].bijective and not _is_identity(s["transform"]):
-                ldj = s["transform"].log_abs_det_jacobian(u, z)
-                extra = s["event_dim"] - s["transform"].codomain.event_dim
-                log_jac = log_jac + _per_datapoint(sum_rightmost(ldj, extra), s, self.data_plate)
+            ldj = s["transform"].log_abs_det_jacobian(u, z)  # zeros for a real support
+            extra = s["event_dim"] - s["transform"].codomain.event_dim
+            log_jac = log_jac + _per_datapoint(sum_rightmost(ldj, extra), s, self.data_plate)
         with self.plate():
             model_sites = _run(self.model, self.args, self.kwargs, replay=values)
             log_lik, log_prior, _ = _sums(model_sites, self.data_plate)
@@ -258,19 +258,13 @@ class _Target:
         return base + beta * self.increment(d) + d["log_jac"]
 
 
-def _is_identity(transform: Any) -> bool:
-    return type(transform).__name__ in ("_IdentityTransform", "IdentityTransform") or (
-        hasattr(torch.distributions.transforms, "identity_transform")
-        and transform == torch.distributions.transforms.identity_transform)
-
-
 def _anneal(target: _Target, us: list[torch.Tensor], fixed: dict[str, torch.Tensor], betas: torch.Tensor,
-            num_leapfrog: int, step_size: torch.Tensor, target_accept: float, adapt: bool
-            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[torch.Tensor]]:
-    """Run the chains along ``betas`` (increasing: forward AIS; decreasing: reverse AIS).
+            num_leapfrog: int, step_size: torch.Tensor, target_accept: float, adapt: bool,
+            num_groups: int) -> AISResult:
+    """Run the chains along ``betas`` (increasing: forward AIS; decreasing: reverse AIS, an upper bound).
 
-    :returns: the log weights ``(C, N)``, the acceptance rates ``(N,)``, the final step sizes ``(N,)`` and the
-        final state.
+    :param step_size: one step size for every datapoint (0-dim) or one each ``(N,)``.
+    :returns: the :class:`AISResult` of the run.
     """
     def density(us: list[torch.Tensor], beta: float, grad: bool) -> tuple[torch.Tensor, dict, list]:
         with torch.enable_grad():
@@ -280,10 +274,14 @@ def _anneal(target: _Target, us: list[torch.Tensor], fixed: dict[str, torch.Tens
             grads = list(torch.autograd.grad(log_f.sum(), us)) if grad else []
         return log_f.detach(), {k: v.detach() for k, v in d.items()}, grads
 
-    n = step_size.shape[0]
+    _, d, _ = density(us, float(betas[0]), grad=False)
+    n = d["log_lik"].shape[-1]  # the datapoints the pair scores (a subsampled plate's subsample)
+    if step_size.dim() == 0:
+        step_size = step_size.expand(n).clone()
+    elif step_size.shape != (n,):
+        raise ValueError(f"step_size must be a number or one per datapoint ({n}), got shape {tuple(step_size.shape)}")
     log_w = torch.zeros(target.num_chains, n, dtype=step_size.dtype, device=step_size.device)
     accepted = torch.zeros(n, dtype=step_size.dtype, device=step_size.device)
-    _, d, _ = density(us, float(betas[0]), grad=False)
     transitions = 0
     for a, b in zip(betas[:-1].tolist(), betas[1:].tolist()):
         log_w = log_w + (b - a) * target.increment(d).to(log_w.dtype)
@@ -314,7 +312,10 @@ def _anneal(target: _Target, us: list[torch.Tensor], fixed: dict[str, torch.Tens
         transitions += 1
         if adapt:  # towards the target acceptance rate, per datapoint (multiplicatively, as Wu et al. 2017)
             step_size = step_size * torch.exp(0.5 * (rate - target_accept)).to(step_size.dtype)
-    return log_w, accepted / max(transitions, 1), step_size, us
+    return AISResult(log_weights=log_w, mc_stderr=replicate_stderr(log_w, num_groups),
+                     acceptance_rate=accepted / max(transitions, 1), step_size=step_size,
+                     num_steps=len(betas) - 1, num_leapfrog=int(num_leapfrog), num_groups=int(num_groups),
+                     direction=1 if float(betas[-1]) > float(betas[0]) else -1)
 
 
 def _check_options(num_chains: int, num_steps: int, num_leapfrog: int, proposal: str, schedule: str,
@@ -330,14 +331,13 @@ def _check_options(num_chains: int, num_steps: int, num_leapfrog: int, proposal:
         raise ValueError(f"target_accept must be in (0, 1), got {target_accept}")
 
 
-def _initial_step(x_like: torch.Tensor, n: int, step_size: float | torch.Tensor | None) -> torch.Tensor:
+def _initial_step(x_like: torch.Tensor, step_size: float | torch.Tensor | None) -> torch.Tensor:
+    """The initial step size as a tensor: 0-dim for one number, ``(N,)`` for one per datapoint."""
     dtype = x_like.dtype if x_like.is_floating_point() else torch.get_default_dtype()
-    if step_size is None:
-        step_size = 0.1
-    step = torch.as_tensor(step_size, dtype=dtype, device=x_like.device)
+    step = torch.as_tensor(0.1 if step_size is None else step_size, dtype=dtype, device=x_like.device)
     if not bool((step > 0).all()) or not bool(torch.isfinite(step).all()):
         raise ValueError(f"step_size must be positive and finite, got {step_size!r}")
-    return step.expand(n).clone()
+    return step
 
 
 def ais(
@@ -392,27 +392,15 @@ def ais(
     target = _Target(model, guide, args, kwargs, num_chains, max_plate_nesting, data_plate, proposal)
     fixed = target.initial()
     us = target.to_unconstrained(fixed)
-    n = _data_size(target, fixed, us)
-    step = _initial_step(us[0] if us else args[0], n, step_size)
-    betas = annealing_schedule(num_steps, schedule)
-    log_w, rate, step, _ = _anneal(target, us, _non_latent(fixed, target), betas, num_leapfrog, step,
-                                   target_accept, adapt=True)
     groups = min(int(num_chains), 4) if num_groups is None else int(num_groups)
-    return AISResult(log_weights=log_w, mc_stderr=replicate_stderr(log_w, groups), acceptance_rate=rate,
-                     step_size=step, num_steps=int(num_steps), num_leapfrog=int(num_leapfrog), num_groups=groups)
+    return _anneal(target, us, _non_latent(fixed, target), annealing_schedule(num_steps, schedule), num_leapfrog,
+                   _initial_step(us[0], step_size), target_accept, adapt=True, num_groups=groups)
 
 
 def _non_latent(values: dict[str, torch.Tensor], target: _Target) -> dict[str, torch.Tensor]:
     """The replayed values that are not HMC coordinates (the data plate's subsample indices)."""
     latent = {s["name"] for s in target.sites}
     return {k: v for k, v in values.items() if k not in latent}
-
-
-def _data_size(target: _Target, fixed: dict[str, torch.Tensor], us: list[torch.Tensor]) -> int:
-    if not target.sites:
-        raise ValueError("the guide has no latent sample site: there is nothing to anneal")
-    d = target.evaluate(us, _non_latent(fixed, target))
-    return int(d["log_lik"].shape[-1])
 
 
 def bdmc(
@@ -471,14 +459,10 @@ def bdmc(
     if missing:
         raise ValueError(f"the model does not sample the guide's latent site(s) {missing}")
     us = target.to_unconstrained({**init, **start})
-    step = forward.step_size.clone()  # the forward run's adapted step sizes, kept fixed going back
-    betas = annealing_schedule(num_steps, schedule).flip(0)
-    log_w, rate, step, _ = _anneal(target, us, _non_latent(init, target), betas, num_leapfrog, step,
-                                   target_accept, adapt=False)
-    groups = forward.num_groups
-    reverse = AISResult(log_weights=log_w, mc_stderr=replicate_stderr(log_w, groups), acceptance_rate=rate,
-                        step_size=step, num_steps=int(num_steps), num_leapfrog=int(num_leapfrog), num_groups=groups,
-                        direction=-1)
+    # the forward run's adapted step sizes, kept fixed going back
+    reverse = _anneal(target, us, _non_latent(init, target), annealing_schedule(num_steps, schedule).flip(0),
+                      num_leapfrog, forward.step_size.clone(), target_accept, adapt=False,
+                      num_groups=forward.num_groups)
     return BDMCResult(x=x_sim, forward=forward, reverse=reverse,
                       latents={k: _squeeze_particles(v, s) for s in sites if _is_latent(s) for k, v in
                                [(s["name"], s["value"])]})

@@ -333,16 +333,12 @@ def _dreg_replays(guide: Callable, args: tuple, kwargs: dict, sites: list[dict],
     return guide_sites, hooked, fixed
 
 
-_WARNED: set[str] = set()
-
-
 def _warn_unguided(model_sites: list[dict], guide_values: dict[str, torch.Tensor]) -> None:
-    """Warn (once per site name) about a latent site of the model that the guide does not sample: it is drawn from
+    """Warn about a latent site of the model that the guide does not sample: it is drawn from
     the prior and scored in ``log p(z)`` with nothing in ``log q``, which is not the bound the user meant (Pyro's
     ``Trace_ELBO`` warns too)."""
     for s in model_sites:
-        if _is_latent(s) and s["name"] not in guide_values and s["name"] not in _WARNED:
-            _WARNED.add(s["name"])
+        if _is_latent(s) and s["name"] not in guide_values:  # Python's warning filter shows it once per site
             warnings.warn(f"the model's latent site {s['name']!r} is not in the guide: it is drawn from the model and "
                           "its log density counts in log p(z) alone; add it to the guide", RuntimeWarning,
                           stacklevel=4)

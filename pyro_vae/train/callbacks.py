@@ -155,6 +155,12 @@ class CallbackList(Callback):
         # only those that override on_step_end are called every step
         self.stepping = [c for c in self.callbacks if type(c).on_step_end is not Callback.on_step_end]
 
+    def prepend(self, callback: Callback) -> None:
+        """Put ``callback`` first (``fit`` puts its progress display there)."""
+        self.callbacks.insert(0, callback)
+        if type(callback).on_step_end is not Callback.on_step_end:
+            self.stepping.insert(0, callback)
+
     def on_step_end(self, epoch: int, step: int, steps: int, loss: torch.Tensor, size: int) -> None:
         for c in self.stepping:
             c.on_step_end(epoch, step, steps, loss, size)

@@ -234,8 +234,7 @@ def fit(
         guard = NanGuard(on_nan, nan_check_every, max_rollbacks, parallel)
         steps = math.ceil(n / batch_size)
         if progress and parallel.rank == 0:
-            hooks.callbacks.insert(0, Progress((epochs - start_epoch) * steps, epochs))
-            hooks.stepping.insert(0, hooks.callbacks[0])
+            hooks.prepend(Progress((epochs - start_epoch) * steps, epochs))
         run_config = {"objective": objective, "num_particles": num_particles, "batch_size": batch_size, "lr": lr,
                       "epochs": epochs, "seed": seed, "binarize": binarize, "beta": beta,
                       "kl_warmup_epochs": kl_warmup_epochs, **(config or {})}

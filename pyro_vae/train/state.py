@@ -22,12 +22,11 @@ import torch
 from torch import nn
 
 from ..io import atomic_save, atomic_write, describe_write_error, load_tensors, tensor_checksum
+from ..run_files import CHECKPOINT_NAME, METRICS_NAME
 
 __all__ = ["CHECKPOINT_NAME", "METRICS_NAME", "load_checkpoint", "rng_state", "set_rng_state", "pair_state",
            "load_pair_state", "Snapshot", "prepare_checkpoint_dir", "save_checkpoint", "write_metrics"]
 
-CHECKPOINT_NAME = "checkpoint.pt"
-METRICS_NAME = "metrics.jsonl"
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
