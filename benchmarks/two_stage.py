@@ -8,8 +8,11 @@ same encoder/decoder nets and the same training budget:
     samples decoded from ``z ~ N(0, I)``;
 (b) **learned-gamma VAE**: stage 1 of the two-stage VAE (likelihood ``"normal-gamma"``), samples decoded from
     ``z ~ N(0, I)``;
-(c) **two-stage VAE**: (b)'s stage 1 plus a second VAE on its latent codes; samples go ``u ~ N(0, I)`` ->
-    stage 2's decoder -> stage 1's decoder.
+(c) **two-stage VAE**: (b)'s stage 1 plus a second VAE on its latent codes ``z ~ q(z | x)``, redrawn at every
+    visit (Dai & Wipf); samples go ``u ~ N(0, I)`` -> ``z ~ p(z | u)`` (stage 2's decoder) -> stage 1's decoder
+    mean;
+(d) the same with stage 2 trained on stage 1's posterior *means* (the same stage 1 and stage-2 initial weights),
+    for comparison.
 
 Sample quality is the FCD (:mod:`pyro_vae.frechet`) between ``--num-fcd`` samples and as many test images, on
 the features of a CNN classifier trained here on the labelled training set (saved as ``OUT/classifier.pt`` and
@@ -31,6 +34,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import time
 from pathlib import Path
@@ -99,7 +103,16 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
                       activation="relu", encoder=args.encoder, decoder=args.decoder)
     h_two = tsv.fit(x_fit, epochs=args.epochs, stage2_epochs=args.stage2_epochs, val_data=x_valid[:1000],
                     on_epoch_end=lambda s, r: log(f"stage {s}", r), **fit_kwargs)
-    for m in (plain, tsv):
+    # (d) stage 2 again, from the same initial weights, on the posterior means
+    pyro.set_rng_seed(args.seed)
+    fresh = TwoStageVAE(x_train.shape[1:], latent_dim=args.latent_dim, hidden_dims=hidden,
+                        stage2_hidden_dims=hidden2, activation="relu", encoder=args.encoder, decoder=args.decoder)
+    tsv_means = copy.deepcopy(tsv)
+    tsv_means.stage2.load_state_dict(fresh.stage2.state_dict())
+    h_means = pyro_vae.fit(tsv_means.stage2, tsv.codes(x_fit), epochs=args.stage2_epochs or args.epochs,
+                           val_data=tsv.codes(x_valid[:1000]), on_epoch_end=lambda r: log("stage 2 on means", r),
+                           **fit_kwargs)
+    for m in (plain, tsv, tsv_means):
         m.eval()
 
     torch.manual_seed(args.seed)
@@ -107,7 +120,18 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         "plain VAE (gamma = 1)": plain.sample(args.num_fcd).clamp(0, 1),
         "learned-gamma VAE (stage 1 only)": tsv.sample(args.num_fcd, stages=1).clamp(0, 1),
         "two-stage VAE": tsv.sample(args.num_fcd, stages=2).clamp(0, 1),
+        "two-stage VAE, stage 2 on means": tsv_means.sample(args.num_fcd, stages=2).clamp(0, 1),
     }
+    # the spread of the codes per dimension: posterior means, draws z ~ q(z | x), and each stage 2's samples
+    with torch.no_grad():
+        torch.manual_seed(args.seed)
+        spread = {"posterior means": tsv.codes(x_fit).var(0).tolist(),
+                  "z ~ q(z | x) (aggregate posterior)": tsv.codes(x_fit, sample=True).var(0).tolist(),
+                  "stage 2 on samples": tsv.stage2.sample(args.num_fcd, mean=False).var(0).tolist(),
+                  "stage 2 on means": tsv_means.stage2.sample(args.num_fcd, mean=False).var(0).tolist(),
+                  "stage 2 on samples, decoder means": tsv.stage2.sample(args.num_fcd, mean=True).var(0).tolist()}
+        stage2_gamma = {"samples": float(tsv.stage2.likelihood.gamma),
+                        "means": float(tsv_means.stage2.likelihood.gamma)}
     fcd = {name: frechet_classifier_distance(clf, real, s) for name, s in samples.items()}
     fcd_reference = {
         "training images (floor)": frechet_classifier_distance(clf, real, x_train[:args.num_fcd]),
@@ -139,6 +163,10 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         "fcd": fcd, "fcd_reference": fcd_reference,
         "fcd_ratio_two_stage_to_plain": fcd["two-stage VAE"] / fcd["plain VAE (gamma = 1)"],
         "fcd_ratio_two_stage_to_learned_gamma": fcd["two-stage VAE"] / fcd["learned-gamma VAE (stage 1 only)"],
+        "fcd_ratio_samples_to_means": fcd["two-stage VAE"] / fcd["two-stage VAE, stage 2 on means"],
+        "code_variance_per_dim": spread, "stage2_gamma": stage2_gamma,
+        "stage2_val_elbo": {"samples": [r.get("val_elbo") for r in h_two["stage2"]],
+                            "means": [r.get("val_elbo") for r in h_means]},
         "gamma_trajectory": [r["gamma"] for r in h_two["stage1"]],
         "stage1_val_elbo": [r.get("val_elbo") for r in h_two["stage1"]],
         "plain_val_elbo": [r.get("val_elbo") for r in h_plain],
@@ -153,7 +181,8 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     torch.save({"plain": plain.state_dict(), "two_stage": tsv.state_dict()}, out / "models.pt")
     if not args.no_figure:
         _figure(samples, x_test[:64], out / "samples.png", args.dataset)
-    print_json({k: v for k, v in record.items() if k not in ("machine", "posterior_scale_per_dim_learned_gamma")})
+    print_json({k: v for k, v in record.items() if k not in ("machine", "posterior_scale_per_dim_learned_gamma",
+                                                              "code_variance_per_dim")})
     return record
 
 

@@ -28,7 +28,9 @@ import argparse
 import contextlib
 import json
 import os
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -202,6 +204,9 @@ def _add_train(subparsers: Any) -> None:
                         "normal-gamma, grey levels, no binarization), stage 2 a VAE on stage 1's codes; samples go "
                         "through both stages (writes history.json with gamma per epoch, model.pt, samples.png)")
     p.add_argument("--stage2-epochs", type=int, default=None, help="epochs of stage 2 (default: --epochs)")
+    p.add_argument("--stage2-codes", default=None, choices=("samples", "means"),
+                   help="what stage 2 trains on: samples z ~ q(z|x) redrawn at every visit (Dai & Wipf; the "
+                        "default) or stage 1's posterior means")
     p.add_argument("--layers", default=None,
                    help="a hierarchical VAE (several stochastic layers), e.g. '200,200,100;100,100,50' for the IWAE "
                         "paper's two-layer model: per layer the hidden sizes then the latent size, bottom first")
@@ -275,6 +280,8 @@ def _typed_option(path: Path, name: str, value: Any) -> Any:
         return converted
     if value is not None and not isinstance(value, (str, int, float)):
         raise ValueError(f"{option} must be a single value, got {value!r}")
+    if action is not None and action.choices is not None and value is not None and value not in action.choices:
+        raise ValueError(f"{option} must be one of {', '.join(map(str, action.choices))}, got {value!r}")
     return value if value is None or action is None or action.type is None else str(value)
 
 
@@ -489,6 +496,9 @@ def _run_train_variant(args: argparse.Namespace, s: dict[str, Any], out: Path) -
     train_split, valid_split, test_split = _splits(s["dataset"])
     num_threads = _resolve_threads(s.get("num_threads", "auto"), s["dataset"])
     stage2_epochs = args.stage2_epochs if args.stage2_epochs is not None else s.get("stage2_epochs")
+    stage2_codes = args.stage2_codes or s.get("stage2_codes") or "samples"
+    if stage2_codes not in ("samples", "means"):
+        raise ValueError(f"--stage2-codes must be samples or means, got {stage2_codes!r}")
     with _torch_threads(num_threads):
         _seed_everything(s["seed"])
         if "vae_config" in s:  # resuming: the very model of the run
@@ -521,13 +531,13 @@ def _run_train_variant(args: argparse.Namespace, s: dict[str, Any], out: Path) -
                   "training": {k: s[k] for k in _TRAINING_KEYS if k in s}, "pyro_vae_version": _version()}
         config["training"]["binarize"] = binarize
         if two_stage:
-            config["training"]["stage2_epochs"] = stage2_epochs
+            config["training"].update(stage2_epochs=stage2_epochs, stage2_codes=stage2_codes)
         args.exit_stack.enter_context(_run_lock(out))  # refuses a second writer before anything is written
         _write_json_atomic(config, out / CONFIG_NAME)
         print(f"run folder: {out}", flush=True)
         if two_stage:
             history = model.fit(x_train, epochs=int(s["epochs"]), stage2_epochs=stage2_epochs, val_data=x_valid,
-                                **common)
+                                stage2_codes=stage2_codes, **common)
             _write_json_atomic(history, out / "history.json")  # both stages; stage 1's with gamma per epoch
             last = history["stage1"][-1]
             print(f"stage 1: valid ELBO {last.get('val_elbo', float('nan')):.2f}, gamma {model.gamma:.5f}; "
@@ -773,13 +783,55 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class Terminated(BaseException):
+    """SIGTERM (a scheduler's or torchrun's stop), raised where the program is, so that it ends as Ctrl-C does: locks
+    released, no half-written file (every write is atomic), a message instead of a silent exit."""
+
+
+def _raise_terminated(signum: int, frame: Any) -> None:
+    raise Terminated()
+
+
+@contextlib.contextmanager
+def _signal_handling(program: bool) -> Iterator[None]:
+    """SIGTERM raises :class:`Terminated` inside the block. For the program itself (``program``: ``main()`` with
+    no ``argv``) a Ctrl-C or SIGTERM arriving after the block, while the interpreter shuts down, is ignored: the
+    work is done and its files are written. Called from code (``main([...])``), the previous handler is
+    restored. Only the main thread can set handlers; elsewhere nothing changes."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        yield
+    finally:
+        if program:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        else:
+            signal.signal(signal.SIGTERM, previous)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run ``pyro-vae`` with the arguments ``argv`` (default: ``sys.argv[1:]``).
 
     :param argv: the command-line arguments, without the program name.
     :returns: the exit status: 0 on success, 2 for a usage error or bad input (the message goes to stderr as
-        ``pyro-vae: error: <message>``), 130 when interrupted.
+        ``pyro-vae: error: <message>``), 130 when interrupted (Ctrl-C), 143 when terminated (SIGTERM).
     """
+    resume_hint = f"a training run continues with '{PROG} train --out RUN --resume'"
+    try:
+        with _signal_handling(program=argv is None):
+            return _main(argv)
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted ({resume_hint})", file=sys.stderr)
+        return 130
+    except Terminated:
+        print(f"{PROG}: terminated by SIGTERM ({resume_hint})", file=sys.stderr)
+        return 143
+
+
+def _main(argv: list[str] | None) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
@@ -808,10 +860,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{PROG}: error: not enough memory ({str(e).splitlines()[0][:160]}): lower --latent-dim, "
               "--hidden-dims, --batch-size or --num-particles", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f"{PROG}: interrupted (a training run continues with '{PROG} train --out RUN --resume')",
-              file=sys.stderr)
-        return 130
 
 
 if __name__ == "__main__":

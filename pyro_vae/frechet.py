@@ -49,7 +49,11 @@ class FeatureClassifier(nn.Module):
         self.head = nn.Linear(feature_dim, num_classes)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        """:param x: ``(N, C, H, W)``. :returns: ``(N, feature_dim)``, the penultimate layer."""
+        """The classifier's penultimate layer, the features the Frechet distance compares.
+
+        :param x: ``(N, C, H, W)``.
+        :returns: ``(N, feature_dim)``.
+        """
         return self.body(x.reshape(-1, *self.input_shape))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -96,7 +100,10 @@ def load_classifier(path: str | os.PathLike, input_shape: Sequence[int] = (1, 28
 
 @torch.no_grad()
 def classifier_features(net: FeatureClassifier, images: torch.Tensor, batch_size: int = 1000) -> np.ndarray:
-    """Penultimate-layer features. :returns: ``(N, feature_dim)`` float64 numpy array."""
+    """Penultimate-layer features.
+
+    :returns: ``(N, feature_dim)`` float64 numpy array.
+    """
     net.eval()
     return torch.cat([net.features(images[i:i + batch_size].float().cpu())
                       for i in range(0, images.shape[0], batch_size)]).double().numpy()

@@ -30,7 +30,8 @@ __all__ = ["atomic_write", "atomic_save", "write_json", "load_tensors", "refuse_
 def refuse_link(path: str | os.PathLike) -> Path:
     """Refuse to write into or through a symbolic link (it may point outside the run folder).
 
-    :returns: ``path``. :raises ValueError: if ``path`` is a link.
+    :returns: ``path``.
+    :raises ValueError: if ``path`` is a link.
     """
     path = Path(path)
     if path.is_symlink():

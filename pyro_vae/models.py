@@ -305,7 +305,10 @@ class VAE(Saveable, PyroModule):
 
     @torch.no_grad()
     def reconstruct(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
-        """Decode the posterior mean: ``E[x | z = z_loc(x)]``. :returns: ``(N, *input_shape)``."""
+        """Decode the posterior mean: ``E[x | z = z_loc(x)]``.
+
+        :returns: ``(N, *input_shape)``.
+        """
         z_loc, _ = self.encode(x, y)
         return self.decode(z_loc, y)
 
@@ -334,7 +337,10 @@ class VAE(Saveable, PyroModule):
 
     def init_output_bias(self, data: torch.Tensor) -> "VAE":
         """Set the decoder's output bias to the logit of the mean pixel (Burda et al. 2016); see
-        :func:`init_output_bias`. :returns: ``self``."""
+        :func:`init_output_bias`.
+
+        :returns: ``self``.
+        """
         init_output_bias(self.decoder, data)
         return self
 
@@ -560,7 +566,8 @@ class HierarchicalVAE(Saveable, PyroModule):
     def encode(self, x: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """The guide's means and scales layer by layer, each layer fed the *mean* of the one below.
 
-        :param x: ``(N, *input_shape)``. :returns: ``[(loc_1, scale_1), ..., (loc_L, scale_L)]``.
+        :param x: ``(N, *input_shape)``.
+        :returns: ``[(loc_1, scale_1), ..., (loc_L, scale_L)]``.
         """
         out = []
         h = x.flatten(-len(self.input_shape))
@@ -571,18 +578,28 @@ class HierarchicalVAE(Saveable, PyroModule):
         return out
 
     def decode(self, h1: torch.Tensor) -> torch.Tensor:
-        """:param h1: ``(..., latent_dims[0])``. :returns: the mean of ``p(x | h1)``, ``(..., *input_shape)``."""
+        """The mean of ``p(x | h1)``, decoded from the lowest latent layer.
+
+        :param h1: ``(..., latent_dims[0])``.
+        :returns: ``(..., *input_shape)``.
+        """
         return self.likelihood.mean(self.decoder(h1))
 
     @torch.no_grad()
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
-        """Decode the mean of ``q(h_1 | x)``. :returns: ``(N, *input_shape)``."""
+        """Decode the mean of ``q(h_1 | x)``.
+
+        :returns: ``(N, *input_shape)``.
+        """
         return self.decode(self.encoders[0](x.flatten(-len(self.input_shape)))[0])
 
     @torch.no_grad()
     def sample(self, num_samples: int, mean: bool = True) -> torch.Tensor:
         """Ancestral sampling: ``h_L`` from the prior, each lower layer drawn, then the mean of ``p(x | h_1)``
-        (or a draw from it with ``mean=False``). :returns: ``(num_samples, *input_shape)``."""
+        (or a draw from it with ``mean=False``).
+
+        :returns: ``(num_samples, *input_shape)``.
+        """
         if int(num_samples) < 1:
             raise ValueError(f"num_samples must be >= 1, got {num_samples}")
         h = self.prior.sample(int(num_samples))
@@ -674,9 +691,15 @@ class TwoStageVAE(Saveable, nn.Module):
     aggregate posterior ``q(z) = E_x q(z | x)`` then differs from the prior ``N(0, I)`` on the used dimensions,
     so decoding prior draws gives poor samples although reconstructions are good.
 
-    **Stage 2** is a VAE on the stage-1 codes ``z = E_q[z | x]`` (``kappa``-dimensional, full-dimensional data
-    now, where a VAE can match the distribution), with a latent ``u`` of the same dimension. Sampling goes
-    ``u ~ N(0, I)``, ``z = E[z | u]`` (stage 2's decoder), ``x = E[x | z]`` (stage 1's decoder).
+    **Stage 2** is a VAE on the stage-1 codes ``z ~ q(z | x)``, one fresh draw per datapoint at every visit (as
+    in the paper: the draws are samples of the aggregate posterior ``q(z)``, which is what stage 2 must learn;
+    ``kappa``-dimensional, full-dimensional data now, where a VAE can match the distribution), with a latent
+    ``u`` of the same dimension. Training on the posterior means instead (``stage2_codes="means"`` in
+    :meth:`fit`) learns the distribution of the means, which is narrower than ``q(z)``: an unused dimension's
+    means sit near 0 while its ``q(z)`` is ``N(0, 1)``. Sampling goes ``u ~ N(0, I)``, ``z ~ p(z | u) =
+    N(f_2(u), gamma_z I)`` (a draw from stage 2's decoder, as in the paper's code: its mean alone is too narrow
+    whenever stage 2 explains part of the codes' spread by its variance ``gamma_z``), then ``x = E[x | z]``
+    (stage 1's decoder mean).
 
     ``model``/``guide`` are stage 1's, so every estimator measures stage 1's ``log p(x)``.
 
@@ -766,28 +789,39 @@ class TwoStageVAE(Saveable, nn.Module):
         return None if g is None else float(g.detach())
 
     @torch.no_grad()
-    def codes(self, data: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
-        """Stage 1's posterior means ``E_q[z | x]``, the training data of stage 2.
+    def posterior(self, data: torch.Tensor, batch_size: int = 1000) -> tuple[torch.Tensor, torch.Tensor]:
+        """Stage 1's Gaussian posterior ``q(z | x)`` of each datapoint, the distribution stage 2 trains on.
 
-        :param data: ``(N, *input_shape)``. :returns: ``(N, latent_dim)``.
+        :param data: ``(N, *input_shape)``.
+        :returns: ``(loc, scale)``, each ``(N, latent_dim)``.
         """
         device = self.stage1._anchor.device
         was_training = self.stage1.training
         self.stage1.eval()
-        out = torch.cat([self.stage1.encode(data[i:i + batch_size].to(device))[0]
-                         for i in range(0, data.shape[0], batch_size)])
+        parts = [self.stage1.encode(data[i:i + batch_size].to(device)) for i in range(0, data.shape[0], batch_size)]
         self.stage1.train(was_training)
-        return out
+        return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+
+    def codes(self, data: torch.Tensor, batch_size: int = 1000, sample: bool = False) -> torch.Tensor:
+        """Stage 1's codes of ``data``: the posterior means ``E_q[z | x]``, or with ``sample`` one draw
+        ``z ~ q(z | x)`` each (a sample of the aggregate posterior ``q(z)``, which stage 2 learns).
+
+        :param data: ``(N, *input_shape)``.
+        :returns: ``(N, latent_dim)``.
+        """
+        loc, scale = self.posterior(data, batch_size)
+        return loc + scale * torch.randn_like(loc) if sample else loc
 
     def fit(self, data: torch.Tensor, **kwargs: Any) -> dict[str, list[dict[str, Any]]]:
-        """Train stage 1 on ``data``, then stage 2 on stage 1's codes: :func:`pyro_vae.train.fit_two_stage`."""
+        """Train stage 1 on ``data``, then stage 2 on stage 1's codes: :func:`pyro_vae.train.fit_two_stage`
+        (``stage2_codes="samples"``, the default, or ``"means"``)."""
         from .train.two_stage import fit_two_stage  # training sits above the models: imported when called
 
         return fit_two_stage(self, data, **kwargs)
 
     @torch.no_grad()
     def sample(self, num_samples: int, mean: bool = True, stages: int = 2) -> torch.Tensor:
-        """Sample through both stages: ``u ~ N(0, I)``, ``z = E[z | u]``, then ``E[x | z]``.
+        """Sample through both stages: ``u ~ N(0, I)``, ``z ~ p(z | u)`` (stage 2's decoder), then ``E[x | z]``.
 
         :param num_samples: how many samples.
         :param mean: return the mean of ``p(x | z)`` rather than a draw.
@@ -799,12 +833,15 @@ class TwoStageVAE(Saveable, nn.Module):
             return self.stage1.sample(num_samples, mean=mean)
         if stages != 2:
             raise ValueError(f"stages must be 1 or 2, got {stages}")
-        z = self.stage2.sample(num_samples, mean=True)
+        z = self.stage2.sample(num_samples, mean=False)
         params = self.stage1.decoder(z)
         return self.stage1.likelihood.mean(params) if mean else self.stage1.likelihood(params).sample()
 
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
-        """Stage 1's reconstruction. :returns: ``(N, *input_shape)``."""
+        """Stage 1's reconstruction.
+
+        :returns: ``(N, *input_shape)``.
+        """
         return self.stage1.reconstruct(x)
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -812,7 +849,10 @@ class TwoStageVAE(Saveable, nn.Module):
         return self.stage1.encode(x)
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
-        """Stage 1's decoder mean. :returns: ``(..., *input_shape)``."""
+        """Stage 1's decoder mean.
+
+        :returns: ``(..., *input_shape)``.
+        """
         return self.stage1.decode(z)
 
 

@@ -113,6 +113,10 @@ def image_grid(
     path: str | os.PathLike[str] | None = None,
     title: str | None = None,
     image_shape: Sequence[int] | None = None,
+    row_labels: Sequence[str] | None = None,
+    col_labels: Sequence[str] | None = None,
+    row_axis: str | None = None,
+    col_axis: str | None = None,
 ) -> Figure:
     """Draw a batch of images as one grid, ``nrow`` images per row.
 
@@ -125,25 +129,46 @@ def image_grid(
     :param path: if given, save the figure there as PNG (any format matplotlib knows, by the suffix).
     :param title: a title above the grid.
     :param image_shape: the shape ``(C, H, W)`` or ``(H, W)`` of one image when ``images`` is flat.
+    :param row_labels: a label left of each row (``""`` for none).
+    :param col_labels: a label under each column (``""`` for none).
+    :param row_axis: what the row labels are (a y-axis title).
+    :param col_axis: what the column labels are (an x-axis title).
     :returns: the :class:`matplotlib.figure.Figure`.
     """
     if int(nrow) < 1:
         raise ValueError(f"nrow must be >= 1, got {nrow}")
     x = _as_images(images, image_shape)
     nrow = min(int(nrow), x.shape[0])
+    rows = math.ceil(x.shape[0] / nrow)
+    for labels, count, what in ((row_labels, rows, "row_labels"), (col_labels, nrow, "col_labels")):
+        if labels is not None and len(labels) != count:
+            raise ValueError(f"{what} needs one label per {what[:3]} ({count}), got {len(labels)}")
     lo, hi = x.min().item(), x.max().item()
     if lo < 0 or hi > 1:
         x = (x - lo) / (hi - lo) if hi > lo else torch.zeros_like(x)
     grid = _mosaic(x.clamp(0, 1), nrow, background=0.5)
-    rows = math.ceil(x.shape[0] / nrow)
     cell = min(0.35 + 0.015 * max(x.shape[2], x.shape[3]), 1.5)  # inches per image: 8x8 ~0.5, 28x28 ~0.8
-    fig = _figure((max(nrow * cell, 3.0), max(rows * cell, 1.0) + (0.35 if title else 0.0)))
+    labelled = row_labels is not None or col_labels is not None
+    fig = _figure((max(nrow * cell, 3.0) + (0.6 if labelled else 0.0),
+                   max(rows * cell, 1.0) + (0.35 if title else 0.0) + (0.45 if labelled else 0.0)))
     ax = fig.add_subplot()
     if grid.shape[2] == 1:
         ax.imshow(grid[..., 0].numpy(), cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
     else:
         ax.imshow(grid.numpy(), interpolation="nearest")
-    ax.set_axis_off()
+    if labelled:  # ticks at the image centres, no frame
+        for spine in ax.spines.values():
+            spine.set_visible(False)
+        h, w = x.shape[2], x.shape[3]
+        ax.set_yticks([_PAD + r * (h + _PAD) + h / 2 - 0.5 for r in range(rows)], row_labels or [""] * rows)
+        ax.set_xticks([_PAD + c * (w + _PAD) + w / 2 - 0.5 for c in range(nrow)], col_labels or [""] * nrow)
+        ax.tick_params(length=0, labelsize="small")
+        if row_axis:
+            ax.set_ylabel(row_axis)
+        if col_axis:
+            ax.set_xlabel(col_axis)
+    else:
+        ax.set_axis_off()
     if title:
         ax.set_title(title, fontsize="medium")
     _save(fig, path)
@@ -454,6 +479,8 @@ def latent_traversal(
       at the mean of ``z_loc(x)`` (at 0 without ``x``); with ``x`` the rows are the ``max_dims`` dimensions
       whose ``z_loc`` varies most over the data (the active ones), otherwise the first ``max_dims``.
 
+    Each row is labelled with its dimension (``z1``, ``z2``, ... counted from 1) and the columns with the values.
+
     :param vae: anything with ``.latent_dim`` and ``.decode(z)`` returning images (a :class:`pyro_vae.VAE`).
     :param path: where to save the PNG (None: only return the figure).
     :param n: images per row.
@@ -473,7 +500,9 @@ def latent_traversal(
         # rows from top to bottom: z_2 decreasing; columns: z_1 increasing
         z = torch.stack(torch.meshgrid(g, g.flip(0), indexing="xy"), -1).reshape(-1, 2)
         rows = n
-        default_title = "decoded grid of the 2-D latent space (inverse normal CDF)"
+        default_title = "decoded 2-D latent grid (normal quantiles)"
+        ticks = [f"{round(v, 6):.2g}" if i in (0, n // 2, n - 1) else "" for i, v in enumerate(g.tolist())]
+        labels = {"row_labels": ticks[::-1], "col_labels": ticks, "row_axis": "z2", "col_axis": "z1"}
     else:
         base = torch.zeros(d, dtype=torch.float64)
         dims = list(range(min(d, int(max_dims))))
@@ -487,8 +516,11 @@ def latent_traversal(
             z[r, :, j] = values
         z = z.reshape(-1, d)
         rows = len(dims)
-        default_title = (f"latent traversals from {-span:g} to {span:g}: rows = dimensions "
-                         f"{', '.join(str(j + 1) for j in dims)}")
+        default_title = f"latent traversals from {-span:g} to {span:g}, the others fixed"
+        ends = (0, n // 2, n - 1)
+        labels = {"row_labels": [f"z{j + 1}" for j in dims],
+                  "col_labels": [f"{round(v, 6):g}" if i in ends else "" for i, v in enumerate(values.tolist())],
+                  "row_axis": "latent dimension", "col_axis": "value in prior standard deviations"}
     was_training = getattr(vae, "training", False)
     if hasattr(vae, "eval"):
         vae.eval()
@@ -501,7 +533,7 @@ def latent_traversal(
         raise ValueError(f"latent_traversal draws images; the model decodes datapoints of shape "
                          f"{tuple(images.shape[1:])}")
     assert images.shape[0] == rows * n
-    return image_grid(images, nrow=n, path=path, title=title if title is not None else default_title)
+    return image_grid(images, nrow=n, path=path, title=title if title is not None else default_title, **labels)
 
 
 def k_curve(result: Any, path: str | os.PathLike[str] | None = None) -> Figure:

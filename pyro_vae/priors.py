@@ -46,7 +46,11 @@ class Prior(nn.Module):
         raise NotImplementedError
 
     def log_prob(self, z: torch.Tensor) -> torch.Tensor:
-        """:param z: ``(..., latent_dim)``. :returns: ``log p(z)``, shape ``(...)``."""
+        """The prior's log density.
+
+        :param z: ``(..., latent_dim)``.
+        :returns: ``log p(z)``, shape ``(...)``.
+        """
         return self.distribution(z).log_prob(z)
 
     @torch.no_grad()
@@ -113,7 +117,11 @@ class DiagonalNormalMixture(dist.MixtureSameFamily):
         return dist.ExpandedDistribution(self, batch_shape)
 
     def log_prob(self, value: torch.Tensor) -> torch.Tensor:
-        """:param value: ``(..., d)``. :returns: ``(...)``, the mixture's log density."""
+        """The mixture's log density.
+
+        :param value: ``(..., d)``.
+        :returns: ``(...)``.
+        """
         inv_var = self._scales.pow(-2)  # (K, d)
         quad = (value.pow(2) @ inv_var.T - 2 * (value @ (self._locs * inv_var).T)
                 + (self._locs.pow(2) * inv_var).sum(-1))  # (..., K)

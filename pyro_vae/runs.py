@@ -35,7 +35,11 @@ __all__ = ["CONFIG_NAME", "MODEL_DIR", "TEST_METRICS_NAME", "read_config", "writ
 
 
 def read_config(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
-    """The run's ``config.json``, checked. :raises FileNotFoundError:, :raises ValueError: with what to do."""
+    """The run's ``config.json``, checked.
+
+    :raises FileNotFoundError: when the folder has no ``config.json``.
+    :raises ValueError: when it is damaged (the message says what to do).
+    """
     run_dir = Path(run_dir)
     if not run_dir.exists():
         raise FileNotFoundError(f"run folder {run_dir} does not exist (a run folder is what "

@@ -83,7 +83,11 @@ def test_train_writes_a_run_folder(trained: tuple[Path, str]) -> None:
     match = TEST_ELBO.search(out)
     assert match, out
     test_elbo = float(match.group(1))
-    assert math.isfinite(test_elbo) and -80 < test_elbo < 0  # 64 binary pixels: above -64 log 2 once trained
+    # 64 binary pixels: a fair coin per pixel scores -64 log 2 = -44.4 nats; 3 epochs reach about -28.4
+    assert -64 * math.log(2) + 10 < test_elbo < 0
+    # the test split and the validation split are draws of one distribution: their ELBOs agree within noise
+    # (per-datapoint spread about 5 nats over about 300 datapoints each: a standard error near 0.45 for the gap)
+    assert abs(test_elbo - json.loads(lines[-1])["val_elbo"]) < 2.5
     assert json.loads((run / "test_metrics.json").read_text())["elbo"] == pytest.approx(test_elbo, abs=0.006)
     assert_picture(run / "samples.png")
     assert_picture(run / "training.png")

@@ -36,3 +36,34 @@ def test_example_smoke_test(script: Path, tmp_path: Path) -> None:
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, f"{script.name} --smoke-test failed:\n{proc.stdout}\n{proc.stderr}"
     assert proc.stdout.strip(), f"{script.name} printed nothing"
+
+
+def test_ddp_example_takes_the_cli_spellings(tmp_path: Path) -> None:
+    """examples/train_ddp.py spells its options as ``pyro-vae train`` does: ``--hidden-dims 64,32``, ``--out`` and
+    ``--resume``; a second run into a folder with a checkpoint needs ``--resume``, which continues it."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])]),
+               OMP_NUM_THREADS="1", PYRO_VAE_DATA=str(DATA))
+    script = str(REPO / "examples" / "train_ddp.py")
+    out = tmp_path / "run"
+    common = ["--dataset", "digits", "--hidden-dims", "64,32", "--latent-dim", "4", "--num-particles", "5",
+              "--device", "cpu", "--out", str(out)]
+
+    def run(*extra: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, script, *common, *extra], env=env, capture_output=True, text=True,
+                              timeout=300)
+
+    first = run("--epochs", "1")
+    assert first.returncode == 0, first.stderr[-2000:]
+    assert "1 epochs on digits" in first.stdout
+    import torch
+
+    weights = torch.load(out / "checkpoint.pt", weights_only=False)["pair"]["module"]
+    assert tuple(weights["encoder.net.0.weight"].shape) == (64, 64)  # 8x8 digits -> 64 -> 32 -> 2 x 4
+    assert tuple(weights["encoder.net.2.weight"].shape) == (32, 64)
+    again = run("--epochs", "2")
+    assert again.returncode != 0 and "--resume" in again.stderr
+    resumed = run("--epochs", "2", "--resume")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "2 epochs on digits" in resumed.stdout
+    bad = subprocess.run([sys.executable, script, "--hidden-dims", "64,x"], env=env, capture_output=True, text=True)
+    assert bad.returncode == 2 and "comma-separated" in bad.stderr

@@ -248,6 +248,11 @@ def test_latent_traversal_2d_manifold_grid(tmp_path: Path) -> None:
     assert_png_matches(fig, tmp_path / "m.png")
     mosaic = np.asarray(fig.axes[0].images[0].get_array())
     assert mosaic.shape[:2] == (5 * 9 + 1, 5 * 9 + 1)
+    ax = fig.axes[0]
+    assert (ax.get_xlabel(), ax.get_ylabel()) == ("z1", "z2")
+    z = [f"{v:.2g}" for v in torch.distributions.Normal(0.0, 1.0).icdf((torch.arange(5.0) + 0.5) / 5).tolist()]
+    assert [t.get_text() for t in ax.get_xticklabels()] == [z[0], "", z[2], "", z[4]]
+    assert [t.get_text() for t in ax.get_yticklabels()] == [z[4], "", z[2], "", z[0]]  # z_2 grows upwards
     u = (np.arange(5) + 0.5) / 5  # Phi(z) of the grid: z_1 grows to the right, z_2 grows upwards
     for r in range(5):
         for c in range(5):
@@ -265,7 +270,11 @@ def test_latent_traversal_rows_are_the_most_active_dimensions(tmp_path: Path) ->
     x = torch.randn(200, 1, 8, 8)
     fig = latent_traversal(vae, tmp_path / "t.png", n=4, x=x, max_dims=3)
     assert_png_matches(fig, tmp_path / "t.png")
-    assert "rows = dimensions 6, 5, 4" in fig.axes[0].get_title()
+    ax = fig.axes[0]
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["z6", "z5", "z4"]  # each row names its dimension
+    np.testing.assert_allclose(ax.get_yticks(), [1 + r * 9 + 3.5 for r in range(3)])  # at the row centres
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["-3", "", "1", "3"]
+    assert "latent dimension" in ax.get_ylabel() and "standard deviations" in ax.get_xlabel()
     mosaic = np.asarray(fig.axes[0].images[0].get_array())
     assert mosaic.shape[:2] == (3 * 9 + 1, 4 * 9 + 1)
     row3 = [mosaic[1 + 2 * 9 + 3, 1 + c * 9 + 3] for c in range(4)]  # row of dimension 4 (index 3): varies

@@ -246,3 +246,88 @@ def test_a_layers_run_with_a_bad_option_writes_nothing_so_the_retry_runs(tmp_pat
     assert code == 2 and "unknown objective" in err and not (out / "config.json").exists()
     code, _, err = run_cli(["train", "--layers", "16,4", "--out", out, "--epochs", "1", "--no-progress"], capsys)
     assert code == 0, err
+
+
+def test_sigterm_during_training_ends_with_a_message_and_the_run_resumes(tmp_path):
+    """SIGTERM (a scheduler's stop) used to end the program silently; now it ends as Ctrl-C does: a message, exit
+    status 143, the lock released, the complete epochs kept, and --resume continues."""
+    out = tmp_path / "run"
+    argv = [sys.executable, "-m", "pyro_vae", "train", "--dataset", "digits", "--epochs", "400", "--out", str(out),
+            "--no-progress"]
+    env = dict(os.environ, OMP_NUM_THREADS="1", MPLBACKEND="Agg")
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    deadline = time.monotonic() + 120
+    while not (out / "metrics.jsonl").is_file() and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    proc.terminate()
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143, err
+    assert "terminated by SIGTERM" in err and "--resume" in err and "Traceback" not in err
+    done = load_checkpoint(out / CHECKPOINT_NAME)["epoch"]
+    assert 1 <= done < 400
+    code = subprocess.run([*argv[:-3], "--epochs", str(done + 1), "--out", str(out), "--resume", "--no-progress"],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert code.returncode == 0, code.stderr  # not refused as locked: the lock went with the terminated run
+    assert load_checkpoint(out / CHECKPOINT_NAME)["epoch"] == done + 1
+
+
+def test_a_signal_anywhere_in_main_is_a_message_and_handlers_are_restored(monkeypatch, capsys):
+    import signal
+
+    from pyro_vae import cli
+
+    before = signal.getsignal(signal.SIGTERM)
+
+    def terminated(args):
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)  # the handler raises in this frame long before
+        raise AssertionError("SIGTERM was not handled")
+
+    monkeypatch.setitem(cli.SUBCOMMANDS, "sample", (cli.SUBCOMMANDS["sample"][0], terminated))
+    code, _, err = run_cli(["sample", "anything"], capsys)
+    assert code == 143 and "terminated by SIGTERM" in err
+    assert signal.getsignal(signal.SIGTERM) is before  # called from code: the caller's handler is back
+
+    def interrupted():  # Ctrl-C while the parser is built (the earliest moment main controls)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "build_parser", interrupted)
+    code, _, err = run_cli(["sample", "anything"], capsys)
+    assert code == 130 and "interrupted" in err
+
+
+@pytest.mark.parametrize("how", ["SIGINT", "SIGTERM"])
+def test_a_signal_while_the_command_line_is_imported_is_a_message(how, monkeypatch, capsys):
+    """The console script imports pyro_vae.cli under its own handlers: a stop during that import (where the
+    program's own handling is not yet in place) prints one line and the status, not an import traceback."""
+    import signal
+
+    from pyro_vae import _console
+
+    class Interrupting:
+        def find_spec(self, name, path=None, target=None):
+            if name == "pyro_vae.cli":
+                if how == "SIGINT":
+                    raise KeyboardInterrupt
+                os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(5)
+            return None
+
+    before = signal.getsignal(signal.SIGTERM)
+    monkeypatch.delitem(sys.modules, "pyro_vae.cli")
+    monkeypatch.delattr(pyro_vae, "cli", raising=False)
+    monkeypatch.setattr(sys, "meta_path", [Interrupting(), *sys.meta_path])
+    status = _console.run()
+    assert status == {"SIGINT": 130, "SIGTERM": 143}[how]
+    assert capsys.readouterr().err.strip() == _console._MESSAGES[status]
+    assert signal.getsignal(signal.SIGTERM) is before
+
+
+def test_a_late_ctrl_c_after_the_work_is_done_is_ignored(tmp_path):
+    """A Ctrl-C while the interpreter shuts down (after main returned) printed 'Exception ignored ...
+    KeyboardInterrupt' and a traceback; the program's own main() leaves the signals ignored once it is done."""
+    code = ("import os, signal, sys; sys.argv = ['pyro-vae', 'train', '--help']; from pyro_vae.cli import main; "
+            "status = main(); os.kill(os.getpid(), signal.SIGINT); os.kill(os.getpid(), signal.SIGTERM); "
+            "sys.exit(status)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr and "KeyboardInterrupt" not in proc.stderr

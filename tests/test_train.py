@@ -283,3 +283,49 @@ def test_fit_is_the_documented_loop_parameter_for_parameter(digits):
     assert not torch.equal(orders[0], orders[1])
     for (name, a), b in zip(vae.named_parameters(), ref.parameters()):
         assert_close(a, b, msg=name)
+
+
+def test_data_scale_draws_fresh_gaussian_batches():
+    """fit(data_scale=s): every batch is data + s * eps, a fresh draw at each visit; s = 0 is the data itself."""
+    import math
+
+    import pyro.distributions as pdist
+
+    seen = []
+
+    class Pair:
+        def model(self, x):
+            if torch.is_grad_enabled():  # a training step (the parameter search runs without gradients)
+                seen.append(x.detach().clone())
+            with pyro.plate("data", x.shape[0]):
+                z = pyro.sample("z", pdist.Normal(0.0, 1.0).expand([2]).to_event(1))
+                pyro.sample("x", pdist.Normal(z, 1.0).to_event(1), obs=x)
+
+        def guide(self, x):
+            loc = pyro.param("loc", torch.zeros(2))
+            with pyro.plate("data", x.shape[0]):
+                pyro.sample("z", pdist.Normal(loc, 1.0).expand([x.shape[0], 2]).to_event(1))
+
+    pyro.clear_param_store()
+    data = torch.full((200, 2), 5.0)  # each batch is a permutation: identical rows make the noise visible
+    scale = torch.full_like(data, 2.0)
+    pyro_vae.fit(Pair(), data, epochs=2, batch_size=200, device="cpu", seed=0, progress=False, data_scale=scale,
+        max_plate_nesting=1)
+    draws = [s for s in seen if s.shape[0] == 200]
+    assert len(draws) == 2
+    for d in draws:  # each datapoint's draw: N(data, 2^2)
+        noise = (d - data) / 2.0
+        assert abs(float(noise.mean())) < 5 / 20 and abs(float(noise.var()) - 1) < 5 * math.sqrt(2 / 400)
+    assert not torch.allclose(draws[0], draws[1])  # redrawn at every visit
+    seen.clear()
+    pyro.clear_param_store()
+    data = torch.arange(400.0).reshape(200, 2)
+    pyro_vae.fit(Pair(), data, epochs=1, batch_size=200, device="cpu", seed=0, progress=False,
+                 data_scale=torch.zeros_like(data), max_plate_nesting=1)
+    torch.testing.assert_close(seen[-1][seen[-1][:, 0].argsort()], data)
+    for bad, match in ((torch.ones(3, 2), "shape"), (-scale, ">= 0"), (scale * float("nan"), "finite")):
+        with pytest.raises(ValueError, match=match):
+            pyro_vae.fit(Pair(), data, epochs=1, batch_size=200, device="cpu", progress=False, data_scale=bad)
+    with pytest.raises(ValueError, match="binarize"):
+        pyro_vae.fit(Pair(), data / 400, epochs=1, batch_size=200, device="cpu", progress=False,
+                     data_scale=scale, binarize=True)

@@ -34,12 +34,14 @@ def test_structure_and_sampling_through_both_stages():
     assert tsv.sample(5).shape == (5, 1, 8, 8)
     assert tsv.sample(5, stages=1).shape == (5, 1, 8, 8)
     assert tsv.sample(2, mean=False).shape == (2, 1, 8, 8)
-    # the two-stage sampler is stage 1's decoder applied to stage 2's samples
+    # the two-stage sampler is stage 1's decoder mean at draws z ~ p(z | u) of stage 2 (not at its means)
     torch.manual_seed(0)
     s = tsv.sample(4)
     torch.manual_seed(0)
-    z = tsv.stage2.sample(4)
+    z = tsv.stage2.sample(4, mean=False)
     torch.testing.assert_close(s, tsv.stage1.decode(z))
+    torch.manual_seed(0)
+    assert not torch.allclose(s, tsv.stage1.decode(tsv.stage2.sample(4, mean=True)))
     with pytest.raises(ValueError, match="stages"):
         tsv.sample(2, stages=3)
 
@@ -154,3 +156,52 @@ def test_small_initial_stage2_gamma_avoids_the_collapsed_stationary_point():
     assert TwoStageVAE((1, 8, 8), latent_dim=2, hidden_dims=(8,)).stage2.likelihood.gamma.item() == \
         pytest.approx(0.01)
     assert (ratios[0.01] > 3 * ratios[1.0]).all(), ratios
+
+
+def test_codes_sample_draws_from_the_posterior():
+    tsv = _small()
+    x = datasets.load("digits")[:300]
+    loc, scale = tsv.posterior(x, batch_size=128)  # batched as one pass would be
+    with torch.no_grad():
+        loc1, scale1 = tsv.stage1.encode(x)
+    torch.testing.assert_close(loc, loc1)
+    torch.testing.assert_close(scale, scale1)
+    torch.testing.assert_close(tsv.codes(x), loc)
+    torch.manual_seed(0)
+    draws = torch.stack([tsv.codes(x, sample=True) for _ in range(400)])
+    standardized = (draws - loc) / scale  # N(0, 1) per datapoint and dimension if the draws are z ~ q(z | x)
+    n = standardized.numel()
+    assert abs(float(standardized.mean())) < 5 / math.sqrt(n)
+    assert abs(float(standardized.var()) - 1) < 5 * math.sqrt(2 / n)
+
+
+def test_stage2_trains_on_fresh_posterior_draws_by_default(monkeypatch):
+    """Dai & Wipf: stage 2's data are z ~ q(z | x), redrawn at every visit; 'means' keeps the old behaviour."""
+    import pyro_vae.train.two_stage as two_stage
+
+    x = datasets.load("digits")[:200]
+    calls = []
+    real_fit = two_stage.fit
+
+    def spy(pair, data, **kw):
+        calls.append((pair, data, kw.get("data_scale"), kw.get("val_data")))
+        return real_fit(pair, data, **kw)
+
+    monkeypatch.setattr(two_stage, "fit", spy)
+    for codes in ("samples", "means"):
+        calls.clear()
+        tsv = _small()
+        tsv.fit(x, epochs=1, batch_size=50, val_data=x[:40], device="cpu", seed=0, progress=False,
+                stage2_codes=codes)
+        (_, _, scale1, _), (pair2, data2, scale2, val2) = calls
+        loc, scale = tsv.posterior(x)
+        assert scale1 is None and pair2 is tsv.stage2
+        torch.testing.assert_close(data2, loc)
+        if codes == "samples":
+            torch.testing.assert_close(scale2, scale)
+            assert not torch.allclose(val2, tsv.codes(x[:40]))  # validated on one draw of the codes
+        else:
+            assert scale2 is None
+            torch.testing.assert_close(val2, tsv.codes(x[:40]))
+    with pytest.raises(ValueError, match="stage2_codes"):
+        _small().fit(x, epochs=1, batch_size=50, device="cpu", progress=False, stage2_codes="modes")

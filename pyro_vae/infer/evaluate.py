@@ -72,7 +72,11 @@ def _stderr(values: torch.Tensor) -> float:
 
 
 def effective_sample_size(log_w: torch.Tensor) -> torch.Tensor:
-    """:param log_w: ``(K, N)`` log weights. :returns: ``(N,)`` ESS of the normalised weights, in ``[1, K]``."""
+    """Kish's effective sample size of each datapoint's importance weights.
+
+    :param log_w: ``(K, N)`` log weights.
+    :returns: ``(N,)`` ESS of the normalised weights, in ``[1, K]``.
+    """
     return torch.exp(2 * torch.logsumexp(log_w, 0) - torch.logsumexp(2 * log_w, 0))
 
 

@@ -20,7 +20,8 @@ def replicate_stderr(log_w: torch.Tensor, num_groups: int) -> torch.Tensor:
     Where the weights' variance is infinite (Pareto k-hat above 0.7) no error bar is reliable, this one included:
     a rare huge weight that none of the groups drew is missing from the spread as it is from the estimate.
 
-    :param log_w: ``(K, N)``. :returns: ``(N,)`` (NaN with fewer than two groups).
+    :param log_w: ``(K, N)``.
+    :returns: ``(N,)`` (NaN with fewer than two groups).
     """
     k = log_w.shape[0]
     g = max(1, min(int(num_groups), k))

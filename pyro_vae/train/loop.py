@@ -8,7 +8,9 @@ replay, roll back), ``state`` (checkpoint and resume), ``parallel`` (torchrun), 
 metrics, loggers), ``schedules`` (learning rate, beta and KL warm-up), ``validation`` (data checks, ELBO).
 
 Data stay in memory on the training device; each epoch draws a permutation from a dedicated generator, and
-dynamic binarization (``binarize=True``) is a fresh Bernoulli draw of every pixel per batch, on the device.
+dynamic binarization (``binarize=True``) is a fresh Bernoulli draw of every pixel per batch, on the device, and
+``data_scale`` makes each batch a fresh Gaussian draw around its datapoints (stage 2 of the two-stage VAE trains
+on ``z ~ q(z | x)`` so).
 ``beta`` and KL warm-up weigh the rate term of the objective: the loss is ``distortion + beta_t * rate``.
 """
 
@@ -101,6 +103,7 @@ def fit(
     callbacks: Sequence[Callback] = (),
     condition: torch.Tensor | None = None,
     val_condition: torch.Tensor | None = None,
+    data_scale: torch.Tensor | None = None,
 ) -> list[dict[str, Any]]:
     """Train a model/guide pair by stochastic gradient ascent on a bound of ``log p(x)``.
 
@@ -148,6 +151,9 @@ def fit(
     :param condition: for a conditional model ``model(x, y)``: the conditions ``y`` ``(N, *condition_shape)``, one
         per datapoint of ``data``, batched with it.
     :param val_condition: the conditions of ``val_data``.
+    :param data_scale: standard deviations of the shape of ``data``: each batch is then a fresh draw
+        ``data + data_scale * eps``, ``eps ~ N(0, I)`` (training on samples of a Gaussian around each datapoint,
+        redrawn at every visit; validation data are used as given). Not with ``binarize``.
     :returns: the history, one dict of metrics per epoch (``epoch``, ``loss`` (the objective's loss per
         datapoint: the same meaning for every objective), ``lr``, ``beta``, ``seconds``, ``images_per_second``,
         with ``val_data`` ``val_elbo``, ``val_rate``, ``val_distortion``, and after a rollback ``nan_events``: a
@@ -180,6 +186,7 @@ def fit(
     if val_data is not None:
         val_data = check_data(val_data, "val_data", vae, binarize)
     condition = _check_condition(condition, "condition", data)
+    data_scale = _check_data_scale(data_scale, data, binarize)
     val_condition = _check_condition(val_condition, "val_condition", val_data)
     n = data.shape[0]
     if batch_size > n:
@@ -210,6 +217,7 @@ def fit(
         data = data.to(device=device, dtype=dtype)
         val_data = val_data.to(device=device, dtype=dtype) if val_data is not None else None
         condition = condition.to(device) if condition is not None else None
+        data_scale = data_scale.to(device=device, dtype=dtype) if data_scale is not None else None
         val_condition = val_condition.to(device) if val_condition is not None else None
         example = (data[:batch_size],) if condition is None else (data[:batch_size], condition[:batch_size])
         if max_plate_nesting is None:  # a library model knows its own; a user's pair is traced once
@@ -243,6 +251,8 @@ def fit(
             def batch(i: int) -> tuple[tuple, float]:
                 index, denominator = parallel.batch(order, i, batch_size)
                 x = binarize_batch(data[index]) if binarize else data[index]
+                if data_scale is not None:
+                    x = x + data_scale[index] * torch.randn_like(x)
                 return ((x,) if condition is None else (x, condition[index])), denominator
             return batch
 
@@ -333,6 +343,20 @@ def _check_condition(condition: Any, name: str, data: torch.Tensor | None) -> to
     return condition
 
 
+def _check_data_scale(scale: Any, data: torch.Tensor, binarize: bool) -> torch.Tensor | None:
+    """Refuse standard deviations that are not a finite non-negative float tensor of the data's shape."""
+    if scale is None:
+        return None
+    if binarize:
+        raise ValueError("data_scale draws Gaussian data and binarize Bernoulli data: give one of them")
+    if not torch.is_tensor(scale) or not scale.is_floating_point() or scale.shape != data.shape:
+        raise ValueError(f"data_scale must be a float tensor of the data's shape {tuple(data.shape)}, got "
+                         f"{tuple(scale.shape) if torch.is_tensor(scale) else type(scale).__name__}")
+    if not bool(torch.isfinite(scale).all()) or bool((scale < 0).any()):
+        raise ValueError("data_scale must be finite and >= 0")
+    return scale
+
+
 def _validate(vae: Any, val_data: torch.Tensor, binarize: bool, max_plate_nesting: int,
               parallel: Parallel, condition: torch.Tensor | None) -> dict[str, float]:
     if isinstance(vae, nn.Module):
@@ -349,7 +373,10 @@ def _resume(ckpt_path: Path, parallel: Parallel, vae: Any, optimizer: torch.opti
             shuffle: torch.Generator, lr: float, schedule: Callable[[int, int], float],
             epochs: int) -> list[dict[str, Any]]:
     """Load the checkpoint (rank 0 reads it and sends it to the others) into the pair, the optimizer, the scheduler
-    and the generators. :returns: the history so far (empty without a checkpoint)."""
+    and the generators.
+
+    :returns: the history so far (empty without a checkpoint).
+    """
     state = parallel.on_main(lambda: load_checkpoint(ckpt_path) if ckpt_path.exists() else None)
     if state is None:
         return []
