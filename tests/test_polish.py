@@ -331,3 +331,44 @@ def test_a_late_ctrl_c_after_the_work_is_done_is_ignored(tmp_path):
             "sys.exit(status)")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0 and "Traceback" not in proc.stderr and "KeyboardInterrupt" not in proc.stderr
+
+
+def test_an_allocation_beyond_memory_is_a_message(monkeypatch, capsys):
+    """torch's allocator error for a size option too large (``--latent-dim 10**9``) is a RuntimeError; the CLI
+    turns it into one line naming the options to lower (the real allocation is not made here: it would take the
+    test machine's memory)."""
+    from pyro_vae import cli
+
+    def huge(args):
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:117] data. DefaultCPUAllocator: not enough memory: you "
+                           "tried to allocate 4000000000000 bytes.")
+
+    monkeypatch.setitem(cli.SUBCOMMANDS, "train", (cli.SUBCOMMANDS["train"][0], huge))
+    code, _, err = run_cli(["train", "--latent-dim", 10**9], capsys)
+    assert code == 2 and "not enough memory" in err and "--latent-dim" in err and "Traceback" not in err
+
+    def other(args):
+        raise RuntimeError("an index out of range: a bug")
+
+    monkeypatch.setitem(cli.SUBCOMMANDS, "train", (cli.SUBCOMMANDS["train"][0], other))
+    with pytest.raises(RuntimeError, match="a bug"):  # any other RuntimeError is not hidden behind a message
+        main(["train"])
+
+
+def test_evaluate_refuses_a_read_only_run_folder_before_computing(tmp_path, capsys, monkeypatch):
+    """The tests run as root, for whom no folder is read-only: the check itself (``os.access``) is made to say
+    so, and the estimator must not be reached."""
+    from pyro_vae import cli
+
+    run = tmp_path / "run"
+    assert run_cli(["train", "--epochs", 1, "--out", run, "--no-progress"], capsys)[0] == 0
+    real_access = os.access
+    monkeypatch.setattr(cli.os, "access", lambda p, mode: False if (str(p) == str(run) and mode == os.W_OK)
+                        else real_access(p, mode))
+
+    def never(*a, **k):
+        raise AssertionError("log p(x) was computed for a folder it cannot write to")
+
+    monkeypatch.setattr(infer, "log_likelihood", never)
+    code, _, err = run_cli(["evaluate", run, "--num-particles", 5], capsys)
+    assert code == 2 and "not writable" in err and not (run / "evaluation.json").exists()

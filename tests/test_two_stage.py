@@ -205,3 +205,21 @@ def test_stage2_trains_on_fresh_posterior_draws_by_default(monkeypatch):
             torch.testing.assert_close(val2, tsv.codes(x[:40]))
     with pytest.raises(ValueError, match="stage2_codes"):
         _small().fit(x, epochs=1, batch_size=50, device="cpu", progress=False, stage2_codes="modes")
+
+
+def test_stage2_codes_from_the_command_line_and_a_config_file(tmp_path, capsys):
+    import json
+
+    from pyro_vae.cli import main
+
+    for given, expected in (([], "samples"), (["--stage2-codes", "means"], "means")):
+        out = tmp_path / expected
+        assert main(["train", "--two-stage", "--epochs", "1", "--stage2-epochs", "1", "--out", str(out),
+                     "--no-progress", *given]) == 0
+        assert json.loads((out / "config.json").read_text())["training"]["stage2_codes"] == expected
+    config = tmp_path / "run.yaml"
+    config.write_text("two_stage: true\nstage2_codes: modes\n")
+    capsys.readouterr()
+    assert main(["train", "--config", str(config), "--out", str(tmp_path / "bad")]) == 2
+    err = capsys.readouterr().err
+    assert "stage2-codes must be one of samples, means" in err and not (tmp_path / "bad").exists()

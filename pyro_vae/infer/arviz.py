@@ -19,7 +19,8 @@ group / variable       dims                                          content
 By default the ``posterior`` group holds the raw draws from the guide :math:`q(z \\mid x)` (the *proposal*; its
 weights are ``sample_stats.log_weight``). With ``resample=True`` it holds draws resampled in proportion to the
 weights (sampling importance resampling), which approximate the true posterior :math:`p(z \\mid x)` when the
-weights are well behaved (Pareto :math:`\\hat k < 0.7`).
+weights are well behaved (Pareto :math:`\\hat k < 0.5`, or below the sample-size threshold
+``min(1 - 1/log10 K, 0.7)`` with care).
 
 :func:`psis_khat` computes the Pareto :math:`\\hat k` per datapoint from such an object (or from a ``(K, N)``
 tensor of log weights) as an :class:`xarray.DataArray` with dims ``(datapoint,)``; :func:`result_to_dataset`
@@ -157,8 +158,9 @@ def psis_khat(log_weights: Any) -> xarray.DataArray:
 
     :param log_weights: an :class:`arviz.InferenceData` from :func:`to_inference_data`, an
         :class:`xarray.DataArray` with dims ``(chain, draw, datapoint)``, or a tensor/array ``(K, N)``.
-    :returns: an :class:`xarray.DataArray` with dims ``(datapoint,)``; above 0.7 the importance-sampling
-        estimate of that datapoint is unreliable.
+    :returns: an :class:`xarray.DataArray` with dims ``(datapoint,)``: below 0.5 the weights have a finite
+        variance; above ``min(1 - 1/log10 K, 0.7)`` the importance-sampling estimate of that datapoint is
+        unreliable.
     """
     import arviz as az
     import xarray as xr

@@ -11,8 +11,9 @@ per datapoint:
 - the bound as a function of ``k`` (by default 1, 5, 50, 500, 5000): the ``K`` particles are split into
   ``K // k`` groups of ``k`` and the group estimates averaged, which lowers the variance of each point;
 - the effective sample size of the normalised weights, :math:`(\\sum_k w_k)^2 / \\sum_k w_k^2`;
-- the Pareto :math:`\\hat k` of the weights' tail (PSIS, Vehtari et al. 2015/2024, through ArviZ): above 0.7
-  the estimate is unreliable because the weights' variance is effectively infinite.
+- the Pareto :math:`\\hat k` of the weights' tail (PSIS, Vehtari et al. 2015/2024, through ArviZ): from 0.5
+  the weights' variance is infinite, and above the sample-size threshold ``min(1 - 1/log10 K, 0.7)`` the
+  estimate is unreliable (:meth:`LogLikelihoodResult.khat_bands` counts the datapoints in each band).
 
 References: Burda, Grosse, Salakhutdinov, ICLR 2016; Vehtari, Simpson, Gelman, Yao, Gabry, "Pareto Smoothed
 Importance Sampling", JMLR 2024.

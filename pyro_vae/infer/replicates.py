@@ -17,8 +17,9 @@ def replicate_stderr(log_w: torch.Tensor, num_groups: int) -> torch.Tensor:
     weight is an independent unbiased estimate of ``p(x)``, so the spread of the group means over
     ``sqrt(num_groups)`` is the standard error of the overall mean, and dividing by the overall mean turns it into
     the error of its logarithm (the delta method). It is measured, not derived from an effective sample size.
-    Where the weights' variance is infinite (Pareto k-hat above 0.7) no error bar is reliable, this one included:
-    a rare huge weight that none of the groups drew is missing from the spread as it is from the estimate.
+    Where the weights' variance is infinite (Pareto k-hat of 0.5 and above) no error bar is reliable, this one
+    included: a rare huge weight that none of the groups drew is missing from the spread as it is from the
+    estimate.
 
     :param log_w: ``(K, N)``.
     :returns: ``(N,)`` (NaN with fewer than two groups).
