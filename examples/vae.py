@@ -86,7 +86,7 @@ def main(args: argparse.Namespace) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data-root", default=None, help="folder with mnist/ (default: $PYRO_VAE_DATA)")
-    parser.add_argument("--objective", default="elbo", help="elbo, mean_field, iwae or iwae-dreg")
+    parser.add_argument("--objective", default="elbo", help="elbo, mean-field, iwae or iwae-dreg")
     parser.add_argument("--num-particles", type=int, default=1, help="K of the training objective")
     parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--batch-size", type=int, default=20, help="20 as in Burda et al.")

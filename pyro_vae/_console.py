@@ -21,7 +21,10 @@ def _stop(signum: int, frame: Any) -> None:
 
 def run() -> int:
     """Import the command line and run it; a Ctrl-C or SIGTERM during the import ends with a message, not a
-    traceback. :returns: the exit status of :func:`pyro_vae.cli.main`, 130 or 143 when stopped while starting."""
+    traceback.
+
+    :returns: the exit status of :func:`pyro_vae.cli.main`, 130 or 143 when stopped while starting.
+    """
     previous = signal.signal(signal.SIGTERM, _stop)
     try:
         try:

@@ -59,6 +59,18 @@ def _run_lock(folder: Path) -> Any:
 
     return RunLock(folder)
 
+#: names with fixed values, spelled here so that parsing imports neither torch nor Pyro (a test checks them
+#: against pyro_vae.likelihoods.LIKELIHOODS, pyro_vae.nets.ACTIVATIONS and pyro_vae.infer.objectives.OBJECTIVES)
+LIKELIHOOD_NAMES = ("bernoulli", "continuous_bernoulli", "normal", "normal-learned", "normal-gamma")
+ACTIVATION_NAMES = ("tanh", "relu", "softplus", "elu", "gelu", "silu")
+OBJECTIVE_NAMES = ("elbo", "mean-field", "iwae", "iwae-dreg")
+
+
+def _objective_name(text: str) -> str:
+    """An objective's name, the older ``_`` spellings (``mean_field``, ``iwae_dreg``) taken for ``-``."""
+    return text.replace("_", "-") if text.replace("_", "-") in OBJECTIVE_NAMES else text
+
+
 #: settings that depend on the data set when not given on the command line
 _IMAGE_DEFAULTS = {"latent_dim": 50, "hidden_dims": "200,200", "epochs": 20}
 _DATASET_DEFAULTS: dict[str, dict[str, Any]] = {
@@ -168,7 +180,7 @@ def _add_train(subparsers: Any) -> None:
     p.add_argument("--dataset", default=None, help="data set name (default: digits, which needs no files)")
     p.add_argument("--data-root", default=None, help="folder with mnist/, fashion-mnist/, binarized-mnist/ "
                                                      "(default: $PYRO_VAE_DATA)")
-    p.add_argument("--likelihood", default=None,
+    p.add_argument("--likelihood", default=None, choices=LIKELIHOOD_NAMES,
                    help="observation distribution (default: bernoulli for images, normal for the toy sets)")
     p.add_argument("--binarize", dest="binarize", action="store_const", const="yes", default=None,
                    help="dynamic binarization of grey images (default: on with a bernoulli likelihood and "
@@ -176,10 +188,11 @@ def _add_train(subparsers: Any) -> None:
     p.add_argument("--no-binarize", dest="binarize", action="store_const", const="no")
     p.add_argument("--latent-dim", type=int, default=None, help="dimension of z")
     p.add_argument("--hidden-dims", default=None, help="comma-separated hidden layer sizes, e.g. 200,200")
-    p.add_argument("--activation", default=None, help="MLP activation (default: tanh)")
+    p.add_argument("--activation", default=None, choices=ACTIVATION_NAMES, help="MLP activation (default: tanh)")
     p.add_argument("--encoder", default=None, choices=["mlp", "conv"], help="the encoder network (default: mlp)")
     p.add_argument("--decoder", default=None, choices=["mlp", "conv"], help="the decoder network (default: mlp)")
-    p.add_argument("--objective", default=None, help="elbo, mean_field, iwae or iwae-dreg (default: elbo)")
+    p.add_argument("--objective", default=None, type=_objective_name, choices=OBJECTIVE_NAMES,
+                   help="the training objective (default: elbo; mean_field and iwae_dreg are taken too)")
     p.add_argument("--prior", default=None, choices=["normal", "mixture", "vamp", "flow"],
                    help="the prior (default: normal)")
     p.add_argument("--prior-components", type=int, default=None,
@@ -188,7 +201,7 @@ def _add_train(subparsers: Any) -> None:
                    help="a flow guide (default: none, a Gaussian guide)")
     p.add_argument("--num-flows", type=int, default=None, help="flow layers of the guide (default: 2)")
     p.add_argument("--num-particles", type=int, default=None,
-                   help="particles per datapoint (default: 1 for elbo/mean_field, 5 for the IWAE objectives)")
+                   help="particles per datapoint (default: 1 for elbo/mean-field, 5 for the IWAE objectives)")
     p.add_argument("--epochs", type=int, default=None, help="total number of epochs (also when resuming)")
     p.add_argument("--batch-size", type=int, default=None, help="datapoints per step (default: 100)")
     p.add_argument("--lr", type=float, default=None, help="Adam learning rate (default: 1e-3; 3e-3 for digits)")
@@ -280,6 +293,8 @@ def _typed_option(path: Path, name: str, value: Any) -> Any:
         return converted
     if value is not None and not isinstance(value, (str, int, float)):
         raise ValueError(f"{option} must be a single value, got {value!r}")
+    if action is not None and callable(action.type) and action.type not in (int, float) and value is not None:
+        value = action.type(str(value))  # a spelling normalised as on the command line
     if action is not None and action.choices is not None and value is not None and value not in action.choices:
         raise ValueError(f"{option} must be one of {', '.join(map(str, action.choices))}, got {value!r}")
     return value if value is None or action is None or action.type is None else str(value)
@@ -353,6 +368,7 @@ def _run_train(args: argparse.Namespace) -> int:
     from .models import VAE
     from .plots import save_samples, training_curves
     from .run_files import CHECKPOINT_NAME
+    from .runs import model_for_resume
     from .train import TensorBoard, TrainingMetrics, check_data, evaluate_elbo, fit, resolve_device
 
     main = distributed.is_main_process()  # under torchrun rank 0 alone writes and prints; every rank trains
@@ -382,8 +398,8 @@ def _run_train(args: argparse.Namespace) -> int:
     train_split, valid_split, test_split = _splits(s["dataset"])
     with _torch_threads(num_threads):
         _seed_everything(s["seed"])
-        if "vae_config" in s:  # resuming: the very model of the run
-            vae = VAE(**s["vae_config"])
+        if "vae_config" in s:  # resuming: the very model of the run, its config checked against its weights
+            vae = model_for_resume(VAE, s["vae_config"], out)
         else:
             prior_options = {"num_components": int(s["prior_components"])} if s.get("prior_components") else {}
             vae = VAE(input_shape=shape, latent_dim=int(s["latent_dim"]), hidden_dims=tuple(s["hidden_dims"]),
@@ -397,6 +413,7 @@ def _run_train(args: argparse.Namespace) -> int:
             s["binarize"] = s["likelihood"] == "bernoulli" and not _is_binary(x_train)
         # the data against the model (shape, NaN, the likelihood's support) before anything is written
         check_data(x_train, f"the {train_split} split of {s['dataset']!r}", vae, bool(s["binarize"]))
+        _check_step_fits(int(s["num_particles"]), min(int(s["batch_size"]), x_train.shape[0]), shape, device)
         config = {
             "vae": vae.config,
             "dataset": s["dataset"],
@@ -463,6 +480,32 @@ def _parse_layers(text: str) -> list[list[int]]:
     return layers
 
 
+def _device_memory(device: Any) -> int | None:
+    """Bytes of memory on ``device`` (the GPU's, or the machine's for the CPU); None if unknown."""
+    import torch
+
+    try:
+        if device.type == "cuda":
+            return int(torch.cuda.get_device_properties(device).total_memory)
+        return int(os.sysconf("SC_PAGE_SIZE")) * int(os.sysconf("SC_PHYS_PAGES"))
+    except (ValueError, OSError, AttributeError, RuntimeError):
+        return None
+
+
+def _check_step_fits(num_particles: int, batch_size: int, shape: Any, device: Any) -> None:
+    """Refuse, before anything is written, a step that cannot fit in memory: the decoder's output alone holds
+    ``num_particles * batch_size * prod(shape)`` float32 numbers, a lower bound of what a step needs."""
+    import math
+
+    need = 4 * int(num_particles) * int(batch_size) * math.prod(shape)
+    have = _device_memory(device)
+    if have is not None and need > have:
+        raise ValueError(f"one training step needs more than {need / 2**30:,.0f} GiB (--num-particles "
+                         f"{num_particles} x --batch-size {batch_size} x {math.prod(shape)} values per datapoint, "
+                         f"float32), and the {device.type} has {have / 2**30:,.0f} GiB: lower --num-particles or "
+                         "--batch-size")
+
+
 def _run_train_variant(args: argparse.Namespace, s: dict[str, Any], out: Path) -> int:
     """``train --two-stage`` (Dai & Wipf) or ``train --layers`` (a HierarchicalVAE): a run folder with
     config.json (``"class"`` names the model), fit's checkpoint.pt/metrics.jsonl (``stage1/`` and ``stage2/`` for
@@ -475,6 +518,7 @@ def _run_train_variant(args: argparse.Namespace, s: dict[str, Any], out: Path) -
     from .infer.objectives import get_objective
     from .models import HierarchicalVAE, TwoStageVAE
     from .plots import image_grid, is_image_shape
+    from .runs import model_for_resume
     from .train import check_data, evaluate_elbo, fit, resolve_device
 
     if distributed.launched():
@@ -501,8 +545,8 @@ def _run_train_variant(args: argparse.Namespace, s: dict[str, Any], out: Path) -
         raise ValueError(f"--stage2-codes must be samples or means, got {stage2_codes!r}")
     with _torch_threads(num_threads):
         _seed_everything(s["seed"])
-        if "vae_config" in s:  # resuming: the very model of the run
-            model: Any = (TwoStageVAE if two_stage else HierarchicalVAE).from_config(s["vae_config"])
+        if "vae_config" in s:  # resuming: the very model of the run, its config checked against its weights
+            model: Any = model_for_resume(TwoStageVAE if two_stage else HierarchicalVAE, s["vae_config"], out)
         elif two_stage:
             likelihood = s["likelihood"] if s["likelihood"] in ("normal-gamma", "normal-learned") else "normal-gamma"
             model = TwoStageVAE(shape, latent_dim=int(s["latent_dim"]), hidden_dims=tuple(s["hidden_dims"]),
@@ -522,6 +566,7 @@ def _run_train_variant(args: argparse.Namespace, s: dict[str, Any], out: Path) -
             binarize = bool(s["binarize"])
         stage1 = model.stage1 if two_stage else model
         check_data(x_train, f"the {train_split} split of {s['dataset']!r}", stage1, binarize)
+        _check_step_fits(int(s["num_particles"]), min(int(s["batch_size"]), x_train.shape[0]), shape, device)
         common = dict(batch_size=min(int(s["batch_size"]), x_train.shape[0]), lr=float(s["lr"]), device=device,
                       seed=int(s["seed"]), progress=not args.no_progress, checkpoint_dir=out,
                       resume=bool(args.resume))
@@ -783,6 +828,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _resolve_named_run_folder(args: argparse.Namespace) -> None:
+    """A run folder named on the command line that is itself a link (``runs/latest``) is the user's choice: it is
+    followed once, here, and everything is written inside the folder it points to. Links *inside* a run folder
+    are never written through (:func:`pyro_vae.io.atomic_write`)."""
+    for name in ("run",) + (("out",) if args.command == "train" else ()):
+        value = getattr(args, name, None)
+        if value is not None and Path(value).is_symlink() and Path(value).resolve().is_dir():
+            setattr(args, name, str(Path(value).resolve()))
+
+
 class Terminated(BaseException):
     """SIGTERM (a scheduler's or torchrun's stop), raised where the program is, so that it ends as Ctrl-C does: locks
     released, no half-written file (every write is atomic), a message instead of a silent exit."""
@@ -843,6 +898,7 @@ def _main(argv: list[str] | None) -> int:
         if launched() and args.command not in DISTRIBUTED_SUBCOMMANDS:
             raise ValueError(f"'{PROG} {args.command}' runs in one process: launch it without torchrun (only "
                              f"{' and '.join(DISTRIBUTED_SUBCOMMANDS)} use several)")
+        _resolve_named_run_folder(args)
         with contextlib.ExitStack() as stack:
             args.exit_stack = stack  # what a command holds until it returns (the run folder's lock)
             status = SUBCOMMANDS[args.command][1](args)

@@ -24,7 +24,7 @@ from typing import Any, Callable
 import torch
 
 __all__ = ["atomic_write", "atomic_save", "write_json", "load_tensors", "refuse_link", "tensor_checksum",
-           "RunLock", "RunLocked", "describe_write_error"]
+           "RunLock", "RunLocked", "describe_write_error", "is_write_failure"]
 
 
 def refuse_link(path: str | os.PathLike) -> Path:
@@ -110,6 +110,16 @@ def tensor_checksum(tensors: dict[str, Any]) -> str:
             digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     feed("", tensors)
     return digest.hexdigest()
+
+
+#: what torch's stream writer says when the bytes did not reach the disk (a full disk, a vanished folder)
+_WRITE_FAILURE_MARKS = ("file write failed", "unexpected pos", "PytorchStreamWriter failed")
+
+
+def is_write_failure(e: BaseException) -> bool:
+    """An ``OSError``, or torch's ``RuntimeError`` for bytes that could not be written; any other
+    ``RuntimeError`` (a bug, an unpicklable object) is not a write failure and is not described as one."""
+    return isinstance(e, OSError) or (isinstance(e, RuntimeError) and any(m in str(e) for m in _WRITE_FAILURE_MARKS))
 
 
 def describe_write_error(e: BaseException) -> str:

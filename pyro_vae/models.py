@@ -36,7 +36,7 @@ from .nets import MLPDecoder, make_decoder, make_encoder
 from .priors import PRIORS, Prior, make_prior
 
 __all__ = ["VAE", "HierarchicalVAE", "TwoStageVAE", "Saveable", "init_output_bias", "save_model", "load_model",
-           "build_checked", "MODEL_CLASSES"]
+           "build_checked", "check_shapes", "meta_skeleton", "MODEL_CLASSES"]
 
 #: the files of a folder written by :meth:`VAE.save`, and its format tag
 SAVE_CONFIG, SAVE_WEIGHTS, SAVE_FORMAT = "vae.json", "weights.pt", "pyro-vae/1"
@@ -145,18 +145,12 @@ class VAE(Saveable, PyroModule):
         condition_shape: Sequence[int] | int | None = None,
     ) -> None:
         super().__init__()
-        if isinstance(input_shape, int):
-            input_shape = (input_shape,)
-        input_shape = tuple(int(s) for s in input_shape)
-        if not input_shape or any(s < 1 for s in input_shape):
-            raise ValueError(f"input_shape must be a non-empty tuple of positive sizes, got {input_shape}")
-        if int(latent_dim) < 1:
-            raise ValueError(f"latent_dim must be >= 1, got {latent_dim}")
-        hidden_dims = tuple(int(h) for h in hidden_dims)
-        if any(h < 1 for h in hidden_dims):
-            raise ValueError(f"hidden_dims must be positive sizes, got {hidden_dims}")
+        input_shape = _sizes(input_shape, "input_shape")
+        (latent_dim,) = _sizes(latent_dim, "latent_dim")
+        hidden_dims = _sizes(hidden_dims, "hidden_dims") if len(hidden_dims) else ()
+        (num_flows,) = _sizes(num_flows, "num_flows")
         self.input_shape = input_shape
-        self.latent_dim = int(latent_dim)
+        self.latent_dim = latent_dim
         self.config = {
             "input_shape": list(input_shape), "latent_dim": self.latent_dim, "hidden_dims": list(hidden_dims),
             "activation": activation,
@@ -279,7 +273,7 @@ class VAE(Saveable, PyroModule):
         if analytic_kl:
             kl = self.prior.kl(q)
             if kl is None:
-                raise ValueError(f"objective 'mean_field' needs KL(q || p) in closed form, and the "
+                raise ValueError(f"objective 'mean-field' needs KL(q || p) in closed form, and the "
                                  f"{self.config['prior']!r} prior has none: use objective='elbo'")
             kl = kl.expand_as(log_guide)
         return ImportanceTerms(log_lik, log_prior, log_guide, None, kl)
@@ -354,14 +348,30 @@ VAE.max_plate_nesting = 1
 GUIDE_FLOWS = (None, "iaf", "spline")
 
 
+def _sizes(values: Any, name: str) -> tuple[int, ...]:
+    """Whole positive sizes (an int, or a float/tensor/numpy value equal to one); 2.7 or 16.5 is refused, not
+    truncated."""
+    values = (values,) if not isinstance(values, (list, tuple)) else tuple(values)
+    out = []
+    for v in values:
+        try:
+            whole = int(v)
+            ok = not isinstance(v, bool) and whole == v and whole >= 1
+        except (TypeError, ValueError):
+            ok = False
+        if not ok:
+            raise ValueError(f"{name} must be a whole number >= 1, got {v!r}" if len(values) == 1 else
+                             f"{name} must be whole numbers >= 1, got {v!r} in {list(values)}")
+        out.append(whole)
+    return tuple(out)
+
+
 def _condition_shape(shape: Sequence[int] | int | None, encoder: Any, decoder: Any,
                      prior: Any) -> tuple[int, ...] | None:
     """A conditional VAE's condition shape, checked against what it can be combined with."""
     if shape is None:
         return None
-    shape = (int(shape),) if isinstance(shape, int) else tuple(int(s) for s in shape)
-    if not shape or any(s < 1 for s in shape):
-        raise ValueError(f"condition_shape must be a non-empty tuple of positive sizes, got {shape}")
+    shape = _sizes(shape, "condition_shape")
     if encoder != "mlp" or decoder != "mlp":
         raise ValueError("a conditional VAE (condition_shape) takes the MLP encoder and decoder, which see y joined "
                          "to their input; pass encoder='mlp', decoder='mlp'")
@@ -463,7 +473,7 @@ class HierarchicalVAE(Saveable, PyroModule):
 
     Sites: ``"h1"``, ..., ``"hL"`` (latent), ``"x"`` (observed), all inside ``pyro.plate("data", N)``. The nets
     act on the last dimension, so the programs broadcast over a leading particle dimension and every estimator
-    in :mod:`pyro_vae.infer` and every objective of :func:`pyro_vae.fit` applies. (``objective="mean_field"``
+    in :mod:`pyro_vae.infer` and every objective of :func:`pyro_vae.fit` applies. (``objective="mean-field"``
     runs, but Pyro warns that this guide is not mean-field: ``q(h2 | h1)`` depends on the sampled ``h1``, so the
     analytic KL of ``h1`` given a sampled ``h2`` is not the ELBO's term; prefer ``"elbo"``, ``"iwae"`` or
     ``"iwae-dreg"``.)
@@ -498,13 +508,9 @@ class HierarchicalVAE(Saveable, PyroModule):
         prior_options: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
-        if isinstance(input_shape, int):
-            input_shape = (input_shape,)
-        input_shape = tuple(int(s) for s in input_shape)
-        if not input_shape or any(s < 1 for s in input_shape):
-            raise ValueError(f"input_shape must be a non-empty tuple of positive sizes, got {input_shape}")
-        layers = [tuple(int(s) for s in layer) for layer in layers]
-        if not layers or any(len(layer) < 1 or any(s < 1 for s in layer) for layer in layers):
+        input_shape = _sizes(input_shape, "input_shape")
+        layers = [_sizes(layer, "layers") for layer in layers]
+        if not layers or any(len(layer) < 1 for layer in layers):
             raise ValueError(f"layers must be a non-empty list of (*hidden_dims, latent_dim) tuples of positive "
                              f"sizes, got {layers}")
         self.input_shape = input_shape
@@ -883,25 +889,40 @@ def save_model(model: Any, path: str | os.PathLike[str]) -> Path:
     return path
 
 
+def check_shapes(module: nn.Module, state: dict[str, torch.Tensor], what: str, source: Path | str) -> None:
+    """Refuse ``state`` unless its tensors have exactly the names and shapes of ``module``'s (built on the ``meta``
+    device, it costs no memory). ``what`` names the model and ``source`` the folder in the message."""
+    expected = {k: tuple(v.shape) for k, v in module.state_dict().items()}
+    saved = {k: tuple(v.shape) for k, v in state.items()}
+    if expected != saved:
+        diff = sorted(set(expected.items()) ^ set(saved.items()))[:3]
+        raise ValueError(f"the weights in {source} do not fit the {what} its configuration describes "
+                         f"(first differences, name and shape: {diff}); a file was changed or they come from "
+                         "different models")
+
+
+def meta_skeleton(cls: Any, config: dict[str, Any], source: Path | str) -> Any:
+    """``cls`` built from ``config`` on the ``meta`` device (shapes, no memory), or None for a model that cannot
+    be built there.
+
+    :raises ValueError: when ``config`` does not describe a ``cls``.
+    """
+    try:
+        with torch.device("meta"):
+            return cls.from_config(config)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"the configuration in {source} does not describe a {cls.__name__} ({e})") from e
+    except Exception:  # a module that cannot be built on the meta device: its shapes are checked after building
+        return None
+
+
 def build_checked(cls: Any, config: dict[str, Any], state: dict[str, torch.Tensor], source: Path) -> Any:
     """Build ``cls`` from ``config`` after checking, on the ``meta`` device (no memory), that its parameters have
     the shapes of the saved weights ``state``: a tampered config cannot make the loader allocate what the weights
     do not hold. ``source`` names the folder in messages."""
-    try:
-        with torch.device("meta"):
-            skeleton = cls.from_config(config)
-    except (TypeError, ValueError) as e:
-        raise ValueError(f"the configuration in {source} does not describe a {cls.__name__} ({e})") from e
-    except Exception:  # a module that cannot be built on the meta device: check after building instead
-        skeleton = None
+    skeleton = meta_skeleton(cls, config, source)
     if skeleton is not None:
-        expected = {k: tuple(v.shape) for k, v in skeleton.state_dict().items()}
-        saved = {k: tuple(v.shape) for k, v in state.items()}
-        if expected != saved:
-            diff = sorted(set(expected.items()) ^ set(saved.items()))[:3]
-            raise ValueError(f"the weights in {source} do not fit the {cls.__name__} its configuration describes "
-                             f"(first differences, name and shape: {diff}); a file was changed or they come from "
-                             "different models")
+        check_shapes(skeleton, state, cls.__name__, source)
     try:
         return cls.from_config(config)
     except (TypeError, ValueError) as e:

@@ -63,7 +63,7 @@ class Prior(nn.Module):
         ``(..., latent_dim)``, or None where there is no closed form."""
         return None
 
-    #: whether :meth:`kl` has a closed form (``objective="mean_field"`` needs one)
+    #: whether :meth:`kl` has a closed form (``objective="mean-field"`` needs one)
     has_closed_form_kl = False
 
     def set_context(self, encoder: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]],

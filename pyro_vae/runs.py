@@ -25,12 +25,12 @@ from typing import Any
 import torch
 
 from .io import write_json
-from .models import MODEL_CLASSES, SAVE_CONFIG, build_checked, load_model
+from .models import MODEL_CLASSES, SAVE_CONFIG, build_checked, check_shapes, load_model, meta_skeleton
 from .run_files import CHECKPOINT_NAME, CONFIG_NAME, METRICS_NAME, MODEL_DIR, PROG, TEST_METRICS_NAME
 from .train import load_checkpoint, resolve_device
 
 __all__ = ["CONFIG_NAME", "MODEL_DIR", "TEST_METRICS_NAME", "read_config", "write_config", "read_metrics",
-           "load_run", "load"]
+           "load_run", "load", "model_for_resume"]
 
 
 
@@ -71,6 +71,33 @@ def read_metrics(run_dir: str | os.PathLike[str]) -> list[dict[str, Any]]:
         return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
     except (json.JSONDecodeError, UnicodeDecodeError):
         return []
+
+
+def model_for_resume(cls: type, config: dict[str, Any], run_dir: str | os.PathLike[str]) -> Any:
+    """The model a resumed run continues, built from its ``config.json`` entry only after that entry's shapes were
+    checked, on the ``meta`` device, against the weights of the run's checkpoints (``stage1/`` and ``stage2/`` for
+    a two-stage run): a tampered ``latent_dim`` cannot make the resume allocate what the weights do not hold.
+
+    :raises ValueError: when the configuration does not describe a ``cls`` or does not fit the weights.
+    """
+    run_dir = Path(run_dir)
+    parts = ({"stage1": run_dir / "stage1", "stage2": run_dir / "stage2"} if cls.__name__ == "TwoStageVAE"
+             else {"": run_dir})
+    skeleton = meta_skeleton(cls, config, run_dir / CONFIG_NAME)
+    for part, folder in parts.items():
+        path = folder / CHECKPOINT_NAME
+        if skeleton is None or not path.is_file():
+            continue
+        state = load_checkpoint(path)
+        module_state = state.get("pair", {}).get("module") if isinstance(state, dict) else None
+        if module_state is not None:
+            check_shapes(getattr(skeleton, part) if part else skeleton, module_state,
+                         f"{cls.__name__}{' ' + part if part else ''}", path)
+    try:
+        return cls.from_config(config)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"the configuration in {run_dir / CONFIG_NAME} does not describe a {cls.__name__} ({e})") \
+            from e
 
 
 def _model_class(config: dict[str, Any]) -> type:

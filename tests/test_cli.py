@@ -163,15 +163,21 @@ def test_existing_run_needs_resume(trained: tuple[Path, str]) -> None:
     (["evaluate", "{tmp}"], "no config.json"),
     (["sample", "{tmp}"], "no config.json"),
     (["train", "--dataset", "no-such-set", "--out", "{tmp}/run"], "unknown data set 'no-such-set'"),
-    (["train", "--likelihood", "no-such-likelihood", "--out", "{tmp}/run"], "unknown likelihood"),
-    (["train", "--objective", "no-such-objective", "--out", "{tmp}/run"], "unknown objective"),
+    (["train", "--likelihood", "no-such-likelihood", "--out", "{tmp}/run"], "invalid choice: 'no-such-likelihood'"),
+    (["train", "--objective", "no-such-objective", "--out", "{tmp}/run"], "invalid choice: 'no-such-objective'"),
+    (["train", "--activation", "swishy", "--out", "{tmp}/run"], "invalid choice: 'swishy'"),
     (["train", "--hidden-dims", "a,b", "--out", "{tmp}/run"], "--hidden-dims"),
     (["train", "--resume", "--out", "{tmp}/missing"], "does not exist"),
 ])
 def test_clear_errors(tmp_path: Path, argv: list[str], message: str) -> None:
     code, out, err = run_cli([a.format(tmp=tmp_path) for a in argv])
     assert code == 2
-    assert err.startswith("pyro-vae: error: ") and message in err, err
+    # a usage error is argparse's (the usage, then "pyro-vae train: error: ..." with the choices), bad input ours
+    assert (err.startswith("pyro-vae: error: ") or "pyro-vae train: error: " in err) and message in err, err
+    if "invalid choice" in message:
+        option = argv[1].lstrip("-")
+        names = {"likelihood": "continuous_bernoulli", "objective": "iwae-dreg", "activation": "gelu"}[option]
+        assert names in err  # the message lists the choices
     assert "Traceback" not in err
     assert not (tmp_path / "run").exists()  # nothing written for a command that failed its checks
 
@@ -297,3 +303,27 @@ def test_hierarchical_and_two_stage_runs_resume(tmp_path: Path) -> None:
     assert len(history["stage1"]) == 2 and "gamma" in history["stage1"][-1]
     code, _, err = run_cli(["train", "--layers", "32,8;16,4", "--epochs", "1", "--out", str(layers), "--no-progress"])
     assert code == 2 and "--resume" in err
+
+
+def test_fixed_value_options_list_the_registries_names_and_take_the_old_objective_spellings(tmp_path: Path) -> None:
+    """--likelihood, --activation and --objective have argparse choices, spelled in cli.py so that parsing imports
+    no torch; they must stay the registries' names. The older objective spellings (mean_field, iwae_dreg) are
+    taken on the command line and in a config file, and stored as the one spelling."""
+    from pyro_vae import cli
+    from pyro_vae.infer.objectives import OBJECTIVES
+    from pyro_vae.likelihoods import LIKELIHOODS
+    from pyro_vae.nets import ACTIVATIONS
+
+    assert set(cli.LIKELIHOOD_NAMES) == set(LIKELIHOODS)
+    assert set(cli.ACTIVATION_NAMES) == set(ACTIVATIONS)
+    assert set(cli.OBJECTIVE_NAMES) == set(OBJECTIVES)
+    assert all("_" not in name for name in OBJECTIVES)  # one separator
+    code, _, err = run_cli(["train", "--objective", "mean_field", "--epochs", "1", "--out", str(tmp_path / "a"),
+                            "--no-progress"])
+    assert code == 0, err
+    assert json.loads((tmp_path / "a" / "config.json").read_text())["training"]["objective"] == "mean-field"
+    config = tmp_path / "run.yaml"
+    config.write_text("objective: iwae_dreg\nepochs: 1\n")
+    code, _, err = run_cli(["train", "--config", str(config), "--out", str(tmp_path / "b"), "--no-progress"])
+    assert code == 0, err
+    assert json.loads((tmp_path / "b" / "config.json").read_text())["training"]["objective"] == "iwae-dreg"

@@ -395,3 +395,33 @@ def test_khat_bands_follow_the_sample_size_threshold():
         r = LogLikelihoodResult(values=z, elbo=z, rate=z, distortion=z, ess=z, khat=khat, num_particles=k)
         assert abs(r.khat_threshold - threshold) < 1e-3 and r.khat_bands() == bands and sum(bands.values()) == 8
         assert r.num_unreliable == bands["bad"] and "downward bias" in r.summary()
+        good = min(0.5, threshold)  # the summary names the bands it counted (K = 60: no "usable" band at all)
+        assert f"{bands['good']} datapoints below {good:.2f} (good)" in r.summary()
+        assert f"{bands['bad']} above {threshold:.2f} (unreliable)" in r.summary()
+        assert ("usable with care" in r.summary()) == (threshold > 0.5)
+
+
+def test_a_non_finite_bound_is_warned_about_not_returned_silently():
+    """A degenerate model gave a NaN ELBO that infer.elbo returned without a word."""
+
+    class Pair:
+        def model(self, x):
+            with pyro.plate("data", x.shape[0]):
+                z = pyro.sample("z", dist.Normal(x.new_zeros(1), 1.0).to_event(1))
+                pyro.sample("x", dist.Normal(z, 1.0).to_event(1), obs=x)
+                pyro.factor("broken", torch.where(x[:, 0] > 0, float("-inf"), 0.0))  # e.g. a scale that reached 0
+
+        def guide(self, x):
+            with pyro.plate("data", x.shape[0]):
+                pyro.sample("z", dist.Normal(x, 1.0).to_event(1))
+
+    x = torch.tensor([[-1.0], [0.5], [2.0], [-0.3]])
+    for estimator in (infer.elbo, lambda m, g, x: infer.iwae_bound(m, g, x, num_particles=3)):
+        with pytest.warns(RuntimeWarning, match="2 of 4 datapoints gave a NaN or infinite value"):
+            values = estimator(Pair().model, Pair().guide, x)
+        assert torch.isinf(values).sum() == 2
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # finite bounds warn about nothing
+        infer.elbo(Pair().model, Pair().guide, -x.abs())

@@ -10,6 +10,7 @@ from torch.testing import assert_close
 
 import pyro_vae
 from pyro_vae.likelihoods import LIKELIHOODS, make_likelihood
+from pyro_vae.models import HierarchicalVAE
 
 
 def _traces(vae, x):
@@ -99,6 +100,26 @@ def test_unknown_names_list_the_choices():
         pyro_vae.VAE((4,), latent_dim=0)
     with pytest.raises(ValueError, match="input_shape"):
         pyro_vae.VAE((0, 4))
+
+
+@pytest.mark.parametrize("kwargs, name", [
+    ({"latent_dim": 2.7}, "latent_dim"), ({"hidden_dims": (16.5,)}, "hidden_dims"),
+    ({"latent_dim": True}, "latent_dim"),
+    ({"input_shape": (1, 8.5, 8)}, "input_shape"), ({"num_flows": 1.5, "guide_flow": "iaf"}, "num_flows"),
+    ({"latent_dim": "3"}, "latent_dim"),
+])
+def test_fractional_sizes_are_refused_not_truncated(kwargs, name):
+    """VAE(latent_dim=2.7) built a 2-dimensional latent space and hidden_dims=(16.5,) 16 units, silently."""
+    kwargs = {"input_shape": (1, 8, 8), **kwargs}
+    with pytest.raises(ValueError, match=f"{name} must be"):
+        pyro_vae.VAE(**kwargs)
+
+
+def test_whole_sizes_of_other_types_are_accepted():
+    vae = pyro_vae.VAE((1, 8, 8), latent_dim=4.0, hidden_dims=(torch.tensor(16), 8))
+    assert vae.latent_dim == 4 and vae.config["hidden_dims"] == [16, 8]
+    with pytest.raises(ValueError, match="layers must be"):
+        HierarchicalVAE((1, 8, 8), layers=[(32, 4.5)])
 
 
 def test_user_modules_as_encoder_and_decoder():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -171,6 +172,9 @@ def test_training_curves_train_and_validation_parts(tmp_path: Path) -> None:
     fig = training_curves(history, tmp_path / "t.png")
     for ax in fig.axes:
         assert [line.get_label() for line in ax.lines] == ["training", "validation"]
+        fig.canvas.draw()  # three epochs: the ticks are 1, 2, 3, never 1.5 or 2.5
+        ticks = [t for t in ax.get_xticks() if 1 <= t <= 3]
+        assert ticks and all(float(t).is_integer() for t in ticks), ticks
     np.testing.assert_allclose(fig.axes[0].lines[0].get_ydata(), [-5.0, -6.0, -7.0])  # train_elbo, not -loss
     np.testing.assert_allclose(fig.axes[1].lines[0].get_ydata(), [1.0, 2.0, 3.0])
 
@@ -357,3 +361,28 @@ def test_pyro_vae_plot_draws_every_figure_of_a_run(tmp_path: Path) -> None:
     with contextlib.redirect_stderr(io.StringIO()) as err:
         assert main(["plot", str(run), "--num-particles", "1"]) == 2
     assert "num_particles" in err.getvalue()
+
+
+def test_k_curve_ends_at_the_evaluated_k_with_errors_paired_with_it(tmp_path: Path) -> None:
+    """The curve's last point is the K that was evaluated (200, not in the curve's nested K), and each error bar is
+    the standard error of that point's difference to it over the same datapoints, far smaller here than the
+    per-K spread over datapoints (10 nats), which overlapped while the gaps were tiny."""
+    n = 400
+    g = torch.Generator().manual_seed(1)
+    top = -100 + 10 * torch.randn(n, generator=g, dtype=torch.float64)  # datapoints differ by ~10 nats
+    noise = {k: 0.05 * torch.randn(n, generator=g, dtype=torch.float64) for k in (1, 5, 50)}
+    result = _FakeResult(n)
+    result.values, result.num_particles = top, 200
+    result.curve = {k: top - gap + noise[k] for k, gap in ((1, 1.0), (5, 0.5), (50, 0.2))}
+    result.elbo = result.curve[1]
+    fig = k_curve(result, tmp_path / "k.png")
+    ax = fig.axes[0]
+    container = ax.containers[0]
+    xs = np.asarray(container.lines[0].get_xdata(), float)
+    np.testing.assert_allclose(xs, [1, 5, 50, 200])
+    segments = container.lines[2][0].get_segments()
+    half = np.array([abs(seg[1][1] - seg[0][1]) / 2 for seg in segments])
+    paired = [float((result.curve[k] - top).std() / math.sqrt(n)) for k in (1, 5, 50)] + [0.0]
+    np.testing.assert_allclose(half, paired, rtol=1e-6, atol=1e-12)
+    assert max(half) < 0.01 < float(top.std() / math.sqrt(n)) / 10
+    assert any("errors paired with K=200" in t.get_text() for t in ax.get_legend().get_texts())

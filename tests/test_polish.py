@@ -58,6 +58,20 @@ def test_figures_and_models_are_never_written_through_a_link(tmp_path, capsys):
     assert code == 2 and "symbolic link" in err and not any(target.iterdir())
 
 
+def test_a_run_folder_named_through_a_link_is_used_where_it_points(tmp_path, capsys):
+    """``runs/latest -> runs/2026-...`` is the user's own choice: sample, evaluate and train --resume follow it
+    once and write inside the real folder (they refused it), while links inside the folder stay refused."""
+    run, latest = tmp_path / "real", tmp_path / "latest"
+    assert run_cli(["train", "--epochs", "1", "--out", run, "--no-progress"], capsys)[0] == 0
+    latest.symlink_to(run, target_is_directory=True)
+    code, out, err = run_cli(["sample", latest], capsys)
+    assert code == 0, err
+    assert (run / "samples-sample.png").is_file() and str(run) in out
+    code, _, err = run_cli(["train", "--out", latest, "--resume", "--epochs", "2", "--no-progress"], capsys)
+    assert code == 0, err
+    assert load_checkpoint(run / CHECKPOINT_NAME)["epoch"] == 2 and latest.is_symlink()
+
+
 def test_a_second_writer_is_refused_before_it_writes(tmp_path, capsys):
     run = tmp_path / "run"
     holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from pyro_vae.io import RunLock; "
@@ -94,6 +108,17 @@ def test_a_real_disk_full_error_is_an_oserror_and_keeps_the_checkpoint(tmp_path,
     monkeypatch.undo()
     assert (tmp_path / CHECKPOINT_NAME).read_bytes() == before
 
+    def bug(*args, **kwargs):  # any other RuntimeError is not a full disk, and is not called one
+        raise RuntimeError("Tried to serialize object of an unsupported type")
+
+    monkeypatch.setattr(torch, "save", bug)
+    with pytest.raises(RuntimeError, match="unsupported type") as raised:
+        pyro_vae.fit(vae, digits[:100], epochs=2, batch_size=50, binarize=True, checkpoint_dir=tmp_path,
+                     resume=True, progress=False)
+    assert not isinstance(raised.value, OSError)
+    monkeypatch.undo()
+    assert (tmp_path / CHECKPOINT_NAME).read_bytes() == before
+
 
 def test_flipped_weights_are_refused(tmp_path, digits):
     vae = small_vae()
@@ -125,6 +150,25 @@ def test_a_tampered_run_config_cannot_allocate(tmp_path, digits, capsys):
     t0 = time.perf_counter()
     code, _, err = run_cli(["sample", run, "--out", tmp_path / "s.png"], capsys)
     assert code == 2 and "do not fit" in err and time.perf_counter() - t0 < 10
+    # train --resume built the model from config.json first (a traceback after 570 MB for latent_dim 1e5)
+    before = (run / "checkpoint.pt").read_bytes()
+    t0 = time.perf_counter()
+    code, _, err = run_cli(["train", "--out", run, "--resume", "--epochs", "2", "--no-progress"], capsys)
+    assert code == 2 and "do not fit" in err and "Traceback" not in err and time.perf_counter() - t0 < 10
+    assert (run / "checkpoint.pt").read_bytes() == before
+
+
+def test_a_tampered_config_cannot_allocate_on_resume_of_a_layers_or_two_stage_run(tmp_path, capsys):
+    for flag, value, key in (("--layers", "32,4;16,2", "layers"), ("--two-stage", None, "latent_dim")):
+        run = tmp_path / flag.strip("-")
+        argv = ["train", flag, *([value] if value else []), "--epochs", "1", "--out", run, "--no-progress"]
+        assert run_cli([*argv, *(["--stage2-epochs", "1"] if value is None else [])], capsys)[0] == 0
+        config = json.loads((run / "config.json").read_text())
+        config["vae"][key] = [[100000, 4], [16, 2]] if key == "layers" else 10**6
+        (run / "config.json").write_text(json.dumps(config))
+        t0 = time.perf_counter()
+        code, _, err = run_cli(["train", "--out", run, "--resume", "--epochs", "2", "--no-progress"], capsys)
+        assert code == 2 and "do not fit" in err and time.perf_counter() - t0 < 10, err
 
 
 def test_files_respect_the_umask(tmp_path, digits):
@@ -187,8 +231,8 @@ def test_cli_defaults_write_into_the_run_folder_and_objective_spellings_agree(tm
     assert code == 0 and "evaluation.json" in out and "k_curve.png" in out and "gaps.png" in out
     from pyro_vae.infer.objectives import OBJECTIVES, get_objective
 
-    assert get_objective("iwae_dreg") is OBJECTIVES["iwae-dreg"] and get_objective("mean-field") is OBJECTIVES[
-        "mean_field"]
+    assert get_objective("iwae_dreg") is OBJECTIVES["iwae-dreg"] and get_objective("mean_field") is OBJECTIVES[
+        "mean-field"]
     code, _, err = run_cli(["train", "--prior", "laplace", "--out", tmp_path / "x"], capsys)
     assert code == 2 and "invalid choice" in err
 
@@ -241,9 +285,11 @@ def test_help_is_fast_because_it_imports_neither_torch_nor_pyro():
 
 def test_a_layers_run_with_a_bad_option_writes_nothing_so_the_retry_runs(tmp_path, capsys):
     out = tmp_path / "h"
-    code, _, err = run_cli(["train", "--layers", "16,4", "--objective", "bogus", "--out", out, "--epochs", "1"],
-                           capsys)
-    assert code == 2 and "unknown objective" in err and not (out / "config.json").exists()
+    for bad, message in ((["--lr", "-1"], "--lr must be > 0"), (["--batch-size", "0"], "--batch-size must be >= 1"),
+                         (["--layers", "16,x"], "--layers")):  # refused by the variant itself, not by argparse
+        argv = ["train", "--layers", "16,4", "--out", out, "--epochs", "1", *bad]
+        code, _, err = run_cli(argv, capsys)
+        assert code == 2 and message in err and not out.exists(), err
     code, _, err = run_cli(["train", "--layers", "16,4", "--out", out, "--epochs", "1", "--no-progress"], capsys)
     assert code == 0, err
 
@@ -372,3 +418,83 @@ def test_evaluate_refuses_a_read_only_run_folder_before_computing(tmp_path, caps
     monkeypatch.setattr(infer, "log_likelihood", never)
     code, _, err = run_cli(["evaluate", run, "--num-particles", 5], capsys)
     assert code == 2 and "not writable" in err and not (run / "evaluation.json").exists()
+
+
+@pytest.mark.parametrize("variant", [[], ["--layers", "32,4"], ["--two-stage"]])
+def test_particles_beyond_memory_are_refused_before_anything_is_written(tmp_path, capsys, variant):
+    """--num-particles 10**9 wrote config.json and the lock file, then failed in the first step; a step's
+    decoder output alone (K x batch x pixels float32 numbers) is now compared with the device's memory first."""
+    out = tmp_path / "run"
+    t0 = time.perf_counter()
+    code, _, err = run_cli(["train", *variant, "--num-particles", 10**9, "--epochs", 1, "--out", out,
+                            "--no-progress"], capsys)
+    assert code == 2 and "lower --num-particles or --batch-size" in err and "GiB" in err
+    assert not out.exists() and time.perf_counter() - t0 < 10
+    # a size that fits is not refused by the estimate (it is a lower bound of what a step needs)
+    from pyro_vae.cli import _check_step_fits
+
+    _check_step_fits(5000, 100, (1, 28, 28), torch.device("cpu"))
+
+
+def test_device_defaults_to_auto_in_every_subcommand():
+    from pyro_vae.cli import build_parser
+
+    parser = build_parser()
+    for argv in (["train"], ["sample", "r"], ["reconstruct", "r"], ["evaluate", "r"], ["plot", "r"]):
+        args = parser.parse_args(argv)
+        assert getattr(args, "device", "auto") in (None, "auto"), argv  # train's None is filled with auto
+    from pyro_vae.cli import _default
+
+    assert _default("digits", "device") == "auto"
+
+
+def test_evaluate_refuses_chunk_size_zero_and_a_missing_data_folder_names_data_root(tmp_path, capsys, monkeypatch):
+    run = tmp_path / "run"
+    assert run_cli(["train", "--epochs", 1, "--out", run, "--no-progress"], capsys)[0] == 0
+    code, _, err = run_cli(["evaluate", run, "--chunk-size", 0], capsys)
+    assert code == 2 and "--chunk-size must be >= 1" in err and not (run / "evaluation.json").exists()
+    monkeypatch.delenv("PYRO_VAE_DATA", raising=False)
+    code, _, err = run_cli(["train", "--dataset", "mnist", "--epochs", 1, "--out", tmp_path / "m"], capsys)
+    assert code == 2 and "PYRO_VAE_DATA" in err and "(on the command line: --data-root FOLDER)" in err
+
+
+def test_the_package_ships_its_license_type_marker_and_declares_what_it_imports():
+    import configparser
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    cfg = configparser.ConfigParser()
+    cfg.read(root / "setup.cfg")
+    assert (root / "LICENSE").is_file() and cfg["metadata"]["license_files"].strip() == "LICENSE"
+    assert (root / "pyro_vae" / "py.typed").is_file() and "py.typed" in cfg["options.package_data"]["pyro_vae"]
+    requires = {line.split(">")[0].split("=")[0].strip() for line in cfg["options"]["install_requires"].split("\n")
+                if line.strip()}
+    imported = set()
+    import ast
+
+    for path in (root / "pyro_vae").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                imported |= {a.name.split(".")[0] for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                imported.add(node.module.split(".")[0])
+    third_party = imported - set(sys.stdlib_module_names) - {"pyro_vae", "__future__"}
+    names = {"pyro": "pyro-ppl", "sklearn": "scikit-learn", "yaml": "pyyaml"}
+    optional = {"tensorboard", "fcntl"}  # an extra, and a stdlib module of POSIX systems
+    assert {names.get(m, m) for m in third_party} - optional <= requires, third_party
+
+
+def test_docstring_fields_start_their_own_line():
+    """``:returns:`` or ``:raises`` after other text on a line is not a field: Sphinx printed it as text and the
+    return shape vanished from the API page (16 docstrings did so)."""
+    import re
+    from pathlib import Path
+
+    bad = []
+    for path in sorted((Path(__file__).resolve().parents[1] / "pyro_vae").rglob("*.py")):
+        for number, line in enumerate(path.read_text().splitlines(), 1):
+            if re.search(r"\S.*\s:(returns|raises)\b", line) and not line.lstrip().startswith(('"""', ":")):
+                bad.append(f"{path.name}:{number}")
+            elif re.search(r":param [^:]+:.*\s:(returns|raises)\b", line):
+                bad.append(f"{path.name}:{number}")
+    assert not bad, bad

@@ -22,6 +22,7 @@ Kingma & Welling, "Auto-Encoding Variational Bayes", ICLR 2014.
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Any, Callable, Iterator
 
 import torch
@@ -29,6 +30,16 @@ import torch
 from .weights import check_estimator_input, terms_producer
 
 __all__ = ["elbo", "iwae_bound", "log_weight_chunks"]
+
+
+def _warn_non_finite(values: torch.Tensor, what: str) -> torch.Tensor:
+    """Warn (once per call) when some datapoints' estimate is NaN or infinite, instead of returning it silently."""
+    bad = int((~torch.isfinite(values)).sum())
+    if bad:
+        warnings.warn(f"{what}: {bad} of {values.numel()} datapoints gave a NaN or infinite value: a parameter of "
+                      "the model or guide is NaN or infinite, or a scale reached 0 (check the parameters)",
+                      RuntimeWarning, stacklevel=3)
+    return values
 
 
 def log_weight_chunks(
@@ -87,8 +98,9 @@ def iwae_bound(
         ``input_shape`` or values outside its likelihood's support (checked once, before any work).
     """
     check_estimator_input(model, guide, args, num_particles)
-    return _iwae_bound(model, guide, *args, num_particles=num_particles, chunk_size=chunk_size,
-                       max_plate_nesting=max_plate_nesting, data_plate=data_plate, **kwargs)
+    return _warn_non_finite(_iwae_bound(model, guide, *args, num_particles=num_particles, chunk_size=chunk_size,
+                                        max_plate_nesting=max_plate_nesting, data_plate=data_plate, **kwargs),
+                            "iwae_bound")
 
 
 def _iwae_bound(model: Callable, guide: Callable, *args: Any, num_particles: int, chunk_size: int | None = None,
@@ -129,4 +141,4 @@ def elbo(
         s = log_w.sum(0)
         total = s if total is None else total + s
     assert total is not None and total.dim() == 1
-    return total / int(num_particles)
+    return _warn_non_finite(total / int(num_particles), "elbo")

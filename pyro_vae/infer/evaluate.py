@@ -213,9 +213,11 @@ class LogLikelihoodResult:
         ]
         if self.khat is not None:
             b = d["khat_bands"]
+            good = min(0.5, d["khat_threshold"])
+            care = (f"{b['ok']} below {d['khat_threshold']:.2f} (usable with care: the raw weights' variance is "
+                    "infinite), " if good < d["khat_threshold"] else "")
             lines.append(f"Pareto k-hat: mean {d['khat_mean']:.3f}, max {d['khat_max']:.3f}; {b['good']} datapoints "
-                         f"below 0.5 (good), {b['ok']} below {d['khat_threshold']:.2f} (usable with care: the raw "
-                         f"weights' variance is infinite), {b['bad']} above (unreliable)")
+                         f"below {good:.2f} (good), {care}{b['bad']} above {d['khat_threshold']:.2f} (unreliable)")
         lines.append("The errors above are the spread over datapoints and the Monte Carlo error; neither covers "
                      "IWAE_K's downward bias, which only a larger K (or AIS) shrinks")
         return "\n".join(lines)

@@ -6,8 +6,10 @@
     \\log \\hat p_\\sigma(x) = \\operatorname{logsumexp}_i \\Big(-\\frac{\\lVert x - x_i \\rVert^2}{2\\sigma^2}\\Big)
     - \\log n - \\frac{d}{2} \\log(2 \\pi \\sigma^2),
 
-with the bandwidth :math:`\\sigma` chosen to maximise the mean ``log p`` of validation data (the procedure of
-Breuleux et al. 2011 and Goodfellow et al. 2014 for generative models of images).
+with the bandwidth :math:`\\sigma` chosen to maximise the mean ``log p`` of validation data. The kernel centres
+:math:`x_i` are what the caller passes: training images make it the model-free baseline Theis, van den Oord &
+Bethge (2016) examine; samples of a model make it the estimate Breuleux et al. (2011) and Goodfellow et al.
+(2014) used to score models without a tractable likelihood.
 
 It is a weak yardstick in high dimension: with ``d = 784`` the estimate needs exponentially many kernels to
 resolve the data's shape, its variance and bias are large, and its values are dominated by the nearest

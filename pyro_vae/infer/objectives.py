@@ -12,7 +12,7 @@ then trains the library's models and a user's pair with it.
 name             per-datapoint bound (``beta`` weighs the rate term where it applies)
 ===============  ===================================================================================
 ``elbo``         :math:`\\frac{1}{K}\\sum_k [\\log p(x|z_k) + \\beta(\\log p(z_k) - \\log q(z_k|x))]`
-``mean_field``   :math:`\\frac{1}{K}\\sum_k \\log p(x|z_k) - \\beta\\,\\mathrm{KL}(q \\| p)`, the KL in closed
+``mean-field``   :math:`\\frac{1}{K}\\sum_k \\log p(x|z_k) - \\beta\\,\\mathrm{KL}(q \\| p)`, the KL in closed
                  form where torch knows it (as Pyro's ``TraceMeanField_ELBO``)
 ``iwae``         :math:`\\mathcal{L}_K(x) = \\log \\frac{1}{K} \\sum_k w_k` (Burda et al. 2016)
 ``iwae-dreg``    the same value, with the doubly reparameterized gradient for the guide (Tucker et al. 2019)
@@ -21,7 +21,7 @@ name             per-datapoint bound (``beta`` weighs the rate term where it app
 Guide sites without ``rsample`` (discrete latents) get a score-function term, per datapoint (each
 datapoint's own bound is the cost of its own latents, as Pyro's ``Trace_ELBO`` does by plate):
 :math:`\\nabla \\mathbb{E}_q[f] = \\mathbb{E}_q[\\nabla f + f\\,\\nabla \\log q]`. ``elbo`` and ``iwae`` support it;
-``mean_field`` and ``iwae-dreg`` refuse such guides.
+``mean-field`` and ``iwae-dreg`` refuse such guides.
 
 The doubly reparameterized gradient (DReG) of the IWAE bound removes the score-function term that makes
 the guide's IWAE gradient noisy as ``K`` grows. With normalised weights
@@ -87,14 +87,14 @@ def elbo(produce: Producer, *, num_particles: int = 1, beta: float = 1.0) -> tor
 def mean_field(produce: Producer, *, num_particles: int = 1, beta: float = 1.0) -> torch.Tensor:
     """The ELBO loss with the rate's KL in closed form where torch has it."""
     t = produce(num_particles, analytic_kl=True)
-    _reparameterized_only(t, "mean_field")
+    _reparameterized_only(t, "mean-field")
     return -(t.log_likelihood - beta * t.kl).sum() / int(num_particles)
 
 
 def _no_beta(name: str, beta: float) -> None:
     if beta != 1.0:
         raise ValueError(f"beta weighs the rate term of the ELBO; it does not apply to the {name!r} objective "
-                         "(use objective='elbo' or 'mean_field')")
+                         "(use objective='elbo' or 'mean-field')")
 
 
 def iwae(produce: Producer, *, num_particles: int = 5, beta: float = 1.0) -> torch.Tensor:
@@ -122,15 +122,15 @@ def iwae_dreg(produce: Producer, *, num_particles: int = 5, beta: float = 1.0) -
 #: name -> ``loss(produce, *, num_particles, beta=1.0) -> scalar``; add an entry to add an objective everywhere
 OBJECTIVES: dict[str, Callable[..., torch.Tensor]] = {
     "elbo": elbo,
-    "mean_field": mean_field,
+    "mean-field": mean_field,
     "iwae": iwae,
     "iwae-dreg": iwae_dreg,
 }
 
 
 def get_objective(name: str) -> Callable[..., torch.Tensor]:
-    """Look an objective up by name, with an error that lists the choices. ``-`` and ``_`` are the same
-    (``mean-field`` is ``mean_field``, ``iwae_dreg`` is ``iwae-dreg``)."""
+    """Look an objective up by name, with an error that lists the choices. The names are spelled with ``-``;
+    ``_`` is accepted for it (``mean_field`` and ``iwae_dreg``, the older spellings, still work)."""
     for spelling in (name, str(name).replace("-", "_"), str(name).replace("_", "-")):
         if spelling in OBJECTIVES:
             return OBJECTIVES[spelling]
@@ -157,8 +157,8 @@ def elbo_loss(model: Callable, guide: Callable, *args: Any, num_particles: int =
 
 def mean_field_loss(model: Callable, guide: Callable, *args: Any, num_particles: int = 1,
                     **kwargs: Any) -> torch.Tensor:
-    """:func:`objective_loss` of ``"mean_field"``."""
-    return objective_loss("mean_field", model, guide, *args, num_particles=num_particles, **kwargs)
+    """:func:`objective_loss` of ``"mean-field"``."""
+    return objective_loss("mean-field", model, guide, *args, num_particles=num_particles, **kwargs)
 
 
 def iwae_loss(model: Callable, guide: Callable, *args: Any, num_particles: int = 5, **kwargs: Any) -> torch.Tensor:

@@ -114,7 +114,7 @@ def fit(
     :param batch_size: datapoints per step (``<= N``).
     :param lr: Adam's learning rate (multiplied by the ``lr_schedule`` factor each epoch). A different ``lr``
         given on resume takes effect from the resumed epoch (and is recorded).
-    :param objective: a name of :data:`pyro_vae.infer.objectives.OBJECTIVES`: ``"elbo"``, ``"mean_field"``,
+    :param objective: a name of :data:`pyro_vae.infer.objectives.OBJECTIVES`: ``"elbo"``, ``"mean-field"``,
         ``"iwae"``, ``"iwae-dreg"`` or one added there.
     :param num_particles: particles per datapoint (``K`` for the IWAE objectives).
     :param device: ``"auto"``, ``"cpu"``, ``"cuda"`` or a ``torch.device``.
@@ -167,10 +167,10 @@ def fit(
     loss_fn = get_objective(objective)
     if objective.startswith("iwae") and (beta != 1.0 or kl_warmup_epochs):
         raise ValueError("beta and kl_warmup_epochs weight the rate term of the ELBO; they do not apply to the "
-                         f"{objective!r} objective (use objective='elbo' or 'mean_field')")
+                         f"{objective!r} objective (use objective='elbo' or 'mean-field')")
     prior = getattr(vae, "prior", None)
-    if loss_fn is OBJECTIVES.get("mean_field") and prior is not None and not getattr(prior, "has_closed_form_kl", True):
-        raise ValueError(f"objective 'mean_field' needs KL(q || p) in closed form, and the model's "
+    if loss_fn is OBJECTIVES.get("mean-field") and prior is not None and not getattr(prior, "has_closed_form_kl", True):
+        raise ValueError(f"objective 'mean-field' needs KL(q || p) in closed form, and the model's "
                          f"{type(prior).__name__} has none: use objective='elbo'")
     epochs, num_particles = _whole(epochs, "epochs"), _whole(num_particles, "num_particles")
     lr, beta = _positive(lr, "lr"), _positive(beta, "beta", allow_zero=True)

@@ -21,7 +21,7 @@ import pyro
 import torch
 from torch import nn
 
-from ..io import atomic_save, atomic_write, describe_write_error, load_tensors, tensor_checksum
+from ..io import atomic_save, atomic_write, describe_write_error, is_write_failure, load_tensors, tensor_checksum
 from ..run_files import CHECKPOINT_NAME, METRICS_NAME
 
 __all__ = ["CHECKPOINT_NAME", "METRICS_NAME", "load_checkpoint", "rng_state", "set_rng_state", "pair_state",
@@ -135,6 +135,8 @@ def save_checkpoint(state: dict[str, Any], history: list[dict[str, Any]], path: 
         try:
             write()
         except (OSError, RuntimeError) as e:
+            if not is_write_failure(e):
+                raise
             code = e.errno if isinstance(e, OSError) else errno.ENOSPC
             raise OSError(code, f"could not write {target} after epoch {state['epoch']}: {describe_write_error(e)}; "
                                 f"{previous} (free some space or make the folder writable, then continue with "
