@@ -142,3 +142,18 @@ def test_the_built_html_renders_math_without_a_network(tmp_path: Path) -> None:
         text = page.read_text()
         assert "cdn.jsdelivr" not in text and "cdnjs" not in text, page.name
     assert "_static/mathjax/tex-chtml.js" in (tmp_path / "html" / "theory.html").read_text()
+
+
+def test_reliability_counts_are_the_rows_of_the_table_and_every_row_names_a_test() -> None:
+    """docs/reliability.md's counts for issue 15 were once wrong (26 said, a different number listed)."""
+    import re
+
+    text = (DOCS / "reliability.md").read_text()
+    section = text[text.index("### Found by trying the project"):text.index("## 2.")]
+    rows = [line for line in section.splitlines() if line.startswith("| ") and not line.startswith("| kind")]
+    tried, refused, survived = map(int, re.search(r"Counts: (\d+) inputs or faults\s+tried; (\d+) now refused.*?"
+                                                  r"(\d+) survived", section, re.S).groups())
+    assert len(rows) == tried == refused + survived
+    last_cells = [row.rstrip(" |").rsplit("|", 1)[-1].strip() for row in rows]
+    untested = [row[:60] for row, cell in zip(rows, last_cells) if "test_" not in cell and cell != "same"]
+    assert not untested, untested  # each row names its test ("same": the test of the row above)
