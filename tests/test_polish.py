@@ -498,3 +498,18 @@ def test_docstring_fields_start_their_own_line():
             elif re.search(r":param [^:]+:.*\s:(returns|raises)\b", line):
                 bad.append(f"{path.name}:{number}")
     assert not bad, bad
+
+
+def test_khat_diagnostics_and_their_figure_run_with_warnings_as_errors(tmp_path):
+    """arviz.plot_khat's deprecation failed under ``-W error``; the figure is drawn by hand and the k-hat path
+    raises no warning at all (run in a fresh interpreter: pytest's own warning filters do not apply there)."""
+    code = ("import pyro_vae; from pyro_vae import infer, datasets; from pyro_vae.plots import khat_plot; "
+            "v = pyro_vae.VAE((1, 8, 8), latent_dim=2, hidden_dims=(16,)); "
+            "x = datasets.binarize(datasets.load('digits')[:20]); "
+            "r = infer.log_likelihood(v.model, v.guide, x, num_particles=50, progress=False); "
+            f"khat_plot(r, {str(tmp_path / 'k.png')!r}); khat_plot(infer.to_inference_data(v.model, v.guide, x, "
+            "num_particles=50)); print(sum(r.khat_bands().values()))")
+    proc = subprocess.run([sys.executable, "-W", "error", "-c", code], capture_output=True, text=True, timeout=120,
+                          env=dict(os.environ, MPLBACKEND="Agg"))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip() == "20" and (tmp_path / "k.png").is_file()
