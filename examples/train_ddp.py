@@ -50,6 +50,10 @@ def hidden_dims(text: str) -> tuple[int, ...]:
 
 
 def main(args: argparse.Namespace) -> None:
+    if args.checkpoint_dir is not None:  # the older spelling, which always resumed
+        if args.out is not None and args.out != args.checkpoint_dir:
+            raise SystemExit("give --out or --checkpoint-dir, not both")
+        args.out, args.resume = args.checkpoint_dir, True
     if args.out is not None and not args.resume and (Path(args.out) / pyro_vae.train.CHECKPOINT_NAME).exists():
         raise SystemExit(f"{args.out} holds a checkpoint: continue it with --resume, or choose another --out")
     pyro.clear_param_store()
@@ -92,8 +96,9 @@ if __name__ == "__main__":
     parser.add_argument("--hidden-dims", type=hidden_dims, default=(200, 200),
                         help="comma-separated hidden layer sizes, e.g. 200,200")
     parser.add_argument("--num-particles", type=int, default=5000, help="K of the log p(x) estimate")
-    parser.add_argument("--out", "--checkpoint-dir", dest="out", default=None,
-                        help="run folder for fit's checkpoint and metrics")
+    parser.add_argument("--out", default=None, help="run folder for fit's checkpoint and metrics")
+    parser.add_argument("--checkpoint-dir", default=None,
+                        help="the older spelling of '--out DIR --resume' (kept so restart scripts keep working)")
     parser.add_argument("--resume", action="store_true",
                         help="continue the run in --out from its last complete epoch (if it has one)")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")

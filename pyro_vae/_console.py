@@ -1,8 +1,10 @@
 """The ``pyro-vae`` console script and ``python -m pyro_vae``: Ctrl-C and SIGTERM get their message from the first
-moment (while :mod:`pyro_vae.cli` is still being imported), then :func:`pyro_vae.cli.main` runs."""
+moment (while :mod:`pyro_vae.cli` is still being imported), then :func:`pyro_vae.cli.main` runs; one that arrives
+after its work, while the interpreter shuts down, ends the process at once and quietly."""
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 from typing import Any
@@ -36,6 +38,25 @@ def run() -> int:
     except _Stopped as e:
         status = e.status
     else:
-        return main()
+        status = main()
+        _end_quietly_on_a_late_stop(status)
+        return status
     print(_MESSAGES[status], file=sys.stderr)
     return status
+
+
+def _end_quietly_on_a_late_stop(status: int) -> None:
+    """The work is done and its files are written: a Ctrl-C or SIGTERM during the interpreter's shutdown (which
+    printed "Exception ignored ... KeyboardInterrupt") now flushes the output and exits at once with ``status``,
+    so a shutdown that hangs can still be stopped."""
+
+    def leave(signum: int, frame: Any) -> None:
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError):
+                pass
+        os._exit(status)
+
+    signal.signal(signal.SIGINT, leave)
+    signal.signal(signal.SIGTERM, leave)

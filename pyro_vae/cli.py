@@ -35,7 +35,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from .run_files import CONFIG_NAME, MODEL_DIR, PROG, TEST_METRICS_NAME
+from .run_files import CHECKPOINT_NAME, CONFIG_NAME, MODEL_DIR, PROG, TEST_METRICS_NAME
 
 __all__ = ["SUBCOMMANDS", "build_parser", "load_run", "main"]
 
@@ -367,7 +367,6 @@ def _run_train(args: argparse.Namespace) -> int:
     from .infer.objectives import get_objective
     from .models import VAE
     from .plots import save_samples, training_curves
-    from .run_files import CHECKPOINT_NAME
     from .runs import model_for_resume
     from .train import TensorBoard, TrainingMetrics, check_data, evaluate_elbo, fit, resolve_device
 
@@ -377,6 +376,7 @@ def _run_train(args: argparse.Namespace) -> int:
     pyro.clear_param_store()
     if getattr(args, "config", None):
         _apply_config_file(args)
+        _resolve_named_run_folder(args)  # an 'out' from the file is followed as one from the command line
     s, out = _train_settings(args)
     if getattr(args, "two_stage", None) or getattr(args, "layers", None) or s.get("class", "VAE") != "VAE":
         return _run_train_variant(args, s, out)
@@ -497,13 +497,16 @@ def _check_step_fits(num_particles: int, batch_size: int, shape: Any, device: An
     ``num_particles * batch_size * prod(shape)`` float32 numbers, a lower bound of what a step needs."""
     import math
 
-    need = 4 * int(num_particles) * int(batch_size) * math.prod(shape)
+    from .distributed import world_size
+
+    per_process = math.ceil(int(batch_size) / world_size())  # under torchrun each rank takes its part of the batch
+    need = 4 * int(num_particles) * per_process * math.prod(shape)
     have = _device_memory(device)
     if have is not None and need > have:
-        raise ValueError(f"one training step needs more than {need / 2**30:,.0f} GiB (--num-particles "
-                         f"{num_particles} x --batch-size {batch_size} x {math.prod(shape)} values per datapoint, "
-                         f"float32), and the {device.type} has {have / 2**30:,.0f} GiB: lower --num-particles or "
-                         "--batch-size")
+        raise ValueError(f"one training step needs more than {need / 2**30:,.1f} GiB (--num-particles "
+                         f"{num_particles} x {per_process} datapoints per process x {math.prod(shape)} values per "
+                         f"datapoint, float32), and the {device.type} has {have / 2**30:,.1f} GiB: lower "
+                         "--num-particles or --batch-size")
 
 
 def _run_train_variant(args: argparse.Namespace, s: dict[str, Any], out: Path) -> int:
@@ -540,9 +543,14 @@ def _run_train_variant(args: argparse.Namespace, s: dict[str, Any], out: Path) -
     train_split, valid_split, test_split = _splits(s["dataset"])
     num_threads = _resolve_threads(s.get("num_threads", "auto"), s["dataset"])
     stage2_epochs = args.stage2_epochs if args.stage2_epochs is not None else s.get("stage2_epochs")
-    stage2_codes = args.stage2_codes or s.get("stage2_codes") or "samples"
+    # a resumed run keeps what its stage 2 trains on; runs written before the option existed trained on the means
+    saved_codes = s.get("stage2_codes") or ("means" if "vae_config" in s else None)
+    stage2_codes = args.stage2_codes or saved_codes or "samples"
     if stage2_codes not in ("samples", "means"):
         raise ValueError(f"--stage2-codes must be samples or means, got {stage2_codes!r}")
+    if saved_codes and stage2_codes != saved_codes and (out / "stage2" / CHECKPOINT_NAME).exists():
+        raise ValueError(f"--stage2-codes {stage2_codes} differs from the run's {saved_codes!r}, and its stage 2 has "
+                         "started: a resumed stage 2 keeps its training data (start a new run instead)")
     with _torch_threads(num_threads):
         _seed_everything(s["seed"])
         if "vae_config" in s:  # resuming: the very model of the run, its config checked against its weights
@@ -834,8 +842,14 @@ def _resolve_named_run_folder(args: argparse.Namespace) -> None:
     are never written through (:func:`pyro_vae.io.atomic_write`)."""
     for name in ("run",) + (("out",) if args.command == "train" else ()):
         value = getattr(args, name, None)
-        if value is not None and Path(value).is_symlink() and Path(value).resolve().is_dir():
-            setattr(args, name, str(Path(value).resolve()))
+        if value is None or not Path(value).is_symlink():
+            continue
+        target = Path(value).resolve()
+        if not target.exists():
+            raise FileNotFoundError(f"{value} is a link to {os.readlink(value)}, which does not exist: create that "
+                                    "folder, or choose another")
+        if target.is_dir():
+            setattr(args, name, str(target))
 
 
 class Terminated(BaseException):
@@ -848,11 +862,10 @@ def _raise_terminated(signum: int, frame: Any) -> None:
 
 
 @contextlib.contextmanager
-def _signal_handling(program: bool) -> Iterator[None]:
-    """SIGTERM raises :class:`Terminated` inside the block. For the program itself (``program``: ``main()`` with
-    no ``argv``) a Ctrl-C or SIGTERM arriving after the block, while the interpreter shuts down, is ignored: the
-    work is done and its files are written. Called from code (``main([...])``), the previous handler is
-    restored. Only the main thread can set handlers; elsewhere nothing changes."""
+def _signal_handling() -> Iterator[None]:
+    """SIGTERM raises :class:`Terminated` inside the block; the previous handler is restored after it. Only the
+    main thread can set handlers; elsewhere nothing changes. (A stop that arrives after the work, while the
+    interpreter shuts down, is the console script's to handle: :func:`pyro_vae._console.run`.)"""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -860,11 +873,7 @@ def _signal_handling(program: bool) -> Iterator[None]:
     try:
         yield
     finally:
-        if program:
-            signal.signal(signal.SIGINT, signal.SIG_IGN)
-            signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        else:
-            signal.signal(signal.SIGTERM, previous)
+        signal.signal(signal.SIGTERM, previous)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -876,7 +885,7 @@ def main(argv: list[str] | None = None) -> int:
     """
     resume_hint = f"a training run continues with '{PROG} train --out RUN --resume'"
     try:
-        with _signal_handling(program=argv is None):
+        with _signal_handling():
             return _main(argv)
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted ({resume_hint})", file=sys.stderr)

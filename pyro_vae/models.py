@@ -148,7 +148,8 @@ class VAE(Saveable, PyroModule):
         input_shape = _sizes(input_shape, "input_shape")
         (latent_dim,) = _sizes(latent_dim, "latent_dim")
         hidden_dims = _sizes(hidden_dims, "hidden_dims") if len(hidden_dims) else ()
-        (num_flows,) = _sizes(num_flows, "num_flows")
+        if guide_flow is not None:  # without a flow the number is unused (0 was accepted and saved so)
+            (num_flows,) = _sizes(num_flows, "num_flows")
         self.input_shape = input_shape
         self.latent_dim = latent_dim
         self.config = {
@@ -351,7 +352,9 @@ GUIDE_FLOWS = (None, "iaf", "spline")
 def _sizes(values: Any, name: str) -> tuple[int, ...]:
     """Whole positive sizes (an int, or a float/tensor/numpy value equal to one); 2.7 or 16.5 is refused, not
     truncated."""
-    values = (values,) if not isinstance(values, (list, tuple)) else tuple(values)
+    if isinstance(values, (str, bytes)) or not hasattr(values, "__iter__") or getattr(values, "ndim", 1) == 0:
+        values = (values,)  # one size (also a 0-d tensor or numpy scalar)
+    values = tuple(values)
     out = []
     for v in values:
         try:

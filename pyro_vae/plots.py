@@ -520,7 +520,7 @@ def latent_traversal(
         ends = (0, n // 2, n - 1)
         labels = {"row_labels": [f"z{j + 1}" for j in dims],
                   "col_labels": [f"{round(v, 6):g}" if i in ends else "" for i, v in enumerate(values.tolist())],
-                  "row_axis": "latent dimension", "col_axis": "value in prior standard deviations"}
+                  "row_axis": "latent dimension", "col_axis": "value of the dimension"}
     was_training = getattr(vae, "training", False)
     if hasattr(vae, "eval"):
         vae.eval()

@@ -65,5 +65,9 @@ def test_ddp_example_takes_the_cli_spellings(tmp_path: Path) -> None:
     resumed = run("--epochs", "2", "--resume")
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert "2 epochs on digits" in resumed.stdout
+    # the older spelling --checkpoint-dir still means "--out DIR --resume" (restart scripts kept working)
+    old = subprocess.run([sys.executable, script, *common[:-2], "--checkpoint-dir", str(out), "--epochs", "3"],
+                         env=env, capture_output=True, text=True, timeout=300)
+    assert old.returncode == 0 and "3 epochs on digits" in old.stdout, old.stderr[-2000:]
     bad = subprocess.run([sys.executable, script, "--hidden-dims", "64,x"], env=env, capture_output=True, text=True)
     assert bad.returncode == 2 and "comma-separated" in bad.stderr

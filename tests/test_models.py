@@ -116,8 +116,14 @@ def test_fractional_sizes_are_refused_not_truncated(kwargs, name):
 
 
 def test_whole_sizes_of_other_types_are_accepted():
+    import numpy as np
+
     vae = pyro_vae.VAE((1, 8, 8), latent_dim=4.0, hidden_dims=(torch.tensor(16), 8))
     assert vae.latent_dim == 4 and vae.config["hidden_dims"] == [16, 8]
+    vae = pyro_vae.VAE(np.array([1, 8, 8]), latent_dim=np.int64(3), hidden_dims=np.array([16, 8]))
+    assert vae.input_shape == (1, 8, 8) and vae.latent_dim == 3 and vae.config["hidden_dims"] == [16, 8]
+    # num_flows is unused without a flow: 0 was accepted (and saved) before, and still loads
+    assert pyro_vae.VAE((1, 8, 8), hidden_dims=range(8, 10), num_flows=0).config["num_flows"] == 0
     with pytest.raises(ValueError, match="layers must be"):
         HierarchicalVAE((1, 8, 8), layers=[(32, 4.5)])
 

@@ -278,7 +278,7 @@ def test_latent_traversal_rows_are_the_most_active_dimensions(tmp_path: Path) ->
     assert [t.get_text() for t in ax.get_yticklabels()] == ["z6", "z5", "z4"]  # each row names its dimension
     np.testing.assert_allclose(ax.get_yticks(), [1 + r * 9 + 3.5 for r in range(3)])  # at the row centres
     assert [t.get_text() for t in ax.get_xticklabels()] == ["-3", "", "1", "3"]
-    assert "latent dimension" in ax.get_ylabel() and "standard deviations" in ax.get_xlabel()
+    assert ax.get_ylabel() == "latent dimension" and ax.get_xlabel() == "value of the dimension"
     mosaic = np.asarray(fig.axes[0].images[0].get_array())
     assert mosaic.shape[:2] == (3 * 9 + 1, 4 * 9 + 1)
     row3 = [mosaic[1 + 2 * 9 + 3, 1 + c * 9 + 3] for c in range(4)]  # row of dimension 4 (index 3): varies

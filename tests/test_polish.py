@@ -70,6 +70,15 @@ def test_a_run_folder_named_through_a_link_is_used_where_it_points(tmp_path, cap
     code, _, err = run_cli(["train", "--out", latest, "--resume", "--epochs", "2", "--no-progress"], capsys)
     assert code == 0, err
     assert load_checkpoint(run / CHECKPOINT_NAME)["epoch"] == 2 and latest.is_symlink()
+    config = tmp_path / "run.yaml"  # the same link given as 'out' in a config file
+    config.write_text(f"out: {latest}\nepochs: 3\n")
+    code, _, err = run_cli(["train", "--config", config, "--resume", "--no-progress"], capsys)
+    assert code == 0, err
+    assert load_checkpoint(run / CHECKPOINT_NAME)["epoch"] == 3
+    dangling = tmp_path / "dangling"  # a link to nothing: said so (it was "[Errno 17] File exists")
+    dangling.symlink_to(tmp_path / "nowhere", target_is_directory=True)
+    code, _, err = run_cli(["train", "--epochs", 1, "--out", dangling, "--no-progress"], capsys)
+    assert code == 2 and "which does not exist" in err
 
 
 def test_a_second_writer_is_refused_before_it_writes(tmp_path, capsys):
@@ -369,14 +378,26 @@ def test_a_signal_while_the_command_line_is_imported_is_a_message(how, monkeypat
     assert signal.getsignal(signal.SIGTERM) is before
 
 
-def test_a_late_ctrl_c_after_the_work_is_done_is_ignored(tmp_path):
-    """A Ctrl-C while the interpreter shuts down (after main returned) printed 'Exception ignored ...
-    KeyboardInterrupt' and a traceback; the program's own main() leaves the signals ignored once it is done."""
-    code = ("import os, signal, sys; sys.argv = ['pyro-vae', 'train', '--help']; from pyro_vae.cli import main; "
-            "status = main(); os.kill(os.getpid(), signal.SIGINT); os.kill(os.getpid(), signal.SIGTERM); "
-            "sys.exit(status)")
+def test_a_late_stop_after_the_work_is_done_ends_at_once_and_quietly(tmp_path):
+    """A Ctrl-C while the interpreter shuts down (after the work) printed 'Exception ignored ... KeyboardInterrupt';
+    the console script now flushes the output and exits at once with the command's status (so a shutdown that
+    hangs can still be stopped), while ``main()`` called from code leaves the caller's handlers as they were."""
+    out = tmp_path / "run"
+    code = ("import os, signal, sys, time; "
+            f"sys.argv = ['pyro-vae', 'train', '--epochs', '1', '--out', {str(out)!r}, '--no-progress']; "
+            "from pyro_vae._console import run; status = run(); print('returned', status); "
+            "os.kill(os.getpid(), signal.SIGINT); time.sleep(30); sys.exit(99)")
+    t0 = time.monotonic()
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          env=dict(os.environ, MPLBACKEND="Agg", OMP_NUM_THREADS="1"))
+    assert proc.returncode == 0 and "returned 0" in proc.stdout, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr and "KeyboardInterrupt" not in proc.stderr
+    assert time.monotonic() - t0 < 25 and (out / "model").is_dir()  # the work was done, the sleep cut short
+    code = ("import signal; from pyro_vae.cli import main; before = signal.getsignal(signal.SIGINT), "
+            "signal.getsignal(signal.SIGTERM); main(['--help']); "
+            "assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before; print('kept')")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0 and "Traceback" not in proc.stderr and "KeyboardInterrupt" not in proc.stderr
+    assert proc.returncode == 0 and "kept" in proc.stdout, proc.stderr[-2000:]
 
 
 def test_an_allocation_beyond_memory_is_a_message(monkeypatch, capsys):

@@ -223,3 +223,25 @@ def test_stage2_codes_from_the_command_line_and_a_config_file(tmp_path, capsys):
     assert main(["train", "--config", str(config), "--out", str(tmp_path / "bad")]) == 2
     err = capsys.readouterr().err
     assert "stage2-codes must be one of samples, means" in err and not (tmp_path / "bad").exists()
+
+
+def test_a_resumed_two_stage_run_keeps_what_its_stage_2_trains_on(tmp_path, capsys):
+    """A run written before stage2_codes existed trained stage 2 on the means: resuming it must not switch to draws
+    (and record 'samples'); a different --stage2-codes once stage 2 has started is refused."""
+    import json
+
+    from pyro_vae.cli import main
+
+    out = tmp_path / "ts"
+    assert main(["train", "--two-stage", "--stage2-codes", "means", "--epochs", "1", "--stage2-epochs", "1",
+                 "--out", str(out), "--no-progress"]) == 0
+    config = json.loads((out / "config.json").read_text())
+    del config["training"]["stage2_codes"]  # as an older run wrote it
+    (out / "config.json").write_text(json.dumps(config))
+    capsys.readouterr()
+    assert main(["train", "--out", str(out), "--resume", "--stage2-epochs", "2", "--no-progress"]) == 0
+    assert json.loads((out / "config.json").read_text())["training"]["stage2_codes"] == "means"
+    assert len(json.loads((out / "history.json").read_text())["stage2"]) == 2
+    assert main(["train", "--out", str(out), "--resume", "--stage2-epochs", "3", "--stage2-codes", "samples",
+                 "--no-progress"]) == 2
+    assert "differs from the run's 'means'" in capsys.readouterr().err

@@ -6,7 +6,8 @@ path for any pair, or a model class's own producer; see :func:`~pyro_vae.infer.w
 loss is ``-(sum over the batch's datapoints of a per-datapoint bound)``: the data plate's subsample scale is
 never applied (the library's one plate-scale convention, ``docs/contract.md``), so the loss per datapoint
 means the same thing for every objective. Adding an objective is one entry in :data:`OBJECTIVES`; :func:`pyro_vae.fit`
-then trains the library's models and a user's pair with it.
+then trains the library's models and a user's pair with it (the command line takes the names listed in
+``pyro_vae.cli.OBJECTIVE_NAMES``).
 
 ===============  ===================================================================================
 name             per-datapoint bound (``beta`` weighs the rate term where it applies)
@@ -119,7 +120,9 @@ def iwae_dreg(produce: Producer, *, num_particles: int = 5, beta: float = 1.0) -
     return -(value + surrogate - surrogate.detach())
 
 
-#: name -> ``loss(produce, *, num_particles, beta=1.0) -> scalar``; add an entry to add an objective everywhere
+#: name -> ``loss(produce, *, num_particles, beta=1.0) -> scalar``; an entry here is an objective of ``fit`` and
+#: ``objective_loss`` (the command line lists its names in ``pyro_vae.cli.OBJECTIVE_NAMES``, a test keeps the two
+#: equal)
 OBJECTIVES: dict[str, Callable[..., torch.Tensor]] = {
     "elbo": elbo,
     "mean-field": mean_field,
