@@ -40,7 +40,6 @@ from .run_files import CHECKPOINT_NAME, CONFIG_NAME, MODEL_DIR, PROG, TEST_METRI
 __all__ = ["SUBCOMMANDS", "build_parser", "load_run", "main"]
 
 
-
 def load_run(run_dir: Any, device: Any = "cpu") -> tuple[Any, dict[str, Any]]:
     """:func:`pyro_vae.runs.load_run` (imported when called)."""
     from .runs import load_run as load
@@ -58,6 +57,7 @@ def _run_lock(folder: Path) -> Any:
     from .io import RunLock
 
     return RunLock(folder)
+
 
 #: names with fixed values, spelled here so that parsing imports neither torch nor Pyro (a test checks them
 #: against pyro_vae.likelihoods.LIKELIHOODS, pyro_vae.nets.ACTIVATIONS and pyro_vae.infer.objectives.OBJECTIVES)
@@ -217,7 +217,7 @@ def _add_train(subparsers: Any) -> None:
                         "normal-gamma, grey levels, no binarization), stage 2 a VAE on stage 1's codes; samples go "
                         "through both stages (writes history.json with gamma per epoch, model.pt, samples.png)")
     p.add_argument("--stage2-epochs", type=int, default=None, help="epochs of stage 2 (default: --epochs)")
-    p.add_argument("--stage2-codes", default=None, choices=("samples", "means"),
+    p.add_argument("--stage2-codes", default=None, choices=("samples", "means"),  # train.two_stage.STAGE2_CODES
                    help="what stage 2 trains on: samples z ~ q(z|x) redrawn at every visit (Dai & Wipf; the "
                         "default) or stage 1's posterior means")
     p.add_argument("--layers", default=None,
@@ -523,6 +523,7 @@ def _run_train_variant(args: argparse.Namespace, s: dict[str, Any], out: Path) -
     from .plots import image_grid, is_image_shape
     from .runs import model_for_resume
     from .train import check_data, evaluate_elbo, fit, resolve_device
+    from .train.two_stage import STAGE2_CODES
 
     if distributed.launched():
         raise ValueError("--two-stage and --layers runs take one process: launch them without torchrun")
@@ -546,8 +547,8 @@ def _run_train_variant(args: argparse.Namespace, s: dict[str, Any], out: Path) -
     # a resumed run keeps what its stage 2 trains on; runs written before the option existed trained on the means
     saved_codes = s.get("stage2_codes") or ("means" if "vae_config" in s else None)
     stage2_codes = args.stage2_codes or saved_codes or "samples"
-    if stage2_codes not in ("samples", "means"):
-        raise ValueError(f"--stage2-codes must be samples or means, got {stage2_codes!r}")
+    if stage2_codes not in STAGE2_CODES:  # a value read back from config.json
+        raise ValueError(f"--stage2-codes must be one of {', '.join(STAGE2_CODES)}, got {stage2_codes!r}")
     if saved_codes and stage2_codes != saved_codes and (out / "stage2" / CHECKPOINT_NAME).exists():
         raise ValueError(f"--stage2-codes {stage2_codes} differs from the run's {saved_codes!r}, and its stage 2 has "
                          "started: a resumed stage 2 keeps its training data (start a new run instead)")

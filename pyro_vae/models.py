@@ -36,7 +36,7 @@ from .nets import MLPDecoder, make_decoder, make_encoder
 from .priors import PRIORS, Prior, make_prior
 
 __all__ = ["VAE", "HierarchicalVAE", "TwoStageVAE", "Saveable", "init_output_bias", "save_model", "load_model",
-           "build_checked", "check_shapes", "meta_skeleton", "MODEL_CLASSES"]
+           "build_checked", "MODEL_CLASSES"]
 
 #: the files of a folder written by :meth:`VAE.save`, and its format tag
 SAVE_CONFIG, SAVE_WEIGHTS, SAVE_FORMAT = "vae.json", "weights.pt", "pyro-vae/1"
@@ -892,7 +892,7 @@ def save_model(model: Any, path: str | os.PathLike[str]) -> Path:
     return path
 
 
-def check_shapes(module: nn.Module, state: dict[str, torch.Tensor], what: str, source: Path | str) -> None:
+def _check_shapes(module: nn.Module, state: dict[str, torch.Tensor], what: str, source: Path | str) -> None:
     """Refuse ``state`` unless its tensors have exactly the names and shapes of ``module``'s (built on the ``meta``
     device, it costs no memory). ``what`` names the model and ``source`` the folder in the message."""
     expected = {k: tuple(v.shape) for k, v in module.state_dict().items()}
@@ -904,7 +904,7 @@ def check_shapes(module: nn.Module, state: dict[str, torch.Tensor], what: str, s
                          "different models")
 
 
-def meta_skeleton(cls: Any, config: dict[str, Any], source: Path | str) -> Any:
+def _meta_skeleton(cls: Any, config: dict[str, Any], source: Path | str) -> Any:
     """``cls`` built from ``config`` on the ``meta`` device (shapes, no memory), or None for a model that cannot
     be built there.
 
@@ -919,13 +919,18 @@ def meta_skeleton(cls: Any, config: dict[str, Any], source: Path | str) -> Any:
         return None
 
 
-def build_checked(cls: Any, config: dict[str, Any], state: dict[str, torch.Tensor], source: Path) -> Any:
+def build_checked(cls: Any, config: dict[str, Any], state: dict[str, torch.Tensor] | None, source: Path | str,
+                  parts: dict[str, dict[str, torch.Tensor]] | None = None) -> Any:
     """Build ``cls`` from ``config`` after checking, on the ``meta`` device (no memory), that its parameters have
     the shapes of the saved weights ``state``: a tampered config cannot make the loader allocate what the weights
-    do not hold. ``source`` names the folder in messages."""
-    skeleton = meta_skeleton(cls, config, source)
+    do not hold. ``parts`` holds weights of sub-modules by attribute name (a two-stage run's ``stage1`` and
+    ``stage2`` checkpoints), checked the same way; ``state`` may then be None. ``source`` names the folder in
+    messages."""
+    skeleton = _meta_skeleton(cls, config, source)
     if skeleton is not None:
-        check_shapes(skeleton, state, cls.__name__, source)
+        for part, weights in {**({"": state} if state is not None else {}), **(parts or {})}.items():
+            _check_shapes(getattr(skeleton, part) if part else skeleton, weights,
+                          f"{cls.__name__}{' ' + part if part else ''}", source)
     try:
         return cls.from_config(config)
     except (TypeError, ValueError) as e:

@@ -25,7 +25,7 @@ from typing import Any
 import torch
 
 from .io import write_json
-from .models import MODEL_CLASSES, SAVE_CONFIG, build_checked, check_shapes, load_model, meta_skeleton
+from .models import MODEL_CLASSES, SAVE_CONFIG, build_checked, load_model
 from .run_files import CHECKPOINT_NAME, CONFIG_NAME, METRICS_NAME, MODEL_DIR, PROG, TEST_METRICS_NAME
 from .train import load_checkpoint, resolve_device
 
@@ -81,23 +81,15 @@ def model_for_resume(cls: type, config: dict[str, Any], run_dir: str | os.PathLi
     :raises ValueError: when the configuration does not describe a ``cls`` or does not fit the weights.
     """
     run_dir = Path(run_dir)
-    parts = ({"stage1": run_dir / "stage1", "stage2": run_dir / "stage2"} if cls.__name__ == "TwoStageVAE"
-             else {"": run_dir})
-    skeleton = meta_skeleton(cls, config, run_dir / CONFIG_NAME)
-    for part, folder in parts.items():
-        path = folder / CHECKPOINT_NAME
-        if skeleton is None or not path.is_file():
-            continue
-        state = load_checkpoint(path)
-        module_state = state.get("pair", {}).get("module") if isinstance(state, dict) else None
-        if module_state is not None:
-            check_shapes(getattr(skeleton, part) if part else skeleton, module_state,
-                         f"{cls.__name__}{' ' + part if part else ''}", path)
-    try:
-        return cls.from_config(config)
-    except (TypeError, ValueError) as e:
-        raise ValueError(f"the configuration in {run_dir / CONFIG_NAME} does not describe a {cls.__name__} ({e})") \
-            from e
+    folders = ({"stage1": run_dir / "stage1", "stage2": run_dir / "stage2"} if cls.__name__ == "TwoStageVAE"
+               else {"": run_dir})
+    states = {}
+    for part, folder in folders.items():
+        if (folder / CHECKPOINT_NAME).is_file():
+            state = load_checkpoint(folder / CHECKPOINT_NAME)
+            if isinstance(state, dict) and state.get("pair", {}).get("module") is not None:
+                states[part] = state["pair"]["module"]
+    return build_checked(cls, config, None, run_dir, parts=states)
 
 
 def _model_class(config: dict[str, Any]) -> type:

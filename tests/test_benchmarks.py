@@ -46,3 +46,10 @@ def test_priors_reproduction_runs_every_row(data_root: Path) -> None:
     assert [r["row"] for r in lines] == ["standard prior", "mixture prior (K=50)", "VampPrior (K=500)",
                                          "IAF guide (2 flows)", "VampPrior + IAF"]
     assert all(r["log_likelihood"] < 0 and 0 <= r["active_units"] <= 40 for r in lines)
+
+
+def test_step_time_reports_both_pairs_and_where_pyro_vae_came_from() -> None:
+    out = _run("step_time.py", "--epochs", "1", "--train-size", "400").splitlines()
+    assert len(out) == 2 and out[0].split(":")[1].strip().startswith("library VAE, batch 20")
+    assert "user pair" in out[1] and str(ROOT) in out[0]
+    assert all(float(line.rsplit(":", 1)[1].split()[0]) > 0 for line in out)

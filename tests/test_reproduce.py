@@ -48,5 +48,14 @@ def test_two_stage_smoke(tmp_path):
     # stage 2 on draws z ~ q(z | x) learns their spread; the posterior means are narrower on every dimension
     spread = rec["code_variance_per_dim"]
     assert all(m < s for m, s in zip(spread["posterior means"], spread["z ~ q(z | x) (aggregate posterior)"]))
+    # the sampler study reads the same folder: both samplers, each seed, the spread of the FCD over seeds
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "two_stage_sampling.py"), str(tmp_path),
+                           "--seeds", "2"], capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    study = json.loads(proc.stdout.strip().splitlines()[-1])
+    drawn = study["fcd"]["z drawn from p(z | u) (the sampler)"]
+    assert len(drawn["values"]) == 2 and drawn["values"][0] != drawn["values"][1]  # the seed changes the samples
+    assert drawn["mean"] == pytest.approx(sum(drawn["values"]) / 2) and drawn["sd"] > 0
+    assert study["stage2_gamma"] > 0
     assert len(rec["gamma_trajectory"]) == 2
     assert "Gaussian KDE (Parzen)" in rec["log_likelihood"]
