@@ -6,6 +6,10 @@ likelihood (:mod:`pyro_vae.likelihoods`) turns into ``p(x | z)``. Leading batch 
 data) pass through, so the same nets serve vectorized importance sampling.
 
 A user's own ``nn.Module`` can replace either, provided it keeps these signatures.
+
+A conditional VAE's nets see a condition ``y`` joined to their input: :class:`ConditionalMLPEncoder` maps
+``(x, y)`` and :class:`ConditionalMLPDecoder` maps ``(z, y)`` (``y`` of shape ``(N, *condition_shape)``, broadcast
+over any leading particle dimension); :func:`join_condition` is the one place ``y`` is checked and joined.
 """
 
 from __future__ import annotations
@@ -16,7 +20,8 @@ from typing import Sequence
 import torch
 from torch import nn
 
-__all__ = ["ACTIVATIONS", "MLPEncoder", "MLPDecoder", "ConvEncoder", "ConvDecoder", "make_encoder", "make_decoder"]
+__all__ = ["ACTIVATIONS", "MLPEncoder", "MLPDecoder", "ConvEncoder", "ConvDecoder", "ConditionalMLPEncoder",
+           "ConditionalMLPDecoder", "join_condition", "make_encoder", "make_decoder", "init_output_bias"]
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {
     "tanh": nn.Tanh,
@@ -77,6 +82,52 @@ class MLPDecoder(nn.Module):
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         return self.net(z).unflatten(-1, self.output_shape)
+
+
+def join_condition(h: torch.Tensor, y: torch.Tensor | None, condition_shape: tuple[int, ...],
+                   event_dims: int = 1) -> torch.Tensor:
+    """``h`` (flattened over its last ``event_dims`` dimensions) with the condition ``y`` (flattened) joined on the
+    last dimension; ``y`` is broadcast over ``h``'s leading dimensions beyond its own (a particle dimension).
+
+    :param h: ``(..., N, *event)``.
+    :param y: ``(N, *condition_shape)``.
+    :returns: ``(..., N, prod(event) + prod(condition_shape))``.
+    :raises ValueError: when ``y`` is missing or has another shape.
+    """
+    if y is None:
+        raise ValueError(f"this conditional VAE needs y of shape (N, *{condition_shape}): model(x, y), "
+                         "guide(x, y), sample(n, y=...)")
+    if y.dim() < len(condition_shape) or tuple(y.shape[y.dim() - len(condition_shape):]) != condition_shape \
+            or (h.dim() > event_dims and y.shape[0] != h.shape[h.dim() - event_dims - 1]):
+        raise ValueError(f"y must have shape (N, *{condition_shape}) with N = {h.shape[h.dim() - event_dims - 1]}, "
+                         f"got {tuple(y.shape)}")
+    flat = h.flatten(-event_dims) if event_dims > 1 else h
+    c = y.flatten(-len(condition_shape)).to(flat.dtype)
+    return torch.cat([flat, c.expand(*flat.shape[:-1], c.shape[-1])], -1)
+
+
+class ConditionalMLPEncoder(MLPEncoder):
+    """``(x, y) -> (z_loc, z_scale)``: an :class:`MLPEncoder` of ``x`` and the condition ``y`` joined."""
+
+    def __init__(self, input_shape: Sequence[int], condition_shape: Sequence[int], hidden_dims: Sequence[int],
+                 latent_dim: int, activation: str = "tanh") -> None:
+        super().__init__((math.prod(input_shape) + math.prod(condition_shape),), hidden_dims, latent_dim, activation)
+        self.x_shape, self.condition_shape = tuple(input_shape), tuple(condition_shape)
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        return super().forward(join_condition(x, y, self.condition_shape, len(self.x_shape)))
+
+
+class ConditionalMLPDecoder(MLPDecoder):
+    """``(z, y) -> params``: an :class:`MLPDecoder` of ``z`` and the condition ``y`` joined."""
+
+    def __init__(self, latent_dim: int, condition_shape: Sequence[int], hidden_dims: Sequence[int],
+                 output_shape: Sequence[int], activation: str = "tanh") -> None:
+        super().__init__(latent_dim + math.prod(condition_shape), hidden_dims, output_shape, activation)
+        self.condition_shape = tuple(condition_shape)
+
+    def forward(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        return super().forward(join_condition(z, y, self.condition_shape))
 
 
 def _conv_geometry(input_shape: Sequence[int], channels: Sequence[int]) -> tuple[int, int]:
@@ -142,11 +193,14 @@ class ConvDecoder(nn.Module):
         return self.net(z.reshape(-1, z.shape[-1])).reshape(*batch, *self.output_shape)
 
 
-def make_encoder(encoder: str | nn.Module, input_shape: Sequence[int], latent_dim: int,
-                 hidden_dims: Sequence[int], activation: str) -> nn.Module:
-    """Build an encoder by name (``"mlp"`` or ``"conv"``) or pass a user's module through."""
+def make_encoder(encoder: str | nn.Module, input_shape: Sequence[int], latent_dim: int, hidden_dims: Sequence[int],
+                 activation: str, condition_shape: Sequence[int] | None = None) -> nn.Module:
+    """Build an encoder by name (``"mlp"`` or ``"conv"``; a conditional MLP with ``condition_shape``) or pass a
+    user's module through."""
     if isinstance(encoder, nn.Module):
         return encoder
+    if condition_shape is not None and encoder == "mlp":
+        return ConditionalMLPEncoder(input_shape, condition_shape, hidden_dims, latent_dim, activation)
     if encoder == "mlp":
         return MLPEncoder(input_shape, hidden_dims, latent_dim, activation)
     if encoder == "conv":
@@ -154,13 +208,52 @@ def make_encoder(encoder: str | nn.Module, input_shape: Sequence[int], latent_di
     raise ValueError(f"unknown encoder {encoder!r}; choose 'mlp', 'conv' or pass an nn.Module")
 
 
-def make_decoder(decoder: str | nn.Module, output_shape: Sequence[int], latent_dim: int,
-                 hidden_dims: Sequence[int], activation: str) -> nn.Module:
-    """Build a decoder by name (``"mlp"`` or ``"conv"``) or pass a user's module through."""
+def make_decoder(decoder: str | nn.Module, output_shape: Sequence[int], latent_dim: int, hidden_dims: Sequence[int],
+                 activation: str, condition_shape: Sequence[int] | None = None) -> nn.Module:
+    """Build a decoder by name (``"mlp"`` or ``"conv"``; a conditional MLP with ``condition_shape``) or pass a
+    user's module through."""
     if isinstance(decoder, nn.Module):
         return decoder
+    if condition_shape is not None and decoder == "mlp":
+        return ConditionalMLPDecoder(latent_dim, condition_shape, tuple(reversed(hidden_dims)), output_shape,
+                                     activation)
     if decoder == "mlp":
         return MLPDecoder(latent_dim, tuple(reversed(hidden_dims)), output_shape, activation)
     if decoder == "conv":
         return ConvDecoder(latent_dim, output_shape)
     raise ValueError(f"unknown decoder {decoder!r}; choose 'mlp', 'conv' or pass an nn.Module")
+
+
+@torch.no_grad()
+def init_output_bias(decoder: nn.Module, data: torch.Tensor, eps: float = 1e-3) -> nn.Module:
+    """Initialise a decoder's output bias to ``logit(mean pixel)`` (Burda et al. 2016, section 5).
+
+    With zero weights into it, the decoder then starts at the data's marginal pixel means, which speeds up the
+    first epochs of a Bernoulli model. The last ``nn.Linear`` (one bias per output) takes the per-pixel means;
+    a last ``nn.ConvTranspose2d``/``nn.Conv2d`` (one bias per channel) takes the per-channel means.
+
+    :param decoder: the decoder network (its last ``Linear`` or convolution is the output layer).
+    :param data: ``(N, *event_shape)`` in ``[0, 1]``.
+    :param eps: the means are clamped to ``[eps, 1 - eps]`` before the logit.
+    :returns: ``decoder``.
+    """
+    last = None
+    for m in decoder.modules():
+        if isinstance(m, (nn.Linear, nn.Conv2d, nn.ConvTranspose2d)):
+            last = m
+    if last is None or last.bias is None:
+        raise ValueError("init_output_bias needs a decoder whose last layer is an nn.Linear or a convolution "
+                         "with a bias")
+    mean = data.double().mean(0).clamp(eps, 1 - eps)
+    if isinstance(last, nn.Linear):
+        if mean.numel() != last.bias.numel():
+            raise ValueError(f"the decoder's last layer has {last.bias.numel()} outputs but a datapoint has "
+                             f"{mean.numel()} values")
+        value = mean.flatten()
+    else:
+        value = mean.reshape(mean.shape[0], -1).mean(-1) if mean.dim() > 1 else mean
+        if value.numel() != last.bias.numel():
+            raise ValueError(f"the decoder's last convolution has {last.bias.numel()} channels, the data "
+                             f"{value.numel()}")
+    last.bias.copy_(torch.logit(value).to(last.bias))
+    return decoder

@@ -120,7 +120,7 @@ def test_cli_two_stage_and_layers(tmp_path):
     assert main(["train", "--two-stage", "--epochs", "2", "--stage2-epochs", "1", "--out", str(out),
                  "--no-progress"]) == 0
     config = json.loads((out / "config.json").read_text())
-    assert config["class"] == "TwoStageVAE" and config["vae"]["stage1"]["likelihood"] == "normal-gamma"
+    assert config["class"] == "TwoStageVAE" and config["vae"]["stage1_likelihood"] == "normal-gamma"
     history = json.loads((out / "history.json").read_text())
     assert len(history["stage1"]) == 2 and len(history["stage2"]) == 1 and "gamma" in history["stage1"][0]
     assert "gamma" in json.loads((out / "test_metrics.json").read_text())

@@ -20,8 +20,8 @@ Two producers make them:
   recording handler (:class:`_Recorder`: each sample site's distribution, value and plates, no Pyro ``Trace``
   graph), then the model runs with the guide's values replayed; each site's ``log_prob`` is summed over
   every dimension except the particle dimension and the data plate's;
-- **a model class's own producer**: a class that sets ``_fast_path_for = (cls.model, cls.guide)`` and defines
-  ``importance_terms(x, num_particles, *, analytic_kl=False, dreg=None)`` computes the same terms with its own
+- **a model class's direct terms**: a class that sets ``_direct_terms_for = (cls.model, cls.guide)`` and defines
+  ``importance_terms(*args, num_particles, analytic_kl=False, dreg=None)`` computes the same terms with its own
   density code (the tests prove them equal, value and gradient, for the same seed). It never has objectives.
 
 **Plate-scale convention** (one for the whole library): the data plate's subsample scale and any
@@ -43,7 +43,8 @@ from pyro.distributions.util import scale_and_mask
 from pyro.poutine.messenger import Messenger
 from pyro.poutine.util import site_is_subsample
 
-__all__ = ["ImportanceTerms", "DReG", "check_estimator_input", "fast_path_owner", "importance_terms", "sum_sites",
+__all__ = ["ImportanceTerms", "DReG", "check_estimator_input", "direct_terms_owner", "fast_path_owner",
+           "importance_terms", "sum_sites",
            "log_importance_weights", "guess_max_plate_nesting", "terms_producer", "PARTICLE_PLATE"]
 
 PARTICLE_PLATE = "_pyro_vae_particles"
@@ -410,27 +411,32 @@ def check_estimator_input(model: Callable, guide: Callable, args: tuple, num_par
         likelihood.check_support(x)
 
 
-def fast_path_owner(model: Callable, guide: Callable) -> Any:
-    """The object whose own producer of terms may replace tracing ``model``/``guide``, or None.
+def direct_terms_owner(model: Callable, guide: Callable) -> Any:
+    """The object whose direct terms may replace tracing ``model``/``guide``, or None.
 
-    A class opts in by setting ``_fast_path_for = (model_function, guide_function)`` and providing
-    ``importance_terms(x, num_particles, *, analytic_kl=False, dreg=None)``; bound methods that are exactly
-    those functions (not overridden in a subclass, not wrapped in a handler) take its producer, unless the
-    instance says ``direct_terms = False`` (a configuration its producer does not cover, e.g. a flow guide).
+    A class opts in by setting ``_direct_terms_for = (model_function, guide_function)`` and providing
+    ``importance_terms(*args, num_particles, analytic_kl=False, dreg=None)``; bound methods that are exactly
+    those functions (not overridden in a subclass, not wrapped in a handler) take its direct terms. (The older
+    spelling ``_fast_path_for`` is read too.)
     """
     owner = getattr(model, "__self__", None)
     if owner is None or getattr(guide, "__self__", None) is not owner:
         return None
-    fast = getattr(type(owner), "_fast_path_for", None)
-    if fast is not None and (getattr(model, "__func__", None), getattr(guide, "__func__", None)) == fast \
+    cls = type(owner)
+    pair = getattr(cls, "_direct_terms_for", None) or getattr(cls, "_fast_path_for", None)
+    if pair is not None and (getattr(model, "__func__", None), getattr(guide, "__func__", None)) == pair \
             and getattr(owner, "direct_terms", True):
         return owner
     return None
 
 
+#: the older name of :func:`direct_terms_owner`
+fast_path_owner = direct_terms_owner
+
+
 def terms_producer(model: Callable, guide: Callable, *args: Any, max_plate_nesting: int | None = None,
                    data_plate: str = "data", **kwargs: Any) -> Callable[..., ImportanceTerms]:
-    """Choose the producer of a pair's terms once (the model class's own, else the traced path; the plate
+    """Choose the producer of a pair's terms once (the model class's direct terms, else the traced path; the plate
     nesting guessed once), for many calls on the same arguments.
 
     A subsampled data plate draws its subsample on the first call; later calls (the chunks of particles of one
@@ -438,15 +444,15 @@ def terms_producer(model: Callable, guide: Callable, *args: Any, max_plate_nesti
 
     :returns: ``produce(num_particles, *, analytic_kl=False, dreg=None, latents=False) -> ImportanceTerms``.
     """
-    owner = fast_path_owner(model, guide)
-    if owner is not None and len(args) == 1 and not kwargs and data_plate == "data":
-        x = args[0]
+    owner = direct_terms_owner(model, guide)
+    if owner is not None and not kwargs and data_plate == "data":
 
         def produce(num_particles: int, *, analytic_kl: bool = False, dreg: DReG | None = None,
                     latents: bool = False) -> ImportanceTerms:
             if not latents:
-                return owner.importance_terms(x, int(num_particles), analytic_kl=analytic_kl, dreg=dreg)
-            return traced_terms(owner.model, owner.guide, x, num_particles=num_particles, max_plate_nesting=1,
+                return owner.importance_terms(*args, num_particles=int(num_particles), analytic_kl=analytic_kl,
+                                              dreg=dreg)
+            return traced_terms(owner.model, owner.guide, *args, num_particles=num_particles, max_plate_nesting=1,
                                 analytic_kl=analytic_kl, dreg=dreg, latents=True)
         return produce
     if max_plate_nesting is None:
