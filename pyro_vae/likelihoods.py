@@ -147,6 +147,10 @@ class NormalLearned(Likelihood):
 
     def __init__(self, event_shape: tuple[int, ...], scale: float = 1.0, min_scale: float = 1e-9) -> None:
         super().__init__(event_shape)
+        if not (isinstance(scale, (int, float)) and isinstance(min_scale, (int, float))
+                and math.isfinite(scale) and scale > 0 and math.isfinite(min_scale) and min_scale > 0):
+            raise ValueError(f"the 'normal-learned' likelihood needs a finite scale > 0 and min_scale > 0, got "
+                             f"scale={scale!r}, min_scale={min_scale!r}")
         self.log_scale = nn.Parameter(torch.full(self.event_shape, math.log(scale)))
         self.min_log_scale = math.log(min_scale)
 

@@ -661,8 +661,7 @@ def plot_run(
     """
     from pathlib import Path
 
-    from . import datasets
-    from .runs import load_run
+    from .runs import load_run, test_data
 
     run_dir = Path(run_dir)
     out_dir = Path(out) if out is not None else run_dir
@@ -676,16 +675,7 @@ def plot_run(
         raise ValueError(f"num must be >= 2, got {num}")
     vae, config = load_run(run_dir, device=device)  # a missing or damaged run is refused before any folder is made
     out_dir.mkdir(parents=True, exist_ok=True)
-    root = data_root if data_root is not None else config.get("data_root")
-    split = config.get("splits", {}).get("test", "test")
-    try:
-        x, labels = datasets.load(config["dataset"], split, root=root, return_labels=True)
-    except ValueError:  # a data set without labels
-        x, labels = datasets.load(config["dataset"], split, root=root), None
-    x, labels = x[: int(num)], None if labels is None else labels[: int(num)]
-    gen = torch.Generator().manual_seed(int(seed))
-    if config.get("training", {}).get("binarize"):
-        x = datasets.binarize(x, gen)
+    x, labels = test_data(config, num=int(num), data_root=data_root, seed=int(seed), labels=True)
     written: dict[str, str] = {}
     token = _SAVE_OPTIONS.set({"dpi": int(dpi), "caption": f"run {run_dir.resolve().name} · {config['dataset']}"})
 

@@ -7,6 +7,11 @@ sampling, figures).
 name           ``p(z)``
 =============  ======================================================================================
 ``normal``     :math:`\\mathcal{N}(0, I_d)` (Kingma & Welling 2014)
+``mixture``    a learned mixture of diagonal Gaussians, :math:`\\sum_k \\pi_k \\mathcal{N}(\\mu_k, \\operatorname{diag}
+               \\sigma_k^2)`
+``vamp``       the VampPrior, :math:`\\frac{1}{K} \\sum_k q(z \\mid u_k)` on learned pseudo-inputs :math:`u_k`
+               (Tomczak & Welling 2018)
+``flow``       :math:`\\mathcal{N}(0, I_d)` pushed through learned spline coupling flows (Durkan et al. 2019)
 =============  ======================================================================================
 
 Densities come from :mod:`torch.distributions` / Pyro; :class:`StandardNormal` spells out the same formula

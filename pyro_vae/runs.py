@@ -9,10 +9,13 @@ file                   what it holds
 ``metrics.jsonl``      one line of metrics per epoch, written with the checkpoint
 ``model/``             the trained model in the one saved-model format (:func:`pyro_vae.models.save_model`)
 ``test_metrics.json``  the test ELBO, rate and distortion
+``evaluation.json``    what ``pyro-vae evaluate`` measured (IWAE ``log p(x)``, diagnostics, AIS)
 ``*.png``              figures
 =====================  ==========================================================================================
 
-:func:`load` reads a saved model folder or a run folder, whatever the model class.
+:func:`load` reads a saved model folder or a run folder, whatever the model class; :func:`test_data` is the run's
+test data as every command sees it (one split, one binarization). Training and evaluating a run are
+:mod:`pyro_vae.pipeline`'s.
 """
 
 from __future__ import annotations
@@ -24,13 +27,17 @@ from typing import Any
 
 import torch
 
+from . import datasets
 from .io import write_json
 from .models import MODEL_CLASSES, SAVE_CONFIG, build_checked, load_model
 from .run_files import CHECKPOINT_NAME, CONFIG_NAME, METRICS_NAME, MODEL_DIR, PROG, TEST_METRICS_NAME
 from .train import load_checkpoint, resolve_device
 
-__all__ = ["CONFIG_NAME", "MODEL_DIR", "TEST_METRICS_NAME", "read_config", "write_config", "read_metrics",
-           "load_run", "load", "model_for_resume"]
+__all__ = ["CONFIG_NAME", "MODEL_DIR", "TEST_METRICS_NAME", "EVALUATION_NAME", "read_config", "write_config",
+           "read_metrics", "load_run", "load", "model_for_resume", "test_data", "checkpoint_weights"]
+
+#: what ``pyro-vae evaluate`` writes into the run folder
+EVALUATION_NAME = "evaluation.json"
 
 
 
@@ -83,13 +90,23 @@ def model_for_resume(cls: type, config: dict[str, Any], run_dir: str | os.PathLi
     run_dir = Path(run_dir)
     folders = ({"stage1": run_dir / "stage1", "stage2": run_dir / "stage2"} if cls.__name__ == "TwoStageVAE"
                else {"": run_dir})
-    states = {}
-    for part, folder in folders.items():
-        if (folder / CHECKPOINT_NAME).is_file():
-            state = load_checkpoint(folder / CHECKPOINT_NAME)
-            if isinstance(state, dict) and state.get("pair", {}).get("module") is not None:
-                states[part] = state["pair"]["module"]
+    states = {part: checkpoint_weights(folder / CHECKPOINT_NAME) for part, folder in folders.items()
+              if (folder / CHECKPOINT_NAME).is_file()}
     return build_checked(cls, config, None, run_dir, parts=states)
+
+
+def checkpoint_weights(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
+    """The model weights in a checkpoint :func:`pyro_vae.fit` wrote (its ``pair`` -> ``module`` entry).
+
+    :raises ValueError: naming the file, when it holds no such entry (an empty dict, a list, another file).
+    """
+    state = load_checkpoint(path)
+    pair = state.get("pair") if isinstance(state, dict) else None
+    module = pair.get("module") if isinstance(pair, dict) else None
+    if not isinstance(module, dict) or not all(torch.is_tensor(v) for v in module.values()):
+        raise ValueError(f"{path} holds no model weights (no 'pair' -> 'module' state dict of tensors): it is not a "
+                         f"checkpoint of {PROG} train, or it was damaged; restore it from a copy or start a new run")
+    return module
 
 
 def _model_class(config: dict[str, Any]) -> type:
@@ -109,10 +126,7 @@ def _from_checkpoint(run_dir: Path, config: dict[str, Any]) -> Any:
     if not ckpt.is_file():
         raise FileNotFoundError(f"run folder {run_dir} has no {CHECKPOINT_NAME}: its training did not finish a "
                                 f"single epoch (continue it with '{PROG} train --out {run_dir} --resume')")
-    state = load_checkpoint(ckpt)
-    module_state = state.get("pair", {}).get("module") if isinstance(state, dict) else None
-    if module_state is None:
-        raise ValueError(f"{ckpt} holds no model weights (no 'pair' -> 'module' entry)")
+    module_state = checkpoint_weights(ckpt)
     # the config is checked against the weights' shapes before anything is allocated
     model = build_checked(cls, config["vae"], module_state, run_dir)
     try:
@@ -161,6 +175,35 @@ def load_run(run_dir: str | os.PathLike[str], device: str | torch.device = "cpu"
     else:
         model = _from_checkpoint(run_dir, config)
     return model.to(device).eval(), config
+
+
+def test_data(config: dict[str, Any], *, split: str | None = None, num: int | None = None,
+              data_root: str | os.PathLike[str] | None = None, seed: int = 0, device: str | torch.device = "cpu",
+              labels: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """A run's test data as every command sees it (``evaluate``, ``reconstruct``, ``plot``): the split (the run's
+    test split by default), its first ``num`` datapoints, and for a run trained on dynamically binarized data one
+    fixed binarization drawn on the CPU from a generator seeded with ``seed`` (the same images on every device).
+
+    :param config: the run's configuration (:func:`read_config`).
+    :param data_root: the data folder (default: the run's, else ``$PYRO_VAE_DATA``).
+    :param labels: also return the labels (None for a data set without them).
+    :returns: ``(x, labels)``: ``x`` of shape ``(num, *event_shape)`` on ``device``.
+    """
+    root = data_root if data_root is not None else config.get("data_root")
+    split = split or config.get("splits", {}).get("test", "test")
+    y = None
+    if labels:
+        try:
+            x, y = datasets.load(config["dataset"], split, root=root, return_labels=True)
+        except ValueError:  # a data set without labels
+            x = datasets.load(config["dataset"], split, root=root)
+    else:
+        x = datasets.load(config["dataset"], split, root=root)
+    if num is not None:
+        x, y = x[: int(num)], None if y is None else y[: int(num)]
+    if config.get("training", {}).get("binarize"):
+        x = datasets.binarize(x, torch.Generator().manual_seed(int(seed)))
+    return x.to(device), y
 
 
 def load(folder: str | os.PathLike[str], map_location: str | torch.device = "cpu") -> Any:

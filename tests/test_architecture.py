@@ -19,6 +19,7 @@ FLOORS = [
     ["train"],
     ["runs"],
     ["plots"],
+    ["pipeline"],
     ["cli"],
     [""],  # the package itself
 ]

@@ -297,8 +297,15 @@ def test_hierarchical_and_two_stage_runs_resume(tmp_path: Path) -> None:
     code, _, err = run_cli(["train", "--two-stage", "--epochs", "1", "--stage2-epochs", "1", "--out", str(two),
                             "--no-progress"])
     assert code == 0, err
-    code, _, err = run_cli(["train", "--out", str(two), "--resume", "--epochs", "2", "--no-progress"])
+    code, out, err = run_cli(["train", "--out", str(two), "--resume", "--epochs", "2", "--no-progress"])
     assert code == 0, err
+    # stage 1 trained a second epoch, so stage 2 (fitted to the old codes) started again; the old one is kept
+    assert "starts again on the new ones" in out
+    assert [json.loads(line)["epoch"] for line in (two / "stage1" / "metrics.jsonl").read_text().splitlines()] == [1, 2]
+    assert [json.loads(line)["epoch"] for line in (two / "stage2" / "metrics.jsonl").read_text().splitlines()] == [1]
+    assert (two / "stage2-on-stage1-epoch1" / "checkpoint.pt").is_file()
+    code, out, err = run_cli(["train", "--out", str(two), "--resume", "--epochs", "2", "--no-progress"])
+    assert code == 0 and "nothing to train" in out, err
     history = json.loads((two / "history.json").read_text())
     assert len(history["stage1"]) == 2 and "gamma" in history["stage1"][-1]
     code, _, err = run_cli(["train", "--layers", "32,8;16,4", "--epochs", "1", "--out", str(layers), "--no-progress"])
@@ -313,7 +320,9 @@ def test_fixed_value_options_list_the_registries_names_and_take_the_old_objectiv
     from pyro_vae.infer.objectives import OBJECTIVES
     from pyro_vae.likelihoods import LIKELIHOODS
     from pyro_vae.nets import ACTIVATIONS
+    from pyro_vae.priors import PRIORS
 
+    assert set(cli.PRIOR_NAMES) == set(PRIORS)
     assert set(cli.LIKELIHOOD_NAMES) == set(LIKELIHOODS)
     assert set(cli.ACTIVATION_NAMES) == set(ACTIVATIONS)
     assert set(cli.OBJECTIVE_NAMES) == set(OBJECTIVES)

@@ -452,9 +452,9 @@ def test_particles_beyond_memory_are_refused_before_anything_is_written(tmp_path
     assert code == 2 and "lower --num-particles or --batch-size" in err and "GiB" in err
     assert not out.exists() and time.perf_counter() - t0 < 10
     # a size that fits is not refused by the estimate (it is a lower bound of what a step needs)
-    from pyro_vae.cli import _check_step_fits
+    from pyro_vae.pipeline import check_step_fits
 
-    _check_step_fits(5000, 100, (1, 28, 28), torch.device("cpu"))
+    check_step_fits(5000, 100, (1, 28, 28), torch.device("cpu"))
 
 
 def test_device_defaults_to_auto_in_every_subcommand():
@@ -464,7 +464,7 @@ def test_device_defaults_to_auto_in_every_subcommand():
     for argv in (["train"], ["sample", "r"], ["reconstruct", "r"], ["evaluate", "r"], ["plot", "r"]):
         args = parser.parse_args(argv)
         assert args.device in (None, "auto"), argv  # train's None is filled with auto below
-    from pyro_vae.cli import _default
+    from pyro_vae.pipeline import _default
 
     assert _default("digits", "device") == "auto"
 
