@@ -170,14 +170,15 @@ class VAEModule(pl.LightningModule):
                               num_particles=self.num_particles, beta=self.beta,
                               max_plate_nesting=self.max_plate_nesting)
 
-    def _denominator(self, size: int) -> float:
-        """The global batch's size over the number of processes (the ranks' sizes all-reduced): DDP's average of
-        the ranks' gradients is then the gradient of the global batch's mean loss (:mod:`pyro_vae.train.parallel`)."""
+    def _denominator(self, size: int, like: torch.Tensor) -> float | torch.Tensor:
+        """The global batch's size over the number of processes (the ranks' sizes all-reduced, a tensor: no wait
+        for the host): DDP's average of the ranks' gradients is then the gradient of the global batch's mean loss
+        (:mod:`pyro_vae.train.parallel`)."""
         world = self.trainer.world_size if self._trainer is not None else 1
         if world == 1:
             return float(size)
-        total = self.trainer.strategy.reduce(torch.tensor(float(size), device=self.device), reduce_op="sum")
-        return float(total) / world
+        total = self.trainer.strategy.reduce(like.new_tensor(float(size)), reduce_op="sum")
+        return total / world
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         """:returns: the batch's loss per datapoint (what ``backward`` differentiates)."""
@@ -188,7 +189,7 @@ class VAEModule(pl.LightningModule):
         summed = self.loss(args)
         # logged: this rank's loss per datapoint (under DDP, of its shard, not synchronised: no collective per step)
         self.log("train_loss", summed.detach() / size, prog_bar=True, batch_size=size)
-        return summed / self._denominator(size)
+        return summed / self._denominator(size, summed.detach())
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         """A plain ``torch.optim.Adam`` over the pair's parameters (as :func:`pyro_vae.fit`)."""

@@ -59,10 +59,12 @@ def loader(x, batch_size, **kw):
 
 
 @pytest.mark.parametrize("objective,num_particles", [("elbo", 1), ("mean-field", 2), ("iwae", 5), ("iwae-dreg", 5)])
-def test_training_step_is_fits_loss_and_gradient(digits, objective, num_particles):
-    """The same draws give the same loss and the same gradient as fit's TrainStep, for every objective."""
-    x = pyro_vae.datasets.binarize(digits[:40])
-    vae = small_vae()
+def test_training_step_is_fits_loss_and_gradient(digits, objective, num_particles, device):
+    """The same draws give the same loss and the same gradient as fit's TrainStep, for every objective (bit for bit
+    on the CPU)."""
+    exact = dict(rtol=0, atol=0) if device.type == "cpu" else {}
+    x = pyro_vae.datasets.binarize(digits[:40]).to(device)
+    vae = small_vae().to(device)
     reference = copy.deepcopy(vae)
     module = VAEModule(vae, objective=objective, num_particles=num_particles)
     pyro.set_rng_seed(3)
@@ -73,14 +75,26 @@ def test_training_step_is_fits_loss_and_gradient(digits, objective, num_particle
     params = list(reference.parameters())
     step = TrainStep(reference, get_objective(objective), torch.optim.Adam(params), params,
                      num_particles=num_particles, max_plate_nesting=1, clip_norm=None,
-                     parallel=Parallel(False, torch.device("cpu")))
+                     parallel=Parallel(False, device))
     pyro.set_rng_seed(3)
     expected = step.loss((x,)) / x.shape[0]
     expected.backward()
-    assert_close(loss, expected, rtol=0, atol=0)
+    assert_close(loss, expected, **exact)
     for (name, p), q in zip(vae.named_parameters(), params):
         assert p.grad is not None and p.grad.abs().sum() > 0, name
-        assert_close(p.grad, q.grad, rtol=0, atol=0, msg=name)
+        assert_close(p.grad, q.grad, msg=name, **exact)
+
+
+def test_trains_and_validates_on_the_device(digits, device):
+    """One epoch and an IWAE validation with Lightning's accelerator for the device (the GPU when there is one)."""
+    module = VAEModule(small_vae(), binarize=True, iwae_particles=50)
+    run = trainer(max_epochs=1, accelerator="gpu" if device.type == "cuda" else "cpu")
+    run.fit(module, loader(digits[:200], 50), loader(digits[1000:1100], 50))
+    assert next(module.pair.parameters()).device.type == device.type
+    metrics = {k: float(v) for k, v in run.callback_metrics.items()}
+    assert set(metrics) >= {"train_loss", "val_elbo", "val_iwae", "val_iwae_stderr", "val_iwae_mc_stderr"}
+    assert all(math.isfinite(v) for v in metrics.values())
+    assert -64 * math.log(2) - 5 < metrics["val_elbo"] < metrics["val_iwae"] < 0
 
 
 def test_lightning_steps_are_fits_steps():
