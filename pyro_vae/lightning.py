@@ -56,10 +56,11 @@ class VAEModule(pl.LightningModule):
 
     Logged: ``train_loss`` (the objective's loss per datapoint, as ``loss`` in :func:`pyro_vae.fit`'s history) at
     every step; ``val_elbo``, ``val_rate`` and ``val_distortion`` (nats per datapoint, one sample each, as
-    ``fit``'s ``val_data``) after each validation; and every ``iwae_every`` epochs the IWAE estimate of
-    ``log p(x)`` with ``K = iwae_particles``: ``val_iwae`` (its mean over the validation data),
-    ``val_iwae_stderr`` (its standard error over datapoints) and ``val_iwae_mc_stderr`` (its Monte Carlo error,
-    from disjoint groups of particles, :attr:`~pyro_vae.infer.evaluate.LogLikelihoodResult.mean_mc_stderr`).
+    ``fit``'s ``val_data``) after each validation; and every ``iwae_every`` epochs (and at every
+    ``Trainer.validate``) the IWAE estimate of ``log p(x)`` with ``K = iwae_particles``: ``val_iwae`` (its mean
+    over the validation data), ``val_iwae_stderr`` (its standard error over datapoints) and ``val_iwae_mc_stderr``
+    (its Monte Carlo error, from disjoint groups of particles,
+    :attr:`~pyro_vae.infer.evaluate.LogLikelihoodResult.mean_mc_stderr`).
 
     :param vae_or_pair: the trained ``nn.Module`` with ``.model`` and ``.guide``.
     :param objective: a name of :data:`~pyro_vae.infer.objectives.OBJECTIVES`: ``"elbo"``, ``"mean-field"``,
@@ -199,8 +200,12 @@ class VAEModule(pl.LightningModule):
     # ---- validation: the ELBO every time, the IWAE log p(x) every iwae_every epochs
 
     def _iwae_due(self) -> bool:
-        sanity = self._trainer is not None and self.trainer.sanity_checking
-        return self.iwae_every > 0 and not sanity and (self.current_epoch + 1) % self.iwae_every == 0
+        """Every ``iwae_every`` epochs of ``Trainer.fit`` (not in its sanity check); at every ``Trainer.validate``."""
+        if self.iwae_every == 0:
+            return False
+        if self._trainer is None or self.trainer.state.fn == "validate":
+            return True
+        return not self.trainer.sanity_checking and (self.current_epoch + 1) % self.iwae_every == 0
 
     def on_validation_epoch_start(self) -> None:
         self._sums = None
@@ -221,7 +226,7 @@ class VAEModule(pl.LightningModule):
             values = result.values.double()
             mc = result.mc_stderr.double().pow(2).sum().item() if result.mc_stderr is not None else math.nan
             sums += [values.sum().item(), values.pow(2).sum().item(), mc]
-        batch_sums = torch.tensor(sums, dtype=torch.float64, device=self.device)
+        batch_sums = torch.tensor(sums, dtype=torch.float64)  # on the CPU (MPS has no float64)
         self._sums = batch_sums if self._sums is None else self._sums + batch_sums
 
     def on_validation_epoch_end(self) -> None:
@@ -230,7 +235,7 @@ class VAEModule(pl.LightningModule):
             return
         sums = self._sums
         if self._trainer is not None and self.trainer.world_size > 1:
-            sums = self.trainer.strategy.reduce(sums, reduce_op="sum")
+            sums = self.trainer.strategy.reduce(sums.to(self.device), reduce_op="sum")  # NCCL reduces CUDA tensors
         sums = sums.tolist()
         n = sums[0]
         logged = {"val_elbo": sums[1] / n, "val_rate": sums[2] / n, "val_distortion": sums[3] / n}

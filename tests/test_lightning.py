@@ -97,6 +97,27 @@ def test_trains_and_validates_on_the_device(digits, device):
     assert -64 * math.log(2) - 5 < metrics["val_elbo"] < metrics["val_iwae"] < 0
 
 
+def test_a_conditional_model_takes_x_and_y_batches():
+    """Batches ``(x, y)`` of a TensorDataset reach ``model(x, y)``: the loss is TrainStep's on ``(x, y)``, and the
+    validation scores ``log p(x | y)``."""
+    x, labels = pyro_vae.datasets.load("digits", return_labels=True)
+    x, y = pyro_vae.datasets.binarize(x[:60]), torch.nn.functional.one_hot(labels[:60], 10).float()
+    vae = small_vae(condition_shape=(10,))
+    module = VAEModule(vae, objective="iwae", num_particles=3, iwae_particles=20)
+    pyro.set_rng_seed(1)
+    with pytest.warns(UserWarning, match="self.log"):
+        loss = module.training_step((x, y), 0)
+    step = TrainStep(vae, get_objective("iwae"), torch.optim.Adam(vae.parameters()), list(vae.parameters()),
+                     num_particles=3, max_plate_nesting=1, clip_norm=None, parallel=Parallel(False, x.device))
+    pyro.set_rng_seed(1)
+    assert_close(loss, step.loss((x, y)) / 60, rtol=0, atol=0)
+    valid = DataLoader(TensorDataset(x, y), batch_size=25)
+    [metrics] = trainer().validate(module, valid, verbose=False)
+    expected = evaluate_elbo(vae, x, condition=y)  # another draw: equal within the spread over datapoints
+    assert metrics["val_elbo"] == pytest.approx(expected["elbo"], abs=6 * metrics["val_iwae_stderr"])
+    assert metrics["val_iwae"] > metrics["val_elbo"] - 3 * metrics["val_iwae_stderr"]
+
+
 def test_lightning_steps_are_fits_steps():
     """Two epochs of one batch under Lightning and under fit (Adam, the same options) end at the same weights:
     a point-mass guide makes the loss deterministic, so fit's shuffling changes nothing but the summation order."""
@@ -214,6 +235,8 @@ def test_a_users_own_pyro_pair_trains(digits):
     # 64 pixels of log 2 each at the start (44.4 nats); a few epochs gain well over 5 nats (about 10 in trials)
     assert after["val_elbo"] > before["val_elbo"] + 5
     assert "val_iwae" not in after  # iwae_every=0: never
+    module.iwae_every = 7  # Trainer.validate estimates log p(x) whatever the epoch
+    assert "val_iwae" in trainer().validate(module, valid, verbose=False)[0]
 
 
 class ParamPair(TutorialVAE):
