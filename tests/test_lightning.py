@@ -346,3 +346,9 @@ def test_mlflow_logger_records_the_history_in_a_local_store(digits, tmp_path, mo
         assert sorted((m.step, m.value) for m in logged) == [(h["epoch"], h[key]) for h in history]
     experiment = client.get_experiment_by_name("digits")
     assert experiment is not None and run.info.experiment_id == experiment.experiment_id
+    # a resumed training continues the run it is given
+    again = MLflowLogger(tmp_path / "mlruns" if store == "folder" else uri, experiment="digits", run_id=logger.run_id)
+    again.on_epoch_end({"epoch": 3, "loss": 1.25})
+    again.on_train_end([])
+    assert sorted(m.step for m in client.get_metric_history(logger.run_id, "loss")) == [1, 2, 3]
+    assert len(client.search_runs([experiment.experiment_id])) == 1
