@@ -501,7 +501,7 @@ def test_the_package_ships_its_license_type_marker_and_declares_what_it_imports(
                 imported.add(node.module.split(".")[0])
     third_party = imported - set(sys.stdlib_module_names) - {"pyro_vae", "__future__"}
     names = {"pyro": "pyro-ppl", "sklearn": "scikit-learn", "yaml": "pyyaml"}
-    optional = {"tensorboard", "fcntl"}  # an extra, and a stdlib module of POSIX systems
+    optional = {"tensorboard", "lightning", "mlflow", "fcntl"}  # extras, and a stdlib module of POSIX systems
     assert {names.get(m, m) for m in third_party} - optional <= requires, third_party
 
 

@@ -8,7 +8,7 @@ module                     its job
 ``nan``                    :class:`NanGuard`: detect NaN/inf, replay the epoch to name the site, roll back
 ``state``                  checkpoint and resume state (weights, optimizer, generators), snapshots
 ``parallel``               the ``torchrun`` plumbing (DDP, sharded batches); no-ops in one process
-``callbacks``              :class:`Callback`: progress, training metrics, TensorBoard, a user's logger
+``callbacks``              :class:`Callback`: progress, training metrics, loggers (TensorBoard, CSV, MLflow)
 ``schedules``              learning-rate schedules, beta and KL warm-up
 ``validation``             data checks, the device, trainable parameters, the validation ELBO
 ``two_stage``              :func:`fit_two_stage`: Dai & Wipf's two stages, each a :func:`fit`
@@ -16,7 +16,16 @@ module                     its job
 """
 
 from ..io import atomic_save, atomic_write
-from .callbacks import Callback, CallbackList, EpochFunction, Progress, TensorBoard, TrainingMetrics
+from .callbacks import (
+    Callback,
+    CallbackList,
+    CSVLogger,
+    EpochFunction,
+    MLflowLogger,
+    Progress,
+    TensorBoard,
+    TrainingMetrics,
+)
 from .loop import fit
 from .nan import ON_NAN, NanGuard
 from .schedules import LR_SCHEDULES, iwae_schedule
@@ -28,4 +37,4 @@ from .validation import check_data, evaluate_elbo, resolve_device
 __all__ = ["fit", "atomic_write", "atomic_save", "evaluate_elbo", "resolve_device", "check_data", "LR_SCHEDULES",
            "CHECKPOINT_NAME", "METRICS_NAME", "iwae_schedule", "load_checkpoint", "ON_NAN", "Callback",
            "CallbackList", "EpochFunction", "Progress", "TensorBoard", "TrainingMetrics", "TrainStep", "NanGuard",
-           "fit_two_stage"]
+           "fit_two_stage", "CSVLogger", "MLflowLogger"]

@@ -10,21 +10,30 @@ A callback subclasses :class:`Callback` and overrides what it needs:
 - ``on_epoch_end(record)``: after the checkpoint; raise ``StopIteration`` to stop training (early stopping);
 - ``on_train_end(history)``: once, when training ends (close files here).
 
-A user's logger (MLflow, Weights & Biases, ...) is a callback passed in ``fit(..., callbacks=[...])``; the old
-``on_epoch_end=function`` argument is wrapped in :class:`EpochFunction`. Under ``torchrun`` every rank calls
-its callbacks (a ``StopIteration`` on any rank stops all); :class:`Progress` shows on rank 0 only.
+A user's logger (Weights & Biases, ...) is a callback passed in ``fit(..., callbacks=[...])``; the old
+``on_epoch_end=function`` argument is wrapped in :class:`EpochFunction`. Three loggers come with the library:
+:class:`TensorBoard`, :class:`CSVLogger` (no dependency) and :class:`MLflowLogger` (a local MLflow file store, or
+any tracking server). Under ``torchrun`` every rank calls its callbacks (a ``StopIteration`` on any rank stops
+all); :class:`Progress` and the loggers write on rank 0 only.
 """
 
 from __future__ import annotations
 
+import csv
+import io
 import sys
+import time
 from pathlib import Path
 from typing import Any, Callable, Sequence, TextIO
 
 import pyro
 import torch
 
-__all__ = ["Callback", "EpochFunction", "Progress", "TrainingMetrics", "TensorBoard", "CallbackList"]
+from ..distributed import is_main_process
+from ..io import atomic_write
+
+__all__ = ["Callback", "EpochFunction", "Progress", "TrainingMetrics", "TensorBoard", "CSVLogger", "MLflowLogger",
+           "CallbackList"]
 
 
 class Callback:
@@ -141,6 +150,110 @@ class TensorBoard(Callback):
 
     def on_train_end(self, history: list[dict[str, Any]]) -> None:
         self.writer.close()
+
+
+def _scalars(record: dict[str, Any]) -> dict[str, float]:
+    """The record's numbers (lists such as ``nan_events`` and strings left out)."""
+    return {k: v for k, v in record.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
+class CSVLogger(Callback):
+    """Write each epoch's numbers as a row of a CSV file (one column per metric, ``epoch`` first), needing no
+    package. The file is rewritten atomically after every epoch, so it is always complete and readable while
+    training runs; a metric that appears in a later epoch (``val_iwae`` every few epochs) adds a column, left empty
+    in the rows without it.
+
+    :param path: the CSV file (its folder is created).
+    :param append: keep the rows already in the file whose epoch comes before the first logged one (continue the
+        file of a resumed run); False starts the file afresh.
+    """
+
+    def __init__(self, path: str | Path, append: bool = False) -> None:
+        self.path = Path(path)
+        self.append = append
+        self.rows: list[dict[str, Any]] | None = None
+
+    def on_epoch_end(self, record: dict[str, Any]) -> None:
+        if not is_main_process():
+            return
+        if self.rows is None:
+            self.rows = []
+            if self.append and self.path.is_file():
+                with open(self.path, newline="") as f:
+                    self.rows = [r for r in csv.DictReader(f) if float(r["epoch"]) < float(record["epoch"])]
+        self.rows.append(_scalars(record))
+        columns = list(dict.fromkeys(["epoch", *(k for row in self.rows for k in row)]))
+        text = io.StringIO()
+        writer = csv.DictWriter(text, fieldnames=columns, restval="", lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(self.rows)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(self.path, lambda f: f.write(text.getvalue()), binary=False)
+
+
+class MLflowLogger(Callback):
+    """Log each epoch's numbers as MLflow metrics (``step`` = the epoch), and the run's settings as parameters
+    (needs the ``mlflow`` package: ``pip install 'pyro-vae[mlflow]'``). Everything stays on this machine unless
+    ``tracking_uri`` names a server.
+
+    A folder (the default ``mlruns``) holds a local store: the SQLite database ``mlflow.db`` and the folder
+    ``artifacts``, browsed with ``mlflow ui --backend-store-uri sqlite:///mlruns/mlflow.db``. (MLflow 3 keeps its
+    older file store, ``file:`` URIs, in maintenance mode and refuses it unless the environment sets
+    ``MLFLOW_ALLOW_FILE_STORE=true``; with that set, ``tracking_uri="file:./mlruns"`` writes one.) Nothing
+    global is changed: the logger talks to its store through its own ``MlflowClient`` (no
+    ``mlflow.set_tracking_uri``, no active run).
+
+    :param tracking_uri: a folder for a local store, or an MLflow tracking URI (``sqlite:///mlflow.db``,
+        ``file:./mlruns``, ``http://server:5000``).
+    :param experiment: the experiment's name (created when missing).
+    :param run_name: the run's name (MLflow makes one up when None).
+    :param params: settings recorded once as the run's parameters (``{"lr": 1e-3, "objective": "iwae"}``).
+    :param run_id: continue this run (a resumed training) instead of starting a new one.
+    :param tags: the run's tags.
+    """
+
+    def __init__(self, tracking_uri: str | Path = "mlruns", experiment: str = "pyro-vae", run_name: str | None = None,
+                 params: dict[str, Any] | None = None, run_id: str | None = None,
+                 tags: dict[str, str] | None = None) -> None:
+        try:
+            from mlflow.tracking import MlflowClient
+        except ImportError:
+            raise ValueError("MLflow logging needs the mlflow package: pip install 'pyro-vae[mlflow]'") from None
+        uri, self.artifacts = str(tracking_uri), None
+        if ":" not in uri:  # a folder: a local SQLite store, its artifacts beside it
+            folder = Path(uri).resolve()
+            uri, self.artifacts = f"sqlite:///{folder / 'mlflow.db'}", (folder / "artifacts").as_uri()
+            if is_main_process():
+                folder.mkdir(parents=True, exist_ok=True)
+        self.tracking_uri, self.experiment, self.run_name = uri, experiment, run_name
+        self.params, self.tags, self.run_id = dict(params or {}), dict(tags or {}), run_id
+        self.client = MlflowClient(tracking_uri=uri) if is_main_process() else None
+
+    def _start(self) -> str:
+        """Create (or find) the experiment and the run; log the parameters."""
+        if self.run_id is None:
+            found = self.client.get_experiment_by_name(self.experiment)
+            experiment_id = found.experiment_id if found is not None else \
+                self.client.create_experiment(self.experiment, artifact_location=self.artifacts)
+            run = self.client.create_run(experiment_id, run_name=self.run_name, tags=self.tags)
+            self.run_id = run.info.run_id
+            for key, value in self.params.items():
+                self.client.log_param(self.run_id, key, value)
+        return self.run_id
+
+    def on_epoch_end(self, record: dict[str, Any]) -> None:
+        from mlflow.entities import Metric
+
+        if not is_main_process():
+            return
+        run_id = self._start()
+        now, step = int(time.time() * 1000), int(record["epoch"])
+        metrics = [Metric(key, float(value), now, step) for key, value in _scalars(record).items() if key != "epoch"]
+        self.client.log_batch(run_id, metrics=metrics)
+
+    def on_train_end(self, history: list[dict[str, Any]]) -> None:
+        if self.run_id is not None and is_main_process():
+            self.client.set_terminated(self.run_id)
 
 
 class CallbackList(Callback):
