@@ -146,6 +146,7 @@ def fit_semi_supervised(
     progress: bool = True,
     on_epoch_end: Callable[[dict[str, Any]], None] | None = None,
     time_limit: float | None = None,
+    labelled_passes: int = 1,
 ) -> list[dict[str, Any]]:
     """Train an :class:`SSVAE` on labelled and unlabelled data (Kingma et al.'s :math:`\\mathcal{J}^\\alpha`).
 
@@ -160,14 +161,18 @@ def fit_semi_supervised(
         Bernoulli likelihood need it).
     :param val_data: ``(x, y)``: the classifier's accuracy on them after each epoch.
     :param time_limit: seconds: no new epoch starts once training has run this long.
-    :returns: one dict per epoch: ``loss_unlabelled`` and ``loss_labelled`` (per datapoint, the latter without the
-        auxiliary term), ``aux_loss`` (per labelled datapoint), ``val_accuracy``, ``seconds``.
+    :param labelled_passes: passes over the labelled data per epoch (1: Pyro's schedule; more spends a small
+        budget's steps on the few labels more often, as Kingma et al.'s mixed minibatches do).
+    :returns: one dict per epoch: ``loss_unlabelled`` and ``loss_labelled`` (per datapoint visit, the latter
+        without the auxiliary term), ``aux_loss`` (per labelled datapoint visit), ``val_accuracy``, ``seconds``.
     """
     from .infer.objectives import get_objective
     from .infer.weights import terms_producer
 
     if seed is not None:
         pyro.set_rng_seed(int(seed))
+    if int(labelled_passes) < 1:
+        raise ValueError(f"labelled_passes must be >= 1, got {labelled_passes!r}")
     if x_labelled.shape[0] != y_labelled.shape[0] or x_labelled.shape[0] == 0 or x_unlabelled.shape[0] == 0:
         raise ValueError(f"need labelled data with one label each and unlabelled data, got {x_labelled.shape[0]} "
                          f"labelled datapoints, {y_labelled.shape[0]} labels, {x_unlabelled.shape[0]} unlabelled")
@@ -193,6 +198,9 @@ def fit_semi_supervised(
         start = time.perf_counter()
         unlabelled = torch.randperm(x_unlabelled.shape[0]).split(int(batch_size))
         labelled = torch.randperm(x_labelled.shape[0]).split(int(batch_size))
+        if labelled_passes > 1:  # each labelled datapoint several times per epoch, reshuffled each time
+            labelled = tuple(idx for _ in range(int(labelled_passes))
+                             for idx in torch.randperm(x_labelled.shape[0]).split(int(batch_size)))
         every = max(1, (len(unlabelled) + len(labelled)) // len(labelled))
         schedule: list[tuple[str, torch.Tensor]] = [("unlabelled", idx) for idx in unlabelled]
         for j, idx in enumerate(labelled):  # one labelled batch every `every` batches
@@ -210,8 +218,8 @@ def fit_semi_supervised(
             optimizer.step()
         record = {"epoch": epoch + 1, "seconds": time.perf_counter() - start,
                   "loss_unlabelled": sums["unlabelled"] / x_unlabelled.shape[0],
-                  "loss_labelled": sums["labelled"] / x_labelled.shape[0],
-                  "aux_loss": sums["aux"] / x_labelled.shape[0]}
+                  "loss_labelled": sums["labelled"] / (x_labelled.shape[0] * int(labelled_passes)),
+                  "aux_loss": sums["aux"] / (x_labelled.shape[0] * int(labelled_passes))}
         if val_data is not None:
             ssvae.eval()
             record["val_accuracy"] = ssvae.accuracy(*val_data)

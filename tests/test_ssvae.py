@@ -123,6 +123,24 @@ def test_refuses_mismatched_labels():
     ssvae = _small(torch.float32)
     with pytest.raises(ValueError, match="labels"):
         fit_semi_supervised(ssvae, torch.zeros(3, 1, 4, 4), torch.zeros(2), torch.zeros(5, 1, 4, 4), epochs=1)
+    with pytest.raises(ValueError, match="labelled_passes"):
+        fit_semi_supervised(ssvae, torch.zeros(3, 1, 4, 4), torch.zeros(3), torch.zeros(5, 1, 4, 4), epochs=1,
+                            labelled_passes=0)
+
+
+def test_labelled_passes_visit_the_labels_more_often():
+    """labelled_passes=3: three labelled batches an epoch (each labelled datapoint three times), counted in the
+    per-visit losses; the steps change the classifier."""
+    ssvae = _small(torch.float32)
+    x, y = _data(6, torch.float32), torch.tensor([0, 1, 2, 0, 1, 2])
+    calls = []
+    original = ssvae.aux_loss
+    ssvae.aux_loss = lambda x, y: calls.append(x.shape[0]) or original(x, y)
+    before = ssvae.y_logits(x).detach().clone()
+    history = fit_semi_supervised(ssvae, x, y, _data(8, torch.float32, seed=1), epochs=1, batch_size=4,
+                                  labelled_passes=3, progress=False, seed=0)
+    assert sum(calls) == 18 and len(calls) == 6  # 3 passes of 6 labelled datapoints in batches of 4 and 2
+    assert math.isfinite(history[0]["aux_loss"]) and not torch.equal(before, ssvae.y_logits(x).detach())
 
 
 def test_example_smoke_test(data_root, tmp_path):
