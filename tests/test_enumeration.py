@@ -182,3 +182,20 @@ def test_refusals():
     for objective in ("iwae-dreg", "mean-field"):
         with pytest.raises(ValueError, match="enumerated"):
             objective_loss(objective, pair.model, pair.guide, x, num_particles=2)
+
+
+def test_z_independent_of_y_sums_y_inside_each_weight():
+    """A guide whose q(z | x) ignores y: each weight is sum_y p(x, y, z_k) / q(z_k | x) = p(x, z_k) / q(z_k | x), and
+    IWAE converges to the closed form (within 0.05 nats on average at K = 10000; more than 1 nat off at K = 1)."""
+    pair = Mixture()
+    x = pair.data(10)
+
+    def guide(x):
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("y", dist.Categorical(logits=x @ pair.A0), infer={"enumerate": "parallel"})
+            loc = (x - pair.b0.mean(0)) @ torch.linalg.pinv(pair.W0).T
+            pyro.sample("z", dist.Normal(loc, 1.5).to_event(1))
+
+    gap = pair.exact(x) - infer.iwae_bound(pair.model, guide, x, num_particles=10000, chunk_size=2500)
+    assert float(gap.mean()) < 0.05 and float(gap.abs().max()) < 0.2
+    assert float((pair.exact(x) - infer.iwae_bound(pair.model, guide, x, num_particles=1)).mean()) > 1.0
