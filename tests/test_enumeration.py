@@ -199,3 +199,32 @@ def test_z_independent_of_y_sums_y_inside_each_weight():
     gap = pair.exact(x) - infer.iwae_bound(pair.model, guide, x, num_particles=10000, chunk_size=2500)
     assert float(gap.mean()) < 0.05 and float(gap.abs().max()) < 0.2
     assert float((pair.exact(x) - infer.iwae_bound(pair.model, guide, x, num_particles=1)).mean()) > 1.0
+
+
+@pytest.mark.parametrize("k", [1, 3])
+def test_two_enumerated_sites_one_depending_on_the_other(k):
+    """y1 ~ p(y1), y2 ~ p(y2 | y1), x ~ N(mu[y1, y2], 1), both summed (two enumeration dimensions): every weight is
+    sum_{y1, y2} p(x, y1, y2) = p(x), for any q(y1 | x) q(y2 | x, y1)."""
+    g = torch.Generator().manual_seed(2)
+    p1 = torch.tensor([0.6, 0.4], dtype=torch.float64)
+    p2 = torch.softmax(torch.randn(2, 3, generator=g, dtype=torch.float64), -1)
+    mu = 3 * torch.randn(2, 3, generator=g, dtype=torch.float64)
+
+    def model(x):
+        with pyro.plate("data", x.shape[0]):
+            y1 = pyro.sample("y1", dist.Categorical(p1))
+            y2 = pyro.sample("y2", dist.Categorical(p2[y1]))
+            pyro.sample("x", dist.Normal(mu[y1, y2], 1.0), obs=x)
+
+    def guide(x):
+        with pyro.plate("data", x.shape[0]):
+            y1 = pyro.sample("y1", dist.Categorical(logits=torch.stack([x, -x], -1)))
+            pyro.sample("y2", dist.Categorical(logits=torch.stack([x, 0 * x, -x], -1) + y1.unsqueeze(-1)))
+
+    x = torch.tensor([-2.0, 0.5, 1.0, 4.0], dtype=torch.float64)
+    exact = torch.logsumexp((p1.log().unsqueeze(-1) + p2.log()).unsqueeze(-1)
+                            + dist.Normal(mu.unsqueeze(-1), 1.0).log_prob(x), (0, 1))
+    enum_guide = pyro.infer.config_enumerate(guide)
+    assert_close(infer.log_importance_weights(model, enum_guide, x, num_particles=k), exact.expand(k, 4))
+    # the ELBO is log p(x) - KL(q(y1, y2 | x) || p(y1, y2 | x)) < log p(x)
+    assert bool((infer.elbo(model, enum_guide, x, num_particles=k) < exact - 1e-3).all())

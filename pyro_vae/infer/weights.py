@@ -238,7 +238,8 @@ class _Recorder(Messenger):
     """Record every sample site's message (distribution, value, plates, mask): what :func:`importance_terms`
     needs, without building a Pyro ``Trace``. With ``replay`` (name -> value) the latent and subsample sites
     named there take those values instead of being drawn; ``on_latent(msg)`` may replace a drawn latent value
-    (before the program sees it)."""
+    (before the program sees it); with ``enum_dim`` a site marked for parallel enumeration takes all its values,
+    in dimension ``enum_dim`` (the next one further left for the next such site)."""
 
     def __init__(self, replay: dict[str, torch.Tensor] | None = None,
                  on_latent: Callable[[dict], torch.Tensor] | None = None, enum_dim: int | None = None) -> None:
@@ -247,7 +248,6 @@ class _Recorder(Messenger):
         self.replay = replay
         self.on_latent = on_latent
         self.enum_dim = enum_dim  # the next free dimension for an enumerated site; None: sample every site
-        self.enum_sizes: list[int] = []  # the enumerated sites' sizes, in the order of their dimensions from -1 on
 
     def _pyro_sample(self, msg: dict) -> None:
         if self.replay is not None and not msg["is_observed"]:
@@ -266,7 +266,6 @@ class _Recorder(Messenger):
             msg["value"] = support.reshape(shape)
             msg["done"] = True
             msg["infer"]["_pyro_vae_enum_dim"] = self.enum_dim
-            self.enum_sizes.append(support.shape[0])
             self.enum_dim -= 1
 
     def _pyro_post_sample(self, msg: dict) -> None:
