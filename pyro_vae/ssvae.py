@@ -150,12 +150,17 @@ def fit_semi_supervised(
 ) -> list[dict[str, Any]]:
     """Train an :class:`SSVAE` on labelled and unlabelled data (Kingma et al.'s :math:`\\mathcal{J}^\\alpha`).
 
-    Each epoch visits every unlabelled datapoint once in batches of ``batch_size``, and every labelled one once,
-    its batches spread evenly among the unlabelled ones (as Pyro's ``ss_vae_M2.py``). A batch's loss is the
+    Each epoch visits every unlabelled datapoint once in batches of ``batch_size``, and every labelled one
+    ``labelled_passes`` times, its batches spread evenly among the unlabelled ones (with one pass, Pyro's
+    ``ss_vae_M2.py`` schedule). The loop is the library's objective on the engine's terms
+    (:func:`~pyro_vae.infer.weights.terms_producer`), not :func:`pyro_vae.fit`: a labelled batch adds the
+    auxiliary loss, which is not a bound of the pair. A batch's loss is the
     objective's (:data:`pyro_vae.infer.objectives.OBJECTIVES`, the label summed on unlabelled batches) plus, on
     labelled batches, :meth:`SSVAE.aux_loss`; Adam on the sum divided by the batch size.
 
-    :param x_labelled: ``(L, *input_shape)``; :param y_labelled: ``(L,)`` class indices.
+    :param ssvae: the model (its parameters on the device to train on).
+    :param x_labelled: ``(L, *input_shape)``.
+    :param y_labelled: ``(L,)`` class indices.
     :param x_unlabelled: ``(U, *input_shape)``.
     :param binarize: a fresh Bernoulli draw of every batch (dynamic binarization; grey-level data with the
         Bernoulli likelihood need it).
