@@ -1,6 +1,7 @@
 """pyro-vae: variational autoencoders as Pyro programs, with honest ``log p(x)`` estimates.
 
-The public names: :class:`VAE`, :class:`HierarchicalVAE`, :class:`TwoStageVAE`, :func:`fit`, :func:`load`, and the
+The public names: :class:`VAE`, :class:`HierarchicalVAE`, :class:`TwoStageVAE`, :class:`SSVAE` (semi-supervised,
+with :func:`fit_semi_supervised`), :func:`fit`, :func:`load`, and the
 modules :mod:`pyro_vae.datasets`, :mod:`pyro_vae.infer`, :mod:`pyro_vae.priors` and :mod:`pyro_vae.distributed`
 (for ``torchrun``). Importing the package changes no global Pyro or torch setting. A map of the modules, and
 where each kind of change goes, is in ``docs/architecture.md``.
@@ -9,7 +10,8 @@ where each kind of change goes, is in ``docs/architecture.md``.
 from ._version import __version__
 
 # the names are imported when first used (PEP 562), so that ``pyro-vae --help`` imports neither torch nor Pyro
-_LAZY = {"VAE": ".models", "HierarchicalVAE": ".models", "TwoStageVAE": ".models", "load": ".runs", "fit": ".train"}
+_LAZY = {"VAE": ".models", "HierarchicalVAE": ".models", "TwoStageVAE": ".models", "load": ".runs", "fit": ".train",
+         "SSVAE": ".models", "fit_semi_supervised": ".train"}
 _MODULES = ("datasets", "distributed", "infer", "likelihoods", "nets", "priors", "models", "train", "runs", "plots",
             "io", "cli")
 
@@ -31,5 +33,5 @@ def __dir__() -> list[str]:
     return sorted(set(globals()) | set(_LAZY) | set(_MODULES))
 
 
-__all__ = ["VAE", "HierarchicalVAE", "TwoStageVAE", "__version__", "datasets", "distributed", "fit", "infer",
-           "likelihoods", "load", "nets", "priors"]
+__all__ = ["VAE", "HierarchicalVAE", "TwoStageVAE", "SSVAE", "__version__", "datasets", "distributed", "fit", "infer",
+           "fit_semi_supervised", "likelihoods", "load", "nets", "priors"]

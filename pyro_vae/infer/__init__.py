@@ -9,6 +9,7 @@ All are plain functions of ``(model, guide, *args)`` returning per-datapoint ten
 - :func:`kde_log_likelihood`: the Parzen-window (Gaussian KDE) baseline, model-free;
 - ArviZ / xarray export of draws, weights and diagnostics (:func:`to_inference_data`, :func:`psis_khat`);
 - :func:`ais` (annealed importance sampling) and :func:`bdmc` (its sandwich on simulated data);
+- :func:`sumo`, an unbiased estimate of ``log p(x)`` (Russian-roulette debiasing of IWAE, Luo et al. 2020);
 - training objectives in :mod:`pyro_vae.infer.objectives` (IWAE correct under subsampling, DReG).
 
 Everything is written once on the engine of :mod:`pyro_vae.infer.weights`: a batch's importance terms.
@@ -32,6 +33,7 @@ from .evaluate import (
 from .exact import exact_log_likelihood
 from .kde import KDEResult, kde_log_likelihood
 from .objectives import OBJECTIVES, dreg_loss, iwae_loss
+from .sumo import SUMOResult, sumo
 from .weights import ImportanceTerms, guess_max_plate_nesting, importance_terms, log_importance_weights
 
 __all__ = [
@@ -42,6 +44,7 @@ __all__ = [
     "ImportanceTerms",
     "KDEResult",
     "LogLikelihoodResult",
+    "SUMOResult",
     "OBJECTIVES",
     "ais",
     "bdmc",
@@ -65,5 +68,6 @@ __all__ = [
     "psis_khat",
     "replicate_stderr",
     "result_to_dataset",
+    "sumo",
     "to_inference_data",
 ]

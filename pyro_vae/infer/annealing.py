@@ -204,6 +204,10 @@ class _Target:
         self.sites = []
         for s in latents:
             fn = s["fn"]
+            if (s.get("infer") or {}).get("enumerate") == "parallel":
+                raise ValueError(f"AIS does not sum enumerated guide sites: {s['name']!r} is marked "
+                                 "infer={'enumerate': 'parallel'}; estimate log p(x) with it summed by "
+                                 "log_likelihood(method='iwae'), iwae_bound or sumo")
             if fn.support.is_discrete or not fn.has_rsample:
                 raise ValueError(f"AIS needs continuous latents; the site {s['name']!r} is discrete (its support is "
                                  f"{fn.support}): sum it out in the model, or estimate with log_likelihood")

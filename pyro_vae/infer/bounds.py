@@ -62,8 +62,10 @@ def log_weight_chunks(
 
 
 def _chunks(model: Callable, guide: Callable, *args: Any, num_particles: int, chunk_size: int | None = None,
-            max_plate_nesting: int | None = None, data_plate: str = "data", **kwargs: Any) -> Iterator[torch.Tensor]:
-    """:func:`log_weight_chunks` without the input checks (training objectives call it every step)."""
+            max_plate_nesting: int | None = None, data_plate: str = "data", elbo: bool = False,
+            **kwargs: Any) -> Iterator[torch.Tensor]:
+    """:func:`log_weight_chunks` without the input checks (training objectives call it every step); with ``elbo``
+    the ELBO's integrand instead (it differs from the log weights only where guide sites are enumerated)."""
     num_particles = int(num_particles)
     if num_particles < 1:
         raise ValueError(f"num_particles must be >= 1, got {num_particles}")
@@ -73,7 +75,8 @@ def _chunks(model: Callable, guide: Callable, *args: Any, num_particles: int, ch
     produce = terms_producer(model, guide, *args, max_plate_nesting=max_plate_nesting, data_plate=data_plate,
                              **kwargs)
     for start in range(0, num_particles, chunk_size):
-        yield produce(min(chunk_size, num_particles - start)).log_weights
+        t = produce(min(chunk_size, num_particles - start))
+        yield t.elbo_integrand if elbo else t.log_weights
 
 
 def iwae_bound(
@@ -135,9 +138,10 @@ def elbo(
 
     :raises ValueError: for bad input, as :func:`iwae_bound` (checked once, before any work).
     """
+    check_estimator_input(model, guide, args, num_particles)
     total = None
-    for log_w in log_weight_chunks(model, guide, *args, num_particles=num_particles, chunk_size=chunk_size,
-                                   max_plate_nesting=max_plate_nesting, data_plate=data_plate, **kwargs):
+    for log_w in _chunks(model, guide, *args, num_particles=num_particles, chunk_size=chunk_size,
+                         max_plate_nesting=max_plate_nesting, data_plate=data_plate, elbo=True, **kwargs):
         s = log_w.sum(0)
         total = s if total is None else total + s
     assert total is not None and total.dim() == 1

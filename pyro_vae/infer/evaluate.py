@@ -332,10 +332,11 @@ def log_likelihood(
             max_plate_nesting = guess_max_plate_nesting(model, guide, x, *extra)
         # one producer per batch: every chunk scores the same datapoints (one subsample of a subsampled plate)
         produce = terms_producer(model, guide, x, *extra, max_plate_nesting=max_plate_nesting, data_plate=data_plate)
-        log_w, rate, distortion = [], 0.0, 0.0
+        log_w, rate, distortion, elbo = [], 0.0, 0.0, 0.0
         for c in range(0, num_particles, chunk_size):
             t = produce(min(chunk_size, num_particles - c))
             log_w.append(t.log_weights)
+            elbo = elbo + t.elbo_integrand.sum(0)  # the mean log weight, or with enumerated sites the exact ELBO
             rate = rate + (t.log_guide - t.log_prior).sum(0)
             distortion = distortion - t.log_likelihood.sum(0)
         lw = torch.cat(log_w)
@@ -344,7 +345,7 @@ def log_likelihood(
                              "needs one estimate per datapoint of the batch (a subsampled data plate scores only "
                              "its subsample; evaluate without subsampling)")
         parts["values"].append(torch.logsumexp(lw, 0) - math.log(num_particles))
-        parts["elbo"].append(lw.mean(0))
+        parts["elbo"].append(elbo / num_particles)
         parts["rate"].append(rate / num_particles)
         parts["distortion"].append(distortion / num_particles)
         parts["ess"].append(effective_sample_size(lw))

@@ -24,6 +24,13 @@ datapoint's own bound is the cost of its own latents, as Pyro's ``Trace_ELBO`` d
 :math:`\\nabla \\mathbb{E}_q[f] = \\mathbb{E}_q[\\nabla f + f\\,\\nabla \\log q]`. ``elbo`` and ``iwae`` support it;
 ``mean-field`` and ``iwae-dreg`` refuse such guides.
 
+Guide sites marked ``infer={"enumerate": "parallel"}`` are summed exactly instead (no score term):
+``elbo`` takes the exact expectation over them under ``q`` (the gradient of Pyro's ``TraceEnum_ELBO`` for the
+same draws; ``beta`` then weighs the whole rate, the enumerated sites' ``log q(y|x) - log p(y)`` included), and
+``iwae`` the weights with the enumerated sites summed out of them
+(:attr:`~pyro_vae.infer.weights.ImportanceTerms.summed_log_weights`: ``q(y|x)`` leaves the weight, so the IWAE
+bound gives ``q(y|x)`` no gradient; train it with an auxiliary loss, as the semi-supervised VAE does).
+
 The doubly reparameterized gradient (DReG) of the IWAE bound removes the score-function term that makes
 the guide's IWAE gradient noisy as ``K`` grows. With normalised weights
 :math:`\\tilde w_k = w_k / \\sum_j w_j`,
@@ -81,7 +88,7 @@ def _reparameterized_only(terms: ImportanceTerms, name: str) -> None:
 def elbo(produce: Producer, *, num_particles: int = 1, beta: float = 1.0) -> torch.Tensor:
     """The ELBO loss (``beta`` weighs the rate), averaged over ``K`` particles, summed over the batch."""
     t = produce(num_particles)
-    bound = t.log_weights if beta == 1.0 else t.log_likelihood + beta * (t.log_prior - t.log_guide)
+    bound = t.elbo_integrand if beta == 1.0 else t.log_likelihood + beta * (t.log_prior - t.log_guide)
     return -(bound.sum() + _score_surrogate(t, bound, beta)) / int(num_particles)
 
 

@@ -24,6 +24,25 @@ Two producers make them:
   ``importance_terms(*args, num_particles, analytic_kl=False, dreg=None)`` computes the same terms with its own
   density code (the tests prove them equal, value and gradient, for the same seed). It never has objectives.
 
+**Enumerated guide sites** (``infer={"enumerate": "parallel"}``, or :func:`pyro.infer.config_enumerate`): the
+traced path sums a discrete latent ``y`` exactly instead of sampling it. The guide runs once with every value of
+``y`` in its own dimension left of the particle dimension (``-(max_plate_nesting + 2)``, the next one for a
+second enumerated site), so that each particle ``k`` holds one draw ``z_{k,y} ~ q(z | x, y)`` per value, and
+
+.. math::
+
+    \\log w_{k,n} = \\log \\sum_y \\frac{p(x_n, y, z_{k,y})}{q(z_{k,y} \\mid x_n, y)}, \\qquad
+    \\mathbb{E}[w_{k,n}] = \\sum_y p(x_n, y) = p(x_n):
+
+the sum over ``y`` replaces the expectation under ``q(y | x)``, which leaves the weight
+(:attr:`ImportanceTerms.summed_log_weights`); every importance-weighted estimator takes these weights. The ELBO
+keeps ``q(y | x)``: its integrand is :math:`\\sum_y q(y \\mid x) [\\log p(x, y, z_{k,y}) - \\log q(y \\mid x) -
+\\log q(z_{k,y} \\mid x, y)]`, exact in ``y`` and differentiable through ``q(y | x)`` (what Pyro's
+``TraceEnum_ELBO`` computes for the same draws), and the three parts below are its ``q(y | x)``-weighted
+parts; :attr:`ImportanceTerms.elbo_integrand` is their sum. By Jensen the ELBO is at most ``log w``, and
+``log w`` is exact for every ``K`` when ``q(z | x, y)`` is the exact ``p(z | x, y)``, whatever ``q(y | x)``.
+Guide sites sampled without ``rsample`` beside enumerated ones, DReG and the closed-form KL are refused.
+
 **Plate-scale convention** (one for the whole library): the data plate's subsample scale and any
 ``poutine.scale`` are *not* applied. An importance weight is a property of one datapoint; every estimator
 returns per-datapoint values and every objective's loss is ``-(sum over the batch of a per-datapoint
@@ -44,7 +63,7 @@ from pyro.poutine.messenger import Messenger
 from pyro.poutine.util import site_is_subsample
 
 __all__ = ["ImportanceTerms", "DReG", "check_estimator_input", "direct_terms_owner", "fast_path_owner",
-           "importance_terms", "sum_sites",
+           "importance_terms", "sum_sites", "is_enumerated",
            "log_importance_weights", "guess_max_plate_nesting", "terms_producer", "PARTICLE_PLATE"]
 
 PARTICLE_PLATE = "_pyro_vae_particles"
@@ -67,10 +86,24 @@ class ImportanceTerms(NamedTuple):
     kl: torch.Tensor | None = None
     #: ``{site: (K, N, *event_shape)}``, the guide's latent values; only when asked for (``latents=True``)
     latents: dict[str, torch.Tensor] | None = None
+    #: with enumerated guide sites: ``log sum_y p(x, y, z_{k,y}) / q(z_{k,y} | x, y)``, the log weights with the
+    #: enumerated latents summed exactly (``q(y | x)`` left out); the three parts above are then the
+    #: ``q(y | x)``-weighted parts of the ELBO. None when nothing is enumerated.
+    summed_log_weights: torch.Tensor | None = None
 
     @property
     def log_weights(self) -> torch.Tensor:
-        """``log p(x, z) - log q(z | x)``, shape ``(K, N)``."""
+        """The log importance weights, shape ``(K, N)``: ``log p(x, z) - log q(z | x)``, or with enumerated sites
+        :attr:`summed_log_weights`."""
+        if self.summed_log_weights is not None:
+            return self.summed_log_weights
+        return self.log_likelihood + self.log_prior - self.log_guide
+
+    @property
+    def elbo_integrand(self) -> torch.Tensor:
+        """``log p(x | z) + log p(z) - log q(z | x)`` per particle, shape ``(K, N)``: the ELBO's integrand (with
+        enumerated sites, its exact expectation over them under ``q``); equal to :attr:`log_weights` when nothing
+        is enumerated."""
         return self.log_likelihood + self.log_prior - self.log_guide
 
 
@@ -205,14 +238,16 @@ class _Recorder(Messenger):
     """Record every sample site's message (distribution, value, plates, mask): what :func:`importance_terms`
     needs, without building a Pyro ``Trace``. With ``replay`` (name -> value) the latent and subsample sites
     named there take those values instead of being drawn; ``on_latent(msg)`` may replace a drawn latent value
-    (before the program sees it)."""
+    (before the program sees it); with ``enum_dim`` a site marked for parallel enumeration takes all its values,
+    in dimension ``enum_dim`` (the next one further left for the next such site)."""
 
     def __init__(self, replay: dict[str, torch.Tensor] | None = None,
-                 on_latent: Callable[[dict], torch.Tensor] | None = None) -> None:
+                 on_latent: Callable[[dict], torch.Tensor] | None = None, enum_dim: int | None = None) -> None:
         super().__init__()
         self.sites: list[dict] = []
         self.replay = replay
         self.on_latent = on_latent
+        self.enum_dim = enum_dim  # the next free dimension for an enumerated site; None: sample every site
 
     def _pyro_sample(self, msg: dict) -> None:
         if self.replay is not None and not msg["is_observed"]:
@@ -220,6 +255,18 @@ class _Recorder(Messenger):
             if value is not None:
                 msg["value"] = value
                 msg["done"] = True
+                return
+        if self.enum_dim is not None and is_enumerated(msg) and not msg["done"]:
+            fn = msg["fn"]
+            support = fn.enumerate_support(expand=False)  # (C, 1, ..., 1, *event_shape)
+            if len(fn.batch_shape) >= -self.enum_dim:
+                raise ValueError(f"the enumerated site {msg['name']!r} has batch shape {tuple(fn.batch_shape)}, "
+                                 f"deeper than max_plate_nesting allows: pass a larger max_plate_nesting")
+            shape = (support.shape[0],) + (1,) * (-self.enum_dim - 1) + tuple(fn.event_shape)
+            msg["value"] = support.reshape(shape)
+            msg["done"] = True
+            msg["infer"]["_pyro_vae_enum_dim"] = self.enum_dim
+            self.enum_dim -= 1
 
     def _pyro_post_sample(self, msg: dict) -> None:
         if self.on_latent is not None and _is_latent(msg):
@@ -227,9 +274,16 @@ class _Recorder(Messenger):
         self.sites.append(msg)
 
 
+def is_enumerated(site: dict) -> bool:
+    """Whether a guide site is to be summed, not sampled: an unobserved site marked
+    ``infer={"enumerate": "parallel"}``."""
+    return site["type"] == "sample" and not site["is_observed"] and (site.get("infer") or {}).get(
+        "enumerate") == "parallel"
+
+
 def _run(program: Callable, args: tuple, kwargs: dict, replay: dict[str, torch.Tensor] | None = None,
-         on_latent: Callable[[dict], torch.Tensor] | None = None) -> list[dict]:
-    recorder = _Recorder(replay, on_latent)
+         on_latent: Callable[[dict], torch.Tensor] | None = None, enum_dim: int | None = None) -> list[dict]:
+    recorder = _Recorder(replay, on_latent, enum_dim)
     with recorder:
         program(*args, **kwargs)
     return recorder.sites
@@ -278,14 +332,23 @@ def traced_terms(
     k = int(num_particles)
     # one particle needs no particle plate (the same draws, fewer broadcasts): the common training step
     with pyro.plate(PARTICLE_PLATE, k, dim=-(max_plate_nesting + 1)) if k > 1 else contextlib.nullcontext():
-        guide_sites = _run(guide, args, kwargs, replay=subsample)
+        guide_sites = _run(guide, args, kwargs, replay=subsample, enum_dim=-(max_plate_nesting + 2))
         values = {s["name"]: s["value"] for s in guide_sites if s["type"] == "sample" and not s["is_observed"]}
         if subsample is not None:  # the first chunk's subsample, kept for every later chunk of the same batch
             subsample.update({s["name"]: s["value"] for s in guide_sites if site_is_subsample(s)})
+        enumerated = any(is_enumerated(s) for s in guide_sites)
         if dreg is not None:
+            if enumerated:
+                raise ValueError("objective 'iwae-dreg' does not support enumerated guide sites; use 'iwae' (the "
+                                 "enumerated sites are summed exactly) or 'elbo'")
             guide_sites, values, fixed = _dreg_replays(guide, args, kwargs, guide_sites, values, dreg, data_plate)
         model_sites = _run(model, args, kwargs, replay=values)
     _warn_unguided(model_sites, values)
+    if enumerated:
+        if analytic_kl or latents:
+            raise ValueError("the closed-form KL ('mean-field') and the latent draws are not available for a guide "
+                             "with enumerated sites; use 'elbo' or 'iwae'")
+        return _enumerated_terms(guide_sites, model_sites, k, max_plate_nesting, data_plate)
     log_lik, log_prior, _ = _sums(model_sites, data_plate)
     if log_lik is None:
         raise ValueError("the model has no observed sample site: condition it on the data (site 'x')")
@@ -310,6 +373,65 @@ def traced_terms(
     if latents:
         draws = {s["name"]: _latent_value(s, data_plate, k) for s in guide_sites if _is_latent(s)}
     return ImportanceTerms(parts[0], parts[1], parts[2], score, parts[3] if kl is not None else None, draws)
+
+
+def _per_datapoint_enum(log_p: torch.Tensor, site: dict, data_plate: str, enum_sizes: list[int],
+                        max_plate_nesting: int) -> torch.Tensor:
+    """A site's ``log_prob``-shaped tensor (masked) summed to shape ``(E, K or 1, N or 1)``, ``E`` the number of
+    joint values of the enumerated sites (their dimensions flattened, the leftmost first)."""
+    _, data_dim = _frames(site, data_plate)
+    if site["mask"] is not None:
+        log_p = scale_and_mask(log_p, 1.0, site["mask"])
+    log_p = torch.as_tensor(log_p)
+    depth = len(enum_sizes) + max_plate_nesting + 1
+    if log_p.dim() > depth:
+        raise ValueError(f"site {site['name']!r} has a log_prob of shape {tuple(log_p.shape)}: more batch "
+                         f"dimensions than max_plate_nesting={max_plate_nesting} and the enumerated sites allow")
+    log_p = log_p.reshape((1,) * (depth - log_p.dim()) + tuple(log_p.shape))
+    sizes = tuple(reversed(enum_sizes))  # the last enumerated site has the leftmost dimension
+    rest = tuple(log_p.shape[len(sizes):])
+    log_p = log_p.expand(sizes + rest).reshape((-1,) + rest)  # (E, particle slot, ..., data, ...)
+    log_p = log_p.movedim(data_dim, 2)
+    return log_p.reshape(log_p.shape[0], log_p.shape[1], log_p.shape[2], -1).sum(-1)
+
+
+def _enumerated_terms(guide_sites: list[dict], model_sites: list[dict], num_particles: int, max_plate_nesting: int,
+                      data_plate: str) -> ImportanceTerms:
+    """The terms of a run whose guide enumerated some sites: the summed log weights and the ``q(y | x)``-weighted
+    parts of the ELBO (see the module's docstring)."""
+    sizes = [s["value"].shape[0] for s in sorted((s for s in guide_sites if is_enumerated(s)),
+                                                  key=lambda s: -s["infer"]["_pyro_vae_enum_dim"])]
+    parts: dict[str, torch.Tensor] = {}
+    for role, sites in (("model", model_sites), ("guide", guide_sites)):
+        for site in sites:
+            if site["type"] != "sample" or site_is_subsample(site):
+                continue
+            if role == "guide" and site["is_observed"]:
+                continue
+            if role == "guide" and not is_enumerated(site) and not site["fn"].has_rsample:
+                raise ValueError(f"the guide site {site['name']!r} is sampled without rsample beside enumerated "
+                                 "sites; enumerate it too (infer={'enumerate': 'parallel'}) or reparameterize it")
+            name = ("obs" if site["is_observed"] else "prior") if role == "model" else \
+                ("q_enum" if is_enumerated(site) else "q_rest")
+            term = _per_datapoint_enum(site["fn"].log_prob(site["value"]), site, data_plate, sizes,
+                                       max_plate_nesting)
+            parts[name] = _add(parts.get(name), term)
+    if "obs" not in parts:
+        raise ValueError("the model has no observed sample site: condition it on the data (site 'x')")
+    obs = parts["obs"]
+    zero = obs.new_zeros(())
+    prior, q_rest, q_enum = (parts.get(n, zero) for n in ("prior", "q_rest", "q_enum"))
+    shape = torch.broadcast_shapes(obs.shape, prior.shape, q_rest.shape, q_enum.shape)
+    shape = (shape[0], int(num_particles), shape[2])
+    log_w = (obs + prior - q_rest).expand(shape)
+    q = q_enum.exp().expand(shape)  # q(y | x) of each joint value: sums to 1 over E
+
+    def expect(v: torch.Tensor) -> torch.Tensor:  # sum_y q(y | x) v_y, with 0 * (-inf) = 0
+        v = v.expand(shape)
+        return torch.where(q > 0, q * v, v.new_zeros(())).sum(0)
+
+    return ImportanceTerms(expect(obs), expect(prior), expect(q_enum + q_rest),
+                           summed_log_weights=torch.logsumexp(log_w, 0))
 
 
 def _dreg_replays(guide: Callable, args: tuple, kwargs: dict, sites: list[dict], values: dict[str, torch.Tensor],

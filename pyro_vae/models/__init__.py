@@ -6,6 +6,7 @@ module                 its job
 ``vae``                :class:`VAE`: prior + guide + decoder + likelihood (flows, conditional VAE as arguments)
 ``hierarchical``       :class:`HierarchicalVAE`: a stack of stochastic layers (Burda et al. 2016)
 ``two_stage``          :class:`TwoStageVAE`: Dai & Wipf's two stages
+``semi_supervised``    :class:`SSVAE`: Kingma et al.'s M2, the label observed or summed exactly
 ``config``             each class's settings as a frozen dataclass, checked on creation (what is saved)
 =====================  ==========================================================================================
 
@@ -28,9 +29,10 @@ from ..saving import (
 )
 from .config import HierarchicalConfig, TwoStageConfig, VAEConfig
 from .hierarchical import HierarchicalVAE
+from .semi_supervised import SSVAE
 from .two_stage import TwoStageVAE
 from .vae import VAE
 
-__all__ = ["VAE", "HierarchicalVAE", "TwoStageVAE", "VAEConfig", "HierarchicalConfig", "TwoStageConfig", "Saveable",
-           "init_output_bias", "save_model", "load_model", "build_checked", "MODEL_CLASSES", "SAVE_CONFIG",
+__all__ = ["VAE", "HierarchicalVAE", "TwoStageVAE", "SSVAE", "VAEConfig", "HierarchicalConfig", "TwoStageConfig",
+           "Saveable", "init_output_bias", "save_model", "load_model", "build_checked", "MODEL_CLASSES", "SAVE_CONFIG",
            "SAVE_WEIGHTS", "SAVE_FORMAT"]

@@ -1,0 +1,129 @@
+"""Training the semi-supervised VAE (:class:`pyro_vae.models.semi_supervised.SSVAE`) on labelled and unlabelled
+data: :func:`fit_semi_supervised`, Kingma et al.'s :math:`\\mathcal{J}^\\alpha` (the bound of each batch, the label
+summed on unlabelled ones, plus the auxiliary classification loss on labelled ones).
+
+References: Kingma, Rezende, Mohamed, Welling, "Semi-Supervised Learning with Deep Generative Models", NeurIPS
+2014; Pyro's ``examples/vae/ss_vae_M2.py``.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import Any, Callable
+
+import pyro
+import torch
+
+from ..infer.objectives import get_objective
+from ..infer.weights import terms_producer
+
+__all__ = ["fit_semi_supervised"]
+
+
+def fit_semi_supervised(
+    ssvae: Any,
+    x_labelled: torch.Tensor,
+    y_labelled: torch.Tensor,
+    x_unlabelled: torch.Tensor,
+    *,
+    epochs: int,
+    batch_size: int = 200,
+    lr: float = 4.2e-4,
+    betas: tuple[float, float] = (0.9, 0.999),
+    objective: str = "elbo",
+    num_particles: int = 1,
+    binarize: bool = False,
+    val_data: tuple[torch.Tensor, torch.Tensor] | None = None,
+    seed: int | None = None,
+    progress: bool = True,
+    on_epoch_end: Callable[[dict[str, Any]], None] | None = None,
+    time_limit: float | None = None,
+    labelled_passes: int = 1,
+) -> list[dict[str, Any]]:
+    """Train an :class:`~pyro_vae.models.semi_supervised.SSVAE` on labelled and unlabelled data (Kingma et al.'s
+    :math:`\\mathcal{J}^\\alpha`).
+
+    Each epoch visits every unlabelled datapoint once in batches of ``batch_size``, and every labelled one
+    ``labelled_passes`` times, its batches spread evenly among the unlabelled ones (with one pass, Pyro's
+    ``ss_vae_M2.py`` schedule). The loop is the library's objective on the engine's terms
+    (:func:`~pyro_vae.infer.weights.terms_producer`), not :func:`pyro_vae.fit`: a labelled batch adds the
+    auxiliary loss, which is not a bound of the pair. A batch's loss is the
+    objective's (:data:`pyro_vae.infer.objectives.OBJECTIVES`, the label summed on unlabelled batches) plus, on
+    labelled batches, ``ssvae.aux_loss``; Adam on the sum divided by the batch size.
+
+    :param ssvae: the model (its parameters on the device to train on).
+    :param x_labelled: ``(L, *input_shape)``.
+    :param y_labelled: ``(L,)`` class indices.
+    :param x_unlabelled: ``(U, *input_shape)``.
+    :param binarize: a fresh Bernoulli draw of every batch (dynamic binarization; grey-level data with the
+        Bernoulli likelihood need it).
+    :param val_data: ``(x, y)``: the classifier's accuracy on them after each epoch.
+    :param time_limit: seconds: no new epoch starts once training has run this long.
+    :param labelled_passes: passes over the labelled data per epoch (1: Pyro's schedule; more spends a small
+        budget's steps on the few labels more often, as Kingma et al.'s mixed minibatches do).
+    :returns: one dict per epoch: ``loss_unlabelled`` and ``loss_labelled`` (per datapoint visit, the latter
+        without the auxiliary term), ``aux_loss`` (per labelled datapoint visit), ``val_accuracy``, ``seconds``.
+    """
+    if seed is not None:
+        pyro.set_rng_seed(int(seed))
+    if int(labelled_passes) < 1:
+        raise ValueError(f"labelled_passes must be >= 1, got {labelled_passes!r}")
+    if x_labelled.shape[0] != y_labelled.shape[0] or x_labelled.shape[0] == 0 or x_unlabelled.shape[0] == 0:
+        raise ValueError(f"need labelled data with one label each and unlabelled data, got {x_labelled.shape[0]} "
+                         f"labelled datapoints, {y_labelled.shape[0]} labels, {x_unlabelled.shape[0]} unlabelled")
+    loss_fn = get_objective(objective)
+    device = next(ssvae.parameters()).device
+    optimizer = torch.optim.Adam(ssvae.parameters(), lr=lr, betas=betas)
+
+    def batch_loss(x: torch.Tensor, y: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The objective's loss of a batch (summed) and, for a labelled one, its auxiliary loss."""
+        x = x.to(device)
+        if binarize:
+            x = torch.bernoulli(x)
+        args = (x,) if y is None else (x, y.to(device))
+        produce = terms_producer(ssvae.model, ssvae.guide, *args, max_plate_nesting=1)
+        aux = ssvae.aux_loss(*args) if y is not None else x.new_zeros(())
+        return loss_fn(produce, num_particles=num_particles), aux
+
+    history: list[dict[str, Any]] = []
+    began = time.perf_counter()
+    for epoch in range(int(epochs)):
+        if time_limit is not None and time.perf_counter() - began > float(time_limit):
+            break
+        start = time.perf_counter()
+        unlabelled = torch.randperm(x_unlabelled.shape[0]).split(int(batch_size))
+        labelled = torch.randperm(x_labelled.shape[0]).split(int(batch_size))
+        if labelled_passes > 1:  # each labelled datapoint several times per epoch, reshuffled each time
+            labelled = tuple(idx for _ in range(int(labelled_passes))
+                             for idx in torch.randperm(x_labelled.shape[0]).split(int(batch_size)))
+        every = max(1, (len(unlabelled) + len(labelled)) // len(labelled))
+        schedule: list[tuple[str, torch.Tensor]] = [("unlabelled", idx) for idx in unlabelled]
+        for j, idx in enumerate(labelled):  # one labelled batch every `every` batches
+            schedule.insert(min(j * every, len(schedule)), ("labelled", idx))
+        sums = {"unlabelled": 0.0, "labelled": 0.0, "aux": 0.0}
+        for kind, idx in schedule:
+            if kind == "unlabelled":
+                loss, aux = batch_loss(x_unlabelled[idx])
+            else:
+                loss, aux = batch_loss(x_labelled[idx], y_labelled[idx])
+            sums[kind] += float(loss.detach())
+            sums["aux"] += float(aux.detach())
+            optimizer.zero_grad(set_to_none=True)
+            ((loss + aux) / idx.numel()).backward()
+            optimizer.step()
+        record = {"epoch": epoch + 1, "seconds": time.perf_counter() - start,
+                  "loss_unlabelled": sums["unlabelled"] / x_unlabelled.shape[0],
+                  "loss_labelled": sums["labelled"] / (x_labelled.shape[0] * int(labelled_passes)),
+                  "aux_loss": sums["aux"] / (x_labelled.shape[0] * int(labelled_passes))}
+        if val_data is not None:
+            ssvae.eval()
+            record["val_accuracy"] = ssvae.accuracy(*val_data)
+            ssvae.train()
+        history.append(record)
+        if progress:
+            print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()),
+                  file=sys.stderr, flush=True)
+        if on_epoch_end is not None:
+            on_epoch_end(record)
+    return history

@@ -1,0 +1,158 @@
+"""The semi-supervised VAE (M2): the label summed exactly, Pyro's TraceEnum_ELBO for the same draws, the auxiliary
+loss, training on labelled and unlabelled data, log p(x) with the label summed."""
+
+import math
+import warnings
+
+import pyro
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.testing import assert_close
+
+import pyro_vae
+from pyro_vae import SSVAE, datasets, fit_semi_supervised, infer
+from pyro_vae.infer.objectives import objective_loss
+
+
+def _small(dtype=torch.float64):
+    torch.manual_seed(0)
+    return SSVAE((1, 4, 4), num_classes=3, latent_dim=2, hidden_dims=(8,)).to(dtype)
+
+
+def _data(n=5, dtype=torch.float64, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(n, 1, 4, 4, generator=g, dtype=dtype).round()
+
+
+def test_public_names():
+    assert pyro_vae.SSVAE is SSVAE and pyro_vae.fit_semi_supervised is fit_semi_supervised
+
+
+def test_elbo_and_gradients_equal_trace_enum_elbo():
+    """Unlabelled (y enumerated) and labelled batches: loss and every gradient equal Pyro's TraceEnum_ELBO for the
+    same draws (same seed, one particle)."""
+    ssvae = _small()
+    x, y = _data(), torch.tensor([0, 2, 1, 1, 0])
+    params = list(ssvae.parameters())
+    for args in ((x,), (x, y)):
+        out = []
+        for which in ("ours", "pyro"):
+            pyro.set_rng_seed(7)
+            if which == "ours":
+                loss = objective_loss("elbo", ssvae.model, ssvae.guide, *args, num_particles=1, max_plate_nesting=1)
+            else:
+                with warnings.catch_warnings():  # (a labelled batch enumerates nothing: Pyro says so)
+                    warnings.simplefilter("ignore", UserWarning)
+                    loss = pyro.infer.TraceEnum_ELBO(max_plate_nesting=1).differentiable_loss(
+                        ssvae.model, ssvae.guide, *args)
+            out.append((loss, torch.autograd.grad(loss, params, allow_unused=True)))
+        assert_close(out[0][0], out[1][0])
+        for a, b in zip(out[0][1], out[1][1]):
+            if a is None or b is None:
+                assert a is None and b is None  # (q(y|x) has no part in a labelled batch's ELBO)
+            else:
+                assert_close(a, b)
+
+
+def test_label_summed_is_the_mixture_of_labelled_bounds():
+    """log p(x) = logsumexp_y log p(x, y): the enumerated IWAE with many particles agrees with the logsumexp over
+    classes of the labelled IWAE estimates (to 0.1 nats: both keep a small bias at K = 4000; keeping q(y|x) in the
+    weight would move it by about log 3); and the enumerated ELBO is sum_y q(y|x) [ELBO(x, y) - log q(y|x)]."""
+    ssvae = _small()
+    x = _data(4)
+    k = 4000
+    with torch.no_grad():
+        summed = infer.iwae_bound(ssvae.model, ssvae.guide, x, num_particles=k)
+        per_class = torch.stack([infer.iwae_bound(ssvae.model, ssvae.guide, x, torch.full((4,), c), num_particles=k)
+                                 for c in range(3)])
+        assert_close(summed, torch.logsumexp(per_class, 0), atol=0.1, rtol=0)
+        def elbo(*y):  # the mean of the ELBO's integrand over k particles, and its standard error
+            v = infer.importance_terms(ssvae.model, ssvae.guide, x, *y, num_particles=k).elbo_integrand
+            return v.mean(0), v.std(0) / math.sqrt(k)
+
+        enum, enum_se = elbo()
+        log_q = torch.log_softmax(ssvae.y_logits(x), -1).T  # (C, N)
+        labelled = [elbo(torch.full((4,), c)) for c in range(3)]
+        mix = sum(log_q[c].exp() * (labelled[c][0] - log_q[c]) for c in range(3))
+        mix_se = sum((log_q[c].exp() * labelled[c][1]) ** 2 for c in range(3)).sqrt()
+        assert bool(((enum - mix).abs() < 4 * (enum_se**2 + mix_se**2).sqrt()).all())
+        assert_close(enum, infer.elbo(ssvae.model, ssvae.guide, x, num_particles=k), atol=0.2, rtol=0)
+        assert bool((enum <= summed + 4 * enum_se).all())
+
+
+def test_aux_loss_and_accuracy():
+    ssvae = _small()
+    x, y = _data(6), torch.tensor([0, 1, 2, 0, 1, 2])
+    expected = -46.0 * torch.log_softmax(ssvae.y_logits(x), -1)[torch.arange(6), y].sum()
+    assert_close(ssvae.aux_loss(x, y), expected)
+    pred = ssvae.classify(x)
+    assert ssvae.accuracy(x, y, batch_size=4) == pytest.approx(float((pred == y).double().mean()))
+
+
+def test_one_hot_and_index_labels_agree():
+    ssvae = _small()
+    x, y = _data(3), torch.tensor([2, 0, 1])
+    pyro.set_rng_seed(1)
+    a = infer.elbo(ssvae.model, ssvae.guide, x, y, num_particles=2)
+    pyro.set_rng_seed(1)
+    b = infer.elbo(ssvae.model, ssvae.guide, x, F.one_hot(y, 3).double(), num_particles=2)
+    assert_close(a, b)
+
+
+@pytest.mark.slow
+def test_fit_semi_supervised_learns_the_classes():
+    """On scikit-learn's digits with 200 labels, a few epochs take the classifier well above chance (0.1; the
+    test set's standard error of an accuracy is below 0.03) and lower the unlabelled loss."""
+    pyro.set_rng_seed(0)
+    x, y = datasets.load("digits", "train", return_labels=True)
+    x_test, y_test = datasets.load("digits", "test", return_labels=True)
+    ssvae = SSVAE(x.shape[1:], latent_dim=8, hidden_dims=(64,))
+    history = fit_semi_supervised(ssvae, x[:200], y[:200], x[200:], epochs=6, batch_size=100, lr=3e-3,
+                                  binarize=True, val_data=(x_test, y_test), seed=0, progress=False)
+    assert len(history) == 6 and {"loss_unlabelled", "loss_labelled", "aux_loss", "val_accuracy"} <= set(history[0])
+    assert history[-1]["loss_unlabelled"] < history[0]["loss_unlabelled"]
+    assert history[-1]["val_accuracy"] > 0.1 + 4 * math.sqrt(0.09 / x_test.shape[0])
+    test = datasets.binarize(x_test[:50], torch.Generator().manual_seed(0))
+    res = infer.log_likelihood(ssvae.model, ssvae.guide, test, num_particles=20, progress=False, seed=0)
+    assert bool(torch.isfinite(res.values).all()) and bool((res.elbo <= res.values + 1e-6).all())
+
+
+def test_refuses_mismatched_labels():
+    ssvae = _small(torch.float32)
+    with pytest.raises(ValueError, match="labels"):
+        fit_semi_supervised(ssvae, torch.zeros(3, 1, 4, 4), torch.zeros(2), torch.zeros(5, 1, 4, 4), epochs=1)
+    with pytest.raises(ValueError, match="labelled_passes"):
+        fit_semi_supervised(ssvae, torch.zeros(3, 1, 4, 4), torch.zeros(3), torch.zeros(5, 1, 4, 4), epochs=1,
+                            labelled_passes=0)
+
+
+def test_labelled_passes_visit_the_labels_more_often():
+    """labelled_passes=3: three labelled batches an epoch (each labelled datapoint three times), counted in the
+    per-visit losses; the steps change the classifier."""
+    ssvae = _small(torch.float32)
+    x, y = _data(6, torch.float32), torch.tensor([0, 1, 2, 0, 1, 2])
+    calls = []
+    original = ssvae.aux_loss
+    ssvae.aux_loss = lambda x, y: calls.append(x.shape[0]) or original(x, y)
+    before = ssvae.y_logits(x).detach().clone()
+    history = fit_semi_supervised(ssvae, x, y, _data(8, torch.float32, seed=1), epochs=1, batch_size=4,
+                                  labelled_passes=3, progress=False, seed=0)
+    assert sum(calls) == 18 and len(calls) == 6  # 3 passes of 6 labelled datapoints in batches of 4 and 2
+    assert math.isfinite(history[0]["aux_loss"]) and not torch.equal(before, ssvae.y_logits(x).detach())
+
+
+def test_example_smoke_test(data_root, tmp_path):
+    """examples/ss_vae.py --smoke-test runs on MNIST and reports the accuracy and log p(x) with the label summed."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, PYRO_VAE_DATA=str(data_root), MPLBACKEND="Agg", OMP_NUM_THREADS="1",
+               PYTHONPATH=os.pathsep.join([str(repo), *filter(None, [os.environ.get("PYTHONPATH")])]))
+    proc = subprocess.run([sys.executable, str(repo / "examples" / "ss_vae.py"), "--smoke-test"], cwd=tmp_path,
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "test accuracy" in proc.stdout and "label summed" in proc.stdout
