@@ -13,7 +13,14 @@ from torch.testing import assert_close
 
 import pyro_vae
 from pyro_vae.datasets import linear_gaussian_log_prob
-from pyro_vae.infer import exact_log_likelihood, log_importance_weights, log_likelihood, replicate_stderr
+from pyro_vae.distributed import derive_seed
+from pyro_vae.infer import (
+    exact_log_likelihood,
+    iwae_bound,
+    log_importance_weights,
+    log_likelihood,
+    replicate_stderr,
+)
 from pyro_vae.infer.objectives import objective_loss  # the one internal name: an objective's loss of a batch
 from tests.lingauss import LinearGaussian
 
@@ -120,6 +127,12 @@ def test_log_likelihood_seed_draws_each_batch_afresh():
     assert torch.equal(log_likelihood(lg.model, lg.guide, other_first, seed=5, **kw).values[6:], res.values[6:])
     pyro.set_rng_seed(123)  # the global state before the call does not matter either
     assert torch.equal(log_likelihood(lg.model, lg.guide, twice, seed=5, **kw).values, res.values)
+    # as documented: batch b is drawn after seeding with derive_seed(seed, b), whatever ran before it (so any split
+    # of the batches over processes gives the same values; tests/test_guarantees_distributed.py runs 2 processes)
+    for b in (1, 0):
+        pyro.set_rng_seed(derive_seed(5, b))
+        expected = iwae_bound(lg.model, lg.guide, x, num_particles=7, max_plate_nesting=1)
+        assert_close(res.values[6 * b:6 * (b + 1)], expected, rtol=1e-12, atol=1e-12)
 
 
 # ------------------------------------------------------------------------ 5. the Monte Carlo error of the mean

@@ -19,54 +19,11 @@ from torch.testing import assert_close
 
 import pyro_vae
 from pyro_vae.runs import load_run
-from pyro_vae.train import Callback
-
-DIM = 2
-
-
-class FixedPair(nn.Module):
-    """``z ~ N(0, I)``, ``x ~ N(theta, I)`` (``x`` independent of ``z``); guide ``z ~ N(m, exp(log_s)^2)``. An
-    optional condition ``y`` is recorded with its ``x`` (``model(x, y)``)."""
-
-    def __init__(self):
-        super().__init__()
-        self.theta = nn.Parameter(torch.tensor([0.4, -0.3], dtype=torch.float64))
-        self.m = nn.Parameter(torch.tensor([0.5, 1.0], dtype=torch.float64))
-        self.log_s = nn.Parameter(torch.tensor([-0.2, 0.3], dtype=torch.float64))
-        self.seen = []
-
-    def model(self, x, y=None):
-        if torch.is_grad_enabled():  # training steps, not validation
-            self.seen.append((x.detach().clone(), None if y is None else y.detach().clone()))
-        with pyro.plate("data", x.shape[0]):
-            pyro.sample("z", dist.Normal(x.new_zeros(DIM), 1.0).to_event(1))
-            pyro.sample("x", dist.Normal(self.theta.expand_as(x), 1.0).to_event(1), obs=x)
-
-    def guide(self, x, y=None):
-        with pyro.plate("data", x.shape[0]):
-            pyro.sample("z", dist.Normal(self.m.expand_as(x), self.log_s.exp().expand_as(x)).to_event(1))
-
-    @torch.no_grad()
-    def distortion_and_rate(self, x):
-        """The mean over ``x`` of ``-log p(x | z)`` and the closed-form ``KL(q || p)``."""
-        distortion = -dist.Normal(self.theta, 1.0).log_prob(x).sum(-1).mean()
-        s = self.log_s.exp()
-        rate = (0.5 * (self.m**2 + s**2 - 1) - self.log_s).sum()
-        return float(distortion), float(rate)
+from tests.guarantees_worker import DIM, FixedPair, Grads, data
 
 
 def _data(n=10, seed=0):
-    return torch.randn(n, DIM, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
-
-
-class Grads(Callback):
-    """Records the gradient of ``theta`` after every step (what the optimizer stepped with)."""
-
-    def __init__(self, pair):
-        self.pair, self.grads = pair, []
-
-    def on_step_end(self, epoch, step, steps, loss, size):
-        self.grads.append(self.pair.theta.grad.detach().clone())
+    return data(n, seed)
 
 
 # ------------------------------------------------------------------------ 2 and 12. beta and KL warm-up
@@ -221,3 +178,5 @@ def test_load_run_of_an_unfinished_run_verifies_the_checkpoint_checksum(tmp_path
     torch.save(state, ckpt)
     with pytest.raises(ValueError, match="checksum"):
         load_run(tmp_path)
+    with pytest.raises(ValueError, match="checksum"):
+        pyro_vae.load(tmp_path)  # the same run folder through the one loader
