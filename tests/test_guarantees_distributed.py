@@ -9,9 +9,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_distributed import _launch
 from torch.testing import assert_close
-
-from tests.test_distributed import _launch
 
 WORKER = Path(__file__).with_name("guarantees_worker.py")
 

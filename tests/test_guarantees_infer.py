@@ -8,6 +8,7 @@ import pyro
 import pyro.distributions as dist
 import pytest
 import torch
+from lingauss import LinearGaussian
 from pyro import poutine
 from torch.testing import assert_close
 
@@ -22,7 +23,6 @@ from pyro_vae.infer import (
     replicate_stderr,
 )
 from pyro_vae.infer.objectives import objective_loss  # the one internal name: an objective's loss of a batch
-from tests.lingauss import LinearGaussian
 
 
 # ------------------------------------------------------------------------ 1. a masked latent site

@@ -10,7 +10,6 @@ from torch.testing import assert_close
 
 import pyro_vae
 from pyro_vae.datasets import binarize
-from pyro_vae.models import HierarchicalVAE
 from pyro_vae.priors import FlowPrior
 
 
@@ -89,7 +88,7 @@ def test_hierarchical_sample_draws_every_layer():
     sample's mean is ``h1``): the samples' variance is ``1 + s^2`` per dimension (1 if ``h1`` were its mean,
     ``s^2`` if ``h2`` were)."""
     s = 0.5
-    vae = HierarchicalVAE((2,), layers=((2,), (2,)), likelihood="normal").double()
+    vae = pyro_vae.HierarchicalVAE((2,), layers=((2,), (2,)), likelihood="normal").double()
     with torch.no_grad():
         prior_net = vae.priors[0].net[-1]  # h2 -> (loc, log scale) of h1
         prior_net.weight.zero_()

@@ -14,12 +14,12 @@ import pyro
 import pyro.distributions as dist
 import pytest
 import torch
+from guarantees_worker import DIM, FixedPair, Grads, data
 from torch import nn
 from torch.testing import assert_close
 
 import pyro_vae
 from pyro_vae.runs import load_run
-from tests.guarantees_worker import DIM, FixedPair, Grads, data
 
 
 def _data(n=10, seed=0):
