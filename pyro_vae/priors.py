@@ -211,7 +211,7 @@ class VampPrior(Prior):
 
 class FlowPrior(Prior):
     """A learned flow on :math:`\\mathcal{N}(0, I_d)`: ``num_flows`` spline coupling layers (elementwise splines
-    when ``d = 1``), a fixed permutation between consecutive layers.
+    when ``d = 1``), the dimensions reversed between consecutive layers (so every dimension is coupled).
 
     :param num_flows: the number of layers.
     :param count_bins: spline bins per dimension.
@@ -230,7 +230,10 @@ class FlowPrior(Prior):
             else:
                 layers.append(T.spline_coupling(d, count_bins=int(count_bins), bound=float(bound)))
         self.layers = nn.ModuleList(layers)
-        perms = torch.stack([torch.randperm(d, generator=torch.Generator().manual_seed(i)) for i in range(len(layers))])
+        # the reversal puts the dimensions a coupling layer left to its elementwise spline into the part the next
+        # layer conditions on, so that every dimension is coupled to the others (a random permutation may keep
+        # some of them in the unconditioned part of every layer: the identity for d = 2)
+        perms = torch.arange(d - 1, -1, -1).expand(len(layers), d).clone()
         self.register_buffer("permutations", perms)
 
     def transforms(self) -> list[Any]:
