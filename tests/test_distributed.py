@@ -2,6 +2,8 @@
 
 Every job runs ``tests/distributed_worker.py`` (or the ``pyro-vae`` command) through
 ``python -m torch.distributed.run --standalone --nproc_per_node=N``; each rank saves what it computed.
+Every launch takes seconds (three interpreters import torch and Pyro): those tests are marked ``slow``, left out of
+the default ``pytest`` and run by CI (``.ci/run``); ``pytest -m slow`` runs them here.
 """
 
 from __future__ import annotations
@@ -103,6 +105,7 @@ def test_cli_options_survive_torchrun():
 
 
 # ------------------------------------------------------------------------------------------------ 2 processes
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["module", "param-store"])
 def test_two_processes_take_the_steps_of_one(tmp_path, kind):
     """A point-mass guide makes the loss deterministic: 2 processes on the same global batch follow one process
@@ -119,6 +122,7 @@ def test_two_processes_take_the_steps_of_one(tmp_path, kind):
         assert math.isclose(a["loss"], b["loss"], rel_tol=1e-6)
 
 
+@pytest.mark.slow
 def test_running_statistics_are_synchronised(tmp_path):
     """A pair with batch normalization takes the path where DDP sends rank 0's buffers before every step: it
     trains, and the ranks keep one set of weights (each batch-normalizes its own shard, so these are not the steps
@@ -132,6 +136,7 @@ def test_running_statistics_are_synchronised(tmp_path):
                                rtol=0, atol=0.2)
 
 
+@pytest.mark.slow
 def test_iwae_dreg_objective_trains_under_two_processes(tmp_path):
     """The DReG surrogate (gradient hooks on replayed particles) under DistributedDataParallel: one model."""
     r0, r1 = run_worker("vae", tmp_path, 2, "--epochs", "1", "--size", "400", "--objective", "iwae-dreg")
@@ -139,6 +144,7 @@ def test_iwae_dreg_objective_trains_under_two_processes(tmp_path):
     assert math.isfinite(r0["history"][-1]["loss"]) and math.isfinite(r0["history"][-1]["val_elbo"])
 
 
+@pytest.mark.slow
 def test_evaluation_gathers_every_datapoint_once_and_equals_one_process(tmp_path):
     # 250 datapoints in batches of 40: 7 batches, 4 on rank 0 and 3 on rank 1, the last one short
     args = ("--batch-size", "40", "--size", "250", "--seed", "3")
@@ -178,6 +184,7 @@ def test_vae_training_agrees_with_one_process(tmp_path):
     assert_same_state(again[0]["state"], double[0][0]["state"], rtol=0, atol=0)
 
 
+@pytest.mark.slow
 def test_killed_rank_fails_cleanly_and_the_run_resumes(tmp_path):
     args = ("--epochs", "4", "--batch-size", "50", "--size", "400")
     full = run_worker("checkpointed", tmp_path / "full", 2, *args)
@@ -211,6 +218,7 @@ def test_killed_rank_fails_cleanly_and_the_run_resumes(tmp_path):
     assert_same_state(r0["state"], full[0]["state"], rtol=0, atol=0)
 
 
+@pytest.mark.slow
 def test_nan_is_reported_on_every_rank(tmp_path):
     """A NaN on one rank must not leave the other waiting: every rank raises the same report."""
     r0, r1 = run_worker("nan", tmp_path, 2, "--size", "400")
@@ -218,6 +226,7 @@ def test_nan_is_reported_on_every_rank(tmp_path):
     assert r0["error"].startswith("NaN or inf in epoch 1, step ") and "(on rank " in r0["error"], r0["error"]
 
 
+@pytest.mark.slow
 def test_different_data_on_the_ranks_is_refused(tmp_path):
     r0, r1 = run_worker("mismatch", tmp_path, 2, "--size", "100")
     for name in ("fit", "log_likelihood"):
@@ -225,6 +234,7 @@ def test_different_data_on_the_ranks_is_refused(tmp_path):
         assert "differs between the processes" in r0[name] and "(100, 1, 8, 8)" in r0[name], r0[name]
 
 
+@pytest.mark.slow
 def test_cli_train_and_evaluate_under_torchrun(tmp_path):
     exe = shutil.which("pyro-vae")
     if exe is None:
@@ -254,6 +264,7 @@ def test_cli_train_and_evaluate_under_torchrun(tmp_path):
     assert proc.returncode != 0 and "runs in one process: launch it without torchrun" in proc.stderr
 
 
+@pytest.mark.slow
 def test_ddp_example_runs_under_torchrun(tmp_path):
     script = Path(__file__).resolve().parents[1] / "examples" / "train_ddp.py"
     proc = _launch([str(script), "--smoke-test"], 2)
@@ -261,6 +272,7 @@ def test_ddp_example_runs_under_torchrun(tmp_path):
     assert proc.stdout.count("log p(x) (IWAE, K=50)") == 1 and "2 process(es)" in proc.stdout, proc.stdout
 
 
+@pytest.mark.slow
 def test_benchmark_runs(tmp_path):
     """benchmarks/distributed.py --smoke-test: 1 and 2 processes, one JSON summary line per configuration."""
     script = Path(__file__).resolve().parents[1] / "benchmarks" / "distributed.py"
