@@ -164,3 +164,19 @@ def test_reliability_counts_are_the_rows_of_the_table_and_every_row_names_a_test
     last_cells = [row.rstrip(" |").rsplit("|", 1)[-1].strip() for row in rows]
     untested = [row[:60] for row, cell in zip(rows, last_cells) if "test_" not in cell and cell != "same"]
     assert not untested, untested  # each row names its test ("same": the test of the row above)
+
+
+def test_docstring_fields_start_their_own_line():
+    """``:returns:`` or ``:raises`` after other text on a line is not a field: Sphinx printed it as text and the
+    return shape vanished from the API page (16 docstrings did so)."""
+    import re
+    from pathlib import Path
+
+    bad = []
+    for path in sorted((Path(__file__).resolve().parents[1] / "pyro_vae").rglob("*.py")):
+        for number, line in enumerate(path.read_text().splitlines(), 1):
+            if re.search(r"\S.*\s:(returns|raises)\b", line) and not line.lstrip().startswith(('"""', ":")):
+                bad.append(f"{path.name}:{number}")
+            elif re.search(r":param [^:]+:.*\s:(returns|raises)\b", line):
+                bad.append(f"{path.name}:{number}")
+    assert not bad, bad
