@@ -274,17 +274,14 @@ def test_hierarchical_and_two_stage_runs_are_readable(tmp_path: Path, run_cli) -
     assert code == 2 and "weights.pt" in err
 
 
-def test_hierarchical_and_two_stage_runs_resume(tmp_path: Path, run_cli) -> None:
+def test_hierarchical_and_two_stage_runs_resume(tmp_path: Path, run_cli, copy_run) -> None:
     """``--resume`` continues ``--layers`` and ``--two-stage`` runs from their checkpoints."""
     layers, two = tmp_path / "layers", tmp_path / "two"
-    code, _, err = run_cli(["train", "--layers", "32,8;16,4", "--epochs", "1", "--out", str(layers), "--no-progress"])
-    assert code == 0, err
+    copy_run(layers, "layers")  # train --layers 32,8;16,4 --epochs 1
     code, _, err = run_cli(["train", "--out", str(layers), "--resume", "--epochs", "3", "--no-progress"])
     assert code == 0, err
     assert [json.loads(line)["epoch"] for line in (layers / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3]
-    code, _, err = run_cli(["train", "--two-stage", "--epochs", "1", "--stage2-epochs", "1", "--out", str(two),
-                            "--no-progress"])
-    assert code == 0, err
+    copy_run(two, "two-stage")  # train --two-stage --epochs 1 --stage2-epochs 1
     code, _, err = run_cli(["train", "--out", str(two), "--resume", "--epochs", "2", "--no-progress"])
     assert code == 0, err
     history = json.loads((two / "history.json").read_text())
