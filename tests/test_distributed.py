@@ -45,6 +45,44 @@ def run_worker(job: str, out: Path, nproc: int, *args: str, check: bool = True) 
     return [torch.load(out / f"rank{r}.pt", weights_only=False) for r in range(nproc)]
 
 
+# the jobs of several tests, run in one launch per number of processes (the launch, where every process imports
+# torch and Pyro, costs more than most jobs): name -> the worker's arguments
+JOBS = {
+    "delta-module": ("delta", "--epochs", "2", "--batch-size", "50", "--size", "400"),
+    "delta-param-store": ("delta", "--epochs", "2", "--batch-size", "50", "--size", "400", "--param-store"),
+    "batchnorm": ("delta", "--epochs", "1", "--size", "400", "--batchnorm"),
+    "iwae-dreg": ("vae", "--epochs", "1", "--size", "400", "--objective", "iwae-dreg"),
+    # 250 datapoints in batches of 40: 7 batches, 4 on rank 0 and 3 on rank 1, the last one short
+    "loglik": ("loglik", "--batch-size", "40", "--size", "250", "--seed", "3"),
+    "loglik-small": ("loglik", "--batch-size", "40", "--size", "30"),  # fewer batches than processes
+    "mismatch": ("mismatch", "--size", "100"),
+    "nan": ("nan", "--size", "400"),
+}
+ONE_PROCESS_JOBS = ("delta-module", "delta-param-store", "loglik", "loglik-small")  # the references
+
+
+@pytest.fixture(scope="module")
+def launched(tmp_path_factory):
+    """``launched(name, nproc)``: what every rank of job ``JOBS[name]`` saved; the jobs for ``nproc`` processes
+    (every job for 2, the references for 1) run together in one launch, the first time one is asked for."""
+    root = tmp_path_factory.mktemp("launched")
+    done: dict[int, bool] = {}
+
+    def get(name: str, nproc: int) -> list[dict]:
+        if nproc not in done:
+            argv: list[str] = []
+            for job in (ONE_PROCESS_JOBS if nproc == 1 else JOBS):
+                argv += [*(["--then"] if argv else []), *JOBS[job][:1], "--out", str(root / f"{job}-{nproc}"),
+                         *JOBS[job][1:]]
+            proc = _launch([str(WORKER), *argv], nproc)
+            done[nproc] = proc.returncode == 0
+            assert done[nproc], proc.stdout[-3000:] + proc.stderr[-3000:]
+        assert done[nproc], f"the launch of the {nproc}-process jobs failed (see the first test that asked)"
+        return [torch.load(root / f"{name}-{nproc}" / f"rank{r}.pt", weights_only=False) for r in range(nproc)]
+
+    return get
+
+
 def untimed(history: list[dict]) -> list[dict]:
     """A history without its timings (which differ from run to run)."""
     return [{k: v for k, v in h.items() if k not in ("seconds", "images_per_second")} for h in history]
@@ -107,13 +145,12 @@ def test_cli_options_survive_torchrun():
 # ------------------------------------------------------------------------------------------------ 2 processes
 @pytest.mark.slow
 @pytest.mark.parametrize("kind", ["module", "param-store"])
-def test_two_processes_take_the_steps_of_one(tmp_path, kind):
+def test_two_processes_take_the_steps_of_one(launched, kind):
     """A point-mass guide makes the loss deterministic: 2 processes on the same global batch follow one process
     to rounding (float64), and both ranks hold the same weights bit for bit. An ``nn.Module`` pair goes through
     DistributedDataParallel, a pair of ``pyro.param`` sites through broadcast and hand-averaged gradients."""
-    args = ("--epochs", "2", "--batch-size", "50", "--size", "400") + (("--param-store",) if kind != "module" else ())
-    (one,) = run_worker("delta", tmp_path / "one", 1, *args)
-    r0, r1 = run_worker("delta", tmp_path / "two", 2, *args)
+    (one,) = launched(f"delta-{kind}", 1)  # --epochs 2 --batch-size 50 --size 400 (--param-store)
+    r0, r1 = launched(f"delta-{kind}", 2)
     assert r0["world_size"] == 2
     assert_same_state(r0["state"], r1["state"], rtol=0, atol=0)
     assert_same_state(r0["state"], one["state"], rtol=0, atol=1e-12)
@@ -123,11 +160,11 @@ def test_two_processes_take_the_steps_of_one(tmp_path, kind):
 
 
 @pytest.mark.slow
-def test_running_statistics_are_synchronised(tmp_path):
+def test_running_statistics_are_synchronised(launched):
     """A pair with batch normalization takes the path where DDP sends rank 0's buffers before every step: it
     trains, and the ranks keep one set of weights (each batch-normalizes its own shard, so these are not the steps
     of one process, and the running statistics differ by the ranks' last updates)."""
-    r0, r1 = run_worker("delta", tmp_path, 2, "--epochs", "1", "--size", "400", "--batchnorm")
+    r0, r1 = launched("batchnorm", 2)  # delta --epochs 1 --size 400 --batchnorm
     weights = {k for k in r0["state"] if "running" not in k and "num_batches" not in k}
     assert_same_state({k: r0["state"][k] for k in weights}, {k: r1["state"][k] for k in weights}, rtol=0, atol=0)
     # the buffers differ by one step at most: the ranks' last update, each from its own shard
@@ -137,19 +174,18 @@ def test_running_statistics_are_synchronised(tmp_path):
 
 
 @pytest.mark.slow
-def test_iwae_dreg_objective_trains_under_two_processes(tmp_path):
+def test_iwae_dreg_objective_trains_under_two_processes(launched):
     """The DReG surrogate (gradient hooks on replayed particles) under DistributedDataParallel: one model."""
-    r0, r1 = run_worker("vae", tmp_path, 2, "--epochs", "1", "--size", "400", "--objective", "iwae-dreg")
+    r0, r1 = launched("iwae-dreg", 2)  # vae --epochs 1 --size 400 --objective iwae-dreg
     assert_same_state(r0["state"], r1["state"], rtol=0, atol=0)
     assert math.isfinite(r0["history"][-1]["loss"]) and math.isfinite(r0["history"][-1]["val_elbo"])
 
 
 @pytest.mark.slow
-def test_evaluation_gathers_every_datapoint_once_and_equals_one_process(tmp_path):
+def test_evaluation_gathers_every_datapoint_once_and_equals_one_process(launched):
     # 250 datapoints in batches of 40: 7 batches, 4 on rank 0 and 3 on rank 1, the last one short
-    args = ("--batch-size", "40", "--size", "250", "--seed", "3")
-    (one,) = run_worker("loglik", tmp_path / "one", 1, *args)
-    r0, r1 = run_worker("loglik", tmp_path / "two", 2, *args)
+    (one,) = launched("loglik", 1)  # --batch-size 40 --size 250 --seed 3
+    r0, r1 = launched("loglik", 2)
     for key in ("values", "elbo", "rate", "distortion", "ess", "khat"):
         assert one[key].shape == (250,)
         assert torch.equal(r0[key], one[key]), key
@@ -158,8 +194,8 @@ def test_evaluation_gathers_every_datapoint_once_and_equals_one_process(tmp_path
     for k in one["curve"]:
         assert torch.equal(r0["curve"][k], one["curve"][k])
     # fewer batches than processes: rank 1 computes nothing and still gets the result
-    (one,) = run_worker("loglik", tmp_path / "one_small", 1, "--batch-size", "40", "--size", "30")
-    r0, r1 = run_worker("loglik", tmp_path / "two_small", 2, "--batch-size", "40", "--size", "30")
+    (one,) = launched("loglik-small", 1)  # --batch-size 40 --size 30
+    r0, r1 = launched("loglik-small", 2)
     assert torch.equal(r1["values"], one["values"]) and torch.equal(r1["curve"][50], one["curve"][50])
 
 
@@ -219,16 +255,16 @@ def test_killed_rank_fails_cleanly_and_the_run_resumes(tmp_path):
 
 
 @pytest.mark.slow
-def test_nan_is_reported_on_every_rank(tmp_path):
+def test_nan_is_reported_on_every_rank(launched):
     """A NaN on one rank must not leave the other waiting: every rank raises the same report."""
-    r0, r1 = run_worker("nan", tmp_path, 2, "--size", "400")
+    r0, r1 = launched("nan", 2)  # --size 400
     assert r0["error"] == r1["error"]
     assert r0["error"].startswith("NaN or inf in epoch 1, step ") and "(on rank " in r0["error"], r0["error"]
 
 
 @pytest.mark.slow
-def test_different_data_on_the_ranks_is_refused(tmp_path):
-    r0, r1 = run_worker("mismatch", tmp_path, 2, "--size", "100")
+def test_different_data_on_the_ranks_is_refused(launched):
+    r0, r1 = launched("mismatch", 2)  # --size 100
     for name in ("fit", "log_likelihood"):
         assert r0[name] == r1[name]
         assert "differs between the processes" in r0[name] and "(100, 1, 8, 8)" in r0[name], r0[name]
