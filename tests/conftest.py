@@ -20,6 +20,9 @@ import torch
 DATA_ROOT = Path(os.environ.get("PYRO_VAE_DATA", Path(__file__).resolve().parents[1].parent / "shared" / "data"))
 if DATA_ROOT.is_dir():
     os.environ.setdefault("PYRO_VAE_DATA", str(DATA_ROOT))  # the data sets' loaders (and subprocesses) find it
+# the scripts, examples and commands that tests start run one intra-op thread, as the tests themselves do (see
+# _one_thread): on a busy machine two threads per process made them several times slower. Set it to override.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
 @pytest.fixture(autouse=True)

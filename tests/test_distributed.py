@@ -39,10 +39,19 @@ def _launch(args: list[str], nproc: int, timeout: float = 300, torchrun: tuple[s
 
 def run_worker(job: str, out: Path, nproc: int, *args: str, check: bool = True) -> list[dict]:
     """Run a job of distributed_worker.py; returns what every rank saved."""
-    proc = _launch([str(WORKER), job, "--out", str(out), *args], nproc)
+    return run_jobs([(job, out, args)], nproc, check=check)[0]
+
+
+def run_jobs(jobs: list[tuple[str, Path, tuple[str, ...]]], nproc: int, check: bool = True) -> list[list[dict]]:
+    """Run jobs ``(job, out, args)`` of distributed_worker.py one after another in ONE launch (``--then``);
+    returns, for each job, what every rank saved."""
+    argv: list[str] = []
+    for job, out, args in jobs:
+        argv += [*(["--then"] if argv else []), job, "--out", str(out), *args]
+    proc = _launch([str(WORKER), *argv], nproc)
     if check:
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return [torch.load(out / f"rank{r}.pt", weights_only=False) for r in range(nproc)]
+    return [[torch.load(out / f"rank{r}.pt", weights_only=False) for r in range(nproc)] for _, out, _ in jobs]
 
 
 # the jobs of several tests, run in one launch per number of processes (the launch, where every process imports
@@ -66,19 +75,16 @@ def launched(tmp_path_factory):
     """``launched(name, nproc)``: what every rank of job ``JOBS[name]`` saved; the jobs for ``nproc`` processes
     (every job for 2, the references for 1) run together in one launch, the first time one is asked for."""
     root = tmp_path_factory.mktemp("launched")
-    done: dict[int, bool] = {}
+    done: dict[int, dict[str, list[dict]]] = {}
 
     def get(name: str, nproc: int) -> list[dict]:
         if nproc not in done:
-            argv: list[str] = []
-            for job in (ONE_PROCESS_JOBS if nproc == 1 else JOBS):
-                argv += [*(["--then"] if argv else []), *JOBS[job][:1], "--out", str(root / f"{job}-{nproc}"),
-                         *JOBS[job][1:]]
-            proc = _launch([str(WORKER), *argv], nproc)
-            done[nproc] = proc.returncode == 0
-            assert done[nproc], proc.stdout[-3000:] + proc.stderr[-3000:]
-        assert done[nproc], f"the launch of the {nproc}-process jobs failed (see the first test that asked)"
-        return [torch.load(root / f"{name}-{nproc}" / f"rank{r}.pt", weights_only=False) for r in range(nproc)]
+            names = ONE_PROCESS_JOBS if nproc == 1 else tuple(JOBS)
+            done[nproc] = {}  # a failed launch fails the first test that asked, and the others find no result
+            results = run_jobs([(JOBS[n][0], root / f"{n}-{nproc}", JOBS[n][1:]) for n in names], nproc)
+            done[nproc] = dict(zip(names, results))
+        assert name in done[nproc], f"the launch of the {nproc}-process jobs failed (see the first test that asked)"
+        return done[nproc][name]
 
     return get
 
@@ -205,8 +211,8 @@ def test_vae_training_agrees_with_one_process(tmp_path):
     one only in distribution. The training loss after 3 epochs, over 2 seeds (2 processes) and 4 seeds (one),
     must agree within 4 standard errors of the difference (seed-to-seed sd about 0.08 nats)."""
     args = ("--epochs", "3", "--batch-size", "50", "--size", "1000")
-    single = [run_worker("vae", tmp_path / f"one{s}", 1, *args, "--seed", str(s))[0] for s in range(4)]
-    double = [run_worker("vae", tmp_path / f"two{s}", 2, *args, "--seed", str(s)) for s in range(2)]
+    single = [r for r, in run_jobs([("vae", tmp_path / f"one{s}", (*args, "--seed", str(s))) for s in range(4)], 1)]
+    double = run_jobs([("vae", tmp_path / f"two{s}", (*args, "--seed", str(s))) for s in range(2)], 2)
     for r0, r1 in double:
         assert_same_state(r0["state"], r1["state"], rtol=0, atol=0)  # gradients are averaged: one model
         assert not torch.equal(r0["draw"], r1["draw"])  # but every rank has its own random stream
