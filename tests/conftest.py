@@ -1,8 +1,18 @@
-"""Shared fixtures: seeding and a clean param store for every test, a device fixture, the data folder."""
+"""Shared fixtures: seeding and a clean param store for every test, a device fixture, the data folder; the helpers
+many test files use (``run_cli``, ``digits``, ``small_vae``); and trained run folders made once per session, which
+tests copy (``copy_run``) instead of each training its own."""
 
+from __future__ import annotations
+
+import contextlib
+import io
 import os
+import random
+import shutil
+from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import pyro
 import pytest
 import torch
@@ -10,6 +20,9 @@ import torch
 DATA_ROOT = Path(os.environ.get("PYRO_VAE_DATA", Path(__file__).resolve().parents[1].parent / "shared" / "data"))
 if DATA_ROOT.is_dir():
     os.environ.setdefault("PYRO_VAE_DATA", str(DATA_ROOT))  # the data sets' loaders (and subprocesses) find it
+# the scripts, examples and commands that tests start run one intra-op thread, as the tests themselves do (see
+# _one_thread): on a busy machine two threads per process made them several times slower. Set it to override.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
 @pytest.fixture(autouse=True)
@@ -18,6 +31,16 @@ def _seed_and_clear():
     pyro.set_rng_seed(0)
     yield
     pyro.clear_param_store()
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """One intra-op thread: the suite's models are tiny, so one thread is as fast on an idle machine and far faster
+    on a busy one (two threads fighting another process for the cores collapse). A test may set its own."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(params=["cpu", pytest.param("cuda", marks=pytest.mark.cuda)])
@@ -32,3 +55,78 @@ def data_root():
     if not (DATA_ROOT / "mnist").is_dir():
         pytest.skip(f"data folder {DATA_ROOT} not found (set PYRO_VAE_DATA)")
     return DATA_ROOT
+
+
+def _run_cli(argv: list) -> tuple[int, str, str]:
+    """``pyro_vae.cli.main(argv)`` (arguments made strings) with stdout and stderr captured:
+    ``(exit status, stdout, stderr)``."""
+    from pyro_vae.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main([str(a) for a in argv])
+    return code, out.getvalue(), err.getvalue()
+
+
+@pytest.fixture(scope="session")
+def run_cli() -> Callable[[list], tuple[int, str, str]]:
+    """The command line called in this process: ``run_cli(argv) -> (exit status, stdout, stderr)``."""
+    return _run_cli
+
+
+@pytest.fixture(scope="session")
+def digits() -> torch.Tensor:
+    """scikit-learn's digits, ``(1797, 1, 8, 8)`` in [0, 1], loaded once (tests only read it)."""
+    import pyro_vae
+
+    return pyro_vae.datasets.load("digits")
+
+
+@pytest.fixture(scope="session")
+def small_vae() -> Callable[..., torch.nn.Module]:
+    """``small_vae(**kw)``: a new small VAE for the 8x8 digits (latent 4, one hidden layer of 32)."""
+    import pyro_vae
+
+    def make(**kw):
+        return pyro_vae.VAE((1, 8, 8), latent_dim=4, hidden_dims=(32,), **kw)
+
+    return make
+
+
+# the run folders `pyro-vae train` writes, one per kind of model, trained once per session; copy_run copies one
+TRAINED_RUNS = {
+    "vae": ["--epochs", "1"],
+    "layers": ["--layers", "32,8;16,4", "--epochs", "1"],
+    "two-stage": ["--two-stage", "--epochs", "1", "--stage2-epochs", "1"],
+}
+
+
+@pytest.fixture(scope="session")
+def _trained_runs(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path]:
+    made: dict[str, Path] = {}
+
+    def get(kind: str) -> Path:
+        if kind not in made:
+            folder = tmp_path_factory.mktemp(f"trained-{kind}") / "run"
+            states = random.getstate(), np.random.get_state()
+            with torch.random.fork_rng():  # the session's run leaves the random state of the test that asked alone
+                code, _, err = _run_cli(["train", *TRAINED_RUNS[kind], "--out", folder, "--no-progress"])
+            random.setstate(states[0])
+            np.random.set_state(states[1])
+            assert code == 0, err
+            made[kind] = folder
+        return made[kind]
+
+    return get
+
+
+@pytest.fixture
+def copy_run(_trained_runs: Callable[[str], Path]) -> Callable[..., Path]:
+    """``copy_run(dest, kind="vae")``: a copy at ``dest`` of the run folder of ``pyro-vae train --no-progress`` with
+    the options ``TRAINED_RUNS[kind]`` (digits, 1 epoch), trained once per session; returns ``dest``."""
+
+    def copy(dest: Path, kind: str = "vae") -> Path:
+        shutil.copytree(_trained_runs(kind), dest, symlinks=True)
+        return dest
+
+    return copy

@@ -10,6 +10,9 @@ Each job writes ``rank<R>.pt`` into ``--out`` with what the test compares. Jobs:
   once epoch E's checkpoint is written.
 - ``nan``: a learning rate so large that the weights blow up; every rank saves the ``FloatingPointError``.
 - ``mismatch``: rank 1 passes other data than rank 0 to ``fit`` and ``log_likelihood``; the ``ValueError`` of each.
+
+Several jobs run in one launch when separated by ``--then`` (``nan --out A --then mismatch --out B``): each starts
+afresh (param store cleared, seeded), and the launch's cost (every process imports torch and Pyro) is paid once.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from __future__ import annotations
 import argparse
 import os
 import signal
+import sys
 from pathlib import Path
 
 import pyro
@@ -66,7 +70,7 @@ class ParamDeltaPair:
             pyro.sample("z", dist.Delta(x @ w, event_dim=1))
 
 
-def main(args: argparse.Namespace) -> None:
+def main(args: argparse.Namespace, last: bool = True) -> None:
     torch.set_num_threads(1)  # torchrun's default; the single-process reference runs with the same
     pyro.clear_param_store()
     pyro.set_rng_seed(0)
@@ -123,7 +127,8 @@ def main(args: argparse.Namespace) -> None:
     result["world_size"] = distributed.world_size()
     out.mkdir(parents=True, exist_ok=True)
     torch.save(result, out / f"rank{distributed.rank()}.pt")
-    distributed.finish()  # what docs/distributed.md asks of a script: wait for every rank, leave the group
+    if last:
+        distributed.finish()  # what docs/distributed.md asks of a script: wait for every rank, leave the group
 
 
 if __name__ == "__main__":
@@ -139,4 +144,11 @@ if __name__ == "__main__":
     parser.add_argument("--param-store", action="store_true", help="delta: the pair of pyro.param sites")
     parser.add_argument("--batchnorm", action="store_true", help="delta: batch normalization in the encoder")
     parser.add_argument("--objective", default="elbo", help="vae: the training objective (K = 5 unless elbo)")
-    main(parser.parse_args())
+    jobs: list[list[str]] = [[]]
+    for arg in sys.argv[1:]:
+        if arg == "--then":
+            jobs.append([])
+        else:
+            jobs[-1].append(arg)
+    for i, job in enumerate(jobs):
+        main(parser.parse_args(job), last=i == len(jobs) - 1)

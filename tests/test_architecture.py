@@ -4,6 +4,7 @@ its job in a docstring; every objective and estimator is written once (no stray 
 from __future__ import annotations
 
 import ast
+import sys
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "pyro_vae"
@@ -126,3 +127,29 @@ def test_objectives_are_written_once() -> None:
             assert "def loss(" not in text, f"{rel} defines a loss: objectives belong in pyro_vae.infer.objectives"
     objectives = (PACKAGE / "infer" / "objectives.py").read_text()
     assert objectives.count("def iwae_dreg(") == 1 and objectives.count("def iwae(") == 1
+
+
+def test_the_package_ships_its_license_type_marker_and_declares_what_it_imports():
+    import configparser
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    cfg = configparser.ConfigParser()
+    cfg.read(root / "setup.cfg")
+    assert (root / "LICENSE").is_file() and cfg["metadata"]["license_files"].strip() == "LICENSE"
+    assert (root / "pyro_vae" / "py.typed").is_file() and "py.typed" in cfg["options.package_data"]["pyro_vae"]
+    requires = {line.split(">")[0].split("=")[0].strip() for line in cfg["options"]["install_requires"].split("\n")
+                if line.strip()}
+    imported = set()
+    import ast
+
+    for path in (root / "pyro_vae").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                imported |= {a.name.split(".")[0] for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                imported.add(node.module.split(".")[0])
+    third_party = imported - set(sys.stdlib_module_names) - {"pyro_vae", "__future__"}
+    names = {"pyro": "pyro-ppl", "sklearn": "scikit-learn", "yaml": "pyyaml"}
+    optional = {"tensorboard", "lightning", "mlflow", "fcntl"}  # extras, and a stdlib module of POSIX systems
+    assert {names.get(m, m) for m in third_party} - optional <= requires, third_party

@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+# each runs a script in a fresh interpreter (importing torch and Pyro, reading MNIST): run by CI, not by default
+pytestmark = pytest.mark.slow
 
 
 def _run(script: str, *args: str) -> str:

@@ -2,6 +2,8 @@
 
 Every job runs ``tests/distributed_worker.py`` (or the ``pyro-vae`` command) through
 ``python -m torch.distributed.run --standalone --nproc_per_node=N``; each rank saves what it computed.
+Every launch takes seconds (three interpreters import torch and Pyro): those tests are marked ``slow``, left out of
+the default ``pytest`` and run by CI (``.ci/run``); ``pytest -m slow`` runs them here.
 """
 
 from __future__ import annotations
@@ -37,10 +39,54 @@ def _launch(args: list[str], nproc: int, timeout: float = 300, torchrun: tuple[s
 
 def run_worker(job: str, out: Path, nproc: int, *args: str, check: bool = True) -> list[dict]:
     """Run a job of distributed_worker.py; returns what every rank saved."""
-    proc = _launch([str(WORKER), job, "--out", str(out), *args], nproc)
+    return run_jobs([(job, out, args)], nproc, check=check)[0]
+
+
+def run_jobs(jobs: list[tuple[str, Path, tuple[str, ...]]], nproc: int, check: bool = True) -> list[list[dict]]:
+    """Run jobs ``(job, out, args)`` of distributed_worker.py one after another in ONE launch (``--then``);
+    returns, for each job, what every rank saved."""
+    argv: list[str] = []
+    for job, out, args in jobs:
+        argv += [*(["--then"] if argv else []), job, "--out", str(out), *args]
+    proc = _launch([str(WORKER), *argv], nproc)
     if check:
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return [torch.load(out / f"rank{r}.pt", weights_only=False) for r in range(nproc)]
+    return [[torch.load(out / f"rank{r}.pt", weights_only=False) for r in range(nproc)] for _, out, _ in jobs]
+
+
+# the jobs of several tests, run in one launch per number of processes (the launch, where every process imports
+# torch and Pyro, costs more than most jobs): name -> the worker's arguments
+JOBS = {
+    "delta-module": ("delta", "--epochs", "2", "--batch-size", "50", "--size", "400"),
+    "delta-param-store": ("delta", "--epochs", "2", "--batch-size", "50", "--size", "400", "--param-store"),
+    "batchnorm": ("delta", "--epochs", "1", "--size", "400", "--batchnorm"),
+    "iwae-dreg": ("vae", "--epochs", "1", "--size", "400", "--objective", "iwae-dreg"),
+    # 250 datapoints in batches of 40: 7 batches, 4 on rank 0 and 3 on rank 1, the last one short
+    "loglik": ("loglik", "--batch-size", "40", "--size", "250", "--seed", "3"),
+    "loglik-small": ("loglik", "--batch-size", "40", "--size", "30"),  # fewer batches than processes
+    "mismatch": ("mismatch", "--size", "100"),
+    "nan": ("nan", "--size", "400"),
+}
+ONE_PROCESS_JOBS = ("delta-module", "delta-param-store", "loglik", "loglik-small")  # the references
+
+
+@pytest.fixture(scope="module")
+def launched(tmp_path_factory):
+    """``launched(name, nproc)``: what every rank of job ``JOBS[name]`` saved; the jobs for ``nproc`` processes
+    (every job for 2, the references for 1) run together in one launch, the first time one is asked for."""
+    root = tmp_path_factory.mktemp("launched")
+    done: dict[int, dict[str, list[dict]]] = {}
+
+    def get(name: str, nproc: int) -> list[dict]:
+        if nproc not in done:
+            names = ONE_PROCESS_JOBS if nproc == 1 else tuple(JOBS)
+            done[nproc] = {}  # a failed launch fails the first test that asked, and the others find no result
+            results = run_jobs([(JOBS[n][0], root / f"{n}-{nproc}", JOBS[n][1:]) for n in names], nproc)
+            done[nproc] = dict(zip(names, results))
+        assert name in done[nproc], f"the launch of the {nproc}-process jobs failed (see the first test that asked)"
+        return done[nproc][name]
+
+    return get
 
 
 def untimed(history: list[dict]) -> list[dict]:
@@ -103,14 +149,14 @@ def test_cli_options_survive_torchrun():
 
 
 # ------------------------------------------------------------------------------------------------ 2 processes
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["module", "param-store"])
-def test_two_processes_take_the_steps_of_one(tmp_path, kind):
+def test_two_processes_take_the_steps_of_one(launched, kind):
     """A point-mass guide makes the loss deterministic: 2 processes on the same global batch follow one process
     to rounding (float64), and both ranks hold the same weights bit for bit. An ``nn.Module`` pair goes through
     DistributedDataParallel, a pair of ``pyro.param`` sites through broadcast and hand-averaged gradients."""
-    args = ("--epochs", "2", "--batch-size", "50", "--size", "400") + (("--param-store",) if kind != "module" else ())
-    (one,) = run_worker("delta", tmp_path / "one", 1, *args)
-    r0, r1 = run_worker("delta", tmp_path / "two", 2, *args)
+    (one,) = launched(f"delta-{kind}", 1)  # --epochs 2 --batch-size 50 --size 400 (--param-store)
+    r0, r1 = launched(f"delta-{kind}", 2)
     assert r0["world_size"] == 2
     assert_same_state(r0["state"], r1["state"], rtol=0, atol=0)
     assert_same_state(r0["state"], one["state"], rtol=0, atol=1e-12)
@@ -119,11 +165,12 @@ def test_two_processes_take_the_steps_of_one(tmp_path, kind):
         assert math.isclose(a["loss"], b["loss"], rel_tol=1e-6)
 
 
-def test_running_statistics_are_synchronised(tmp_path):
+@pytest.mark.slow
+def test_running_statistics_are_synchronised(launched):
     """A pair with batch normalization takes the path where DDP sends rank 0's buffers before every step: it
     trains, and the ranks keep one set of weights (each batch-normalizes its own shard, so these are not the steps
     of one process, and the running statistics differ by the ranks' last updates)."""
-    r0, r1 = run_worker("delta", tmp_path, 2, "--epochs", "1", "--size", "400", "--batchnorm")
+    r0, r1 = launched("batchnorm", 2)  # delta --epochs 1 --size 400 --batchnorm
     weights = {k for k in r0["state"] if "running" not in k and "num_batches" not in k}
     assert_same_state({k: r0["state"][k] for k in weights}, {k: r1["state"][k] for k in weights}, rtol=0, atol=0)
     # the buffers differ by one step at most: the ranks' last update, each from its own shard
@@ -132,18 +179,19 @@ def test_running_statistics_are_synchronised(tmp_path):
                                rtol=0, atol=0.2)
 
 
-def test_iwae_dreg_objective_trains_under_two_processes(tmp_path):
+@pytest.mark.slow
+def test_iwae_dreg_objective_trains_under_two_processes(launched):
     """The DReG surrogate (gradient hooks on replayed particles) under DistributedDataParallel: one model."""
-    r0, r1 = run_worker("vae", tmp_path, 2, "--epochs", "1", "--size", "400", "--objective", "iwae-dreg")
+    r0, r1 = launched("iwae-dreg", 2)  # vae --epochs 1 --size 400 --objective iwae-dreg
     assert_same_state(r0["state"], r1["state"], rtol=0, atol=0)
     assert math.isfinite(r0["history"][-1]["loss"]) and math.isfinite(r0["history"][-1]["val_elbo"])
 
 
-def test_evaluation_gathers_every_datapoint_once_and_equals_one_process(tmp_path):
+@pytest.mark.slow
+def test_evaluation_gathers_every_datapoint_once_and_equals_one_process(launched):
     # 250 datapoints in batches of 40: 7 batches, 4 on rank 0 and 3 on rank 1, the last one short
-    args = ("--batch-size", "40", "--size", "250", "--seed", "3")
-    (one,) = run_worker("loglik", tmp_path / "one", 1, *args)
-    r0, r1 = run_worker("loglik", tmp_path / "two", 2, *args)
+    (one,) = launched("loglik", 1)  # --batch-size 40 --size 250 --seed 3
+    r0, r1 = launched("loglik", 2)
     for key in ("values", "elbo", "rate", "distortion", "ess", "khat"):
         assert one[key].shape == (250,)
         assert torch.equal(r0[key], one[key]), key
@@ -152,8 +200,8 @@ def test_evaluation_gathers_every_datapoint_once_and_equals_one_process(tmp_path
     for k in one["curve"]:
         assert torch.equal(r0["curve"][k], one["curve"][k])
     # fewer batches than processes: rank 1 computes nothing and still gets the result
-    (one,) = run_worker("loglik", tmp_path / "one_small", 1, "--batch-size", "40", "--size", "30")
-    r0, r1 = run_worker("loglik", tmp_path / "two_small", 2, "--batch-size", "40", "--size", "30")
+    (one,) = launched("loglik-small", 1)  # --batch-size 40 --size 30
+    r0, r1 = launched("loglik-small", 2)
     assert torch.equal(r1["values"], one["values"]) and torch.equal(r1["curve"][50], one["curve"][50])
 
 
@@ -163,8 +211,8 @@ def test_vae_training_agrees_with_one_process(tmp_path):
     one only in distribution. The training loss after 3 epochs, over 2 seeds (2 processes) and 4 seeds (one),
     must agree within 4 standard errors of the difference (seed-to-seed sd about 0.08 nats)."""
     args = ("--epochs", "3", "--batch-size", "50", "--size", "1000")
-    single = [run_worker("vae", tmp_path / f"one{s}", 1, *args, "--seed", str(s))[0] for s in range(4)]
-    double = [run_worker("vae", tmp_path / f"two{s}", 2, *args, "--seed", str(s)) for s in range(2)]
+    single = [r for r, in run_jobs([("vae", tmp_path / f"one{s}", (*args, "--seed", str(s))) for s in range(4)], 1)]
+    double = run_jobs([("vae", tmp_path / f"two{s}", (*args, "--seed", str(s))) for s in range(2)], 2)
     for r0, r1 in double:
         assert_same_state(r0["state"], r1["state"], rtol=0, atol=0)  # gradients are averaged: one model
         assert not torch.equal(r0["draw"], r1["draw"])  # but every rank has its own random stream
@@ -178,6 +226,7 @@ def test_vae_training_agrees_with_one_process(tmp_path):
     assert_same_state(again[0]["state"], double[0][0]["state"], rtol=0, atol=0)
 
 
+@pytest.mark.slow
 def test_killed_rank_fails_cleanly_and_the_run_resumes(tmp_path):
     args = ("--epochs", "4", "--batch-size", "50", "--size", "400")
     full = run_worker("checkpointed", tmp_path / "full", 2, *args)
@@ -211,20 +260,23 @@ def test_killed_rank_fails_cleanly_and_the_run_resumes(tmp_path):
     assert_same_state(r0["state"], full[0]["state"], rtol=0, atol=0)
 
 
-def test_nan_is_reported_on_every_rank(tmp_path):
+@pytest.mark.slow
+def test_nan_is_reported_on_every_rank(launched):
     """A NaN on one rank must not leave the other waiting: every rank raises the same report."""
-    r0, r1 = run_worker("nan", tmp_path, 2, "--size", "400")
+    r0, r1 = launched("nan", 2)  # --size 400
     assert r0["error"] == r1["error"]
     assert r0["error"].startswith("NaN or inf in epoch 1, step ") and "(on rank " in r0["error"], r0["error"]
 
 
-def test_different_data_on_the_ranks_is_refused(tmp_path):
-    r0, r1 = run_worker("mismatch", tmp_path, 2, "--size", "100")
+@pytest.mark.slow
+def test_different_data_on_the_ranks_is_refused(launched):
+    r0, r1 = launched("mismatch", 2)  # --size 100
     for name in ("fit", "log_likelihood"):
         assert r0[name] == r1[name]
         assert "differs between the processes" in r0[name] and "(100, 1, 8, 8)" in r0[name], r0[name]
 
 
+@pytest.mark.slow
 def test_cli_train_and_evaluate_under_torchrun(tmp_path):
     exe = shutil.which("pyro-vae")
     if exe is None:
@@ -254,6 +306,7 @@ def test_cli_train_and_evaluate_under_torchrun(tmp_path):
     assert proc.returncode != 0 and "runs in one process: launch it without torchrun" in proc.stderr
 
 
+@pytest.mark.slow
 def test_ddp_example_runs_under_torchrun(tmp_path):
     script = Path(__file__).resolve().parents[1] / "examples" / "train_ddp.py"
     proc = _launch([str(script), "--smoke-test"], 2)
@@ -261,6 +314,7 @@ def test_ddp_example_runs_under_torchrun(tmp_path):
     assert proc.stdout.count("log p(x) (IWAE, K=50)") == 1 and "2 process(es)" in proc.stdout, proc.stdout
 
 
+@pytest.mark.slow
 def test_benchmark_runs(tmp_path):
     """benchmarks/distributed.py --smoke-test: 1 and 2 processes, one JSON summary line per configuration."""
     script = Path(__file__).resolve().parents[1] / "benchmarks" / "distributed.py"

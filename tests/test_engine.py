@@ -13,6 +13,7 @@ import pyro
 import pyro.distributions as dist
 import pytest
 import torch
+from lingauss import assert_direct_equals_traced
 from torch import nn
 from torch.testing import assert_close
 
@@ -283,3 +284,34 @@ def test_exact_log_likelihood_warns_on_a_coarse_grid():
     x = lg.data(5)
     with pytest.warns(RuntimeWarning, match="coarse"):
         infer.exact_log_likelihood(lg.model, x, num_points=15)
+
+
+def test_direct_terms_equal_traced_terms_on_a_vae_initialised_on_mnist(data_root):
+    x = pyro_vae.datasets.load("mnist", "train", root=data_root)[:64]
+    vae = pyro_vae.VAE((1, 28, 28), latent_dim=10, hidden_dims=(64,)).double().init_output_bias(x)
+    xb = torch.bernoulli(x.double(), generator=torch.Generator().manual_seed(0))
+    assert_direct_equals_traced(vae, xb, "iwae")
+    assert_direct_equals_traced(vae, xb, "elbo", num_particles=1)
+
+
+def test_a_masked_site_is_scored_as_a_hand_computation():
+    """Site "x" masked to its first two features: the weight counts only those, as computed by hand."""
+    def model(x):
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", dist.Normal(x.new_zeros(()), 1.0))
+            mask = torch.tensor([True, True, False])
+            pyro.sample("x", dist.Normal(z.unsqueeze(-1).expand(*z.shape, 3), 1.0).mask(mask).to_event(1), obs=x)
+
+    def guide(x):
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("z", dist.Normal(0.5 * x[..., 0], 0.7))
+
+    x = torch.randn(4, 3, dtype=torch.float64)
+    pyro.set_rng_seed(0)
+    t = infer.importance_terms(model, guide, x, num_particles=5, max_plate_nesting=1)
+    pyro.set_rng_seed(0)
+    z = dist.Normal(0.5 * x[..., 0], 0.7).sample((5,))  # the same draws
+    by_hand = (torch.distributions.Normal(z.unsqueeze(-1), 1.0).log_prob(x)[..., :2].sum(-1)
+               + torch.distributions.Normal(0.0, 1.0).log_prob(z)
+               - torch.distributions.Normal(0.5 * x[..., 0], 0.7).log_prob(z))
+    assert_close(t.log_weights, by_hand)

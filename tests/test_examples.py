@@ -38,6 +38,7 @@ def test_example_smoke_test(script: Path, tmp_path: Path) -> None:
     assert proc.stdout.strip(), f"{script.name} printed nothing"
 
 
+@pytest.mark.slow  # four runs of the script, each importing torch and Pyro afresh
 def test_ddp_example_takes_the_cli_spellings(tmp_path: Path) -> None:
     """examples/train_ddp.py spells its options as ``pyro-vae train`` does: ``--hidden-dims 64,32``, ``--out`` and
     ``--resume``; a second run into a folder with a checkpoint needs ``--resume``, which continues it."""

@@ -1,7 +1,9 @@
-"""Estimators against exact answers: closed-form log p(x), the exact-posterior guide, quadrature, Pyro's own."""
+"""Estimators against exact answers: closed-form log p(x), the exact-posterior guide, quadrature, Pyro's own; the
+active-unit count, a chunked float32 log-sum-exp, and bad input refused before any work."""
 
 import math
 
+import numpy as np
 import pyro
 import pyro.distributions as dist
 import pytest
@@ -425,3 +427,112 @@ def test_a_non_finite_bound_is_warned_about_not_returned_silently():
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # finite bounds warn about nothing
         infer.elbo(Pair().model, Pair().guide, -x.abs())
+
+
+def test_data_of_another_dtype_trains_and_estimators_say_what_is_wrong(digits, small_vae):
+    vae = small_vae()
+    for dtype in (torch.float16, torch.bfloat16, torch.float64):
+        history = pyro_vae.fit(vae, digits[:100].to(dtype), epochs=1, batch_size=50, binarize=True, progress=False)
+        assert np.isfinite(history[0]["loss"])
+    x = torch.bernoulli(digits[:5])
+    with pytest.raises(TypeError, match="torch.as_tensor"):
+        infer.elbo(vae.model, vae.guide, x.numpy())
+    with pytest.raises(TypeError, match="float64"):
+        infer.elbo(vae.model, vae.guide, x.double())
+    with pytest.raises(ValueError, match="on meta"):
+        infer.iwae_bound(vae.model, vae.guide, x.to("meta"), num_particles=2)
+    result = infer.log_likelihood(vae.model, vae.guide, x.double(), num_particles=4, progress=False)  # converted
+    assert result.values.shape == (5,)
+    with pytest.raises(ValueError, match="chunk_size"):
+        infer.log_likelihood(vae.model, vae.guide, x, num_particles=4, chunk_size=0)
+    with pytest.raises(ValueError, match="k_values"):
+        infer.log_likelihood(vae.model, vae.guide, x, num_particles=4, k_values=[0])
+
+
+ESTIMATORS = {
+    "iwae_bound": lambda vae, x, k: infer.iwae_bound(vae.model, vae.guide, x, num_particles=k),
+    "elbo": lambda vae, x, k: infer.elbo(vae.model, vae.guide, x, num_particles=k),
+    "log_importance_weights": lambda vae, x, k: infer.log_importance_weights(vae.model, vae.guide, x, num_particles=k),
+    "log_likelihood": lambda vae, x, k: infer.log_likelihood(vae.model, vae.guide, x, num_particles=k,
+                                                             progress=False, diagnostics=False),
+}
+
+
+ESTIMATOR_CASES = {
+    # case: (data, num_particles, exception, message)
+    "particles": (lambda x: x, 0, ValueError, "num_particles"),
+    "nan": (lambda x: x.masked_fill(x > 0.5, float("nan")), 3, ValueError, "NaN"),
+    "inf": (lambda x: x.masked_fill(x > 0.5, float("inf")), 3, ValueError, "inf"),
+    "shape": (lambda x: x.reshape(x.shape[0], 64), 3, ValueError, "input_shape"),
+    "dtype": (lambda x: x.to(torch.int64), 3, TypeError, "floating-point"),
+    "empty": (lambda x: x[:0], 3, ValueError, "non-empty"),
+    "grey_bernoulli": (lambda x: x * 0.5, 3, ValueError, "binarize=True"),
+}
+
+
+@pytest.mark.parametrize("case", list(ESTIMATOR_CASES))
+@pytest.mark.parametrize("estimator", list(ESTIMATORS))
+def test_estimators_refuse_bad_input_before_any_work(estimator, case, monkeypatch, small_vae):
+    vae = small_vae()
+    x = torch.bernoulli(torch.full((6, 1, 8, 8), 0.5))
+    make, k, exc, message = ESTIMATOR_CASES[case]
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("the estimator started work before checking its input")
+
+    for module in (infer.bounds, infer.weights, infer.evaluate):
+        if hasattr(module, "importance_terms"):
+            monkeypatch.setattr(module, "importance_terms", no_work)
+    with pytest.raises(exc, match=message):
+        ESTIMATORS[estimator](vae, make(x), k)
+
+
+def test_estimator_checks_leave_good_input_alone(small_vae):
+    vae = small_vae()
+    grey = torch.rand(6, 1, 8, 8)
+    # a transform (here a fixed binarization) may bring grey data into the likelihood's support
+    res = infer.log_likelihood(vae.model, vae.guide, grey, num_particles=4, progress=False, diagnostics=False,
+                               transform=lambda b: torch.bernoulli(b))
+    assert res.values.shape == (6,)
+    assert infer.iwae_bound(vae.model, vae.guide, torch.bernoulli(grey), num_particles=3, chunk_size=2).shape == (6,)
+    cb = small_vae(likelihood="continuous_bernoulli")
+    assert torch.isfinite(infer.elbo(cb.model, cb.guide, grey)).all()
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        infer.elbo(cb.model, cb.guide, grey * 2)
+
+
+def test_chunked_float32_logsumexp_of_5000_particles_agrees_with_float64(monkeypatch, small_vae):
+    """iwae_bound's running log-sum-exp over chunks, in float32, against float64 over all K = 5000 at once."""
+    g = torch.Generator().manual_seed(0)
+    log_w = -120.0 + 4.0 * torch.randn(5000, 30, generator=g, dtype=torch.float64)
+    log_w[:, :10] += 15.0 * torch.rand(5000, 10, generator=g, dtype=torch.float64) ** 8  # heavy right tails
+    exact = torch.logsumexp(log_w, 0) - math.log(5000)
+
+    def chunks(*args, num_particles, chunk_size, **kwargs):
+        for start in range(0, num_particles, chunk_size):
+            yield log_w[start:start + chunk_size].float()
+
+    monkeypatch.setattr(infer.bounds, "_chunks", chunks)
+    vae = small_vae()
+    got = infer.iwae_bound(vae.model, vae.guide, torch.zeros(30, 1, 8, 8), num_particles=5000, chunk_size=128)
+    assert got.dtype == torch.float32
+    assert (got.double() - exact).abs().max() < 1e-4
+
+
+def test_latent_usage_counts_a_dimension_between_the_threshold_and_a_tenth():
+    """Posterior means with variances 0.5, 0.05 and 0.001 over the data: two active units of three."""
+    scales = torch.tensor([0.5, 0.05, 0.001]).sqrt()
+
+    def model(x):
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", dist.Normal(x.new_zeros(3), 1.0).to_event(1))
+            pyro.sample("x", dist.Normal(z, 1.0).to_event(1), obs=x)
+
+    def guide(x):
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("z", dist.Normal(x * scales, 0.1).to_event(1))
+
+    x = torch.randn(20000, 3, generator=torch.Generator().manual_seed(0))
+    usage = infer.latent_usage(model, guide, x, seed=0)["z"]
+    assert usage["active_units"] == 2
+    assert usage["mean_variance"][1] == pytest.approx(0.05, rel=0.05)

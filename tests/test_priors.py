@@ -68,7 +68,11 @@ def test_gradients_reach_the_pseudo_inputs_and_the_mixture_weights():
             assert grads and all(g is not None and float(g.abs().sum()) > 0 for g in grads), (config, name)
 
 
-@pytest.mark.parametrize("config", CONFIGS, ids=lambda c: "+".join(str(v) for v in c.values() if isinstance(v, str)))
+# the flow prior and the spline guide are the slowest to train and evaluate here: run by CI, not by default
+@pytest.mark.parametrize("config", [pytest.param(c, marks=pytest.mark.slow)
+                                    if c.get("prior") == "flow" or c.get("guide_flow") == "spline" else c
+                                    for c in CONFIGS],
+                         ids=lambda c: "+".join(str(v) for v in c.values() if isinstance(v, str)))
 def test_iwae_converges_to_quadrature_and_bounds_are_ordered(config):
     """On data the model simulated, after a short training of the guide (an untrained guide can miss a posterior
     that an untrained flow prior put far away), IWAE with many particles meets the quadrature."""

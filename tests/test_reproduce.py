@@ -10,6 +10,8 @@ import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
+# each trains and evaluates several models in a fresh interpreter: run by CI, not by default
+pytestmark = pytest.mark.slow
 
 
 def _run(script, tmp_path, *args):

@@ -2,24 +2,18 @@
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
+import os
+import pickle
 from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
 
+import pyro_vae
 from pyro_vae import VAE
-from pyro_vae.cli import load_run, main
-
-
-def run_cli(argv: list[str]) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = main(argv)
-    return code, out.getvalue(), err.getvalue()
+from pyro_vae.cli import load_run
 
 
 def test_save_load_round_trip(tmp_path: Path) -> None:
@@ -82,7 +76,7 @@ def test_load_errors(tmp_path: Path) -> None:
         VAE.load(folder)
 
 
-def test_train_writes_model_folder_and_load_run_reads_it(tmp_path: Path) -> None:
+def test_train_writes_model_folder_and_load_run_reads_it(tmp_path: Path, run_cli) -> None:
     run = tmp_path / "run"
     code, out, err = run_cli(["train", "--dataset", "digits", "--epochs", "2", "--hidden-dims", "16",
                               "--out", str(run), "--no-progress"])
@@ -101,7 +95,7 @@ def test_train_writes_model_folder_and_load_run_reads_it(tmp_path: Path) -> None
             assert elbo == pytest.approx(-(rate + distortion), rel=1e-4) and rate > 0
 
 
-def test_config_file_and_flags_override_it(tmp_path: Path) -> None:
+def test_config_file_and_flags_override_it(tmp_path: Path, run_cli) -> None:
     cfg = tmp_path / "run.yaml"
     cfg.write_text("dataset: digits\nlatent-dim: 3\nhidden_dims: [16, 8]\nepochs: 5\nbinarize: false\n"
                    f"likelihood: continuous_bernoulli\nout: {tmp_path / 'from-file'}\n")
@@ -118,7 +112,7 @@ def test_config_file_and_flags_override_it(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("text, message", [("latent_dims: 3\n", "unknown option 'latent_dims'"),
                                            ("- 1\n- 2\n", "mapping"), ("a: [1,\n", "not valid YAML")])
-def test_config_file_errors(tmp_path: Path, text: str, message: str) -> None:
+def test_config_file_errors(tmp_path: Path, text: str, message: str, run_cli) -> None:
     cfg = tmp_path / "bad.yaml"
     cfg.write_text(text)
     code, _, err = run_cli(["train", "--config", str(cfg), "--out", str(tmp_path / "r")])
@@ -127,14 +121,14 @@ def test_config_file_errors(tmp_path: Path, text: str, message: str) -> None:
     assert code == 2 and "no such file" in err
 
 
-def test_config_file_is_read_safely(tmp_path: Path) -> None:
+def test_config_file_is_read_safely(tmp_path: Path, run_cli) -> None:
     cfg = tmp_path / "evil.yaml"
     cfg.write_text("dataset: !!python/object/apply:os.system ['echo pwned']\n")
     code, _, err = run_cli(["train", "--config", str(cfg), "--out", str(tmp_path / "r")])
     assert code == 2 and "not valid YAML" in err
 
 
-def test_tensorboard_logs_every_epoch(tmp_path: Path) -> None:
+def test_tensorboard_logs_every_epoch(tmp_path: Path, run_cli) -> None:
     pytest.importorskip("tensorboard")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -152,7 +146,7 @@ def test_tensorboard_logs_every_epoch(tmp_path: Path) -> None:
     assert [e.value for e in logged] == pytest.approx([h["val_elbo"] for h in history], rel=1e-6)
 
 
-def test_tensorboard_missing_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_tensorboard_missing_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, run_cli) -> None:
     import sys
 
     monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # as if the package were not installed
@@ -160,3 +154,18 @@ def test_tensorboard_missing_is_a_clear_error(tmp_path: Path, monkeypatch: pytes
                             "--no-progress", "--tensorboard"])
     assert code == 2 and "pip install 'pyro-vae[tensorboard]'" in err
     assert not (tmp_path / "r").exists()  # refused before the run folder was made
+
+
+def test_malicious_saved_model_runs_no_code(tmp_path, small_vae):
+    folder = small_vae().save(tmp_path / "model")
+    marker = tmp_path / "pwned"
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    with open(folder / "weights.pt", "wb") as f:
+        pickle.dump({"encoder.net.0.weight": Evil()}, f, protocol=2)
+    with pytest.raises(ValueError, match="weights_only"):
+        pyro_vae.VAE.load(folder)
+    assert not marker.exists()

@@ -1,8 +1,17 @@
-"""fit: training improves, exact resume, beta/warm-up, safe checkpoints and clear errors on bad input."""
+"""fit: training improves, exact resume, beta/warm-up, safe checkpoints (a full disk, a read-only folder, SIGKILL at
+random moments), the same seed bit for bit, clear errors on bad input, memory that stays flat."""
 
+import errno
+import importlib.util
 import json
 import os
 import pickle
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pyro
 import pyro.distributions as dist
@@ -16,18 +25,11 @@ from pyro_vae import infer
 from pyro_vae.infer.objectives import objective_loss
 from pyro_vae.train import CHECKPOINT_NAME, METRICS_NAME, evaluate_elbo, load_checkpoint
 
-
-@pytest.fixture(scope="module")
-def digits():
-    return pyro_vae.datasets.load("digits")
-
-
-def small_vae(**kw):
-    return pyro_vae.VAE((1, 8, 8), latent_dim=4, hidden_dims=(32,), **kw)
+REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.parametrize("objective", ["elbo", "mean_field"])
-def test_fit_improves_the_elbo(digits, objective, device):
+def test_fit_improves_the_elbo(digits, objective, device, small_vae):
     vae = small_vae()
     val = digits[1200:]
     before = evaluate_elbo(vae.to(device), val.to(device), binarize=True)["elbo"]
@@ -71,7 +73,7 @@ def _params(vae):
     return {k: v.detach().clone() for k, v in vae.state_dict().items()}
 
 
-def test_resume_ends_with_the_same_parameters(digits, tmp_path):
+def test_resume_ends_with_the_same_parameters(digits, tmp_path, small_vae):
     kw = dict(batch_size=100, binarize=True, seed=3, progress=False, val_data=digits[1200:1300],
               kl_warmup_epochs=3, lr_schedule="cosine")
     pyro.set_rng_seed(0)
@@ -101,7 +103,7 @@ def test_resume_ends_with_the_same_parameters(digits, tmp_path):
     assert json.loads(lines[-1])["val_elbo"] == json.loads(straight_lines[-1])["val_elbo"]
 
 
-def test_checkpoint_is_atomic_and_safe(digits, tmp_path):
+def test_checkpoint_is_atomic_and_safe(digits, tmp_path, small_vae):
     vae = small_vae()
     pyro_vae.fit(vae, digits[:200], epochs=1, batch_size=100, binarize=True, checkpoint_dir=tmp_path, progress=False)
     assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
@@ -123,7 +125,7 @@ def test_checkpoint_is_atomic_and_safe(digits, tmp_path):
     assert not (tmp_path / "pwned").exists()
 
 
-def test_beta_scales_only_the_latent_sites():
+def test_beta_scales_only_the_latent_sites(small_vae):
     vae = small_vae()
     x = torch.bernoulli(torch.rand(5, 1, 8, 8))
     pyro.set_rng_seed(0)
@@ -134,7 +136,7 @@ def test_beta_scales_only_the_latent_sites():
     assert_close(loss, expected)
 
 
-def test_scaled_latents_do_not_change_estimators():
+def test_scaled_latents_do_not_change_estimators(small_vae):
     vae = small_vae()
     x = torch.bernoulli(torch.rand(5, 1, 8, 8))
     pyro.set_rng_seed(0)
@@ -148,7 +150,7 @@ def test_scaled_latents_do_not_change_estimators():
     "shape", "dtype", "nan", "grey_bernoulli", "empty", "batch_too_big", "particles", "objective", "epochs",
     "not_tensor", "no_model", "binarize_range", "resume_without_dir", "lr_schedule",
 ])
-def test_bad_input_is_refused_before_any_work(case, tmp_path, digits):
+def test_bad_input_is_refused_before_any_work(case, tmp_path, digits, small_vae):
     vae = small_vae()
     x = torch.bernoulli(digits[:100])
     kw = dict(epochs=1, batch_size=10, progress=False, checkpoint_dir=tmp_path / "run")
@@ -186,7 +188,7 @@ def test_iwae_schedule_is_the_papers():
     assert counts[1.0] == 1 and counts[round(10 ** (-7 / 7), 9)] == 3**7
 
 
-def test_callbacks_see_every_hook_and_their_metrics_are_saved_with_the_checkpoint(digits, tmp_path):
+def test_callbacks_see_every_hook_and_their_metrics_are_saved_with_the_checkpoint(digits, tmp_path, small_vae):
     from pyro_vae.train import Callback
 
     class Recorder(Callback):
@@ -220,7 +222,7 @@ def test_callbacks_see_every_hook_and_their_metrics_are_saved_with_the_checkpoin
         pyro_vae.fit(small_vae(), digits[:400], epochs=1, batch_size=100, binarize=True, callbacks=[lambda r: None])
 
 
-def test_progress_is_one_line_per_epoch_off_a_terminal(digits, capsys):
+def test_progress_is_one_line_per_epoch_off_a_terminal(digits, capsys, small_vae):
     pyro_vae.fit(small_vae(), digits[:300], epochs=3, batch_size=100, binarize=True, seed=0, val_data=digits[1000:])
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 3 and lines[0].startswith("epoch 1/3: loss ") and "valid ELBO" in lines[0], lines
@@ -228,7 +230,7 @@ def test_progress_is_one_line_per_epoch_off_a_terminal(digits, capsys):
     assert capsys.readouterr().err == ""
 
 
-def test_a_new_learning_rate_on_resume_takes_effect_and_is_recorded(digits, tmp_path):
+def test_a_new_learning_rate_on_resume_takes_effect_and_is_recorded(digits, tmp_path, small_vae):
     vae = small_vae()
     pyro_vae.fit(vae, digits[:300], epochs=1, batch_size=100, lr=1e-3, seed=0, progress=False, binarize=True,
                  checkpoint_dir=tmp_path)
@@ -249,13 +251,13 @@ def test_a_new_learning_rate_on_resume_takes_effect_and_is_recorded(digits, tmp_
     ({"lr": float("inf")}, "lr"), ({"batch_size": 2.5}, "batch_size"), ({"epochs": 1.9}, "epochs"),
     ({"kl_warmup_epochs": -1}, "kl_warmup_epochs"),
 ])
-def test_numeric_options_are_refused_not_truncated(digits, kwargs, match):
+def test_numeric_options_are_refused_not_truncated(digits, kwargs, match, small_vae):
     options = {"epochs": 1, "batch_size": 100, "binarize": True, **kwargs}
     with pytest.raises(ValueError, match=match):
         pyro_vae.fit(small_vae(), digits[:200], progress=False, **options)
 
 
-def test_fit_is_the_documented_loop_parameter_for_parameter(digits):
+def test_fit_is_the_documented_loop_parameter_for_parameter(digits, small_vae):
     """fit for 2 epochs with N not divisible by the batch size equals a hand-written loop of the documented
     semantics: a seeded permutation each epoch (a new order each epoch), zero_grad, the batch's summed loss over
     its own size (the last, partial batch too), Adam."""
@@ -329,3 +331,144 @@ def test_data_scale_draws_fresh_gaussian_batches():
     with pytest.raises(ValueError, match="binarize"):
         pyro_vae.fit(Pair(), data / 400, epochs=1, batch_size=200, device="cpu", progress=False,
                      data_scale=scale, binarize=True)
+
+
+def test_disk_full_keeps_the_previous_checkpoint(tmp_path, digits, monkeypatch, small_vae):
+    x = torch.bernoulli(digits[:200])
+    kw = dict(batch_size=100, progress=False, checkpoint_dir=tmp_path, seed=0)
+    vae = small_vae()
+    pyro_vae.fit(vae, x, epochs=1, **kw)
+    before = (tmp_path / CHECKPOINT_NAME).read_bytes()
+
+    def full_disk(obj, f, *args, **kwargs):
+        f.write(b"\x80\x02 half a checkpoint")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    with pytest.raises(OSError, match="disk is full.*previous checkpoint .* is intact.*resume=True") as info:
+        pyro_vae.fit(vae, x, epochs=2, resume=True, **kw)
+    assert info.value.errno == errno.ENOSPC
+    monkeypatch.undo()
+    assert (tmp_path / CHECKPOINT_NAME).read_bytes() == before
+    assert load_checkpoint(tmp_path / CHECKPOINT_NAME)["epoch"] == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".lock", CHECKPOINT_NAME, METRICS_NAME]  # no temporary left
+    assert len((tmp_path / METRICS_NAME).read_text().splitlines()) == 1
+    (tmp_path / f"{CHECKPOINT_NAME}.k1ll3d.tmp").write_bytes(b"what a writer killed mid-write leaves")
+    hist = pyro_vae.fit(vae, x, epochs=2, resume=True, **kw)  # space freed: the run goes on
+    assert [h["epoch"] for h in hist] == [1, 2]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".lock", CHECKPOINT_NAME, METRICS_NAME]  # stale one removed
+
+
+def test_read_only_folder_keeps_the_previous_checkpoint(tmp_path, digits, monkeypatch, small_vae):
+    x = torch.bernoulli(digits[:200])
+    kw = dict(batch_size=100, progress=False, checkpoint_dir=tmp_path, seed=0)
+    vae = small_vae()
+
+    def make_read_only(record):
+        if os.geteuid() != 0:
+            tmp_path.chmod(0o500)
+        else:  # root ignores permissions: the file system says no instead
+            def refuse(*args, **kwargs):
+                raise OSError(errno.EROFS, "Read-only file system")
+
+            monkeypatch.setattr("tempfile.mkstemp", refuse)
+
+    try:
+        with pytest.raises(OSError, match="(read-only|not writable).*previous checkpoint .* is intact"):
+            pyro_vae.fit(vae, x, epochs=3, on_epoch_end=make_read_only, **kw)
+    finally:
+        tmp_path.chmod(0o700)
+        monkeypatch.undo()
+    assert load_checkpoint(tmp_path / CHECKPOINT_NAME)["epoch"] == 1
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+CHILD = """
+import sys, torch, pyro, pyro_vae
+torch.set_num_threads(1)
+out, epochs = sys.argv[1], int(sys.argv[2])
+x = pyro_vae.datasets.load("digits", "train-without-valid")
+pyro.set_rng_seed(0)
+vae = pyro_vae.VAE((1, 8, 8), latent_dim=4, hidden_dims=(32,))
+print("start", flush=True)
+pyro_vae.fit(vae, x, epochs=epochs, batch_size=40, binarize=True, seed=3, progress=False, device="cpu",
+             checkpoint_dir=out, resume=True, on_epoch_end=lambda r: print("epoch", r["epoch"], flush=True))
+torch.save(vae.state_dict(), out + "/final.pt")
+print("done", flush=True)
+"""
+
+
+@pytest.mark.slow
+def test_sigkill_at_random_moments_then_resume_is_bit_for_bit(tmp_path, digits, small_vae):
+    epochs, rng = 10, random.Random(20261124)
+    run = tmp_path / "run"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    kills = []
+    for _ in range(3):
+        proc = subprocess.Popen([sys.executable, "-c", CHILD, str(run), str(epochs)], stdout=subprocess.PIPE,
+                                text=True, env=env, cwd=REPO)
+        first = int(load_checkpoint(run / CHECKPOINT_NAME)["epoch"]) if (run / CHECKPOINT_NAME).exists() else 0
+        target = min(first + rng.randint(2, 3), epochs - 2)  # at least 2 epochs left to kill in
+        last, stamps = first, []
+        for line in proc.stdout:
+            if line.startswith("epoch"):
+                stamps.append(time.perf_counter())
+                last = int(line.split()[1])
+                if last >= target:
+                    break
+        epoch_seconds = min((b - a for a, b in zip(stamps, stamps[1:])), default=0.02)
+        time.sleep(rng.uniform(0, epoch_seconds))  # a random moment inside the next epoch (or its checkpoint)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=60)
+        proc.stdout.close()
+        saved = load_checkpoint(run / CHECKPOINT_NAME)["epoch"]  # never half-written: it loads
+        assert saved >= last  # at most the epoch in progress is lost
+        kills.append((last, saved))
+    assert all(saved < epochs for _, saved in kills), kills  # every kill landed mid-run
+    done = subprocess.run([sys.executable, "-c", CHILD, str(run), str(epochs)], capture_output=True, text=True,
+                          env=env, cwd=REPO, timeout=300)
+    assert done.returncode == 0 and "done" in done.stdout, done.stderr
+    resumed = torch.load(run / "final.pt", weights_only=True)
+
+    pyro.set_rng_seed(0)  # the uninterrupted run, here (one thread, as in the child)
+    straight = small_vae()
+    pyro_vae.fit(straight, pyro_vae.datasets.load("digits", "train-without-valid"), epochs=epochs, batch_size=40,
+                 binarize=True, seed=3, progress=False, device="cpu")
+    for k, v in _params(straight).items():
+        assert torch.equal(v, resumed[k]), k
+    assert [json.loads(line)["epoch"] for line in (run / METRICS_NAME).read_text().splitlines()] == list(
+        range(1, epochs + 1))
+    assert not [p for p in run.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_same_seed_same_parameters_bit_for_bit(digits, small_vae):
+    x = digits[:300]
+    runs = []
+    for seed in (5, 5, 6):
+        pyro.set_rng_seed(seed)
+        vae = small_vae()
+        hist = pyro_vae.fit(vae, x, epochs=2, batch_size=50, binarize=True, seed=seed, progress=False, device="cpu")
+        runs.append((_params(vae), [h["loss"] for h in hist]))
+    (a, la), (b, lb), (c, _) = runs
+    assert la == lb
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not all(torch.equal(a[k], c[k]) for k in a)  # the test can fail: another seed, other parameters
+
+
+def _memory_module():
+    spec = importlib.util.spec_from_file_location("_memory_benchmark", REPO / "benchmarks" / "memory.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_memory_stays_flat_in_training():
+    train = _memory_module().train_memory(epochs=20, warmup=5, batch_size=100)
+    assert train["growth_after_warmup_mib"] < 4, train  # keeping one batch's graph per step would be far more
+
+
+@pytest.mark.slow
+def test_memory_stays_flat_in_a_k5000_evaluation():
+    """Without releasing freed heap memory after each batch, glibc's fragmentation adds ~10 MiB per batch here."""
+    evaluation = _memory_module().eval_memory(num_particles=5000, size=600, batch_size=100)
+    assert evaluation["max_above_first_batch_mib"] < 5, evaluation
