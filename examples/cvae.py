@@ -85,7 +85,7 @@ def main(args: argparse.Namespace) -> None:
           if n_test else "")
     print(f"  conditional VAE (IWAE_{args.num_particles}): {result.mean:9.2f} ± {result.stderr:.2f} "
           f"(Monte Carlo ± {result.mean_mc_stderr:.2f})")
-    print(f"  CVAE - baseline: {infer.compare(result, base).summary()}")
+    print(f"  {infer.compare(result, base, names=('CVAE', 'baseline')).summary()}")
     samples = cvae.sample(5, y=y_test[0])
     print(f"  five completions of the first test digit's quadrant: {tuple(samples.shape)}, mean pixel "
           f"{float(samples.mean()):.3f} (the true three quadrants: {float(x_test[0].mean()):.3f})")

@@ -53,8 +53,8 @@ def main(args: argparse.Namespace) -> None:
     print(f"  IWAE K={args.num_particles:<5d} {iwae.mean:9.3f} ± {iwae.stderr:.3f} ± {iwae.mean_mc_stderr:.3f}")
     print(f"  AIS T={steps:<6d} {ais.mean:9.3f} ± {ais.stderr:.3f} ± {ais.mean_mc_stderr:.3f} "
           f"(acceptance {float(ais.acceptance_rate.mean()):.2f})")
-    print(f"  AIS - IWAE:   {infer.compare(ais, iwae).summary()}")
-    print(f"  IWAE - ELBO:  {infer.compare(iwae, elbo).summary()}")
+    print(f"  {infer.compare(ais, iwae, names=('AIS', 'IWAE')).summary()}")
+    print(f"  {infer.compare(iwae, elbo, names=('IWAE', 'ELBO')).summary()}")
 
     sandwich = infer.bdmc(vae.model, vae.guide, x_test, num_chains=args.num_chains, num_steps=steps, seed=args.seed)
     print(sandwich.summary())
