@@ -22,8 +22,9 @@ import torch
 if TYPE_CHECKING:  # pragma: no cover - only for annotations
     from matplotlib.figure import Figure
 
-__all__ = ["RUN_FIGURES", "gap_histogram", "image_grid", "is_image_shape", "k_curve", "khat_plot", "latent_space",
-           "latent_traversal", "pca", "plot_run", "save_reconstructions", "save_samples", "training_curves"]
+__all__ = ["RUN_FIGURES", "gap_histogram", "image_grid", "image_panels", "is_image_shape", "k_curve", "khat_plot",
+           "latent_space", "latent_traversal", "pca", "plot_run", "save_reconstructions", "save_samples",
+           "training_curves"]
 
 #: pixels of padding between the images of a grid (drawn in the background colour)
 _PAD = 1
@@ -188,6 +189,46 @@ def image_grid(
     if title:
         ax.set_title(title, fontsize="medium")
     _save(fig, path)
+    return fig
+
+
+def image_panels(
+    panels: dict[str, torch.Tensor],
+    path: str | os.PathLike[str] | None = None,
+    ncols: int = 3,
+    nrow: int = 8,
+    dpi: int | None = None,
+) -> Figure:
+    """Several image grids side by side, each under its title (e.g. test images and the samples of each model).
+
+    Composite figures are shown scaled down to a page's width: at most ``ncols`` panels a row and titles in a
+    large font keep the titles readable there (about 12 px on a 740 px column for the default 3 columns).
+    Grey levels are drawn on the data's scale ``[0, 1]``, values outside clipped, as in :func:`image_grid`.
+
+    :param panels: ``{title: images}``, each ``(N, C, H, W)``, ``(N, H, W)`` or ``(N, D)`` with a square ``D``;
+        the first ``nrow * nrow`` images of each are drawn. A title may hold a line break.
+    :param path: where to save the figure (None: only return it).
+    :param ncols: panels per row.
+    :param nrow: images per row of each panel.
+    :param dpi: the resolution of the saved file.
+    :returns: the :class:`matplotlib.figure.Figure`.
+    """
+    if not panels or int(ncols) < 1 or int(nrow) < 1:
+        raise ValueError(f"image_panels needs at least one panel, ncols >= 1 and nrow >= 1, got {len(panels)} "
+                         f"panels, ncols={ncols}, nrow={nrow}")
+    ncols = min(int(ncols), len(panels))
+    rows = math.ceil(len(panels) / ncols)
+    lines = max(title.count("\n") + 1 for title in panels)
+    fig = _figure((4.0 * ncols, (4.0 + 0.3 * lines) * rows))
+    for i, (title, images) in enumerate(panels.items()):
+        x = _as_images(images, None)[: int(nrow) ** 2].clamp(0, 1)
+        grid = _mosaic(x, min(int(nrow), x.shape[0]), background=0.5)
+        ax = fig.add_subplot(rows, ncols, i + 1)
+        ax.imshow(grid[..., 0].numpy() if grid.shape[2] == 1 else grid.numpy(), cmap="gray", vmin=0.0, vmax=1.0,
+                  interpolation="nearest")
+        ax.set_title(title, fontsize="x-large")
+        ax.set_axis_off()
+    _save(fig, path, dpi)
     return fig
 
 

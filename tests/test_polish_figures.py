@@ -13,7 +13,15 @@ import pytest
 import torch
 
 from pyro_vae import VAE, HierarchicalVAE, datasets
-from pyro_vae.plots import image_grid, latent_space, latent_traversal, plot_run, save_samples, training_curves
+from pyro_vae.plots import (
+    image_grid,
+    image_panels,
+    latent_space,
+    latent_traversal,
+    plot_run,
+    save_samples,
+    training_curves,
+)
 from pyro_vae.run_files import run_test_data
 
 
@@ -105,3 +113,20 @@ def test_plot_draws_training_curves_of_a_hierarchical_run(tmp_path: Path) -> Non
     _train("--layers", "16,4;8,2", "--epochs", "2", "--out", str(run))
     written = plot_run(run, tmp_path / "figs", num_particles=5, num=20)
     assert Path(written["training.png"]).is_file() and Path(written["traversal.png"]).is_file()
+
+
+def test_composite_panels_have_readable_titles(tmp_path: Path) -> None:
+    """docs/results.md shows composite figures scaled to the page (about 740 px): their titles were about 5 px
+    high there (five panels in one row, 10-point titles). Now at most three panels a row and 14-point titles."""
+    import matplotlib.image
+
+    panels = {f"model {i}": torch.rand(64, 1, 28, 28) for i in range(5)}
+    fig = image_panels(panels, tmp_path / "p.png", dpi=80)
+    width_px = fig.get_figwidth() * 80
+    assert len(fig.axes) == 5 and width_px <= 12 * 80
+    for ax in fig.axes:
+        size_px = ax.title.get_fontsize() * 80 / 72 * min(1.0, 740 / width_px)  # as shown on the page
+        assert size_px >= 10, size_px
+    assert matplotlib.image.imread(tmp_path / "p.png").shape[1] == int(width_px)
+    with pytest.raises(ValueError, match="panel"):
+        image_panels({})
