@@ -507,8 +507,8 @@ def compare(a: Any, b: Any, confidence: float = 0.95, names: tuple[str, str] | N
     elif any(m is not None for m in mcs):
         name, r = next((n, r) for n, r, m in zip(label, (a, b), mcs) if m is None)
         plain = torch.is_tensor(r) or not hasattr(r, "values")
-        why = ("a plain tensor: pass the result itself, not its .values" if plain
-               else "its particles were too few to split into groups")
-        note = f"Monte Carlo part left out: {name} has no Monte Carlo error ({why})"
+        note = (f"Monte Carlo part left out: {name} came as a plain tensor, without one (pass a result, not its "
+                ".values, to include it)" if plain else
+                f"Monte Carlo part left out: {name} has none (its particles were too few to split into groups)")
     return Comparison(difference=diff, mean=mean, stderr=se, mc_stderr=mc, ci_low=mean - z * se,
                       ci_high=mean + z * se, confidence=float(confidence), names=label, mc_note=note)
