@@ -128,22 +128,10 @@ two-core machine, some rows measured while other jobs ran: they are indicative o
 
 
 def _grid(samples: dict[str, torch.Tensor], path: Path) -> None:
-    import matplotlib
+    from pyro_vae.plots import image_panels
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, len(samples), figsize=(3 * len(samples), 3.4))
-    for ax, (name, x) in zip(axes, samples.items()):
-        side = x.shape[-1]
-        mosaic = x[:64].clamp(0, 1).reshape(8, 8, side, side).permute(0, 2, 1, 3).reshape(8 * side, 8 * side)
-        ax.imshow(mosaic.numpy(), cmap="gray", vmin=0, vmax=1)
-        ax.set_title(name, fontsize=9)
-        ax.axis("off")
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    # at most three panels a row, titles in a large font: readable when the page shrinks the figure
+    image_panels(samples, path, ncols=3, dpi=90)
 
 
 def make_parser() -> argparse.ArgumentParser:

@@ -25,7 +25,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from common import REPO_ROOT  # noqa: E402
 from reproduce_iwae import build  # noqa: E402
 
-from pyro_vae.plots import _mosaic  # noqa: E402
+from pyro_vae.plots import image_panels  # noqa: E402
 
 FIGURES = REPO_ROOT / "docs" / "figures"
 
@@ -46,18 +46,8 @@ def iwae_samples(folders: list[Path], out: Path) -> None:
         panels.append((title, vae.sample(64)))
     if not panels:
         return
-    ncols = min(4, len(panels))
-    nrows = -(-len(panels) // ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(4 * ncols, 4.6 * nrows), squeeze=False)
-    for ax in axes.flat[len(panels):]:
-        ax.set_axis_off()
-    for ax, (title, x) in zip(axes.flat, panels):
-        ax.imshow(_mosaic(x, 8, 0.5)[..., 0].numpy(), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
-        ax.set_title(title, fontsize="medium")
-        ax.set_axis_off()
-    fig.tight_layout()
-    fig.savefig(out, dpi=80)
-    plt.close(fig)
+    # at most three panels a row, titles in a large font: readable when the page shrinks the figure
+    image_panels(dict(panels), out, ncols=3, dpi=80)
     print(f"wrote {out}")
 
 

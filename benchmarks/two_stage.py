@@ -187,23 +187,10 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _figure(samples: dict[str, torch.Tensor], real: torch.Tensor, path: Path, dataset: str) -> None:
-    import matplotlib
+    from pyro_vae.plots import image_panels
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from pyro_vae.plots import _mosaic
-
-    panels = {f"test images ({dataset})": real, **{k: v[:64] for k, v in samples.items()}}
-    fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 4.4))
-    for ax, (name, x) in zip(axes, panels.items()):
-        grid = _mosaic(x[:64].clamp(0, 1).cpu(), 8, background=0.5)
-        ax.imshow(grid[..., 0].numpy(), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
-        ax.set_title(name, fontsize="medium")
-        ax.set_axis_off()
-    fig.tight_layout()
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
+    # at most three panels a row, titles in a large font: readable when the page shrinks the figure
+    image_panels({f"test images ({dataset})": real, **samples}, path, ncols=3, dpi=80)
 
 
 def parser() -> argparse.ArgumentParser:

@@ -41,7 +41,8 @@ autodoc_mock_imports: list[str] = []
 nitpicky = False
 
 html_theme = "furo"  # maintained, readable code blocks that scroll instead of overflowing
-html_static_path: list[str] = []
+html_static_path = ["_static"]
+html_css_files = ["custom.css"]  # long code lines wrap instead of being cut off
 html_title = f"pyro-vae {release}"
 
 doctest_global_setup = """

@@ -83,8 +83,8 @@ def main(args: argparse.Namespace) -> None:
     pyro.set_rng_seed(args.seed)
     num_train = 1000 if args.smoke_test else None
     epochs = 2 if args.smoke_test else args.epochs
-    x_train = datasets.load("ring", "train", num_samples=num_train, seed=args.seed)
-    x_test = datasets.load("ring", "test", seed=args.seed)
+    x_train = datasets.load("ring", "train", root=args.data_root, num_samples=num_train, seed=args.seed)
+    x_test = datasets.load("ring", "test", root=args.data_root, seed=args.seed)
 
     pair = RingVAE(hidden_dim=args.hidden_dim)
     before = report(pair, x_test, "before training", args.eval_particles)
@@ -102,6 +102,8 @@ if __name__ == "__main__":
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--hidden-dim", type=int, default=64)
     parser.add_argument("--eval-particles", type=int, default=100, help="K of the IWAE bound")
+    parser.add_argument("--data-root", default=None,
+                        help="data folder, as every example takes it (the ring toy set is drawn, it needs none)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--smoke-test", action="store_true", help="1000 points, 2 epochs")
     main(parser.parse_args())

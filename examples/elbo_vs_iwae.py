@@ -10,8 +10,12 @@ with ``K`` importance samples per datapoint and draws two figures:
 Run::
 
     python examples/elbo_vs_iwae.py                          # digits, trains in seconds, K = 5000
-    python examples/elbo_vs_iwae.py --run runs/mnist --num 1000
+    python examples/elbo_vs_iwae.py --run runs/mnist --num 1000 --data-root ../shared/data
     python examples/elbo_vs_iwae.py --smoke-test
+
+The figures and ``elbo_vs_iwae.json`` go to ``--out`` (default ``runs/elbo_vs_iwae``; ``runs/elbo_vs_iwae-smoke``
+with ``--smoke-test``). A run folder's test data are read from ``--data-root`` (default: the run's data folder,
+else the ``PYRO_VAE_DATA`` environment variable).
 
 Reference: Y. Burda, R. Grosse, R. Salakhutdinov, "Importance Weighted Autoencoders", ICLR 2016.
 """
@@ -36,7 +40,8 @@ def main(args: argparse.Namespace) -> dict:
         from pyro_vae.runs import load_run
 
         vae, config = load_run(args.run)
-        test = datasets.load(config["dataset"], "test", root=config.get("data_root"))
+        root = args.data_root if args.data_root is not None else config.get("data_root")
+        test = datasets.load(config["dataset"], config.get("splits", {}).get("test", "test"), root=root)
         binarize = bool(config.get("training", {}).get("binarize"))
     else:
         train = datasets.load("digits", "train")
@@ -68,14 +73,19 @@ if __name__ == "__main__":
     parser.add_argument("--epochs", type=int, default=100, help="training epochs on digits (default: 100)")
     parser.add_argument("--num-particles", type=int, default=5000, help="K (default: 5000)")
     parser.add_argument("--num", type=int, default=None, help="evaluate only the first NUM test datapoints")
-    parser.add_argument("--out", default="elbo_vs_iwae", help="folder for the figures (default: elbo_vs_iwae)")
+    parser.add_argument("--out", default=None,
+                        help="folder for the figures (default: runs/elbo_vs_iwae, runs/elbo_vs_iwae-smoke with "
+                             "--smoke-test)")
+    parser.add_argument("--data-root", default=None,
+                        help="data folder of --run's data set (default: the run's, else $PYRO_VAE_DATA)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--smoke-test", action="store_true", help="a few epochs, 50 datapoints, K = 50")
     args = parser.parse_args()
     if args.smoke_test:
         args.epochs, args.num, args.num_particles = 2, 50, 50
-        if args.out == "elbo_vs_iwae":
-            import tempfile
-
-            args.out = tempfile.mkdtemp(prefix="elbo_vs_iwae-")
-    main(args)
+    if args.out is None:  # under runs/ (ignored by git), never the current folder itself
+        args.out = "runs/elbo_vs_iwae-smoke" if args.smoke_test else "runs/elbo_vs_iwae"
+    try:
+        main(args)
+    except datasets.DataNotFoundError as e:  # one line saying where to point, not a traceback
+        parser.exit(2, f"{parser.prog}: error: {e} (from the command line: --data-root FOLDER)\n")

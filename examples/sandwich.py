@@ -36,8 +36,9 @@ def main(args: argparse.Namespace) -> None:
     epochs = 3 if args.smoke_test else args.epochs
     steps = 20 if args.smoke_test else args.num_steps
     n_test = 8 if args.smoke_test else args.num_test
-    x_train = datasets.load("digits", "train")
-    x_test = datasets.binarize(datasets.load("digits", "test")[:n_test], torch.Generator().manual_seed(args.seed))
+    x_train = datasets.load("digits", "train", root=args.data_root)
+    x_test = datasets.binarize(datasets.load("digits", "test", root=args.data_root)[:n_test],
+                               torch.Generator().manual_seed(args.seed))
     vae = pyro_vae.VAE((1, 8, 8), latent_dim=4, hidden_dims=(64,))
     pyro_vae.fit(vae, x_train, epochs=epochs, batch_size=100, lr=3e-3, binarize=True, seed=args.seed, progress=False)
     vae.eval()
@@ -52,8 +53,8 @@ def main(args: argparse.Namespace) -> None:
     print(f"  IWAE K={args.num_particles:<5d} {iwae.mean:9.3f} ± {iwae.stderr:.3f} ± {iwae.mean_mc_stderr:.3f}")
     print(f"  AIS T={steps:<6d} {ais.mean:9.3f} ± {ais.stderr:.3f} ± {ais.mean_mc_stderr:.3f} "
           f"(acceptance {float(ais.acceptance_rate.mean()):.2f})")
-    print(f"  AIS - IWAE:   {infer.compare(ais, iwae).summary()}")
-    print(f"  IWAE - ELBO:  {infer.compare(iwae, elbo).summary()}")
+    print(f"  {infer.compare(ais, iwae, names=('AIS', 'IWAE')).summary()}")
+    print(f"  {infer.compare(iwae, elbo, names=('IWAE', 'ELBO')).summary()}")
 
     sandwich = infer.bdmc(vae.model, vae.guide, x_test, num_chains=args.num_chains, num_steps=steps, seed=args.seed)
     print(sandwich.summary())
@@ -68,6 +69,8 @@ if __name__ == "__main__":
     parser.add_argument("--num-particles", type=int, default=1000, help="K of the IWAE bound")
     parser.add_argument("--num-chains", type=int, default=16, help="AIS chains per image")
     parser.add_argument("--num-steps", type=int, default=500, help="AIS intermediate distributions")
+    parser.add_argument("--data-root", default=None,
+                        help="data folder, as every example takes it (the bundled digits need none)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--smoke-test", action="store_true", help="3 epochs, 8 images, 20 AIS steps")
     main(parser.parse_args())

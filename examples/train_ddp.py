@@ -105,4 +105,8 @@ if __name__ == "__main__":
     parser.add_argument("--data-root", default=None, help="data folder (default: $PYRO_VAE_DATA)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--smoke-test", action="store_true", help="digits, 2 epochs, 100 test images, K = 50")
-    main(parser.parse_args())
+    args = parser.parse_args()
+    try:
+        main(args)
+    except datasets.DataNotFoundError as e:  # one line saying where to point, not a traceback
+        parser.exit(2, f"{parser.prog}: error: {e} (from the command line: --data-root FOLDER)\n")

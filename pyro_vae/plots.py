@@ -22,8 +22,9 @@ import torch
 if TYPE_CHECKING:  # pragma: no cover - only for annotations
     from matplotlib.figure import Figure
 
-__all__ = ["RUN_FIGURES", "gap_histogram", "image_grid", "is_image_shape", "k_curve", "khat_plot", "latent_space",
-           "latent_traversal", "pca", "plot_run", "save_reconstructions", "save_samples", "training_curves"]
+__all__ = ["RUN_FIGURES", "gap_histogram", "image_grid", "image_panels", "is_image_shape", "k_curve", "khat_plot",
+           "latent_space", "latent_traversal", "pca", "plot_run", "save_reconstructions", "save_samples",
+           "training_curves"]
 
 #: pixels of padding between the images of a grid (drawn in the background colour)
 _PAD = 1
@@ -117,11 +118,14 @@ def image_grid(
     col_labels: Sequence[str] | None = None,
     row_axis: str | None = None,
     col_axis: str | None = None,
+    value_range: tuple[float, float] | None = (0.0, 1.0),
 ) -> Figure:
     """Draw a batch of images as one grid, ``nrow`` images per row.
 
-    Grey values in ``[0, 1]`` are drawn black on white as they are (``0`` black); other ranges are scaled to
-    the batch's minimum and maximum.
+    Grey values are drawn on the data's scale, ``value_range[0]`` black and ``value_range[1]`` white; values
+    outside it (a Gaussian decoder's means may leave ``[0, 1]``) are clipped to it, so the background of a digit
+    stays black instead of turning grey as under a rescaling. ``value_range=None`` rescales the batch's minimum
+    and maximum to black and white instead, and the title says from what range.
 
     :param images: ``(N, C, H, W)`` with ``C`` in {1, 3}, ``(N, H, W)``, or ``(N, D)`` (with ``image_shape``,
         or a square ``D``).
@@ -133,6 +137,8 @@ def image_grid(
     :param col_labels: a label under each column (``""`` for none).
     :param row_axis: what the row labels are (a y-axis title).
     :param col_axis: what the column labels are (an x-axis title).
+    :param value_range: ``(black, white)``: the data's range (default ``(0, 1)``, the range of every data set of
+        :mod:`pyro_vae.datasets` that is drawn as images); None: the batch's own minimum and maximum.
     :returns: the :class:`matplotlib.figure.Figure`.
     """
     if int(nrow) < 1:
@@ -143,14 +149,25 @@ def image_grid(
     for labels, count, what in ((row_labels, rows, "row_labels"), (col_labels, nrow, "col_labels")):
         if labels is not None and len(labels) != count:
             raise ValueError(f"{what} needs one label per {what[:3]} ({count}), got {len(labels)}")
-    lo, hi = x.min().item(), x.max().item()
-    if lo < 0 or hi > 1:
-        x = (x - lo) / (hi - lo) if hi > lo else torch.zeros_like(x)
+    if value_range is None:
+        lo, hi = x.min().item(), x.max().item()
+        title = f"{title} " if title else ""
+        title += f"(grey levels rescaled from [{lo:.3g}, {hi:.3g}])"
+    else:
+        lo, hi = (float(v) for v in value_range)
+        if not hi > lo:
+            raise ValueError(f"value_range must be (black, white) with black < white, got {value_range}")
+    x = (x - lo) / (hi - lo) if hi > lo else torch.zeros_like(x)
     grid = _mosaic(x.clamp(0, 1), nrow, background=0.5)
     cell = min(0.35 + 0.015 * max(x.shape[2], x.shape[3]), 1.5)  # inches per image: 8x8 ~0.5, 28x28 ~0.8
     labelled = row_labels is not None or col_labels is not None
-    fig = _figure((max(nrow * cell, 3.0) + (0.6 if labelled else 0.0),
-                   max(rows * cell, 1.0) + (0.35 if title else 0.0) + (0.45 if labelled else 0.0)))
+    width = max(nrow * cell, 3.0) + (0.6 if labelled else 0.0)
+    if title:  # wrapped to the figure's width (about 12 characters an inch at the title's size)
+        import textwrap
+
+        title = "\n".join(textwrap.fill(line, max(20, int(width * 12))) for line in title.splitlines())
+    fig = _figure((width, max(rows * cell, 1.0) + (0.35 + 0.2 * title.count("\n") if title else 0.0)
+                   + (0.45 if labelled else 0.0)))
     ax = fig.add_subplot()
     if grid.shape[2] == 1:
         ax.imshow(grid[..., 0].numpy(), cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
@@ -172,6 +189,46 @@ def image_grid(
     if title:
         ax.set_title(title, fontsize="medium")
     _save(fig, path)
+    return fig
+
+
+def image_panels(
+    panels: dict[str, torch.Tensor],
+    path: str | os.PathLike[str] | None = None,
+    ncols: int = 3,
+    nrow: int = 8,
+    dpi: int | None = None,
+) -> Figure:
+    """Several image grids side by side, each under its title (e.g. test images and the samples of each model).
+
+    Composite figures are shown scaled down to a page's width: at most ``ncols`` panels a row and titles in a
+    large font keep the titles readable there (about 12 px on a 740 px column for the default 3 columns).
+    Grey levels are drawn on the data's scale ``[0, 1]``, values outside clipped, as in :func:`image_grid`.
+
+    :param panels: ``{title: images}``, each ``(N, C, H, W)``, ``(N, H, W)`` or ``(N, D)`` with a square ``D``;
+        the first ``nrow * nrow`` images of each are drawn. A title may hold a line break.
+    :param path: where to save the figure (None: only return it).
+    :param ncols: panels per row.
+    :param nrow: images per row of each panel.
+    :param dpi: the resolution of the saved file.
+    :returns: the :class:`matplotlib.figure.Figure`.
+    """
+    if not panels or int(ncols) < 1 or int(nrow) < 1:
+        raise ValueError(f"image_panels needs at least one panel, ncols >= 1 and nrow >= 1, got {len(panels)} "
+                         f"panels, ncols={ncols}, nrow={nrow}")
+    ncols = min(int(ncols), len(panels))
+    rows = math.ceil(len(panels) / ncols)
+    lines = max(title.count("\n") + 1 for title in panels)
+    fig = _figure((4.0 * ncols, (4.0 + 0.3 * lines) * rows))
+    for i, (title, images) in enumerate(panels.items()):
+        x = _as_images(images, None)[: int(nrow) ** 2].clamp(0, 1)
+        grid = _mosaic(x, min(int(nrow), x.shape[0]), background=0.5)
+        ax = fig.add_subplot(rows, ncols, i + 1)
+        ax.imshow(grid[..., 0].numpy() if grid.shape[2] == 1 else grid.numpy(), cmap="gray", vmin=0.0, vmax=1.0,
+                  interpolation="nearest")
+        ax.set_title(title, fontsize="x-large")
+        ax.set_axis_off()
+    _save(fig, path, dpi)
     return fig
 
 
@@ -211,13 +268,13 @@ def save_samples(
     num_samples: int = 64,
     nrow: int = 8,
     data: torch.Tensor | None = None,
-    title: str | None = "samples from the model",
+    title: str | None = None,
 ) -> Figure:
     """Draw ``z`` from the prior, decode it and plot the result.
 
-    Image data: a grid of the means of ``p(x | z)`` (the usual picture of VAE samples). Other data (e.g. the
-    2-D ``ring`` set): a scatter plot of the first two coordinates of draws ``x ~ p(x | z)``, over the points
-    of ``data`` when given.
+    Image data: a grid of the means of ``p(x | z)`` (the usual picture of VAE samples; the default title says
+    that these are decoder means, not draws of ``x``). Other data (e.g. the 2-D ``ring`` set): a scatter plot of
+    the first two coordinates of draws ``x ~ p(x | z)``, over the points of ``data`` when given.
 
     :param vae: anything with ``.sample(num_samples, mean=...)`` returning ``(num_samples, *input_shape)``,
         e.g. a :class:`pyro_vae.VAE`.
@@ -225,7 +282,7 @@ def save_samples(
     :param num_samples: how many samples to draw.
     :param nrow: images per row of the grid.
     :param data: optional data ``(N, D)`` drawn behind the samples of a scatter plot.
-    :param title: the figure's title.
+    :param title: the figure's title (default: what is shown, decoder means or draws of ``x``).
     :returns: the :class:`matplotlib.figure.Figure`.
     """
     was_training = getattr(vae, "training", False)
@@ -236,7 +293,8 @@ def save_samples(
             probe = vae.sample(1)
             if is_image_shape(probe.shape[1:]):
                 samples = vae.sample(int(num_samples))
-                return image_grid(samples, nrow=nrow, path=path, title=title)
+                return image_grid(samples, nrow=nrow, path=path, title=title if title is not None else
+                                  "samples from the model:\ndecoder means E[x|z], z ~ p(z)")
             samples = vae.sample(int(num_samples), mean=False)
     finally:
         if was_training and hasattr(vae, "train"):
@@ -245,7 +303,7 @@ def save_samples(
     if data is not None:
         layers.append((data, {"s": 4, "alpha": 0.3, "color": "tab:gray", "label": "data"}))
     layers.append((samples, {"s": 4, "alpha": 0.6, "color": "tab:blue", "label": "samples"}))
-    return _scatter(layers, path, title)
+    return _scatter(layers, path, title if title is not None else "samples from the model: x ~ p(x|z), z ~ p(z)")
 
 
 def save_reconstructions(
@@ -306,18 +364,21 @@ def save_reconstructions(
     return fig
 
 
-def training_curves(history: Sequence[dict[str, Any]], path: str | os.PathLike[str] | None = None) -> Figure:
+def training_curves(history: Sequence[dict[str, Any]], path: str | os.PathLike[str] | None = None,
+                    title: str | None = None) -> Figure:
     """Plot the metrics that :func:`pyro_vae.fit` records per epoch, training and validation side by side.
 
     Panels, each only when its metrics are present: the ELBO (training: ``train_elbo`` when recorded, else
     minus the training loss, i.e. the bound averaged over the epoch's batches; validation: ``val_elbo``); the
     rate ``E_q[log q(z | x) - log p(z)]`` (``train_rate``, ``val_rate``); the distortion ``-E_q[log p(x | z)]``
-    (``train_distortion``, ``val_distortion``). All in nats per datapoint.
+    (``train_distortion``, ``val_distortion``), all in nats per datapoint; and the decoder variance ``gamma``
+    of a two-stage run's stage 1 (on a log scale: Dai & Wipf's ``gamma -> 0``).
 
     :param history: one dict per epoch with ``epoch`` and some of ``loss``, ``train_elbo``, ``train_rate``,
         ``train_distortion``, ``val_elbo``, ``val_rate``, ``val_distortion`` (the list :func:`pyro_vae.fit`
         returns, or the lines of ``metrics.jsonl``).
     :param path: where to save the PNG (None: only return the figure).
+    :param title: a title above the panels.
     :returns: the :class:`matplotlib.figure.Figure`, one axes per panel.
     """
     from matplotlib.ticker import MaxNLocator
@@ -344,6 +405,9 @@ def training_curves(history: Sequence[dict[str, Any]], path: str | os.PathLike[s
                                            ("validation", val)) if s is not None]
         if lines:
             panels.append((ylabel, lines))
+    gamma = series("gamma")
+    if gamma is not None:
+        panels.append(("decoder variance gamma", [("stage 1", gamma)]))
     if not panels:
         raise ValueError("the history holds none of loss, train_elbo, val_elbo, val_rate, val_distortion")
     fig = _figure((3.6 * len(panels), 3.2))
@@ -355,8 +419,12 @@ def training_curves(history: Sequence[dict[str, Any]], path: str | os.PathLike[s
         ax.set_xlabel("epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
         ax.set_ylabel(ylabel)
+        if ylabel.startswith("decoder variance"):
+            ax.set_yscale("log")
         ax.grid(alpha=0.3)
         ax.legend(fontsize="small")
+    if title:
+        fig.suptitle(title)
     _save(fig, path)
     return fig
 
@@ -371,6 +439,18 @@ def _code_means(vae: Any, x: torch.Tensor) -> torch.Tensor:
 def _code_dim(vae: Any) -> int:
     """The dimension of what ``vae.decode`` takes (``latent_dims[0]`` for a hierarchy)."""
     return int(getattr(vae, "latent_dims", [vae.latent_dim])[0])
+
+
+def _code_name(vae: Any) -> str | None:
+    """The latent layer that ``vae.decode`` takes, for a hierarchy (``"h1"``, the layer next to ``x``); None for
+    a model with one latent ``z``."""
+    names = getattr(vae, "site_names", None)
+    return str(names[0]) if isinstance(names, (list, tuple)) and len(names) > 1 else None
+
+
+def _dim_label(layer: str | None, j: int) -> str:
+    """Dimension ``j`` (from 0) of the code, counted from 1 in the label: ``z3`` of a VAE, ``h1[3]`` of layer h1."""
+    return f"z{j + 1}" if layer is None else f"{layer}[{j + 1}]"
 
 
 @torch.no_grad()
@@ -424,12 +504,13 @@ def latent_space(
     :returns: the :class:`matplotlib.figure.Figure`.
     """
     z = _encode_means(vae, x)
-    d = z.shape[1]
+    d, layer = z.shape[1], _code_name(vae)
+    first, second = ("$z_1$", "$z_2$") if layer is None else (_dim_label(layer, 0), _dim_label(layer, 1))
     if d == 1:
         xy = torch.stack([z[:, 0], torch.zeros(len(z)) if labels is None else torch.as_tensor(labels).double()], 1)
-        xlabel, ylabel = "$z_1$", "label" if labels is not None else ""
+        xlabel, ylabel = first, "label" if labels is not None else ""
     elif d == 2:
-        xy, xlabel, ylabel = z, "$z_1$", "$z_2$"
+        xy, xlabel, ylabel = z, first, second
     else:
         xy, ratio = pca(z, 2)
         xlabel = f"principal component 1 ({100 * ratio[0]:.0f}% of the variance)"
@@ -454,8 +535,9 @@ def latent_space(
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)
+    where = "" if layer is None else f" in layer {layer} (next to x)"
     ax.set_title(title if title is not None else
-                 f"posterior means of {len(xy)} datapoints" + ("" if d <= 2 else f" (PCA of {d} dimensions)"),
+                 f"posterior means{where} of {len(xy)} datapoints" + ("" if d <= 2 else f" (PCA of {d} dimensions)"),
                  fontsize="medium")
     _save(fig, path)
     return fig
@@ -479,7 +561,9 @@ def latent_traversal(
       at the mean of ``z_loc(x)`` (at 0 without ``x``); with ``x`` the rows are the ``max_dims`` dimensions
       whose ``z_loc`` varies most over the data (the active ones), otherwise the first ``max_dims``.
 
-    Each row is labelled with its dimension (``z1``, ``z2``, ... counted from 1) and the columns with the values.
+    Each row is labelled with its dimension (``z1``, ``z2``, ... counted from 1; ``h1[1]``, ``h1[2]``, ... for the
+    bottom layer ``h1`` of a :class:`~pyro_vae.HierarchicalVAE`, the layer ``decode`` takes) and the columns
+    with the values.
 
     :param vae: anything with ``.latent_dim`` and ``.decode(z)`` returning images (a :class:`pyro_vae.VAE`).
     :param path: where to save the PNG (None: only return the figure).
@@ -492,7 +576,8 @@ def latent_traversal(
     """
     if int(n) < 2:
         raise ValueError(f"n must be >= 2, got {n}")
-    n, d = int(n), _code_dim(vae)
+    n, d, layer = int(n), _code_dim(vae), _code_name(vae)
+    of_layer = "" if layer is None else f" of layer {layer}"
     device = _module_device(vae)
     if d == 2:
         u = torch.linspace(0.5 / n, 1 - 0.5 / n, n, dtype=torch.float64)
@@ -500,9 +585,10 @@ def latent_traversal(
         # rows from top to bottom: z_2 decreasing; columns: z_1 increasing
         z = torch.stack(torch.meshgrid(g, g.flip(0), indexing="xy"), -1).reshape(-1, 2)
         rows = n
-        default_title = "decoded 2-D latent grid (normal quantiles)"
+        default_title = f"decoded 2-D latent grid{of_layer} (normal quantiles)"
         ticks = [f"{round(v, 6):.2g}" if i in (0, n // 2, n - 1) else "" for i, v in enumerate(g.tolist())]
-        labels = {"row_labels": ticks[::-1], "col_labels": ticks, "row_axis": "z2", "col_axis": "z1"}
+        labels = {"row_labels": ticks[::-1], "col_labels": ticks, "row_axis": _dim_label(layer, 1),
+                  "col_axis": _dim_label(layer, 0)}
     else:
         base = torch.zeros(d, dtype=torch.float64)
         dims = list(range(min(d, int(max_dims))))
@@ -516,11 +602,12 @@ def latent_traversal(
             z[r, :, j] = values
         z = z.reshape(-1, d)
         rows = len(dims)
-        default_title = f"latent traversals from {-span:g} to {span:g}, the others fixed"
+        default_title = f"latent traversals{of_layer} from {-span:g} to {span:g}, the others fixed"
         ends = (0, n // 2, n - 1)
-        labels = {"row_labels": [f"z{j + 1}" for j in dims],
+        labels = {"row_labels": [_dim_label(layer, j) for j in dims],
                   "col_labels": [f"{round(v, 6):g}" if i in ends else "" for i, v in enumerate(values.tolist())],
-                  "row_axis": "latent dimension", "col_axis": "value of the dimension"}
+                  "row_axis": "latent dimension" if layer is None else f"dimension of layer {layer}",
+                  "col_axis": "value of the dimension"}
     was_training = getattr(vae, "training", False)
     if hasattr(vae, "eval"):
         vae.eval()
@@ -652,16 +739,18 @@ def plot_run(
     (``png``, ``pdf`` or ``svg``) at ``dpi`` dots per inch.
 
     Writes into ``out`` (default: the run folder): ``training.png`` (:func:`training_curves` of
-    ``metrics.jsonl``), ``reconstructions.png``, ``samples.png``, ``latent_space.png`` (coloured by label when
+    ``metrics.jsonl``; for a two-stage run stage 1's, with its decoder variance gamma per epoch, and stage 2's
+    in ``training_stage2.png``), ``reconstructions.png``, ``samples.png``, ``latent_space.png`` (coloured by label when
     the data set has labels), ``traversal.png`` (image data), and from an importance-sampling estimate with
     ``num_particles`` particles on the first ``num`` test datapoints ``k_curve.png``, ``gaps.png`` and
-    ``khat.png``.
+    ``khat.png``. The test data are :func:`pyro_vae.runs.test_data` of the run (binarized with
+    ``seed``, as ``pyro-vae evaluate`` binarizes them).
 
     :returns: ``{figure name: path}`` of the files written.
     """
     from pathlib import Path
 
-    from .runs import load_run, test_data
+    from .runs import load_run, read_metrics, test_data
 
     run_dir = Path(run_dir)
     out_dir = Path(out) if out is not None else run_dir
@@ -676,6 +765,11 @@ def plot_run(
     vae, config = load_run(run_dir, device=device)  # a missing or damaged run is refused before any folder is made
     out_dir.mkdir(parents=True, exist_ok=True)
     x, labels = test_data(config, num=int(num), data_root=data_root, seed=int(seed), labels=True)
+    if config.get("class") == "TwoStageVAE":  # fit's metrics of each stage, stage 1's with gamma per epoch
+        histories = {"training.png": (read_metrics(run_dir / "stage1"), "stage 1: the VAE on the data"),
+                     "training_stage2.png": (read_metrics(run_dir / "stage2"), "stage 2: the VAE on stage 1's codes")}
+    else:
+        histories = {"training.png": (read_metrics(run_dir), None)}
     written: dict[str, str] = {}
     token = _SAVE_OPTIONS.set({"dpi": int(dpi), "caption": f"run {run_dir.resolve().name} · {config['dataset']}"})
 
@@ -685,23 +779,19 @@ def plot_run(
         return path
 
     try:
-        _draw_run(vae, x, labels, run_dir, done, num_particles, seed, progress)
+        for name, (history, title) in histories.items():
+            if history:
+                training_curves(history, done(name), title=title)
+        _draw_run(vae, x, labels, done, num_particles, seed, progress)
     finally:
         _SAVE_OPTIONS.reset(token)
     return written
 
 
-def _draw_run(vae: Any, x: torch.Tensor, labels: Any, run_dir: Any, done: Any, num_particles: int, seed: int,
+def _draw_run(vae: Any, x: torch.Tensor, labels: Any, done: Any, num_particles: int, seed: int,
               progress: bool) -> None:
-    import json
-
     from .infer import log_likelihood
 
-    metrics = run_dir / "metrics.jsonl"
-    if metrics.is_file():
-        history = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
-        if history:
-            training_curves(history, done("training.png"))
     torch.manual_seed(int(seed))
     save_reconstructions(vae, x, done("reconstructions.png"), n=min(32, x.shape[0]))
     reference = x if not is_image_shape(x.shape[1:]) else None

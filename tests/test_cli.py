@@ -216,7 +216,7 @@ def test_evaluate_writes_estimates_diagnostics_and_figures(trained: tuple[Path, 
     assert code == 0, err
     report = json.loads((run / "evaluation.json").read_text())
     assert report["num_particles"] == 60 and report["num_datapoints"] == 40
-    assert set(report["curve"]) == {"1", "5", "50"}
+    assert set(report["curve"]) == {"1", "5", "50", "60"}  # ends at the headline K
     # IWAE_60 >= ELBO on average (tolerance from the paired standard error), and the curve rises with K
     assert report["gap"] > -3 * report["gap_stderr"]
     assert report["curve"]["50"]["mean"] > report["curve"]["1"]["mean"]

@@ -256,7 +256,8 @@ def log_likelihood(
     :param num_particles: ``K``.
     :param batch_size: datapoints per pass; memory is ``O(batch_size * chunk_size)``.
     :param chunk_size: particles per vectorized pass; defaults to about ``65536 // batch_size``.
-    :param k_values: the ``k`` at which the bound is reported (those ``<= K``).
+    :param k_values: the ``k`` at which the bound is reported (those ``<= K``; the curve always ends at ``K`` itself,
+        the headline estimate).
     :param diagnostics: compute the Pareto k-hat (ArviZ); the ESS is always computed.
     :param transform: applied to each batch before scoring (e.g. a fixed binarization).
     :param device: moves each batch there (the model must already be there).
@@ -305,6 +306,7 @@ def log_likelihood(
     if bad:
         raise ValueError(f"k_values must be integers >= 1, got {list(k_values)}")
     num_particles, batch_size = int(num_particles), int(batch_size)
+    k_values = sorted({int(k) for k in k_values if k <= num_particles} | {num_particles})  # the headline K too
     chunk_size = int(chunk_size) if chunk_size is not None else max(1, 65536 // batch_size)
     if distributed is None:
         distributed = dist.launched()
@@ -442,14 +444,30 @@ class Comparison:
     ci_low: float
     ci_high: float
     confidence: float
+    #: the names of ``a`` and ``b``: the difference is ``names[0] - names[1]``
+    names: tuple[str, str] = ("a", "b")
+    #: why :attr:`mc_stderr` is NaN although one of the two results reports a Monte Carlo error ("" otherwise)
+    mc_note: str = ""
 
     def summary(self) -> str:
-        return (f"difference {self.mean:.3f} ± {self.stderr:.3f} nats per datapoint over {self.difference.numel()} "
-                f"datapoints; {100 * self.confidence:.0f}% interval [{self.ci_low:.3f}, {self.ci_high:.3f}]"
-                + (f"; Monte Carlo part {self.mc_stderr:.3f}" if math.isfinite(self.mc_stderr) else ""))
+        """One line: ``A - B: mean ± stderr``, the interval, and the Monte Carlo part (or why it is missing)."""
+        mc = (f"; Monte Carlo part {self.mc_stderr:.3f}" if math.isfinite(self.mc_stderr)
+              else f"; {self.mc_note}" if self.mc_note else "")
+        return (f"{self.names[0]} - {self.names[1]}: {self.mean:.3f} ± {self.stderr:.3f} nats per datapoint over "
+                f"{self.difference.numel()} datapoints; {100 * self.confidence:.0f}% interval "
+                f"[{self.ci_low:.3f}, {self.ci_high:.3f}]{mc}")
 
 
-def compare(a: Any, b: Any, confidence: float = 0.95) -> Comparison:
+def _estimate_name(result: Any, default: str) -> str:
+    """What an estimate is called in a comparison: ``AIS``, ``IWAE_K``, or ``default`` for a plain tensor."""
+    if type(result).__name__ == "AISResult":
+        return "AIS" if getattr(result, "direction", 1) > 0 else "reverse AIS"
+    if isinstance(result, LogLikelihoodResult):
+        return f"IWAE_{result.num_particles}"
+    return default
+
+
+def compare(a: Any, b: Any, confidence: float = 0.95, names: tuple[str, str] | None = None) -> Comparison:
     """The paired difference of two models' (or two estimators') ``log p(x)`` estimates on the same datapoints.
 
     Pairing removes the spread between datapoints that both share: the standard error of a paired difference
@@ -459,7 +477,19 @@ def compare(a: Any, b: Any, confidence: float = 0.95) -> Comparison:
         or an ``(N,)`` tensor.
     :param b: the same for the other estimate, over the same datapoints in the same order.
     :param confidence: of the normal interval.
-    :returns: :class:`Comparison`: ``mean``, ``stderr``, ``ci_low``, ``ci_high``, per-datapoint ``difference``.
+    :param names: what to call ``a`` and ``b`` in the summary (default: ``AIS`` for an AIS result, ``IWAE_K`` for
+        a :class:`LogLikelihoodResult`, ``a`` / ``b`` for a tensor); the difference is ``a - b``.
+    :returns: :class:`Comparison`: ``mean``, ``stderr``, ``ci_low``, ``ci_high``, per-datapoint ``difference``,
+        ``names``. Its Monte Carlo part needs both Monte Carlo errors: when one argument is a plain tensor (e.g.
+        ``result.values``) it is left out, and the summary says so.
+
+    Example::
+
+        >>> import torch
+        >>> from pyro_vae.infer import compare
+        >>> print(compare(torch.tensor([1.0, 2.0, 3.5]), torch.tensor([0.5, 1.0, 3.0]), names=("AIS", "IWAE"))
+        ...       .summary())
+        AIS - IWAE: 0.667 ± 0.167 nats per datapoint over 3 datapoints; 95% interval [0.340, 0.993]
     """
     va, vb = (r if torch.is_tensor(r) else r.values if hasattr(r, "values") else torch.as_tensor(r) for r in (a, b))
     if va.shape != vb.shape or va.dim() != 1:
@@ -471,8 +501,15 @@ def compare(a: Any, b: Any, confidence: float = 0.95) -> Comparison:
     mean, se = float(diff.mean()), _stderr(diff)
     z = float(torch.distributions.Normal(0.0, 1.0).icdf(torch.tensor(0.5 + float(confidence) / 2)))
     mcs = [None if torch.is_tensor(r) else getattr(r, "mc_stderr", None) for r in (a, b)]
-    mc = float("nan")
+    mc, note = float("nan"), ""
+    label = tuple(names) if names is not None else (_estimate_name(a, "a"), _estimate_name(b, "b"))
     if all(m is not None for m in mcs):
         mc = float((mcs[0].double().cpu().pow(2) + mcs[1].double().cpu().pow(2)).sum().sqrt() / diff.numel())
+    elif any(m is not None for m in mcs):
+        name, r = next((n, r) for n, r, m in zip(label, (a, b), mcs) if m is None)
+        plain = torch.is_tensor(r) or not hasattr(r, "values")
+        note = (f"Monte Carlo part left out: {name} came as a plain tensor, without one (pass a result, not its "
+                ".values, to include it)" if plain else
+                f"Monte Carlo part left out: {name} has none (its particles were too few to split into groups)")
     return Comparison(difference=diff, mean=mean, stderr=se, mc_stderr=mc, ci_low=mean - z * se,
-                      ci_high=mean + z * se, confidence=float(confidence))
+                      ci_high=mean + z * se, confidence=float(confidence), names=label, mc_note=note)

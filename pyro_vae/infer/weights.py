@@ -6,7 +6,7 @@ importance weight of datapoint ``x_n`` is
 .. math::
 
     \\log w_{k,n} = \\log p(x_n, z_{k,n}) - \\log q(z_{k,n} \\mid x_n)
-                 = \\underbrace{\\log p(x_n \\mid z_{k,n})}_{\\text{site "x"}}
+                 = \\underbrace{\\log p(x_n \\mid z_{k,n})}_{\\text{observed sites}}
                  + \\underbrace{\\log p(z_{k,n}) - \\log q(z_{k,n} \\mid x_n)}_{\\text{latent sites}}.
 
 :class:`ImportanceTerms` holds those three parts, each ``(K, N)``, and whatever an objective may also need
@@ -52,6 +52,7 @@ bound)``. (Pyro's ``RenyiELBO`` puts the scale inside the log-sum-exp, which is 
 from __future__ import annotations
 
 import contextlib
+import re
 import warnings
 from typing import Any, Callable, NamedTuple
 
@@ -159,10 +160,13 @@ def _frames(site: dict, data_plate: str) -> tuple[int | None, int]:
         elif frame.name == PARTICLE_PLATE:
             particle_dim = frame.dim
     if data_dim is None:
+        others = [f.name for f in site["cond_indep_stack"] if f.name != PARTICLE_PLATE and f.vectorized]
+        hint = (f"; it is inside pyro.plate({others[0]!r}): if that is the plate of the datapoints, pass "
+                f"data_plate={others[0]!r}" if others else "")
         raise ValueError(
             f"sample site {site['name']!r} is outside the data plate {data_plate!r}: per-datapoint log "
             "importance weights need every sample site inside pyro.plate(data_plate, N) (global latents "
-            "do not factorise over datapoints)")
+            f"do not factorise over datapoints){hint}")
     return particle_dim, data_dim
 
 
@@ -331,7 +335,8 @@ def traced_terms(
     """
     k = int(num_particles)
     # one particle needs no particle plate (the same draws, fewer broadcasts): the common training step
-    with pyro.plate(PARTICLE_PLATE, k, dim=-(max_plate_nesting + 1)) if k > 1 else contextlib.nullcontext():
+    with pyro.plate(PARTICLE_PLATE, k, dim=-(max_plate_nesting + 1)) if k > 1 else contextlib.nullcontext(), \
+            _particle_dimension_rule(k):
         guide_sites = _run(guide, args, kwargs, replay=subsample, enum_dim=-(max_plate_nesting + 2))
         values = {s["name"]: s["value"] for s in guide_sites if s["type"] == "sample" and not s["is_observed"]}
         if subsample is not None:  # the first chunk's subsample, kept for every later chunk of the same batch
@@ -351,7 +356,8 @@ def traced_terms(
         return _enumerated_terms(guide_sites, model_sites, k, max_plate_nesting, data_plate)
     log_lik, log_prior, _ = _sums(model_sites, data_plate)
     if log_lik is None:
-        raise ValueError("the model has no observed sample site: condition it on the data (site 'x')")
+        raise ValueError("the model has no observed sample site: condition it on the data "
+                         "(pyro.sample('x', ..., obs=x))")
     _, log_q, score = _sums(guide_sites, data_plate)
     if dreg is not None:
         log_q_fixed = _sums(fixed, data_plate)[1]
@@ -432,6 +438,31 @@ def _enumerated_terms(guide_sites: list[dict], model_sites: list[dict], num_part
 
     return ImportanceTerms(expect(obs), expect(prior), expect(q_enum + q_rest),
                            summed_log_weights=torch.logsumexp(log_w, 0))
+
+
+#: torch's and Pyro's messages for tensors whose shapes do not fit (not support or memory errors)
+_SHAPE_ERROR = re.compile(r"shapes cannot be multiplied|is invalid for input of size|must match the size of tensor|"
+                          r"[Ss]hape mismatch|size mismatch|view size is not compatible|expanded size of the tensor|"
+                          r"cannot be broadcast")
+
+
+@contextlib.contextmanager
+def _particle_dimension_rule(num_particles: int) -> Any:
+    """Re-raise a shape error of the model or guide run with ``num_particles > 1`` particles (a leading particle
+    dimension on every latent value) with the rule it broke; the original stays the cause. Training with one
+    particle runs without that dimension, so such a pair trains and fails only when evaluated."""
+    try:
+        yield
+    except (RuntimeError, ValueError) as e:
+        if num_particles == 1 or isinstance(e, torch.OutOfMemoryError) or not _SHAPE_ERROR.search(str(e)):
+            raise
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise (ValueError if isinstance(e, ValueError) else RuntimeError)(
+            f"the model or guide failed with {num_particles} particles ({first}). The particles come as one extra "
+            "leading particle dimension of every latent value, (K, N, ...) instead of (N, ...): the programs must "
+            "broadcast over leading dimensions, e.g. z.reshape(*z.shape[:-1], ...), z.flatten(-k) or "
+            "z.unflatten(-1, shape) instead of z.view(N, -1), and x.new_zeros(d) instead of torch.zeros(N, d) "
+            "(docs/contract.md)") from e
 
 
 def _dreg_replays(guide: Callable, args: tuple, kwargs: dict, sites: list[dict], values: dict[str, torch.Tensor],
@@ -601,7 +632,7 @@ def importance_terms(
 ) -> ImportanceTerms:
     """Draw ``num_particles`` particles from the guide in one vectorized pass and score them.
 
-    :param model: a Pyro model keeping the site contract (plate ``data_plate``, observation site ``"x"``).
+    :param model: a Pyro model keeping the site contract (plate ``data_plate``, observed sites of any names).
     :param guide: its guide.
     :param args: passed to ``model`` and ``guide`` (usually the batch ``x`` of shape ``(N, ...)``).
     :param num_particles: ``K``, the number of particles per datapoint.
