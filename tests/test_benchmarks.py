@@ -55,3 +55,12 @@ def test_step_time_reports_both_pairs_and_where_pyro_vae_came_from() -> None:
     assert len(out) == 2 and out[0].split(":")[1].strip().startswith("library VAE, batch 20")
     assert "user pair" in out[1] and str(ROOT) in out[0]
     assert all(float(line.rsplit(":", 1)[1].split()[0]) > 0 for line in out)
+
+
+def test_threads_benchmark_times_each_setting_idle_and_under_load() -> None:
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "threads.py"), "--smoke-test"],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    records = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    assert {r["competing_processes"] for r in records} == {0, 1} and all(r["images_per_s"] > 0 for r in records)
+    assert {r["setting"] for r in records} >= {"1", "auto"}
