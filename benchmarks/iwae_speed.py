@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import statistics
 import time
 from pathlib import Path
@@ -127,7 +128,11 @@ def reference_iwae(ref: ReferenceVAE, x: torch.Tensor, k: int, chunk: int) -> to
     return acc - math.log(k)
 
 
-def measure_eval(test: torch.Tensor, k: int, chunk: int, batch_size: int, repeats: int) -> dict:
+def measure_eval(test: torch.Tensor, k: int, chunk: int | None, batch_size: int, repeats: int,
+                 ref_chunk: int | None = None) -> dict:
+    """``iwae_bound`` with ``chunk_size=chunk`` (None: the library's default rule) against the hand-written
+    estimator in chunks of ``ref_chunk`` (default: ``chunk``, or 500 when that is None)."""
+    ref_chunk = ref_chunk or chunk or 500
     torch.manual_seed(0)
     vae = pyro_vae.VAE((784,), latent_dim=50, hidden_dims=(200, 200)).eval()
     torch.manual_seed(0)
@@ -147,13 +152,16 @@ def measure_eval(test: torch.Tensor, k: int, chunk: int, batch_size: int, repeat
                     with torch.no_grad():
                         infer.iwae_bound(vae.model, vae.guide, x, num_particles=k, chunk_size=chunk)
                 else:
-                    reference_iwae(ref, x, k, chunk)
+                    reference_iwae(ref, x, k, ref_chunk)
             times[name].append(time.perf_counter() - t0)
             peaks[name] = max(peaks[name], _peak_mib() - before)
     lib_s, ref_s = statistics.median(times["lib"]), statistics.median(times["ref"])
     n = test.shape[0]
-    return {"benchmark": BENCHMARK, "what": "evaluate", "num_particles": k, "chunk_size": chunk,
-            "batch_size": batch_size, "num_datapoints": n, "pyro_vae_seconds": lib_s, "reference_seconds": ref_s,
+    return {"benchmark": BENCHMARK, "what": "evaluate", "num_particles": k,
+            "chunk_size": "default" if chunk is None else chunk,
+            "default_chunk_size": infer.particles_per_chunk(k, test[:batch_size]), "reference_chunk_size": ref_chunk,
+            "batch_size": batch_size, "threads": torch.get_num_threads(), "load_average": os.getloadavg(),
+            "num_datapoints": n, "pyro_vae_seconds": lib_s, "reference_seconds": ref_s,
             "ratio": ref_s / lib_s, "pyro_vae_seconds_10k_extrapolated": lib_s * 10000 / n,
             "pyro_vae_peak_extra_mib": peaks["lib"], "reference_peak_extra_mib": peaks["ref"],
             "process_rss_mib_at_start": base}
@@ -185,6 +193,13 @@ def main(args: argparse.Namespace) -> list[dict]:
     test = torch.bernoulli(datasets.load("mnist", "test", root=args.data_root).reshape(-1, 784)[: args.eval_num],
                            generator=torch.Generator().manual_seed(0))
     t_start = time.perf_counter()
+    if args.eval_only:  # the default chunking against explicit chunk sizes, each against the hand-written estimator
+        rows = []
+        for chunk in args.eval_chunk_sizes:
+            rows.append(measure_eval(test, args.eval_particles, chunk or None, args.eval_batch_size, args.repeats,
+                                     ref_chunk=args.chunk_size))
+            print_json(rows[-1])
+        return rows
     results = []
     for k in args.particles:
         for b in args.batch_sizes:
@@ -263,6 +278,10 @@ if __name__ == "__main__":
     p.add_argument("--chunk-size", type=int, default=500)
     p.add_argument("--eval-batch-size", type=int, default=100)
     p.add_argument("--eval-num", type=int, default=200, help="test images for the evaluation timing")
+    p.add_argument("--eval-only", action="store_true",
+                   help="only the evaluation, for each of --eval-chunk-sizes (the reference in --chunk-size chunks)")
+    p.add_argument("--eval-chunk-sizes", type=_ints, default=[0, 250, 500, 1000, 5000],
+                   help="with --eval-only: the library's chunk sizes (0: its default rule, chunk_size=None)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--data-root", default=None)
     p.add_argument("--write-docs", action="store_true")
@@ -271,4 +290,5 @@ if __name__ == "__main__":
     if a.smoke_test:
         a.particles, a.scaling_batch_sizes, a.scaling_particles = [5], [100], [1, 5]
         a.train_num, a.repeats, a.eval_particles, a.eval_num, a.chunk_size = 500, 1, 100, 20, 50
+        a.eval_chunk_sizes = [0, 50]
     main(a)

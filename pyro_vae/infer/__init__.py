@@ -8,15 +8,19 @@ All are plain functions of ``(model, guide, *args)`` returning per-datapoint ten
 - :func:`latent_usage`: active units, KL per dimension, mutual information;
 - :func:`kde_log_likelihood`: the Parzen-window (Gaussian KDE) baseline, model-free;
 - ArviZ / xarray export of draws, weights and diagnostics (:func:`to_inference_data`, :func:`psis_khat`);
-- :func:`ais` (annealed importance sampling) and :func:`bdmc` (its sandwich on simulated data);
+- :func:`ais` (annealed importance sampling; :func:`ais_log_likelihood` over a data set, settings in
+  :class:`AISOptions`) and :func:`bdmc` (its sandwich on simulated data);
 - training objectives in :mod:`pyro_vae.infer.objectives` (IWAE correct under subsampling, DReG).
 
-Everything is written once on the engine of :mod:`pyro_vae.infer.weights`: a batch's importance terms.
+Everything is written once on the engine of :mod:`pyro_vae.infer.weights`: a batch's importance terms. Every
+estimator draws its particles in chunks by one rule (:func:`particles_per_chunk`), and every result's mean and
+errors come from one base (:class:`PerDatapointSummary`).
 """
 
-from .annealing import AISResult, BDMCResult, ais, bdmc
+from .annealing import AISOptions, AISResult, BDMCResult, ais, ais_log_likelihood, bdmc
 from .arviz import importance_draws, psis_khat, result_to_dataset, to_inference_data
 from .bounds import elbo, iwae_bound, log_weight_chunks
+from .chunking import PARTICLE_VALUES_BUDGET, particles_per_chunk
 from .diagnostics import latent_usage
 from .evaluate import (
     DEFAULT_K_VALUES,
@@ -32,9 +36,11 @@ from .evaluate import (
 from .exact import exact_log_likelihood
 from .kde import KDEResult, kde_log_likelihood
 from .objectives import OBJECTIVES, dreg_loss, iwae_loss
+from .results import PerDatapointSummary
 from .weights import ImportanceTerms, guess_max_plate_nesting, importance_terms, log_importance_weights
 
 __all__ = [
+    "AISOptions",
     "AISResult",
     "BDMCResult",
     "Comparison",
@@ -43,7 +49,10 @@ __all__ = [
     "KDEResult",
     "LogLikelihoodResult",
     "OBJECTIVES",
+    "PerDatapointSummary",
+    "PARTICLE_VALUES_BUDGET",
     "ais",
+    "ais_log_likelihood",
     "bdmc",
     "compare",
     "dreg_loss",
@@ -62,6 +71,7 @@ __all__ = [
     "log_likelihood",
     "log_weight_chunks",
     "pareto_khat",
+    "particles_per_chunk",
     "psis_khat",
     "replicate_stderr",
     "result_to_dataset",
