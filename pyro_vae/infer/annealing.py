@@ -49,6 +49,7 @@ from torch.distributions import biject_to
 
 from .. import distributed as dist
 from ..checks import whole_number
+from .batches import _batch, _check_data, _placement
 from .replicates import replicate_stderr
 from .results import PerDatapointSummary
 from .weights import (
@@ -455,8 +456,6 @@ def ais_log_likelihood(
         ``.log_weights`` ``(C, N)``.
     :raises TypeError: for a keyword that is not a field of :class:`AISOptions`.
     """
-    from .evaluate import _batch, _check_data, _placement
-
     opts, unknown = AISOptions.split(options, ais_options)
     if unknown:
         raise TypeError(f"unexpected options for AIS: {sorted(unknown)} (the AIS options are "

@@ -33,10 +33,12 @@ import torch
 
 from .. import distributed as dist
 from ..checks import whole_number
+from .annealing import ais_log_likelihood
+from .batches import _batch, _check_data, _placement
 from .chunking import particles_per_chunk
 from .replicates import replicate_stderr
 from .results import PerDatapointSummary, standard_error
-from .weights import check_estimator_input, guess_max_plate_nesting, terms_producer
+from .weights import guess_max_plate_nesting, terms_producer
 
 if TYPE_CHECKING:  # pragma: no cover
     from .annealing import AISOptions, AISResult
@@ -281,8 +283,6 @@ def log_likelihood(
     if method not in ("iwae", "ais"):
         raise ValueError(f"unknown method {method!r}; choose 'iwae' or 'ais'")
     if method == "ais":
-        from .annealing import ais_log_likelihood
-
         return ais_log_likelihood(model, guide, data, batch_size=batch_size, options=options, transform=transform,
                                   device=device, dtype=dtype, seed=seed, max_plate_nesting=max_plate_nesting,
                                   data_plate=data_plate, distributed=distributed, condition=condition, **ais_options)
@@ -383,38 +383,6 @@ def _gather(cat: dict[str, torch.Tensor | None], curve: dict[int, torch.Tensor],
     out: dict[str, torch.Tensor | None] = {k: None for k in cat}
     out.update({k: full[i] for i, k in enumerate(names)})
     return out, {k: full[len(names) + i] for i, k in enumerate(ks)}
-
-
-def _check_data(model: Callable, guide: Callable, data: Any, num_particles: int,
-                transform: Callable[[torch.Tensor], torch.Tensor] | None) -> None:
-    """Refuse a data set an estimator cannot score, before any work: not a non-empty tensor, or (through
-    :func:`~pyro_vae.infer.weights.check_estimator_input`) the wrong dtype or shape for a library model, NaN/inf
-    values and, without a ``transform``, values outside the likelihood's support."""
-    if not torch.is_tensor(data) or data.dim() < 1 or data.shape[0] == 0:
-        raise ValueError("data must be a non-empty tensor of shape (N, *event_shape)")
-    check_estimator_input(model, guide, (data,), num_particles, support=transform is None, placement=False)
-
-
-def _placement(model: Callable, data: torch.Tensor, device: Any, dtype: Any) -> tuple[Any, Any]:
-    """The device and dtype each batch is moved to: those given, else those of the model's parameters (for a
-    model that is a method of a module) where the data differ (data may stay on the CPU, or come as float64)."""
-    owner = getattr(model, "__self__", None)
-    param = next(owner.parameters(), None) if isinstance(owner, torch.nn.Module) else None
-    if param is not None:
-        device = param.device if device is None and data.device != param.device else device
-        dtype = param.dtype if dtype is None and data.is_floating_point() and data.dtype != param.dtype else dtype
-    return device, dtype
-
-
-def _batch(data: torch.Tensor, start: int, size: int, device: Any, dtype: Any,
-           transform: Callable[[torch.Tensor], torch.Tensor] | None) -> torch.Tensor:
-    """Datapoints ``start .. start + size`` on ``device`` in ``dtype``, transformed."""
-    x = data[start:start + size]
-    if device is not None:
-        x = x.to(device)
-    if dtype is not None:
-        x = x.to(dtype)
-    return transform(x) if transform is not None else x
 
 
 @dataclass
