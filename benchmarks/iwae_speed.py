@@ -178,6 +178,7 @@ def measure_eval_interleaved(test: torch.Tensor, k: int, chunks: list[int | None
     ref = ReferenceVAE().eval()
     sides: list[tuple[str, int | None]] = [("pyro_vae", c) for c in chunks] + [("reference", ref_chunk)]
     times: list[list[float]] = [[] for _ in sides]
+    cpu: list[list[float]] = [[] for _ in sides]  # this process's CPU seconds: far less moved by outside load
     peaks = [0.0 for _ in sides]
     loads = [os.getloadavg()[0]]
     for r in range(repeats):
@@ -185,7 +186,7 @@ def measure_eval_interleaved(test: torch.Tensor, k: int, chunks: list[int | None
             name, chunk = sides[i]
             _reset_peak()
             before = _peak_mib()
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             for start in range(0, test.shape[0], batch_size):
                 x = test[start:start + batch_size]
                 with torch.no_grad():
@@ -194,17 +195,21 @@ def measure_eval_interleaved(test: torch.Tensor, k: int, chunks: list[int | None
                     else:
                         reference_iwae(ref, x, k, chunk)
             times[i].append(time.perf_counter() - t0)
+            cpu[i].append(time.process_time() - c0)
             peaks[i] = max(peaks[i], _peak_mib() - before)
         loads.append(os.getloadavg()[0])
     medians = [statistics.median(t) for t in times]
+    cpu_medians = [statistics.median(t) for t in cpu]
     rows = []
-    for (name, chunk), sec, peak, t in zip(sides, medians, peaks, times):
+    for (name, chunk), sec, csec, peak, t in zip(sides, medians, cpu_medians, peaks, times):
         rows.append({"benchmark": BENCHMARK, "what": "evaluate-interleaved", "side": name, "num_particles": k,
                      "chunk_size": "default" if chunk is None else chunk,
                      "particles_per_pass": infer.particles_per_chunk(k, test[:batch_size], chunk),
                      "batch_size": batch_size, "num_datapoints": test.shape[0], "threads": torch.get_num_threads(),
                      "seconds_median": sec, "seconds_all": t, "ratio_reference_over_this": medians[-1] / sec,
-                     "ratio_first_over_this": medians[0] / sec, "peak_extra_mib": peak,
+                     "ratio_first_over_this": medians[0] / sec, "cpu_seconds_median": csec,
+                     "cpu_ratio_reference_over_this": cpu_medians[-1] / csec,
+                     "cpu_ratio_first_over_this": cpu_medians[0] / csec, "peak_extra_mib": peak,
                      "load_average_1min_per_round": loads})
     return rows
 
