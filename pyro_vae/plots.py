@@ -662,13 +662,14 @@ def plot_run(
     from pathlib import Path
 
     from . import datasets
-    from .checks import whole_number
     from .runs import load_run
 
     run_dir = Path(run_dir)
     out_dir = Path(out) if out is not None else run_dir
     if fmt not in ("png", "pdf", "svg"):
         raise ValueError(f"unknown figure format {fmt!r}; choose png, pdf or svg")
+    from .checks import whole_number
+
     dpi = whole_number(dpi, "dpi", low=10, high=1200)
     if int(num_particles) < 2:
         raise ValueError(f"num_particles must be >= 2 (the k-hat needs several), got {num_particles}")

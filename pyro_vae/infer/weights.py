@@ -43,8 +43,6 @@ from pyro.distributions.util import scale_and_mask
 from pyro.poutine.messenger import Messenger
 from pyro.poutine.util import site_is_subsample
 
-from ..checks import whole_number
-
 __all__ = ["ImportanceTerms", "DReG", "check_estimator_input", "fast_path_owner", "importance_terms", "sum_sites",
            "log_importance_weights", "guess_max_plate_nesting", "terms_producer", "PARTICLE_PLATE"]
 
@@ -379,6 +377,8 @@ def check_estimator_input(model: Callable, guide: Callable, args: tuple, num_par
     (``support=True``) the likelihood's support; with ``placement``, that ``x`` is on the model's device and in
     its dtype. One pass over ``x``, once per call (never per chunk).
     """
+    from ..checks import whole_number  # (imported here: the engine's module head is being extended elsewhere)
+
     whole_number(num_particles, "num_particles")
     if args and not torch.is_tensor(args[0]) and hasattr(args[0], "__array__"):
         raise TypeError(f"the data x must be a torch.Tensor, got {type(args[0]).__module__}.{type(args[0]).__name__}: "
