@@ -3,13 +3,13 @@
 All are plain functions of ``(model, guide, *args)`` returning per-datapoint tensors:
 
 - :func:`log_importance_weights` ``(K, N)``, :func:`elbo` ``(N,)``, :func:`iwae_bound` ``(N,)``;
-- :func:`log_likelihood` over a data set, with diagnostics (:class:`LogLikelihoodResult`);
+- :func:`log_likelihood` over a data set, with diagnostics (:class:`LogLikelihoodResult`), and
+  :func:`ais_log_likelihood`, AIS over a data set (its settings in :class:`AISOptions`);
 - :func:`exact_log_likelihood` by quadrature for latents of dimension <= 2;
 - :func:`latent_usage`: active units, KL per dimension, mutual information;
 - :func:`kde_log_likelihood`: the Parzen-window (Gaussian KDE) baseline, model-free;
 - ArviZ / xarray export of draws, weights and diagnostics (:func:`to_inference_data`, :func:`psis_khat`);
-- :func:`ais` (annealed importance sampling; :func:`ais_log_likelihood` over a data set, settings in
-  :class:`AISOptions`) and :func:`bdmc` (its sandwich on simulated data);
+- :func:`ais` (annealed importance sampling) and :func:`bdmc` (its sandwich on simulated data);
 - training objectives in :mod:`pyro_vae.infer.objectives` (IWAE correct under subsampling, DReG).
 
 Everything is written once on the engine of :mod:`pyro_vae.infer.weights`: a batch's importance terms. Every
@@ -26,6 +26,7 @@ from .evaluate import (
     DEFAULT_K_VALUES,
     Comparison,
     LogLikelihoodResult,
+    PerDatapointSummary,
     compare,
     effective_sample_size,
     k_curve,
@@ -36,7 +37,6 @@ from .evaluate import (
 from .exact import exact_log_likelihood
 from .kde import KDEResult, kde_log_likelihood
 from .objectives import OBJECTIVES, dreg_loss, iwae_loss
-from .results import PerDatapointSummary
 from .weights import ImportanceTerms, guess_max_plate_nesting, importance_terms, log_importance_weights
 
 __all__ = [

@@ -44,7 +44,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .annealing import AISOptions, AISResult
 
 __all__ = ["LogLikelihoodResult", "log_likelihood", "k_curve", "effective_sample_size", "pareto_khat",
-           "replicate_stderr", "compare", "Comparison",
+           "replicate_stderr", "PerDatapointSummary", "compare", "Comparison",
            "DEFAULT_K_VALUES", "KHAT_THRESHOLD"]
 
 DEFAULT_K_VALUES = (1, 5, 50, 500, 5000)

@@ -377,7 +377,7 @@ def check_estimator_input(model: Callable, guide: Callable, args: tuple, num_par
     (``support=True``) the likelihood's support; with ``placement``, that ``x`` is on the model's device and in
     its dtype. One pass over ``x``, once per call (never per chunk).
     """
-    from ..checks import whole_number  # (imported here: the engine's module head is being extended elsewhere)
+    from ..checks import whole_number
 
     whole_number(num_particles, "num_particles")
     if args and not torch.is_tensor(args[0]) and hasattr(args[0], "__array__"):
