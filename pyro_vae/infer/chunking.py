@@ -16,10 +16,10 @@ particles, where ``B`` is :data:`PARTICLE_VALUES_BUDGET` (``2**25``), ``D`` the 
 datapoint (784 for MNIST) and ``D_0`` :data:`MIN_VALUES_PER_DATAPOINT` (512: for data of a few dimensions the
 decoder's hidden layers, not the data, are the largest tensors of a pass). That is 427 particles for a batch of
 100 MNIST images (a float32 tensor of ``C x N x D`` values is 128 MiB), the whole of ``K`` for small batches and
-small ``K``. One pass of all ``K = 5000`` particles of 100 MNIST images would hold 1.5 GB per such tensor and
-runs slower than passes that fit the cache (``benchmarks/iwae_speed.py --eval-only`` measures it). The chunks
-change how the particles are grouped, never the estimate: chunked and unchunked results of the same draws agree
-to floating-point reordering (a running log-sum-exp over chunks).
+small ``K``. One pass of all ``K = 5000`` particles of 100 MNIST images would hold 1.5 GB in each such tensor;
+``benchmarks/iwae_speed.py --eval-only`` measures the default's time and memory against one pass and against a
+hand-written chunked estimator. The chunks change how the particles are grouped, never the estimate: chunked and
+unchunked results of the same draws agree to floating-point reordering (a running log-sum-exp over chunks).
 """
 
 from __future__ import annotations
