@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import statistics
 import time
 from pathlib import Path
@@ -127,7 +128,11 @@ def reference_iwae(ref: ReferenceVAE, x: torch.Tensor, k: int, chunk: int) -> to
     return acc - math.log(k)
 
 
-def measure_eval(test: torch.Tensor, k: int, chunk: int, batch_size: int, repeats: int) -> dict:
+def measure_eval(test: torch.Tensor, k: int, chunk: int | None, batch_size: int, repeats: int,
+                 ref_chunk: int | None = None) -> dict:
+    """``iwae_bound`` with ``chunk_size=chunk`` (None: the library's default rule) against the hand-written
+    estimator in chunks of ``ref_chunk`` (default: ``chunk``, or 500 when that is None)."""
+    ref_chunk = ref_chunk or chunk or 500
     torch.manual_seed(0)
     vae = pyro_vae.VAE((784,), latent_dim=50, hidden_dims=(200, 200)).eval()
     torch.manual_seed(0)
@@ -147,16 +152,66 @@ def measure_eval(test: torch.Tensor, k: int, chunk: int, batch_size: int, repeat
                     with torch.no_grad():
                         infer.iwae_bound(vae.model, vae.guide, x, num_particles=k, chunk_size=chunk)
                 else:
-                    reference_iwae(ref, x, k, chunk)
+                    reference_iwae(ref, x, k, ref_chunk)
             times[name].append(time.perf_counter() - t0)
             peaks[name] = max(peaks[name], _peak_mib() - before)
     lib_s, ref_s = statistics.median(times["lib"]), statistics.median(times["ref"])
     n = test.shape[0]
-    return {"benchmark": BENCHMARK, "what": "evaluate", "num_particles": k, "chunk_size": chunk,
-            "batch_size": batch_size, "num_datapoints": n, "pyro_vae_seconds": lib_s, "reference_seconds": ref_s,
+    return {"benchmark": BENCHMARK, "what": "evaluate", "num_particles": k,
+            "chunk_size": "default" if chunk is None else chunk,
+            "default_chunk_size": infer.particles_per_chunk(k, test[:batch_size]), "reference_chunk_size": ref_chunk,
+            "batch_size": batch_size, "threads": torch.get_num_threads(), "load_average": os.getloadavg(),
+            "num_datapoints": n, "pyro_vae_seconds": lib_s, "reference_seconds": ref_s,
             "ratio": ref_s / lib_s, "pyro_vae_seconds_10k_extrapolated": lib_s * 10000 / n,
             "pyro_vae_peak_extra_mib": peaks["lib"], "reference_peak_extra_mib": peaks["ref"],
             "process_rss_mib_at_start": base}
+
+
+def measure_eval_interleaved(test: torch.Tensor, k: int, chunks: list[int | None], ref_chunk: int, batch_size: int,
+                             repeats: int) -> list[dict]:
+    """``iwae_bound`` at each of ``chunks`` (None: the default rule) and the hand-written estimator, taking turns
+    in every round (the order rotating), so that all see the same outside load; one row per side with the
+    median seconds, its ratio to the reference and to the first side, and the peak extra memory."""
+    torch.manual_seed(0)
+    vae = pyro_vae.VAE((784,), latent_dim=50, hidden_dims=(200, 200)).eval()
+    torch.manual_seed(0)
+    ref = ReferenceVAE().eval()
+    sides: list[tuple[str, int | None]] = [("pyro_vae", c) for c in chunks] + [("reference", ref_chunk)]
+    times: list[list[float]] = [[] for _ in sides]
+    cpu: list[list[float]] = [[] for _ in sides]  # this process's CPU seconds: far less moved by outside load
+    peaks = [0.0 for _ in sides]
+    loads = [os.getloadavg()[0]]
+    for r in range(repeats):
+        for i in [(j + r) % len(sides) for j in range(len(sides))]:
+            name, chunk = sides[i]
+            _reset_peak()
+            before = _peak_mib()
+            t0, c0 = time.perf_counter(), time.process_time()
+            for start in range(0, test.shape[0], batch_size):
+                x = test[start:start + batch_size]
+                with torch.no_grad():
+                    if name == "pyro_vae":
+                        infer.iwae_bound(vae.model, vae.guide, x, num_particles=k, chunk_size=chunk)
+                    else:
+                        reference_iwae(ref, x, k, chunk)
+            times[i].append(time.perf_counter() - t0)
+            cpu[i].append(time.process_time() - c0)
+            peaks[i] = max(peaks[i], _peak_mib() - before)
+        loads.append(os.getloadavg()[0])
+    medians = [statistics.median(t) for t in times]
+    cpu_medians = [statistics.median(t) for t in cpu]
+    rows = []
+    for (name, chunk), sec, csec, peak, t in zip(sides, medians, cpu_medians, peaks, times):
+        rows.append({"benchmark": BENCHMARK, "what": "evaluate-interleaved", "side": name, "num_particles": k,
+                     "chunk_size": "default" if chunk is None else chunk,
+                     "particles_per_pass": infer.particles_per_chunk(k, test[:batch_size], chunk),
+                     "batch_size": batch_size, "num_datapoints": test.shape[0], "threads": torch.get_num_threads(),
+                     "seconds_median": sec, "seconds_all": t, "ratio_reference_over_this": medians[-1] / sec,
+                     "ratio_first_over_this": medians[0] / sec, "cpu_seconds_median": csec,
+                     "cpu_ratio_reference_over_this": cpu_medians[-1] / csec,
+                     "cpu_ratio_first_over_this": cpu_medians[0] / csec, "peak_extra_mib": peak,
+                     "load_average_1min_per_round": loads})
+    return rows
 
 
 def scaling_figure(rows: list[dict], path: Path) -> None:
@@ -185,6 +240,12 @@ def main(args: argparse.Namespace) -> list[dict]:
     test = torch.bernoulli(datasets.load("mnist", "test", root=args.data_root).reshape(-1, 784)[: args.eval_num],
                            generator=torch.Generator().manual_seed(0))
     t_start = time.perf_counter()
+    if args.eval_only:  # the chunk sizes (0: the default rule) and the hand-written estimator, taking turns
+        rows = measure_eval_interleaved(test, args.eval_particles, [c or None for c in args.eval_chunk_sizes],
+                                        args.chunk_size, args.eval_batch_size, args.repeats)
+        for row in rows:
+            print_json(row)
+        return rows
     results = []
     for k in args.particles:
         for b in args.batch_sizes:
@@ -263,6 +324,11 @@ if __name__ == "__main__":
     p.add_argument("--chunk-size", type=int, default=500)
     p.add_argument("--eval-batch-size", type=int, default=100)
     p.add_argument("--eval-num", type=int, default=200, help="test images for the evaluation timing")
+    p.add_argument("--eval-only", action="store_true",
+                   help="only the evaluation, for each of --eval-chunk-sizes (the reference in --chunk-size chunks)")
+    p.add_argument("--eval-chunk-sizes", type=_ints, default=[5000, 0, 250, 1000],
+                   help="with --eval-only: the library's chunk sizes, taking turns with the reference (0: its default "
+                        "rule, chunk_size=None; 5000: one pass of K = 5000, the former default)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--data-root", default=None)
     p.add_argument("--write-docs", action="store_true")
@@ -271,4 +337,5 @@ if __name__ == "__main__":
     if a.smoke_test:
         a.particles, a.scaling_batch_sizes, a.scaling_particles = [5], [100], [1, 5]
         a.train_num, a.repeats, a.eval_particles, a.eval_num, a.chunk_size = 500, 1, 100, 20, 50
+        a.eval_chunk_sizes = [0, 50]
     main(a)

@@ -18,6 +18,10 @@ name                      event shape       values       splits (number of examp
 ``linear-gaussian``       ``(4,)``          real         train 10000, valid 1000, test 1000 (defaults)
 ========================  ================  ===========  ===================================================
 
+Each data set's facts (event shape, values, labels, files and their checksums, splits and the ranges of the
+source arrays they hold) are one :class:`DatasetSpec` in :data:`SPECS`; :data:`SPLITS`, :data:`DATASETS` and
+:func:`event_shape` are read from them. Adding a data set is adding a spec.
+
 .. rubric:: Splits
 
 * ``digits``: scikit-learn's bundled 8x8 digits (:func:`sklearn.datasets.load_digits`, needs no files), grey
@@ -71,16 +75,23 @@ import math
 import os
 import struct
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
 import torch
 
+from .checks import whole_number
+
 __all__ = [
     "DATASETS",
+    "SPECS",
     "SPLITS",
+    "DatasetSpec",
+    "SplitSpec",
     "DataChecksumError",
     "DataFormatError",
     "DataNotFoundError",
@@ -118,57 +129,62 @@ class DataFormatError(ValueError):
 
 
 # --------------------------------------------------------------------------------------------------
-# Tables: checksums, splits, shapes
+# Specs: one per data set (its shape, values, files and checksums, splits and where they lie)
 # --------------------------------------------------------------------------------------------------
 
-#: Expected sha256 of every known file, keyed by ``(data set, file name)`` (from ``shared/data/README.md``).
-_SHA256: dict[tuple[str, str], str] = {
-    ("mnist", "train-images-idx3-ubyte.gz"):
-        "440fcabf73cc546fa21475e81ea370265605f56be210a4024d2ca8f203523609",
-    ("mnist", "train-labels-idx1-ubyte.gz"):
-        "3552534a0a558bbed6aed32b30c495cca23d567ec52cac8be1a0730e8010255c",
-    ("mnist", "t10k-images-idx3-ubyte.gz"):
-        "8d422c7b0a1c1c79245a5bcf07fe86e33eeafee792b84584aec276f5a2dbc4e6",
-    ("mnist", "t10k-labels-idx1-ubyte.gz"):
-        "f7ae60f92e00ec6debd23a6088c31dbd2371eca3ffa0defaefb259924204aec6",
-    ("fashion-mnist", "train-images-idx3-ubyte.gz"):
-        "3aede38d61863908ad78613f6a32ed271626dd12800ba2636569512369268a84",
-    ("fashion-mnist", "train-labels-idx1-ubyte.gz"):
-        "a04f17134ac03560a47e3764e11b92fc97de4d1bfaf8ba1a3aa29af54cc90845",
-    ("fashion-mnist", "t10k-images-idx3-ubyte.gz"):
-        "346e55b948d973a97e58d2351dde16a484bd415d4595297633bb08f03db6a073",
-    ("fashion-mnist", "t10k-labels-idx1-ubyte.gz"):
-        "67da17c76eaffca5446c3361aaab5c3cd6d1c2608764d35dfb1850b086bf8dd5",
-    ("binarized-mnist", "binarized_mnist.npz"):
-        "350243cb824d66d022e0c3e87cac231231668817ff03f5f6d7b6533017d56b4b",
-    ("binarized-mnist", "binarized_mnist_train.amat"):
-        "ad693b29f94c14277b095f5238ddefbbdaaae0939789dd2f4f0205278cee3e4d",
-    ("binarized-mnist", "binarized_mnist_valid.amat"):
-        "1de3d397c40fe8eeb33dafd4099a1f665ec01e96d9be234aaeeac8a34930e2e2",
-    ("binarized-mnist", "binarized_mnist_test.amat"):
-        "e6687bfea3f820c174f33b7865140b2a2dd2930ef786f35d45795fc193b5ab2c",
-}
+_Loaded = tuple[torch.Tensor, torch.Tensor | None]
+_Arrays = tuple[np.ndarray, np.ndarray | None]
 
-#: Valid splits of every data set and their number of examples (for the toy sets: the default size).
-SPLITS: dict[str, dict[str, int]] = {
-    "digits": {"train": 1500, "valid": 300, "test": 297, "train-without-valid": 1200},
-    "mnist": {"train": 60000, "valid": 10000, "test": 10000, "train-without-valid": 50000},
-    "fashion-mnist": {"train": 60000, "valid": 10000, "test": 10000, "train-without-valid": 50000},
-    "binarized-mnist": {"train": 50000, "valid": 10000, "test": 10000, "train+valid": 60000},
-    "ring": {"train": 10000, "valid": 1000, "test": 1000},
-    "linear-gaussian": {"train": 10000, "valid": 1000, "test": 1000},
-}
 
-_EVENT_SHAPES: dict[str, tuple[int, ...]] = {
-    "digits": (1, 8, 8),
-    "mnist": (1, 28, 28),
-    "fashion-mnist": (1, 28, 28),
-    "binarized-mnist": (1, 28, 28),
-    "ring": (2,),
-    "linear-gaussian": (4,),
-}
+@dataclass(frozen=True, eq=False)
+class SplitSpec:
+    """One split of a data set: its number of examples and where they lie in the data set's source arrays."""
 
-_HAS_LABELS = {"digits", "mnist", "fashion-mnist", "ring", "linear-gaussian"}
+    #: the number of examples (for a toy set: the default number of points drawn)
+    size: int
+    #: ``(source, start, stop)`` ranges of the source arrays, concatenated in this order; empty for a toy set
+    parts: tuple[tuple[str, int, int], ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.parts and sum(stop - start for _, start, stop in self.parts) != self.size:
+            raise ValueError(f"the parts {self.parts} do not hold {self.size} examples")
+
+
+def _split(*parts: tuple[str, int, int]) -> SplitSpec:
+    """A split made of the given ranges of source arrays."""
+    return SplitSpec(sum(stop - start for _, start, stop in parts), tuple(parts))
+
+
+@dataclass(frozen=True, eq=False)
+class DatasetSpec:
+    """Everything the module knows about one data set; :data:`SPECS` holds one per name, and :data:`SPLITS`,
+    :data:`DATASETS` and :func:`event_shape` are read from them."""
+
+    name: str
+    #: the shape of one example
+    event_shape: tuple[int, ...]
+    #: split name -> :class:`SplitSpec`
+    splits: Mapping[str, SplitSpec]
+    #: the values of the examples: ``"[0, 1]"``, ``"{0, 1}"`` (binary) or ``"real"``
+    values: str
+    has_labels: bool = True
+    #: file name -> its sha256 (the files in ``<root>/<name>/``; none for a set that needs no files)
+    files: Mapping[str, str] = field(default_factory=dict)
+    #: source array -> its number of examples where the reader checks it (the ``(source, start, stop)`` of the
+    #: splits refer to these arrays)
+    sources: Mapping[str, int | None] = field(default_factory=dict)
+    #: the stored values are divided by it (255 for grey bytes)
+    scale: float = 1.0
+    #: ``read(spec, source, root) -> (examples, labels or None)``, the source's arrays (cached); None for a toy set
+    read: Callable[[DatasetSpec, str, Any], _Arrays] | None = None
+    #: ``draw(n, generator) -> (x float32 (n, *event_shape), labels int64 (n,))``, for a toy set
+    draw: Callable[[int, torch.Generator], _Loaded] | None = None
+
+    @property
+    def binary(self) -> bool:
+        """Whether every value is exactly 0 or 1."""
+        return self.values == "{0, 1}"
+
 
 _IDX_IMAGES_MAGIC = 0x00000803  # 2051
 _IDX_LABELS_MAGIC = 0x00000801  # 2049
@@ -194,16 +210,18 @@ def clear_cache() -> None:
 # --------------------------------------------------------------------------------------------------
 
 
-def _check_name(name: str) -> None:
-    if name not in DATASETS:
-        valid = ", ".join(repr(n) for n in DATASETS)
+def _spec(name: str) -> DatasetSpec:
+    if name not in SPECS:
+        valid = ", ".join(repr(n) for n in SPECS)
         raise ValueError(f"unknown data set {name!r}; valid names are: {valid}")
+    return SPECS[name]
 
 
-def _check_split(name: str, split: str) -> None:
-    if split not in SPLITS[name]:
-        valid = ", ".join(repr(s) for s in SPLITS[name])
-        raise ValueError(f"unknown split {split!r} for data set {name!r}; valid splits are: {valid}")
+def _split_spec(spec: DatasetSpec, split: str) -> SplitSpec:
+    if split not in spec.splits:
+        valid = ", ".join(repr(s) for s in spec.splits)
+        raise ValueError(f"unknown split {split!r} for data set {spec.name!r}; valid splits are: {valid}")
+    return spec.splits[split]
 
 
 def event_shape(name: str) -> tuple[int, ...]:
@@ -213,8 +231,7 @@ def event_shape(name: str) -> tuple[int, ...]:
     :returns: the event shape, e.g. ``(1, 28, 28)`` for ``mnist`` or ``(2,)`` for ``ring``.
     :raises ValueError: for an unknown name.
     """
-    _check_name(name)
-    return _EVENT_SHAPES[name]
+    return _spec(name).event_shape
 
 
 # --------------------------------------------------------------------------------------------------
@@ -385,10 +402,8 @@ def read_amat(path: str | os.PathLike[str]) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------------------------------
-# Loaders: (split, root, num_samples, seed) -> (x float32 (N, *event), labels int64 (N,) or None).
+# Readers of the source arrays: (spec, source, root) -> (examples, labels or None), cached
 # --------------------------------------------------------------------------------------------------
-
-_Loaded = tuple[torch.Tensor, torch.Tensor | None]
 
 
 def _take(n_avail: int, name: str, split: str, num_samples: int | None) -> int:
@@ -401,19 +416,18 @@ def _take(n_avail: int, name: str, split: str, num_samples: int | None) -> int:
     return num_samples
 
 
-def _images_to_tensors(
-    name: str, images: np.ndarray, labels: np.ndarray | None, scale: float
-) -> tuple[torch.Tensor, torch.Tensor | None]:
+def _images_to_tensors(spec: DatasetSpec, images: np.ndarray, labels: np.ndarray | None) -> _Loaded:
     x = torch.from_numpy(images.astype(np.float32))  # astype copies: the cache is never shared
-    if scale != 1.0:
-        x.div_(scale)
-    x = x.reshape((len(images),) + _EVENT_SHAPES[name])
+    if spec.scale != 1.0:
+        x.div_(spec.scale)
+    x = x.reshape((len(images),) + spec.event_shape)
     y = None if labels is None else torch.from_numpy(labels.astype(np.int64))
     return x, y
 
 
-def _digits_arrays() -> tuple[np.ndarray, np.ndarray]:
-    key = ("digits", "all", "")
+def _read_digits(spec: DatasetSpec, source: str, root: Any) -> _Arrays:
+    """scikit-learn's bundled digits, all 1797 (needs no files)."""
+    key = (spec.name, source, "")
     if key not in _ARRAY_CACHE:
         from sklearn.datasets import load_digits
 
@@ -423,35 +437,21 @@ def _digits_arrays() -> tuple[np.ndarray, np.ndarray]:
         images.setflags(write=False)
         labels.setflags(write=False)
         _ARRAY_CACHE[key] = (images, labels)
-    images, labels = _ARRAY_CACHE[key]
-    assert labels is not None
-    return images, labels
+    return _ARRAY_CACHE[key]
 
 
-def _load_digits(split: str, root: Any, num_samples: int | None, seed: int) -> _Loaded:
-    images, labels = _digits_arrays()
-    sl = {
-        "train": slice(0, 1500),
-        "valid": slice(1200, 1500),
-        "train-without-valid": slice(0, 1200),
-        "test": slice(1500, None),
-    }[split]
-    images, labels = images[sl], labels[sl]
-    n = _take(len(images), "digits", split, num_samples)
-    return _images_to_tensors("digits", images[:n], labels[:n], 16.0)
-
-
-def _idx_split(name: str, root_arg: Any, file_split: str) -> tuple[np.ndarray, np.ndarray]:
-    """The full official ``train`` or ``t10k`` arrays of an IDX data set (cached)."""
+def _read_idx(spec: DatasetSpec, source: str, root_arg: Any) -> _Arrays:
+    """The full official ``train`` (or ``test``: ``t10k``) arrays of an IDX data set."""
+    name = spec.name
     root = _resolve_root(name, root_arg)
     folder = root / name
-    prefix = "train" if file_split == "train" else "t10k"
+    prefix = "t10k" if source == "test" else "train"
     img_path = folder / f"{prefix}-images-idx3-ubyte.gz"
     lab_path = folder / f"{prefix}-labels-idx1-ubyte.gz"
     _require(name, [img_path, lab_path])
-    key = (name, file_split, str(root))
+    key = (name, source, str(root))
     if key not in _ARRAY_CACHE:
-        count = 60000 if file_split == "train" else 10000
+        count = spec.sources[source]
         images = read_idx(img_path, expected_magic=_IDX_IMAGES_MAGIC)
         labels = read_idx(lab_path, expected_magic=_IDX_LABELS_MAGIC)
         if images.shape != (count, 28, 28):
@@ -461,71 +461,63 @@ def _idx_split(name: str, root_arg: Any, file_split: str) -> tuple[np.ndarray, n
         if labels.max() > 9:
             raise DataFormatError(f"{lab_path}: label {labels.max()} outside 0..9")
         _ARRAY_CACHE[key] = (images, labels)
-    images, labels = _ARRAY_CACHE[key]
-    assert labels is not None
-    return images, labels
+    return _ARRAY_CACHE[key]
 
 
-def _make_idx_loader(name: str) -> Callable[[str, Any, int | None, int], _Loaded]:
-    def loader(split: str, root: Any, num_samples: int | None, seed: int) -> _Loaded:
-        images, labels = _idx_split(name, root, "test" if split == "test" else "train")
-        if split == "valid":
-            images, labels = images[50000:], labels[50000:]
-        elif split == "train-without-valid":
-            images, labels = images[:50000], labels[:50000]
-        n = _take(len(images), name, split, num_samples)
-        return _images_to_tensors(name, images[:n], labels[:n], 255.0)
-
-    loader.__name__ = loader.__qualname__ = f"_load_{name.replace('-', '_')}"
-    loader.__doc__ = f"Load a split of {name!r} from its IDX files."
-    return loader
-
-
-def _binarized_split(root_arg: Any, split: str) -> np.ndarray:
-    """One of the files' splits (``train``, ``valid``, ``test``) of binarized MNIST, ``(N, 784)`` (cached)."""
-    name = "binarized-mnist"
+def _read_binarized(spec: DatasetSpec, source: str, root_arg: Any) -> _Arrays:
+    """One of the files' splits (``train``, ``valid``, ``test``) of binarized MNIST, ``(N, 784)``, from the
+    ``.npz`` file or else the original ``.amat`` text file."""
+    name = spec.name
     root = _resolve_root(name, root_arg)
     folder = root / name
     npz = folder / _NPZ_NAME
-    amat = folder / _AMAT_NAMES[split]
+    amat = folder / _AMAT_NAMES[source]
     if npz.exists():
         _verify(name, npz)
-        source = npz
+        path = npz
     elif amat.exists():
         _verify(name, amat)
-        source = amat
+        path = amat
     else:
         raise DataNotFoundError(
             _missing_message(name, [npz])
             + f"\n(Alternatively the original text file {amat}, "
             f"expected sha256 {_SHA256[(name, amat.name)]}.)"
         )
-    key = (name, split, str(root))
+    key = (name, source, str(root))
     if key not in _ARRAY_CACHE:
-        if source == npz:
+        if path == npz:
             with np.load(npz, allow_pickle=False) as z:
-                if split not in z.files:
-                    raise DataFormatError(f"{npz}: no array {split!r} (holds {z.files})")
-                arr = np.asarray(z[split])
+                if source not in z.files:
+                    raise DataFormatError(f"{npz}: no array {source!r} (holds {z.files})")
+                arr = np.asarray(z[source])
             if arr.dtype != np.uint8 or arr.ndim != 2 or arr.shape[1] != 784 or arr.max(initial=0) > 1:
                 raise DataFormatError(
-                    f"{npz}: array {split!r} has dtype {arr.dtype} and shape {arr.shape}, expected uint8 "
+                    f"{npz}: array {source!r} has dtype {arr.dtype} and shape {arr.shape}, expected uint8 "
                     f"(N, 784) with values 0/1"
                 )
             arr.setflags(write=False)
         else:
             arr = read_amat(amat)
         _ARRAY_CACHE[key] = (arr, None)
-    return _ARRAY_CACHE[key][0]
+    return _ARRAY_CACHE[key]
 
 
-def _load_binarized_mnist(split: str, root: Any, num_samples: int | None, seed: int) -> _Loaded:
-    if split == "train+valid":
-        arr = np.concatenate([_binarized_split(root, "train"), _binarized_split(root, "valid")])
-    else:
-        arr = _binarized_split(root, split)
-    n = _take(len(arr), "binarized-mnist", split, num_samples)
-    return _images_to_tensors("binarized-mnist", arr[:n], None, 1.0)
+def _load_spec(spec: DatasetSpec, split: str, root: Any, num_samples: int | None, seed: int) -> _Loaded:
+    """A split of a data set: drawn (a toy set), or the ranges of its source arrays, concatenated."""
+    where = _split_spec(spec, split)
+    if spec.draw is not None:
+        return spec.draw(where.size if num_samples is None else num_samples, _toy_generator(spec.name, split, seed))
+    assert spec.read is not None
+    pieces = [(spec.read(spec, source, root), slice(start, stop)) for source, start, stop in where.parts]
+
+    def join(i: int) -> np.ndarray:  # a view where the split is one range (the copy comes in _images_to_tensors)
+        parts = [arrays[i][rows] for arrays, rows in pieces]
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+    images, labels = join(0), join(1) if spec.has_labels else None
+    n = _take(len(images), spec.name, split, num_samples)
+    return _images_to_tensors(spec, images[:n], None if labels is None else labels[:n])
 
 
 # --------------------------------------------------------------------------------------------------
@@ -541,9 +533,7 @@ def _toy_generator(name: str, split: str, seed: int) -> torch.Generator:
     return g
 
 
-def _load_ring(split: str, root: Any, num_samples: int | None, seed: int) -> _Loaded:
-    n = SPLITS["ring"][split] if num_samples is None else num_samples
-    g = _toy_generator("ring", split, seed)
+def _draw_ring(n: int, g: torch.Generator) -> _Loaded:
     z = torch.randn(n, 2, generator=g, dtype=torch.float64)
     x = z / 10 + z / z.norm(dim=-1, keepdim=True).clamp_min(1e-300)
     angle = torch.atan2(x[:, 1], x[:, 0])  # in [-pi, pi]
@@ -618,10 +608,8 @@ def linear_gaussian_log_prob(x: torch.Tensor, params: LinearGaussianParams) -> t
     return mvn.log_prob(x.to(dtype))
 
 
-def _load_linear_gaussian(split: str, root: Any, num_samples: int | None, seed: int) -> _Loaded:
-    n = SPLITS["linear-gaussian"][split] if num_samples is None else num_samples
+def _draw_linear_gaussian(n: int, g: torch.Generator) -> _Loaded:
     params = linear_gaussian_params()
-    g = _toy_generator("linear-gaussian", split, seed)
     z = torch.randn(n, params.W.shape[1], generator=g, dtype=torch.float64)
     eps = torch.randn(n, params.W.shape[0], generator=g, dtype=torch.float64)
     x = z @ params.W.T + params.b + params.sigma * eps
@@ -632,15 +620,58 @@ def _load_linear_gaussian(split: str, root: Any, num_samples: int | None, seed: 
 # Public entry points
 # --------------------------------------------------------------------------------------------------
 
+_MNIST_SPLITS = {"train": _split(("train", 0, 60000)), "valid": _split(("train", 50000, 60000)),
+                 "test": _split(("test", 0, 10000)), "train-without-valid": _split(("train", 0, 50000))}
+_TOY_SPLITS = {"train": SplitSpec(10000), "valid": SplitSpec(1000), "test": SplitSpec(1000)}
+
+
+def _idx_spec(name: str, *sha256: str) -> DatasetSpec:
+    """An MNIST-like set: four IDX files (train and t10k images and labels, with these checksums), grey bytes."""
+    files = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", "t10k-images-idx3-ubyte.gz",
+             "t10k-labels-idx1-ubyte.gz")
+    return DatasetSpec(name, (1, 28, 28), _MNIST_SPLITS, values="[0, 1]", scale=255.0, read=_read_idx,
+                       sources={"train": 60000, "test": 10000}, files=dict(zip(files, sha256, strict=True)))
+
+
+#: Every data set's :class:`DatasetSpec`, by name (checksums from ``shared/data/README.md``).
+SPECS: dict[str, DatasetSpec] = {spec.name: spec for spec in (
+    DatasetSpec(
+        "digits", (1, 8, 8), values="[0, 1]", scale=16.0, read=_read_digits, sources={"all": 1797},
+        splits={"train": _split(("all", 0, 1500)), "valid": _split(("all", 1200, 1500)),
+                "test": _split(("all", 1500, 1797)), "train-without-valid": _split(("all", 0, 1200))}),
+    _idx_spec("mnist", "440fcabf73cc546fa21475e81ea370265605f56be210a4024d2ca8f203523609",
+              "3552534a0a558bbed6aed32b30c495cca23d567ec52cac8be1a0730e8010255c",
+              "8d422c7b0a1c1c79245a5bcf07fe86e33eeafee792b84584aec276f5a2dbc4e6",
+              "f7ae60f92e00ec6debd23a6088c31dbd2371eca3ffa0defaefb259924204aec6"),
+    _idx_spec("fashion-mnist", "3aede38d61863908ad78613f6a32ed271626dd12800ba2636569512369268a84",
+              "a04f17134ac03560a47e3764e11b92fc97de4d1bfaf8ba1a3aa29af54cc90845",
+              "346e55b948d973a97e58d2351dde16a484bd415d4595297633bb08f03db6a073",
+              "67da17c76eaffca5446c3361aaab5c3cd6d1c2608764d35dfb1850b086bf8dd5"),
+    DatasetSpec(
+        "binarized-mnist", (1, 28, 28), values="{0, 1}", has_labels=False, read=_read_binarized,
+        sources={"train": None, "valid": None, "test": None},
+        splits={"train": _split(("train", 0, 50000)), "valid": _split(("valid", 0, 10000)),
+                "test": _split(("test", 0, 10000)), "train+valid": _split(("train", 0, 50000), ("valid", 0, 10000))},
+        files={_NPZ_NAME: "350243cb824d66d022e0c3e87cac231231668817ff03f5f6d7b6533017d56b4b",
+               _AMAT_NAMES["train"]: "ad693b29f94c14277b095f5238ddefbbdaaae0939789dd2f4f0205278cee3e4d",
+               _AMAT_NAMES["valid"]: "1de3d397c40fe8eeb33dafd4099a1f665ec01e96d9be234aaeeac8a34930e2e2",
+               _AMAT_NAMES["test"]: "e6687bfea3f820c174f33b7865140b2a2dd2930ef786f35d45795fc193b5ab2c"}),
+    DatasetSpec("ring", (2,), _TOY_SPLITS, values="real", draw=_draw_ring),
+    DatasetSpec("linear-gaussian", (_LG_DIM,), _TOY_SPLITS, values="real", draw=_draw_linear_gaussian),
+)}
+
+#: Valid splits of every data set and their number of examples (for the toy sets: the default size); read from
+#: :data:`SPECS`.
+SPLITS: dict[str, dict[str, int]] = {name: {split: s.size for split, s in spec.splits.items()}
+                                     for name, spec in SPECS.items()}
+
 #: Every data set name and its loader ``(split, root, num_samples, seed) -> (x, labels or None)``.
-DATASETS: dict[str, Callable[[str, Any, int | None, int], _Loaded]] = {
-    "digits": _load_digits,
-    "mnist": _make_idx_loader("mnist"),
-    "fashion-mnist": _make_idx_loader("fashion-mnist"),
-    "binarized-mnist": _load_binarized_mnist,
-    "ring": _load_ring,
-    "linear-gaussian": _load_linear_gaussian,
-}
+DATASETS: dict[str, Callable[[str, Any, int | None, int], _Loaded]] = {name: partial(_load_spec, spec)
+                                                                       for name, spec in SPECS.items()}
+
+#: The expected sha256 of every known file, keyed by ``(data set, file name)``: an index of the specs' files.
+_SHA256: dict[tuple[str, str], str] = {(name, file): sha for name, spec in SPECS.items()
+                                       for file, sha in spec.files.items()}
 
 
 def load(
@@ -673,18 +704,16 @@ def load(
     :raises DataNotFoundError: if no data folder is given or a file is missing.
     :raises DataChecksumError: if a file's sha256 is not the known one.
     """
-    _check_name(name)
-    _check_split(name, split)
-    if return_labels and name not in _HAS_LABELS:
+    spec = _spec(name)
+    _split_spec(spec, split)
+    if return_labels and not spec.has_labels:
         raise ValueError(
             f"data set {name!r} has no labels (the fixed binarization of Larochelle & Murray was published "
             f"without them); call load({name!r}, ...) with return_labels=False, or use 'mnist' for labels"
         )
     if num_samples is not None:
-        if isinstance(num_samples, bool) or not isinstance(num_samples, (int, np.integer)) or num_samples < 1:
-            raise ValueError(f"num_samples must be a positive integer or None, got {num_samples!r}")
-        num_samples = int(num_samples)
-    x, labels = DATASETS[name](split, root, num_samples, int(seed))
+        num_samples = whole_number(num_samples, "num_samples (a positive integer or None)")
+    x, labels = _load_spec(spec, split, root, num_samples, int(seed))
     if return_labels:
         assert labels is not None
         return x, labels

@@ -756,8 +756,9 @@ def plot_run(
     out_dir = Path(out) if out is not None else run_dir
     if fmt not in ("png", "pdf", "svg"):
         raise ValueError(f"unknown figure format {fmt!r}; choose png, pdf or svg")
-    if isinstance(dpi, bool) or int(dpi) != dpi or not 10 <= int(dpi) <= 1200:
-        raise ValueError(f"dpi must be an integer between 10 and 1200, got {dpi!r}")
+    from .checks import whole_number
+
+    dpi = whole_number(dpi, "dpi", low=10, high=1200)
     if int(num_particles) < 2:
         raise ValueError(f"num_particles must be >= 2 (the k-hat needs several), got {num_particles}")
     if int(num) < 2:

@@ -3,7 +3,8 @@
 All are plain functions of ``(model, guide, *args)`` returning per-datapoint tensors:
 
 - :func:`log_importance_weights` ``(K, N)``, :func:`elbo` ``(N,)``, :func:`iwae_bound` ``(N,)``;
-- :func:`log_likelihood` over a data set, with diagnostics (:class:`LogLikelihoodResult`);
+- :func:`log_likelihood` over a data set, with diagnostics (:class:`LogLikelihoodResult`), and
+  :func:`ais_log_likelihood`, AIS over a data set (its settings in :class:`AISOptions`);
 - :func:`exact_log_likelihood` by quadrature for latents of dimension <= 2;
 - :func:`latent_usage`: active units, KL per dimension, mutual information;
 - :func:`kde_log_likelihood`: the Parzen-window (Gaussian KDE) baseline, model-free;
@@ -12,17 +13,21 @@ All are plain functions of ``(model, guide, *args)`` returning per-datapoint ten
 - :func:`sumo`, an unbiased estimate of ``log p(x)`` (Russian-roulette debiasing of IWAE, Luo et al. 2020);
 - training objectives in :mod:`pyro_vae.infer.objectives` (IWAE correct under subsampling, DReG).
 
-Everything is written once on the engine of :mod:`pyro_vae.infer.weights`: a batch's importance terms.
+Everything is written once on the engine of :mod:`pyro_vae.infer.weights`: a batch's importance terms. Every
+estimator draws its particles in chunks by one rule (:func:`particles_per_chunk`), and every result's mean and
+errors come from one base (:class:`PerDatapointSummary`).
 """
 
-from .annealing import AISResult, BDMCResult, ais, bdmc
+from .annealing import AISOptions, AISResult, BDMCResult, ais, ais_log_likelihood, bdmc
 from .arviz import importance_draws, psis_khat, result_to_dataset, to_inference_data
 from .bounds import elbo, iwae_bound, log_weight_chunks
+from .chunking import PARTICLE_VALUES_BUDGET, particles_per_chunk
 from .diagnostics import latent_usage
 from .evaluate import (
     DEFAULT_K_VALUES,
     Comparison,
     LogLikelihoodResult,
+    PerDatapointSummary,
     compare,
     effective_sample_size,
     k_curve,
@@ -37,6 +42,7 @@ from .sumo import SUMOResult, sumo
 from .weights import ImportanceTerms, guess_max_plate_nesting, importance_terms, log_importance_weights
 
 __all__ = [
+    "AISOptions",
     "AISResult",
     "BDMCResult",
     "Comparison",
@@ -46,7 +52,10 @@ __all__ = [
     "LogLikelihoodResult",
     "SUMOResult",
     "OBJECTIVES",
+    "PerDatapointSummary",
+    "PARTICLE_VALUES_BUDGET",
     "ais",
+    "ais_log_likelihood",
     "bdmc",
     "compare",
     "dreg_loss",
@@ -65,6 +74,7 @@ __all__ = [
     "log_likelihood",
     "log_weight_chunks",
     "pareto_khat",
+    "particles_per_chunk",
     "psis_khat",
     "replicate_stderr",
     "result_to_dataset",

@@ -36,6 +36,7 @@ Grosse, "On the quantitative analysis of decoder-based generative models", ICLR 
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -46,7 +47,11 @@ from pyro import poutine
 from pyro.distributions.util import sum_rightmost
 from torch.distributions import biject_to
 
+from .. import distributed as dist
+from ..checks import whole_number
+from .batches import _batch, _check_data, _placement
 from .replicates import replicate_stderr
+from .results import PerDatapointSummary
 from .weights import (
     PARTICLE_PLATE,
     _is_latent,
@@ -58,7 +63,8 @@ from .weights import (
     guess_max_plate_nesting,
 )
 
-__all__ = ["AISResult", "BDMCResult", "ais", "bdmc", "annealing_schedule", "SCHEDULES", "PROPOSALS"]
+__all__ = ["AISOptions", "AISResult", "BDMCResult", "ais", "ais_log_likelihood", "bdmc", "annealing_schedule",
+           "SCHEDULES", "PROPOSALS"]
 
 SCHEDULES = ("sigmoid", "linear", "geometric")
 PROPOSALS = ("guide", "prior")
@@ -86,8 +92,65 @@ def annealing_schedule(num_steps: int, schedule: str = "sigmoid", dtype: torch.d
     return betas.to(dtype)
 
 
+@dataclass(frozen=True)
+class AISOptions:
+    """The settings of an AIS run (of :func:`ais`, :func:`bdmc` and :func:`ais_log_likelihood`), checked on
+    creation. Each function also takes them one by one as keywords (``ais(..., num_chains=4)``), which override
+    the fields of an ``options`` object.
+
+    :raises ValueError: for a count that is not a whole number >= 1, an unknown proposal or schedule, or a
+        target acceptance rate outside (0, 1).
+    """
+
+    #: ``C``, independent chains per datapoint
+    num_chains: int = 16
+    #: ``T``, intermediate distributions
+    num_steps: int = 500
+    #: leapfrog steps of each HMC transition
+    num_leapfrog: int = 5
+    #: the initial leapfrog step size (a number or ``(N,)``; None: 0.1), adapted per datapoint towards
+    #: :attr:`target_accept`
+    step_size: float | torch.Tensor | None = None
+    #: ``"guide"`` (:math:`f_0 = q(z|x)`) or ``"prior"`` (:math:`f_0 = p(z)`)
+    proposal: str = "guide"
+    #: ``"sigmoid"``, ``"linear"`` or ``"geometric"`` (see :func:`annealing_schedule`)
+    schedule: str = "sigmoid"
+    #: the acceptance rate the step sizes adapt towards
+    target_accept: float = 0.65
+    #: groups of chains the Monte Carlo error comes from (None: ``min(C, 4)``)
+    num_groups: int | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("num_chains", "num_steps", "num_leapfrog") + (("num_groups",) if self.num_groups is not None
+                                                                   else ()):
+            object.__setattr__(self, name, whole_number(getattr(self, name), name))
+        if self.proposal not in PROPOSALS:
+            raise ValueError(f"unknown proposal {self.proposal!r}; choose one of {list(PROPOSALS)}")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"unknown schedule {self.schedule!r}; choose one of {list(SCHEDULES)}")
+        if not 0.0 < float(self.target_accept) < 1.0:
+            raise ValueError(f"target_accept must be in (0, 1), got {self.target_accept}")
+
+    @property
+    def groups(self) -> int:
+        """The groups of chains of the Monte Carlo error."""
+        return min(self.num_chains, 4) if self.num_groups is None else self.num_groups
+
+    @classmethod
+    def split(cls, options: AISOptions | None, kwargs: dict[str, Any]) -> tuple[AISOptions, dict[str, Any]]:
+        """``options`` (or the defaults) with the fields named in ``kwargs`` replaced, and the other keywords
+        (the model's own arguments)."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        given = {k: v for k, v in kwargs.items() if k in names}
+        base = cls() if options is None else options
+        if not isinstance(base, cls):
+            raise TypeError(f"options must be an AISOptions, got {type(options).__name__}")
+        return (dataclasses.replace(base, **given) if given else base), {k: v for k, v in kwargs.items()
+                                                                          if k not in names}
+
+
 @dataclass
-class AISResult:
+class AISResult(PerDatapointSummary):
     """Per-datapoint AIS estimates of ``log p(x)`` (or BDMC's reverse bound) and their diagnostics."""
 
     #: ``(C, N)``: each chain's log weight
@@ -114,22 +177,6 @@ class AISResult:
         """``(N,)``: ``log (1/C) sum_c w_c`` (forward), or ``-log (1/C) sum_c w_c`` (reverse: an upper bound)."""
         v = torch.logsumexp(self.log_weights, 0) - math.log(self.num_chains)
         return v if self.direction > 0 else -v
-
-    @property
-    def mean(self) -> float:
-        """The mean over datapoints."""
-        return float(self.values.double().mean())
-
-    @property
-    def stderr(self) -> float:
-        """The standard error of :attr:`mean` from the spread over datapoints."""
-        v = self.values.double()
-        return float(v.std() / math.sqrt(v.numel())) if v.numel() > 1 else float("nan")
-
-    @property
-    def mean_mc_stderr(self) -> float:
-        """The Monte Carlo error of :attr:`mean` (the datapoints' errors combined), apart from :attr:`stderr`."""
-        return float(self.mc_stderr.double().pow(2).sum().sqrt() / self.mc_stderr.numel())
 
     def summary(self) -> str:
         kind = "AIS" if self.direction > 0 else "reverse AIS (upper bound)"
@@ -322,19 +369,6 @@ def _anneal(target: _Target, us: list[torch.Tensor], fixed: dict[str, torch.Tens
                      direction=1 if float(betas[-1]) > float(betas[0]) else -1)
 
 
-def _check_options(num_chains: int, num_steps: int, num_leapfrog: int, proposal: str, schedule: str,
-                   target_accept: float) -> None:
-    for name, value in (("num_chains", num_chains), ("num_steps", num_steps), ("num_leapfrog", num_leapfrog)):
-        if isinstance(value, bool) or int(value) != value or int(value) < 1:
-            raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
-    if proposal not in PROPOSALS:
-        raise ValueError(f"unknown proposal {proposal!r}; choose one of {list(PROPOSALS)}")
-    if schedule not in SCHEDULES:
-        raise ValueError(f"unknown schedule {schedule!r}; choose one of {list(SCHEDULES)}")
-    if not 0.0 < float(target_accept) < 1.0:
-        raise ValueError(f"target_accept must be in (0, 1), got {target_accept}")
-
-
 def _initial_step(x_like: torch.Tensor, step_size: float | torch.Tensor | None) -> torch.Tensor:
     """The initial step size as a tensor: 0-dim for one number, ``(N,)`` for one per datapoint."""
     dtype = x_like.dtype if x_like.is_floating_point() else torch.get_default_dtype()
@@ -348,14 +382,7 @@ def ais(
     model: Callable,
     guide: Callable,
     *args: Any,
-    num_chains: int = 16,
-    num_steps: int = 500,
-    num_leapfrog: int = 5,
-    step_size: float | torch.Tensor | None = None,
-    proposal: str = "guide",
-    schedule: str = "sigmoid",
-    target_accept: float = 0.65,
-    num_groups: int | None = None,
+    options: AISOptions | None = None,
     data_plate: str = "data",
     max_plate_nesting: int | None = None,
     seed: int | None = None,
@@ -366,15 +393,12 @@ def ais(
     :param model: a Pyro model keeping the site contract.
     :param guide: its guide (the proposal, with ``proposal="guide"``).
     :param args: the batch ``x`` of shape ``(N, ...)`` and any further model arguments.
-    :param num_chains: ``C``, independent chains per datapoint.
-    :param num_steps: ``T``, intermediate distributions.
-    :param num_leapfrog: leapfrog steps of each HMC transition.
-    :param step_size: the initial leapfrog step size (a number or ``(N,)``; default 0.1), adapted per datapoint.
-    :param proposal: ``"guide"`` (:math:`f_0 = q(z|x)`) or ``"prior"`` (:math:`f_0 = p(z)`).
-    :param schedule: ``"sigmoid"``, ``"linear"`` or ``"geometric"`` (see :func:`annealing_schedule`).
-    :param target_accept: the acceptance rate the step sizes adapt towards.
-    :param num_groups: groups of chains for the Monte Carlo error (default: ``min(C, 4)``).
+    :param options: the run's :class:`AISOptions` (default: its defaults).
     :param seed: seed Pyro's generators first (reproducible estimates).
+    :param kwargs: fields of :class:`AISOptions` one by one (``num_chains=16``, ``num_steps=500``,
+        ``num_leapfrog=5``, ``step_size=None``, ``proposal="guide"``, ``schedule="sigmoid"``,
+        ``target_accept=0.65``, ``num_groups=None``), which override ``options``; any other keyword is passed to
+        ``model`` and ``guide``.
     :returns: :class:`AISResult`: ``.values`` ``(N,)``, ``.log_weights`` ``(C, N)``, ``.mean``, ``.stderr``,
         ``.mc_stderr`` ``(N,)``, ``.acceptance_rate`` and ``.step_size`` ``(N,)``.
     :raises ValueError: on bad options or data, or a discrete latent (before any work).
@@ -387,18 +411,76 @@ def ais(
         >>> r.values.shape, r.log_weights.shape
         (torch.Size([3]), torch.Size([4, 3]))
     """
-    _check_options(num_chains, num_steps, num_leapfrog, proposal, schedule, target_accept)
-    check_estimator_input(model, guide, args, num_chains)
+    opts, kwargs = AISOptions.split(options, kwargs)
+    check_estimator_input(model, guide, args, opts.num_chains)
     if seed is not None:
         pyro.set_rng_seed(int(seed))
     if max_plate_nesting is None:
         max_plate_nesting = guess_max_plate_nesting(model, guide, *args, **kwargs)
-    target = _Target(model, guide, args, kwargs, num_chains, max_plate_nesting, data_plate, proposal)
+    target = _Target(model, guide, args, kwargs, opts.num_chains, max_plate_nesting, data_plate, opts.proposal)
     fixed = target.initial()
     us = target.to_unconstrained(fixed)
-    groups = min(int(num_chains), 4) if num_groups is None else int(num_groups)
-    return _anneal(target, us, _non_latent(fixed, target), annealing_schedule(num_steps, schedule), num_leapfrog,
-                   _initial_step(us[0], step_size), target_accept, adapt=True, num_groups=groups)
+    return _anneal(target, us, _non_latent(fixed, target), annealing_schedule(opts.num_steps, opts.schedule),
+                   opts.num_leapfrog, _initial_step(us[0], opts.step_size), opts.target_accept, adapt=True,
+                   num_groups=opts.groups)
+
+
+def ais_log_likelihood(
+    model: Callable,
+    guide: Callable,
+    data: torch.Tensor,
+    *,
+    batch_size: int = 100,
+    options: AISOptions | None = None,
+    transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    device: str | torch.device | None = None,
+    dtype: torch.dtype | None = None,
+    seed: int | None = None,
+    max_plate_nesting: int | None = None,
+    data_plate: str = "data",
+    distributed: bool | None = None,
+    condition: torch.Tensor | None = None,
+    **ais_options: Any,
+) -> AISResult:
+    """:func:`ais` over a data set, batch by batch: the AIS counterpart of
+    :func:`~pyro_vae.infer.log_likelihood` (which calls it for ``method="ais"``).
+
+    :param data: ``(N, *event_shape)``.
+    :param batch_size: datapoints per run of :func:`ais`.
+    :param options: the :class:`AISOptions` of every batch; ``ais_options`` (its fields one by one) override it.
+    :param transform: applied to each batch before scoring (e.g. a fixed binarization).
+    :param device: moves each batch there (default: the model's device, for a model that is a method of a module).
+    :param dtype: casts each batch (default: the model's dtype, likewise).
+    :param seed: batch ``b`` is seeded with :func:`~pyro_vae.distributed.derive_seed` of ``(seed, b)``.
+    :param distributed: AIS runs in one process: ``True``, or None under ``torchrun`` with several processes,
+        is refused (call it on one rank with ``distributed=False``).
+    :param condition: a conditional model's ``y`` ``(N, *condition_shape)``, batched with ``data`` and passed after
+        ``x``: the estimates are then of ``log p(x | y)``.
+    :returns: one :class:`AISResult` over all of ``data`` (tensors on the CPU): ``.values`` ``(N,)``,
+        ``.log_weights`` ``(C, N)``.
+    :raises TypeError: for a keyword that is not a field of :class:`AISOptions`.
+    """
+    opts, unknown = AISOptions.split(options, ais_options)
+    if unknown:
+        raise TypeError(f"unexpected options for AIS: {sorted(unknown)} (the AIS options are "
+                        f"{[f.name for f in dataclasses.fields(AISOptions)]})")
+    if distributed or (distributed is None and dist.launched() and dist.world_size() > 1):
+        raise ValueError("AIS over a data set runs in one process: call it with distributed=False (on rank 0, say)")
+    size = whole_number(batch_size, "batch_size")
+    _check_data(model, guide, data, opts.num_chains, transform)
+    device, dtype = _placement(model, data, device, dtype)
+    parts = []
+    for b, start in enumerate(range(0, data.shape[0], size)):
+        x = _batch(data, start, size, device, dtype, transform)
+        extra = () if condition is None else (_batch(condition, start, size, device, dtype, None),)
+        parts.append(ais(model, guide, x, *extra, options=opts, data_plate=data_plate,
+                         max_plate_nesting=max_plate_nesting, seed=None if seed is None else dist.derive_seed(seed, b)))
+    first = parts[0]
+    return AISResult(log_weights=torch.cat([p.log_weights for p in parts], 1).cpu(),
+                     mc_stderr=torch.cat([p.mc_stderr for p in parts]).cpu(),
+                     acceptance_rate=torch.cat([p.acceptance_rate for p in parts]).cpu(),
+                     step_size=torch.cat([p.step_size for p in parts]).cpu(), num_steps=first.num_steps,
+                     num_leapfrog=first.num_leapfrog, num_groups=first.num_groups)
 
 
 def _non_latent(values: dict[str, torch.Tensor], target: _Target) -> dict[str, torch.Tensor]:
@@ -412,14 +494,7 @@ def bdmc(
     guide: Callable,
     x: torch.Tensor,
     *args: Any,
-    num_chains: int = 16,
-    num_steps: int = 500,
-    num_leapfrog: int = 5,
-    step_size: float | None = None,
-    proposal: str = "guide",
-    schedule: str = "sigmoid",
-    target_accept: float = 0.65,
-    num_groups: int | None = None,
+    options: AISOptions | None = None,
     data_plate: str = "data",
     max_plate_nesting: int | None = None,
     seed: int | None = None,
@@ -433,10 +508,13 @@ def bdmc(
     error of AIS with this schedule on data like these (Grosse et al. 2015, Wu et al. 2017).
 
     :param x: a batch whose shape (and device, dtype) the simulated data take; its values are not used.
+    :param options: the :class:`AISOptions` of both directions; keywords that are its fields override it, and
+        any other keyword is passed to ``model`` and ``guide`` (as :func:`ais`).
     :returns: :class:`BDMCResult` with ``.lower``, ``.upper`` ``(N,)``, ``.x``, ``.gap`` and
         ``.gap_mc_stderr``.
     """
-    _check_options(num_chains, num_steps, num_leapfrog, proposal, schedule, target_accept)
+    opts, kwargs = AISOptions.split(options, kwargs)
+    num_chains = opts.num_chains
     check_estimator_input(model, guide, (x, *args), num_chains, support=False)
     if seed is not None:
         pyro.set_rng_seed(int(seed))
@@ -451,11 +529,10 @@ def bdmc(
     obs = observed[0]
     x_sim = _squeeze_particles(obs["value"], obs).reshape(x.shape).to(x.dtype)
     latents = {s["name"]: s["value"] for s in sites if _is_latent(s)}
-    forward = ais(model, guide, x_sim, *args, num_chains=num_chains, num_steps=num_steps, num_leapfrog=num_leapfrog,
-                  step_size=step_size, proposal=proposal, schedule=schedule, target_accept=target_accept,
-                  num_groups=num_groups, data_plate=data_plate, max_plate_nesting=max_plate_nesting, **kwargs)
+    forward = ais(model, guide, x_sim, *args, options=opts, data_plate=data_plate,
+                  max_plate_nesting=max_plate_nesting, **kwargs)
     # reverse: every chain starts at the latents that generated x_sim
-    target = _Target(model, guide, (x_sim, *args), kwargs, num_chains, max_plate_nesting, data_plate, proposal)
+    target = _Target(model, guide, (x_sim, *args), kwargs, num_chains, max_plate_nesting, data_plate, opts.proposal)
     init = target.initial()  # the sites' layout (and the guide's subsample draws)
     start = {name: _expand_particles(latents[s["name"]], s, num_chains) for s in target.sites
              for name in [s["name"]] if name in latents}
@@ -464,8 +541,9 @@ def bdmc(
         raise ValueError(f"the model does not sample the guide's latent site(s) {missing}")
     us = target.to_unconstrained({**init, **start})
     # the forward run's adapted step sizes, kept fixed going back
-    reverse = _anneal(target, us, _non_latent(init, target), annealing_schedule(num_steps, schedule).flip(0),
-                      num_leapfrog, forward.step_size.clone(), target_accept, adapt=False,
+    schedule = annealing_schedule(opts.num_steps, opts.schedule).flip(0)
+    reverse = _anneal(target, us, _non_latent(init, target), schedule, opts.num_leapfrog, forward.step_size.clone(),
+                      opts.target_accept, adapt=False,
                       num_groups=forward.num_groups)
     return BDMCResult(x=x_sim, forward=forward, reverse=reverse,
                       latents={k: _squeeze_particles(v, s) for s in sites if _is_latent(s) for k, v in

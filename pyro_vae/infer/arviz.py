@@ -37,6 +37,7 @@ import numpy as np
 import pyro
 import torch
 
+from .chunking import particles_per_chunk
 from .weights import terms_producer
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -55,23 +56,28 @@ def importance_draws(
     *,
     max_plate_nesting: int | None = None,
     data_plate: str = "data",
+    chunk_size: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
-    """Draw ``K`` particles per datapoint from the guide (one vectorized pass) and score them.
+    """Draw ``K`` particles per datapoint from the guide (vectorized passes of ``chunk_size``) and score them.
 
     :param model: a Pyro model keeping the site contract.
     :param guide: its guide.
     :param x: a batch ``(N, *event_shape)``.
     :param num_particles: ``K``.
+    :param chunk_size: particles per pass (None: :func:`~pyro_vae.infer.particles_per_chunk`'s rule).
     :returns: ``(log_w, log_lik, draws)``: the log weights ``(K, N)``, ``log p(x | z)`` ``(K, N)`` and
         ``{site name: (K, N, *event_shape)}`` for every latent site of the guide.
     """
     k = int(num_particles)
     if k < 1:
         raise ValueError(f"num_particles must be >= 1, got {num_particles}")
-    t = terms_producer(model, guide, x, max_plate_nesting=max_plate_nesting, data_plate=data_plate)(k, latents=True)
-    log_w = t.log_weights
+    produce = terms_producer(model, guide, x, max_plate_nesting=max_plate_nesting, data_plate=data_plate)
+    chunk = particles_per_chunk(k, x, chunk_size)
+    parts = [produce(min(chunk, k - start), latents=True) for start in range(0, k, chunk)]
+    log_w = torch.cat([t.log_weights for t in parts])
     assert log_w.shape == (k, x.shape[0]), log_w.shape
-    return log_w, t.log_likelihood, t.latents
+    draws = {name: torch.cat([t.latents[name] for t in parts]) for name in parts[0].latents}
+    return log_w, torch.cat([t.log_likelihood for t in parts]), draws
 
 
 def to_inference_data(

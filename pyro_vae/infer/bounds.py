@@ -10,7 +10,8 @@
 
 (Burda, Grosse & Salakhutdinov 2016, Theorem 1). Both are computed from the log importance weights of
 :func:`pyro_vae.infer.log_importance_weights`, chunked over particles so that ``K = 5000`` runs in bounded
-memory: the IWAE bound keeps a running ``logsumexp`` over chunks.
+memory (by default :func:`~pyro_vae.infer.chunking.particles_per_chunk`'s rule): the IWAE bound keeps a running
+``logsumexp`` over chunks.
 
 The functions keep the autograd graph when gradients are enabled (so they serve as training objectives)
 and build none under ``torch.no_grad()``.
@@ -27,6 +28,7 @@ from typing import Any, Callable, Iterator
 
 import torch
 
+from .chunking import particles_per_chunk
 from .weights import check_estimator_input, terms_producer
 
 __all__ = ["elbo", "iwae_bound", "log_weight_chunks"]
@@ -52,7 +54,10 @@ def log_weight_chunks(
     data_plate: str = "data",
     **kwargs: Any,
 ) -> Iterator[torch.Tensor]:
-    """Yield the ``(K, N)`` log importance weights in chunks of at most ``chunk_size`` particles.
+    """Yield the ``(K, N)`` log importance weights in chunks of particles, ``(C, N)`` each.
+
+    :param chunk_size: ``C``, particles per vectorized pass; None: :func:`~pyro_vae.infer.particles_per_chunk`'s
+        rule from the size of the batch (bounded memory, whatever ``K``).
 
     The input is checked once (:func:`~pyro_vae.infer.weights.check_estimator_input`), before the first chunk.
     """
@@ -64,14 +69,10 @@ def log_weight_chunks(
 def _chunks(model: Callable, guide: Callable, *args: Any, num_particles: int, chunk_size: int | None = None,
             max_plate_nesting: int | None = None, data_plate: str = "data", elbo: bool = False,
             **kwargs: Any) -> Iterator[torch.Tensor]:
-    """:func:`log_weight_chunks` without the input checks (training objectives call it every step); with ``elbo``
-    the ELBO's integrand instead (it differs from the log weights only where guide sites are enumerated)."""
+    """:func:`log_weight_chunks` after its input check (the estimators here check their input themselves); with
+    ``elbo`` the ELBO's integrand instead (it differs from the log weights only where guide sites are enumerated)."""
     num_particles = int(num_particles)
-    if num_particles < 1:
-        raise ValueError(f"num_particles must be >= 1, got {num_particles}")
-    chunk_size = num_particles if chunk_size is None else int(chunk_size)
-    if chunk_size < 1:
-        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    chunk_size = particles_per_chunk(num_particles, args[0] if args else None, chunk_size)
     produce = terms_producer(model, guide, *args, max_plate_nesting=max_plate_nesting, data_plate=data_plate,
                              **kwargs)
     for start in range(0, num_particles, chunk_size):
@@ -95,27 +96,21 @@ def iwae_bound(
     :param guide: its guide (the proposal).
     :param args: the batch ``x`` of shape ``(N, ...)`` and any further model arguments.
     :param num_particles: ``K``; ``K = 1`` gives a one-sample ELBO estimate.
-    :param chunk_size: particles per vectorized pass (bounded memory); all at once if None.
+    :param chunk_size: particles per vectorized pass; None (the default): as many as
+        :func:`~pyro_vae.infer.particles_per_chunk` allows for the batch's size (bounded memory, whatever ``K``;
+        the estimate does not depend on the chunks beyond floating-point reordering).
     :returns: one unbiased sample of :math:`\\mathcal{L}_K(x_n)` per datapoint, shape ``(N,)``.
     :raises ValueError: for ``num_particles < 1``, empty or non-finite data, data whose shape is not the model's
         ``input_shape`` or values outside its likelihood's support (checked once, before any work).
     """
     check_estimator_input(model, guide, args, num_particles)
-    return _warn_non_finite(_iwae_bound(model, guide, *args, num_particles=num_particles, chunk_size=chunk_size,
-                                        max_plate_nesting=max_plate_nesting, data_plate=data_plate, **kwargs),
-                            "iwae_bound")
-
-
-def _iwae_bound(model: Callable, guide: Callable, *args: Any, num_particles: int, chunk_size: int | None = None,
-                max_plate_nesting: int | None = None, data_plate: str = "data", **kwargs: Any) -> torch.Tensor:
-    """:func:`iwae_bound` without the input checks: the IWAE training objective calls it every step."""
     acc = None
     for log_w in _chunks(model, guide, *args, num_particles=num_particles, chunk_size=chunk_size,
                          max_plate_nesting=max_plate_nesting, data_plate=data_plate, **kwargs):
         lse = torch.logsumexp(log_w, dim=0)
         acc = lse if acc is None else torch.logaddexp(acc, lse)
     assert acc is not None and acc.dim() == 1
-    return acc - math.log(int(num_particles))
+    return _warn_non_finite(acc - math.log(int(num_particles)), "iwae_bound")
 
 
 def elbo(
@@ -131,6 +126,7 @@ def elbo(
     """The evidence lower bound :math:`\\frac{1}{K} \\sum_k \\log w_k` for each datapoint.
 
     :param num_particles: ``K``, the number of samples the expectation is averaged over.
+    :param chunk_size: particles per vectorized pass (None: as :func:`iwae_bound`).
     :returns: shape ``(N,)``.
 
     Unlike ``Trace_ELBO``, whose loss is one number for the batch (scaled by any subsampling), this

@@ -8,6 +8,9 @@
   :math:`I_q(x; z) = \\mathbb{E}_x \\mathbb{E}_{q(z|x)}[\\log q(z|x) - \\log q(z)]` with the aggregate
   posterior :math:`q(z) = \\frac{1}{M}\\sum_m q(z \\mid x_m)` over ``M`` datapoints (Hoffman & Johnson 2016).
   It is bounded by ``log M``.
+
+The guide and the model run through the engine's one recording path (:mod:`pyro_vae.infer.weights`), as in
+every estimator; a conditional model's further arguments (``y``) are batched with the data.
 """
 
 from __future__ import annotations
@@ -17,17 +20,23 @@ from typing import Any, Callable
 
 import pyro
 import torch
-from pyro import poutine
-from pyro.poutine.util import site_is_subsample
+
+from ..checks import whole_number
+from .weights import _is_latent, _run, check_estimator_input
 
 __all__ = ["latent_usage", "ACTIVE_UNIT_THRESHOLD"]
 
 ACTIVE_UNIT_THRESHOLD = 0.01
 
 
-def _latent_sites(trace: Any) -> dict[str, dict]:
-    return {name: s for name, s in trace.nodes.items()
-            if s["type"] == "sample" and not s["is_observed"] and not site_is_subsample(s)}
+def _latent_sites(sites: list[dict]) -> dict[str, dict]:
+    return {s["name"]: s for s in sites if _is_latent(s)}
+
+
+def _rows(args: tuple, n: int, start: int, stop: int) -> tuple:
+    """The datapoints ``start .. stop`` of every tensor argument with ``n`` rows (a conditional model's ``y``);
+    other arguments as they are."""
+    return tuple(a[start:stop] if torch.is_tensor(a) and a.dim() >= 1 and a.shape[0] == n else a for a in args)
 
 
 def _base_normal(fn: Any) -> torch.distributions.Normal | None:
@@ -54,43 +63,56 @@ def latent_usage(
     model: Callable,
     guide: Callable,
     data: torch.Tensor,
-    *,
+    *args: Any,
     batch_size: int = 1000,
     num_mi_datapoints: int = 1000,
     threshold: float = ACTIVE_UNIT_THRESHOLD,
     seed: int | None = None,
+    **kwargs: Any,
 ) -> dict[str, dict[str, Any]]:
     """Active units, KL per dimension and mutual information for each latent site of the guide.
 
     :param data: ``(N, *event_shape)``.
+    :param args: further arguments of ``model`` and ``guide``, as for every estimator; a tensor with ``N`` rows
+        (a conditional VAE's ``y`` ``(N, *condition_shape)``) is batched with ``data``, anything else is passed
+        whole.
+    :param batch_size: datapoints per pass.
     :param num_mi_datapoints: ``M``, the datapoints used for the aggregate posterior in the MI estimate.
+    :param kwargs: keyword arguments of ``model`` and ``guide``.
     :returns: ``{site: {"active_units": int, "dimensions": int, "mean_variance": (d,) list,
         "kl_per_dim": (d,) list or None, "mutual_information": float or None}}``.
     """
+    check_estimator_input(model, guide, (data, *args), 1, support=False)
+    batch_size = whole_number(batch_size, "batch_size")
+    num_mi_datapoints = whole_number(num_mi_datapoints, "num_mi_datapoints")
     if seed is not None:
         pyro.set_rng_seed(seed)
+    n = data.shape[0]
     means: dict[str, list[torch.Tensor]] = {}
     kls: dict[str, list[torch.Tensor]] = {}
-    for start in range(0, data.shape[0], batch_size):
+    for start in range(0, n, batch_size):
         x = data[start:start + batch_size]
-        guide_trace = poutine.trace(guide).get_trace(x)
-        model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(x)
-        for name, site in _latent_sites(guide_trace).items():
+        batch_args = (x, *_rows(args, n, start, start + batch_size))
+        guide_sites = _latent_sites(_run(guide, batch_args, kwargs))
+        model_sites = _latent_sites(_run(model, batch_args, kwargs,
+                                         replay={k: s["value"] for k, s in guide_sites.items()}))
+        for name, site in guide_sites.items():
             fn = site["fn"]
             means.setdefault(name, []).append(_posterior_mean(fn).reshape(x.shape[0], -1))
-            q, p = _base_normal(fn), _base_normal(model_trace.nodes[name]["fn"])
+            q = _base_normal(fn)
+            p = _base_normal(model_sites[name]["fn"]) if name in model_sites else None
             if q is not None and p is not None:
                 kl = torch.distributions.kl_divergence(q, p)
                 kls.setdefault(name, []).append(kl.reshape(x.shape[0], -1))
     x = data[:num_mi_datapoints]
     m = x.shape[0]
-    mi_trace = poutine.trace(guide).get_trace(x)
+    mi_sites = _latent_sites(_run(guide, (x, *_rows(args, n, 0, num_mi_datapoints)), kwargs))
     out: dict[str, dict[str, Any]] = {}
     for name, chunks in means.items():
         mu = torch.cat(chunks)
-        var = mu.double().var(0, unbiased=True) if mu.shape[0] > 1 else torch.zeros(mu.shape[1])
-        fn = mi_trace.nodes[name]["fn"]
-        z = mi_trace.nodes[name]["value"]  # (M, ...) one draw per datapoint
+        var = mu.double().var(0, unbiased=True) if mu.shape[0] > 1 else mu.new_zeros(mu.shape[1], dtype=torch.float64)
+        fn = mi_sites[name]["fn"]
+        z = mi_sites[name]["value"]  # (M, ...) one draw per datapoint
         mi = None
         if fn.batch_shape == (m,) and _has_mean(fn):  # a flow guide has no cheap cross-density: no MI
             log_q_cross = fn.log_prob(z.unsqueeze(1))  # (M, M): z_i scored under q(. | x_j)

@@ -25,18 +25,26 @@ import math
 import sys
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Literal, Sequence, overload
 
 import numpy as np
 import pyro
 import torch
 
 from .. import distributed as dist
+from ..checks import whole_number
+from .annealing import ais_log_likelihood
+from .batches import _batch, _check_data, _placement
+from .chunking import particles_per_chunk
 from .replicates import replicate_stderr
-from .weights import check_estimator_input, guess_max_plate_nesting, terms_producer
+from .results import PerDatapointSummary, standard_error
+from .weights import guess_max_plate_nesting, terms_producer
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .annealing import AISOptions, AISResult
 
 __all__ = ["LogLikelihoodResult", "log_likelihood", "k_curve", "effective_sample_size", "pareto_khat",
-           "replicate_stderr", "compare", "Comparison",
+           "replicate_stderr", "PerDatapointSummary", "compare", "Comparison",
            "DEFAULT_K_VALUES", "KHAT_THRESHOLD"]
 
 DEFAULT_K_VALUES = (1, 5, 50, 500, 5000)
@@ -65,11 +73,6 @@ def _release_freed_memory() -> None:
             _LIBC = False
     if _LIBC:
         _LIBC.malloc_trim(0)
-
-
-def _stderr(values: torch.Tensor) -> float:
-    n = values.numel()
-    return float(values.double().std(unbiased=True) / math.sqrt(n)) if n > 1 else float("nan")
 
 
 def effective_sample_size(log_w: torch.Tensor) -> torch.Tensor:
@@ -113,7 +116,7 @@ def pareto_khat(log_w: torch.Tensor) -> torch.Tensor:
 
 
 @dataclass
-class LogLikelihoodResult:
+class LogLikelihoodResult(PerDatapointSummary):
     """Per-datapoint estimates from :func:`log_likelihood` (all tensors of shape ``(N,)``, on the CPU)."""
 
     #: IWAE_K per datapoint, the log p(x) estimate
@@ -132,23 +135,6 @@ class LogLikelihoodResult:
     #: ``(N,)``: the Monte Carlo error of each datapoint's estimate, from disjoint groups of particles
     #: (:func:`replicate_stderr`); None when ``K`` is too small to split
     mc_stderr: torch.Tensor | None = None
-
-    @property
-    def mean_mc_stderr(self) -> float:
-        """The Monte Carlo error of :attr:`mean` (the datapoints' errors combined), apart from :attr:`stderr`."""
-        if self.mc_stderr is None:
-            return float("nan")
-        return float(self.mc_stderr.double().pow(2).sum().sqrt() / self.mc_stderr.numel())
-
-    @property
-    def mean(self) -> float:
-        """Mean over datapoints of the IWAE_K estimate: the data set's log p(x) in nats per datapoint."""
-        return float(self.values.double().mean())
-
-    @property
-    def stderr(self) -> float:
-        """Standard error of :attr:`mean` over datapoints."""
-        return _stderr(self.values)
 
     @property
     def khat_threshold(self) -> float:
@@ -180,11 +166,12 @@ class LogLikelihoodResult:
             "num_datapoints": int(self.values.numel()), "num_particles": self.num_particles,
             "log_likelihood": self.mean, "log_likelihood_stderr": self.stderr,
             "log_likelihood_mc_stderr": self.mean_mc_stderr,
-            "elbo": float(self.elbo.double().mean()), "elbo_stderr": _stderr(self.elbo),
+            "elbo": float(self.elbo.double().mean()), "elbo_stderr": standard_error(self.elbo),
             "rate": float(self.rate.double().mean()), "distortion": float(self.distortion.double().mean()),
-            "gap": float(gap.double().mean()), "gap_stderr": _stderr(gap),
+            "gap": float(gap.double().mean()), "gap_stderr": standard_error(gap),
             "ess_mean": float(self.ess.double().mean()), "ess_min": float(self.ess.min()),
-            "curve": {str(k): {"mean": float(v.double().mean()), "stderr": _stderr(v)} for k, v in self.curve.items()},
+            "curve": {str(k): {"mean": float(v.double().mean()), "stderr": standard_error(v)}
+                      for k, v in self.curve.items()},
         }
         if self.khat is not None:
             out.update({"khat_mean": float(self.khat.mean()), "khat_max": float(self.khat.max()),
@@ -223,6 +210,18 @@ class LogLikelihoodResult:
         return "\n".join(lines)
 
 
+@overload
+def log_likelihood(model: Callable, guide: Callable, data: torch.Tensor, num_particles: int = ...,
+                   batch_size: int = ..., chunk_size: int | None = ..., *, method: Literal["iwae"] = ...,
+                   **options: Any) -> LogLikelihoodResult: ...
+
+
+@overload
+def log_likelihood(model: Callable, guide: Callable, data: torch.Tensor, num_particles: int = ...,
+                   batch_size: int = ..., chunk_size: int | None = ..., *, method: Literal["ais"],
+                   **options: Any) -> AISResult: ...
+
+
 @torch.no_grad()
 def log_likelihood(
     model: Callable,
@@ -245,17 +244,19 @@ def log_likelihood(
     method: str = "iwae",
     num_groups: int = 10,
     condition: torch.Tensor | None = None,
+    options: AISOptions | None = None,
     **ais_options: Any,
-) -> Any:
+) -> LogLikelihoodResult | AISResult:
     """Estimate ``log p(x)`` of every datapoint with ``K`` importance samples from the guide (``method="iwae"``),
-    or by annealed importance sampling (``method="ais"``: :func:`pyro_vae.infer.ais` on each batch).
+    or by annealed importance sampling (``method="ais"``: :func:`~pyro_vae.infer.ais_log_likelihood`).
 
     :param model: a Pyro model keeping the site contract (its parameters already on ``device``).
     :param guide: its guide, the proposal.
     :param data: ``(N, *event_shape)``.
     :param num_particles: ``K``.
     :param batch_size: datapoints per pass; memory is ``O(batch_size * chunk_size)``.
-    :param chunk_size: particles per vectorized pass; defaults to about ``65536 // batch_size``.
+    :param chunk_size: particles per vectorized pass; None (the default): as many as
+        :func:`~pyro_vae.infer.particles_per_chunk` allows for a batch (``batch_size x`` the datapoint's size).
     :param k_values: the ``k`` at which the bound is reported (those ``<= K``; the curve always ends at ``K`` itself,
         the headline estimate).
     :param diagnostics: compute the Pareto k-hat (ArviZ); the ESS is always computed.
@@ -273,41 +274,32 @@ def log_likelihood(
     :param condition: a conditional model's ``y`` ``(N, *condition_shape)``, batched with ``data`` and passed after
         ``x``: the estimates are then of ``log p(x | y)``.
     :param num_groups: the disjoint groups of particles the Monte Carlo error ``mc_stderr`` is measured from.
-    :param ais_options: with ``method="ais"``, options of :func:`~pyro_vae.infer.ais` (``num_chains``,
-        ``num_steps``, ``num_leapfrog``, ``proposal``, ``schedule``, ...); ``num_particles`` is then unused.
+    :param options: with ``method="ais"``, the :class:`~pyro_vae.infer.AISOptions`.
+    :param ais_options: with ``method="ais"``, fields of :class:`~pyro_vae.infer.AISOptions` one by one
+        (``num_chains``, ``num_steps``, ``num_leapfrog``, ``proposal``, ``schedule``, ...); ``num_particles``,
+        ``chunk_size``, ``k_values``, ``diagnostics``, ``progress`` and ``num_groups`` are then unused.
     :returns: a :class:`LogLikelihoodResult` with per-datapoint tensors of shape ``(N,)`` (``method="ais"``: an
         :class:`~pyro_vae.infer.AISResult` over the whole data).
     """
     if method not in ("iwae", "ais"):
         raise ValueError(f"unknown method {method!r}; choose 'iwae' or 'ais'")
     if method == "ais":
-        return _ais_over_batches(model, guide, data, batch_size=batch_size, transform=transform, device=device,
-                                 dtype=dtype, seed=seed, max_plate_nesting=max_plate_nesting, data_plate=data_plate,
-                                 distributed=distributed, condition=condition, **ais_options)
-    if ais_options:
-        raise TypeError(f"unexpected options for method='iwae': {sorted(ais_options)}")
-    if int(num_particles) < 1:
-        raise ValueError(f"num_particles must be >= 1, got {num_particles}")
-    if not torch.is_tensor(data) or data.dim() < 1 or data.shape[0] == 0:
-        raise ValueError("data must be a non-empty tensor of shape (N, *event_shape)")
-    # dtype, shape against a VAE's input_shape, NaN/inf and (without a transform) the likelihood's support
-    check_estimator_input(model, guide, (data,), num_particles, support=transform is None, placement=False)
-    # each batch goes to the model's device and dtype (data may stay on the CPU, or come as float64)
-    owner = getattr(model, "__self__", None)
-    param = next(owner.parameters(), None) if isinstance(owner, torch.nn.Module) else None
-    if param is not None:
-        device = param.device if device is None and data.device != param.device else device
-        dtype = param.dtype if dtype is None and data.is_floating_point() and data.dtype != param.dtype else dtype
-    if int(batch_size) < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    if chunk_size is not None and (isinstance(chunk_size, bool) or int(chunk_size) != chunk_size or chunk_size < 1):
-        raise ValueError(f"chunk_size must be an integer >= 1 (particles per pass), got {chunk_size!r}")
-    bad = [k for k in k_values if isinstance(k, bool) or int(k) != k or int(k) < 1]
-    if bad:
-        raise ValueError(f"k_values must be integers >= 1, got {list(k_values)}")
-    num_particles, batch_size = int(num_particles), int(batch_size)
-    k_values = sorted({int(k) for k in k_values if k <= num_particles} | {num_particles})  # the headline K too
-    chunk_size = int(chunk_size) if chunk_size is not None else max(1, 65536 // batch_size)
+        return ais_log_likelihood(model, guide, data, batch_size=batch_size, options=options, transform=transform,
+                                  device=device, dtype=dtype, seed=seed, max_plate_nesting=max_plate_nesting,
+                                  data_plate=data_plate, distributed=distributed, condition=condition, **ais_options)
+    if ais_options or options is not None:
+        raise TypeError(f"unexpected options for method='iwae': {sorted(ais_options) or ['options']}")
+    _check_data(model, guide, data, num_particles, transform)
+    device, dtype = _placement(model, data, device, dtype)
+    batch_size = whole_number(batch_size, "batch_size")
+    if chunk_size is not None:
+        chunk_size = whole_number(chunk_size, "chunk_size (particles per pass)")
+    try:
+        k_values = [whole_number(k, "k_values") for k in k_values]
+    except ValueError:
+        raise ValueError(f"k_values must be integers >= 1, got {list(k_values)}") from None
+    num_particles = int(num_particles)
+    k_values = sorted({k for k in k_values if k <= num_particles} | {num_particles})  # the headline K too
     if distributed is None:
         distributed = dist.launched()
     if distributed:
@@ -335,8 +327,9 @@ def log_likelihood(
         # one producer per batch: every chunk scores the same datapoints (one subsample of a subsampled plate)
         produce = terms_producer(model, guide, x, *extra, max_plate_nesting=max_plate_nesting, data_plate=data_plate)
         log_w, rate, distortion, elbo = [], 0.0, 0.0, 0.0
-        for c in range(0, num_particles, chunk_size):
-            t = produce(min(chunk_size, num_particles - c))
+        chunk = particles_per_chunk(num_particles, x, chunk_size)
+        for c in range(0, num_particles, chunk):
+            t = produce(min(chunk, num_particles - c))
             log_w.append(t.log_weights)
             elbo = elbo + t.elbo_integrand.sum(0)  # the mean log weight, or with enumerated sites the exact ELBO
             rate = rate + (t.log_guide - t.log_prior).sum(0)
@@ -393,40 +386,6 @@ def _gather(cat: dict[str, torch.Tensor | None], curve: dict[int, torch.Tensor],
     out: dict[str, torch.Tensor | None] = {k: None for k in cat}
     out.update({k: full[i] for i, k in enumerate(names)})
     return out, {k: full[len(names) + i] for i, k in enumerate(ks)}
-
-
-def _batch(data: torch.Tensor, start: int, size: int, device: Any, dtype: Any,
-           transform: Callable[[torch.Tensor], torch.Tensor] | None) -> torch.Tensor:
-    """Datapoints ``start .. start + size`` on ``device`` in ``dtype``, transformed."""
-    x = data[start:start + size]
-    if device is not None:
-        x = x.to(device)
-    if dtype is not None:
-        x = x.to(dtype)
-    return transform(x) if transform is not None else x
-
-
-def _ais_over_batches(model: Callable, guide: Callable, data: torch.Tensor, *, batch_size: int,
-                      transform: Callable[[torch.Tensor], torch.Tensor] | None, device: Any, dtype: Any,
-                      seed: int | None, max_plate_nesting: int | None, data_plate: str, distributed: bool | None,
-                      condition: torch.Tensor | None = None, **options: Any) -> Any:
-    """:func:`~pyro_vae.infer.ais` batch by batch (batch ``b`` seeded with ``derive_seed(seed, b)``), concatenated."""
-    from .annealing import AISResult, ais
-
-    if distributed or (distributed is None and dist.launched() and dist.world_size() > 1):
-        raise ValueError("method='ais' runs in one process: call it with distributed=False (on rank 0, say)")
-    parts = []
-    for b, start in enumerate(range(0, data.shape[0], int(batch_size))):
-        x = _batch(data, start, int(batch_size), device, dtype, transform)
-        extra = () if condition is None else (_batch(condition, start, int(batch_size), device, dtype, None),)
-        parts.append(ais(model, guide, x, *extra, seed=None if seed is None else dist.derive_seed(seed, b),
-                         max_plate_nesting=max_plate_nesting, data_plate=data_plate, **options))
-    first = parts[0]
-    return AISResult(log_weights=torch.cat([p.log_weights for p in parts], 1).cpu(),
-                     mc_stderr=torch.cat([p.mc_stderr for p in parts]).cpu(),
-                     acceptance_rate=torch.cat([p.acceptance_rate for p in parts]).cpu(),
-                     step_size=torch.cat([p.step_size for p in parts]).cpu(), num_steps=first.num_steps,
-                     num_leapfrog=first.num_leapfrog, num_groups=first.num_groups)
 
 
 @dataclass
@@ -498,7 +457,7 @@ def compare(a: Any, b: Any, confidence: float = 0.95, names: tuple[str, str] | N
     if not 0.0 < float(confidence) < 1.0:
         raise ValueError(f"confidence must be in (0, 1), got {confidence}")
     diff = (va.double().cpu() - vb.double().cpu())
-    mean, se = float(diff.mean()), _stderr(diff)
+    mean, se = float(diff.mean()), standard_error(diff)
     z = float(torch.distributions.Normal(0.0, 1.0).icdf(torch.tensor(0.5 + float(confidence) / 2)))
     mcs = [None if torch.is_tensor(r) else getattr(r, "mc_stderr", None) for r in (a, b)]
     mc, note = float("nan"), ""

@@ -25,26 +25,28 @@ import torch
 from pyro import poutine
 from pyro.poutine.util import site_is_subsample
 
-from .weights import PARTICLE_PLATE, _run, _sums
+from .chunking import particles_per_chunk
+from .weights import PARTICLE_PLATE, _is_latent, _run, _sums
 
 __all__ = ["exact_log_likelihood"]
 
 
 def _latent_site(model: Callable, args: tuple, kwargs: dict) -> dict:
+    """The model's one latent site (recorded by the engine's path, the generators restored afterwards), with the
+    data plate's subsample under ``"subsample"``."""
     rng = pyro.util.get_rng_state()
     try:
         with poutine.block(), torch.no_grad():
-            tr = poutine.trace(model).get_trace(*args, **kwargs)
+            sites = _run(model, args, kwargs)
     finally:
         pyro.util.set_rng_state(rng)
-    latents = [s for s in tr.nodes.values()
-               if s["type"] == "sample" and not s["is_observed"] and not site_is_subsample(s)]
+    latents = [s for s in sites if _is_latent(s)]
     if len(latents) != 1:
         raise ValueError(f"exact_log_likelihood needs a model with exactly one latent sample site, found "
                          f"{[s['name'] for s in latents]}")
     site = dict(latents[0])
     # a subsampled data plate: the same subsample for every chunk of the grid
-    site["subsample"] = {s["name"]: s["value"] for s in tr.nodes.values() if site_is_subsample(s)}
+    site["subsample"] = {s["name"]: s["value"] for s in sites if site_is_subsample(s)}
     return site
 
 
@@ -54,7 +56,7 @@ def exact_log_likelihood(
     *args: Any,
     bounds: tuple[float, float] = (-8.0, 8.0),
     num_points: int | None = None,
-    chunk_size: int = 4096,
+    chunk_size: int | None = None,
     max_plate_nesting: int = 1,
     data_plate: str = "data",
     **kwargs: Any,
@@ -65,7 +67,8 @@ def exact_log_likelihood(
     :param args: the batch ``x`` of shape ``(N, ...)`` and any further model arguments.
     :param bounds: the interval each latent coordinate is integrated over.
     :param num_points: grid points per dimension (default 4001 for ``d = 1``, 401 for ``d = 2``).
-    :param chunk_size: grid points scored per vectorized pass.
+    :param chunk_size: grid points scored per vectorized pass (None: as many as
+        :func:`~pyro_vae.infer.particles_per_chunk` allows for the batch, as for particles).
     :param max_plate_nesting: the model's deepest plate nesting.
     :returns: shape ``(N,)``.
     """
@@ -82,6 +85,7 @@ def exact_log_likelihood(
     axis = torch.linspace(lo, hi, num_points, dtype=ref.dtype, device=ref.device)
     grid = torch.cartesian_prod(*[axis] * d).reshape(-1, d) if d > 1 else axis.reshape(-1, 1)
     log_cell = d * math.log((hi - lo) / (num_points - 1))
+    chunk_size = particles_per_chunk(grid.shape[0], args[0] if args else None, chunk_size)
     acc = top = None
     for start in range(0, grid.shape[0], chunk_size):
         g = grid[start:start + chunk_size]

@@ -30,11 +30,13 @@ from typing import Sequence
 
 import torch
 
+from .results import PerDatapointSummary
+
 __all__ = ["KDEResult", "kde_log_likelihood", "kde_log_density"]
 
 
 @dataclass
-class KDEResult:
+class KDEResult(PerDatapointSummary):
     """The Parzen-window estimate: per-datapoint ``values`` ``(N,)`` and the chosen ``bandwidth``."""
 
     values: torch.Tensor
@@ -42,16 +44,6 @@ class KDEResult:
     #: ``{bandwidth: mean validation log p}`` for each bandwidth tried (empty if the bandwidth was given)
     validation: dict[float, float] = field(default_factory=dict)
 
-    @property
-    def mean(self) -> float:
-        """Mean ``log p(x)`` over the test points, nats per datapoint."""
-        return float(self.values.double().mean())
-
-    @property
-    def stderr(self) -> float:
-        """Standard error of :attr:`mean` over test points."""
-        n = self.values.numel()
-        return float(self.values.double().std() / math.sqrt(n)) if n > 1 else float("nan")
 
 
 @torch.no_grad()

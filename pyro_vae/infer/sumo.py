@@ -44,6 +44,8 @@ from typing import Any, Callable
 import pyro
 import torch
 
+from ..checks import whole_number
+from .chunking import particles_per_chunk
 from .evaluate import _stderr
 from .weights import check_estimator_input, terms_producer
 
@@ -152,7 +154,8 @@ def sumo(
     :param num_repeats: ``R`` independent SUMO draws per datapoint, averaged; their spread gives ``mc_stderr``.
     :param alpha: the series length from which the tail decays geometrically.
     :param decay: the geometric decay ``b`` of the tail beyond ``alpha``.
-    :param chunk_size: particles per vectorized pass (all ``R (m + max K)`` at once if None).
+    :param chunk_size: particles per vectorized pass (default: :func:`~pyro_vae.infer.particles_per_chunk`'s
+        budget).
     :param seed: seed Pyro's generators first (reproducible estimates).
     :returns: :class:`SUMOResult`: ``.values`` ``(N,)``, ``.mc_stderr`` ``(N,)``, ``.samples`` ``(R, N)``.
     :raises ValueError: for bad input (as :func:`~pyro_vae.infer.iwae_bound`) or bad options.
@@ -165,8 +168,8 @@ def sumo(
         raise ValueError(f"num_repeats must be >= 1, got {num_repeats!r}")
     if int(alpha) < 1 or not 0.0 < float(decay) < 1.0:
         raise ValueError(f"alpha must be >= 1 and decay in (0, 1), got alpha={alpha!r}, decay={decay!r}")
-    if chunk_size is not None and int(chunk_size) < 1:
-        raise ValueError(f"chunk_size must be >= 1, got {chunk_size!r}")
+    if chunk_size is not None:
+        chunk_size = whole_number(chunk_size, "chunk_size (particles per pass)")
     if seed is not None:
         pyro.set_rng_seed(int(seed))
     produce = terms_producer(model, guide, *args, max_plate_nesting=max_plate_nesting, data_plate=data_plate,
@@ -177,7 +180,7 @@ def sumo(
     longest = int(lengths.max())
     total = r * (m + longest)
     chunks, drawn = [first], m
-    step = total if chunk_size is None else int(chunk_size)
+    step = particles_per_chunk(total, args[0] if args else None, chunk_size)
     while drawn < total:
         chunks.append(produce(min(step, total - drawn)).log_weights)
         drawn += chunks[-1].shape[0]

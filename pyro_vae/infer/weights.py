@@ -531,8 +531,9 @@ def check_estimator_input(model: Callable, guide: Callable, args: tuple, num_par
     (``support=True``) the likelihood's support; with ``placement``, that ``x`` is on the model's device and in
     its dtype. One pass over ``x``, once per call (never per chunk).
     """
-    if isinstance(num_particles, bool) or int(num_particles) != num_particles or int(num_particles) < 1:
-        raise ValueError(f"num_particles must be an integer >= 1, got {num_particles!r}")
+    from ..checks import whole_number
+
+    whole_number(num_particles, "num_particles")
     if args and not torch.is_tensor(args[0]) and hasattr(args[0], "__array__"):
         raise TypeError(f"the data x must be a torch.Tensor, got {type(args[0]).__module__}.{type(args[0]).__name__}: "
                         "convert it with torch.as_tensor(x, dtype=torch.float32)")
