@@ -25,18 +25,15 @@ import torch
 from pyro import poutine
 from pyro.poutine.util import site_is_subsample
 
+from ..rng import preserved_rng
 from .weights import PARTICLE_PLATE, _run, _sums
 
 __all__ = ["exact_log_likelihood"]
 
 
 def _latent_site(model: Callable, args: tuple, kwargs: dict) -> dict:
-    rng = pyro.util.get_rng_state()
-    try:
-        with poutine.block(), torch.no_grad():
-            tr = poutine.trace(model).get_trace(*args, **kwargs)
-    finally:
-        pyro.util.set_rng_state(rng)
+    with poutine.block(), torch.no_grad(), preserved_rng():
+        tr = poutine.trace(model).get_trace(*args, **kwargs)
     latents = [s for s in tr.nodes.values()
                if s["type"] == "sample" and not s["is_observed"] and not site_is_subsample(s)]
     if len(latents) != 1:

@@ -24,6 +24,8 @@ from typing import Any, Callable, Sequence, TextIO
 import pyro
 import torch
 
+from ..rng import preserved_rng
+
 __all__ = ["Callback", "EpochFunction", "Progress", "TrainingMetrics", "TensorBoard", "CallbackList"]
 
 
@@ -107,17 +109,16 @@ class TrainingMetrics(Callback):
     def on_epoch_metrics(self, record: dict[str, Any]) -> None:
         from .validation import evaluate_elbo
 
-        state = pyro.util.get_rng_state()
         training = getattr(self.pair, "training", None)
         if training is not None:
             self.pair.eval()
         try:
-            pyro.set_rng_seed(int(record["epoch"]))
-            metrics = evaluate_elbo(self.pair, self.data, binarize=self.binarize)
+            with preserved_rng():
+                pyro.set_rng_seed(int(record["epoch"]))
+                metrics = evaluate_elbo(self.pair, self.data, binarize=self.binarize)
         finally:
             if training:
                 self.pair.train()
-            pyro.util.set_rng_state(state)
         record.update({f"train_{k}": v for k, v in metrics.items()})
 
 
