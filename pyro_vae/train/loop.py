@@ -20,6 +20,7 @@ on ``z ~ q(z | x)`` so).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import os
 import time
@@ -171,19 +172,13 @@ def run_fit(vae: Any, data: torch.Tensor, options: FitConfig, *, val_data: torch
     _check_pair(vae)
     hooks = CallbackList(callbacks)
     loss_fn = _objective_for(vae, o)
-    data = check_data(data, "data", vae, o.binarize)
-    val_data = check_data(val_data, "val_data", vae, o.binarize) if val_data is not None else None
-    condition = _check_condition(condition, "condition", data)
-    data_scale = _check_data_scale(data_scale, data, o.binarize)
-    val_condition = _check_condition(val_condition, "val_condition", val_data)
-    n, batch_size = data.shape[0], o.batch_size
-    if batch_size > n:
-        raise ValueError(f"batch_size must be between 1 and the number of datapoints ({n}), got {batch_size}")
+    d = _TrainData.checked(vae, o, data, val_data, condition, val_condition, data_scale)
+    n, batch_size = d.x.shape[0], o.batch_size
 
     # ---- device, processes, the run folder, seeds, data, parameters, optimizer: the state
     device = resolve_device(o.device)
     parallel = Parallel(o.distributed, device)
-    parallel.check(data, batch_size)
+    parallel.check(d.x, batch_size)
     ckpt_path = Path(o.checkpoint_dir) / CHECKPOINT_NAME if o.checkpoint_dir is not None else None
     with _run_folder(ckpt_path, parallel):
         base_seed = dist.shared_seed(o.seed) if parallel.enabled else o.seed
@@ -191,12 +186,8 @@ def run_fit(vae: Any, data: torch.Tensor, options: FitConfig, *, val_data: torch
             pyro.set_rng_seed(dist.rank_seed(base_seed, parallel.rank))
         if isinstance(vae, nn.Module):
             vae.to(device)
-        # data in the model's dtype (float16, bfloat16 or float64 data for a float32 model are converted)
-        dtype = next((p.dtype for p in vae.parameters()), data.dtype) if isinstance(vae, nn.Module) else data.dtype
-        data, val_data, data_scale = (t.to(device=device, dtype=dtype) if t is not None else None
-                                      for t in (data, val_data, data_scale))
-        condition, val_condition = (t.to(device) if t is not None else None for t in (condition, val_condition))
-        example = (data[:batch_size],) if condition is None else (data[:batch_size], condition[:batch_size])
+        d = d.to(vae, device)
+        example = d.example(batch_size)
         max_plate_nesting = _plate_nesting(vae, example, o.max_plate_nesting)
         params = collect_parameters(vae, example)
         optimizer = _adam(params, o)
@@ -217,16 +208,8 @@ def run_fit(vae: Any, data: torch.Tensor, options: FitConfig, *, val_data: torch
             hooks.prepend(Progress((o.epochs - state.epoch) * steps, o.epochs))
 
         def batches() -> Callable[[int], tuple[tuple, float]]:
-            """This epoch's batches (the next permutation of the shuffling generator), ``batch(i)``."""
-            order = torch.randperm(n, generator=state.shuffle).to(device)
-
-            def batch(i: int) -> tuple[tuple, float]:
-                index, denominator = parallel.batch(order, i, batch_size)
-                x = binarize_batch(data[index]) if o.binarize else data[index]
-                if data_scale is not None:
-                    x = x + data_scale[index] * torch.randn_like(x)
-                return ((x,) if condition is None else (x, condition[index])), denominator
-            return batch
+            """This epoch's batches ``batch(i)``: the shuffling generator's next permutation."""
+            return d.batches(torch.randperm(n, generator=state.shuffle).to(device), parallel, batch_size, o.binarize)
 
         # ---- the epochs
         if isinstance(vae, nn.Module):
@@ -265,9 +248,9 @@ def run_fit(vae: Any, data: torch.Tensor, options: FitConfig, *, val_data: torch
             if events:
                 record["nan_events"] = events
             scheduler.step()
-            if val_data is not None:
-                record.update({f"val_{k}": v for k, v in _validate(vae, val_data, o.binarize, max_plate_nesting,
-                                                                     parallel, val_condition).items()})
+            if d.val is not None:
+                record.update({f"val_{k}": v for k, v in _validate(vae, d.val, o.binarize, max_plate_nesting,
+                                                                     parallel, d.val_condition).items()})
             record = parallel.broadcast(record)  # rank 0's timings: the same history on every rank
             hooks.on_epoch_metrics(record)
             state.history.append(record)
@@ -280,6 +263,58 @@ def run_fit(vae: Any, data: torch.Tensor, options: FitConfig, *, val_data: torch
         if isinstance(vae, nn.Module):
             vae.eval()
         return state.history
+
+
+@dataclasses.dataclass(frozen=True)
+class _TrainData:
+    """The tensors a run reads: the data, the validation data, their conditions and the data's noise scale."""
+
+    x: torch.Tensor
+    val: torch.Tensor | None
+    condition: torch.Tensor | None
+    val_condition: torch.Tensor | None
+    scale: torch.Tensor | None
+
+    @classmethod
+    def checked(cls, vae: Any, options: FitConfig, data: Any, val_data: Any, condition: Any, val_condition: Any,
+                data_scale: Any) -> _TrainData:
+        """Refuse data the model cannot train on (before any work)."""
+        data = check_data(data, "data", vae, options.binarize)
+        val_data = check_data(val_data, "val_data", vae, options.binarize) if val_data is not None else None
+        condition = _check_condition(condition, "condition", data)
+        data_scale = _check_data_scale(data_scale, data, options.binarize)
+        val_condition = _check_condition(val_condition, "val_condition", val_data)
+        n = data.shape[0]
+        if options.batch_size > n:
+            raise ValueError(f"batch_size must be between 1 and the number of datapoints ({n}), got "
+                             f"{options.batch_size}")
+        return cls(data, val_data, condition, val_condition, data_scale)
+
+    def to(self, vae: Any, device: torch.device) -> _TrainData:
+        """On ``device``, the data in the model's dtype (float16, bfloat16 or float64 data for a float32 model are
+        converted)."""
+        dtype = next((p.dtype for p in vae.parameters()), self.x.dtype) if isinstance(vae, nn.Module) else self.x.dtype
+        x, val, scale = (t.to(device=device, dtype=dtype) if t is not None else None
+                         for t in (self.x, self.val, self.scale))
+        condition, val_condition = (t.to(device) if t is not None else None
+                                    for t in (self.condition, self.val_condition))
+        return _TrainData(x, val, condition, val_condition, scale)
+
+    def example(self, size: int) -> tuple:
+        """The model's arguments for the first ``size`` datapoints."""
+        return (self.x[:size],) if self.condition is None else (self.x[:size], self.condition[:size])
+
+    def batches(self, order: torch.Tensor, parallel: Parallel, batch_size: int,
+                binarize: bool) -> Callable[[int], tuple[tuple, float]]:
+        """``batch(i)``: the model's arguments for this rank's part of batch ``i`` of ``order``, and the
+        denominator of its summed loss; binarized or noised afresh at each call."""
+        def batch(i: int) -> tuple[tuple, float]:
+            index, denominator = parallel.batch(order, i, batch_size)
+            x = binarize_batch(self.x[index]) if binarize else self.x[index]
+            if self.scale is not None:
+                x = x + self.scale[index] * torch.randn_like(x)
+            return ((x,) if self.condition is None else (x, self.condition[index])), denominator
+        return batch
 
 
 def _check_pair(vae: Any) -> None:
