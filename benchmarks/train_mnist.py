@@ -6,8 +6,8 @@ output, on the single-sample ELBO with Adam (lr 1e-3, betas (0.9, 0.999), eps 1e
 
 (a) ``library``: ``pyro_vae.VAE(...)`` trained by ``pyro_vae.fit(..., binarize=True, progress=False)`` (the
     engine's ``elbo`` objective on the terms the VAE produces itself);
-(b) ``user_pair``: a user's own Pyro ``model``/``guide`` of the same network (``UserPair``: ``pyro.plate``,
-    ``pyro.sample`` of ``dist.Normal`` and ``dist.Bernoulli``, no ``pyro_vae.VAE``), trained by the same
+(b) ``user_pair``: a user's own Pyro ``model``/``guide`` of the same network (``UserPair``: ``pyro.module``,
+    ``pyro.plate``, ``pyro.sample`` of ``dist.Normal`` and ``dist.Bernoulli``, no ``pyro_vae.VAE``), trained by the same
     ``pyro_vae.fit`` call (the engine's traced path);
 (c) ``reference``: the same layers (``nn.Linear`` default initialisation, built in the same order from the
     same seed) and a hand-written ``reference_fit``: a new Adam, a fresh ``torch.bernoulli`` draw of each
@@ -27,10 +27,16 @@ the ratio of images per second (implementation / reference): ``ratio``, the medi
 (robust to bursts of outside load), with their quartiles, and ``ratio_of_totals``. ``--write-docs`` records
 the result in ``docs/benchmarks.md``.
 
+``--whole-calls`` measures what a user's script pays instead: whole ``fit`` calls of ``--call-epochs`` epochs
+over the whole training set (setup included), taking turns with hand-written loops of the same epochs (with
+torch's default Adam, and with the fused Adam that ``fit`` uses), wall and CPU time per call, and the load
+average after each round (:func:`run_whole_calls`).
+
 Usage::
 
     python benchmarks/train_mnist.py --smoke-test
     python benchmarks/train_mnist.py --batch-size 20,100,1000 --train-size 20000 --epochs 2 --write-docs
+    python benchmarks/train_mnist.py --whole-calls --train-size 10000 --call-epochs 1,2 --repeats 5 --threads 1
 """
 
 from __future__ import annotations
@@ -110,11 +116,13 @@ class UserPair(ReferenceVAE):
     seed gives the same initial weights): what a user writes without ``pyro_vae.VAE``."""
 
     def model(self, x: torch.Tensor) -> None:
+        pyro.module("decoder", self.decoder)  # as Pyro's own VAE example registers its networks
         with pyro.plate("data", x.shape[0]):
             z = pyro.sample("z", pyro.distributions.Normal(x.new_zeros(self.latent_dim), 1.0).to_event(1))
             pyro.sample("x", pyro.distributions.Bernoulli(logits=self.decoder(z)).to_event(1), obs=x)
 
     def guide(self, x: torch.Tensor) -> None:
+        pyro.module("encoder", self.encoder)
         with pyro.plate("data", x.shape[0]):
             z_loc, z_log_scale = self.encoder(x).chunk(2, dim=-1)
             pyro.sample("z", pyro.distributions.Normal(z_loc, z_log_scale.exp()).to_event(1))
@@ -156,13 +164,16 @@ def reference_epoch(ref: ReferenceVAE, optimizer: torch.optim.Optimizer, data: t
 
 
 def reference_fit(ref: ReferenceVAE, data: torch.Tensor, batch_size: int, shuffle: torch.Generator,
-                  noise: torch.Generator | None) -> float:
-    """A hand-written ``fit`` of one epoch: a new Adam (as every ``fit`` call makes), then the epoch.
+                  noise: torch.Generator | None, epochs: int = 1, fused: bool = False) -> float:
+    """A hand-written ``fit``: a new Adam (as every ``fit`` call makes; torch's default implementation, or with
+    ``fused`` the one-kernel Adam that ``fit`` uses where torch has it), then the epochs.
 
-    :returns: the mean loss per datapoint."""
+    :returns: the mean loss per datapoint of the last epoch."""
     ref.train()
-    optimizer = torch.optim.Adam(ref.parameters(), lr=LR, betas=(0.9, 0.999), eps=1e-8)
-    _, loss = reference_epoch(ref, optimizer, data, batch_size, shuffle, noise)
+    optimizer = torch.optim.Adam(ref.parameters(), lr=LR, betas=(0.9, 0.999), eps=1e-8, **({"fused": True} if fused
+                                                                                           else {}))
+    for _ in range(epochs):
+        _, loss = reference_epoch(ref, optimizer, data, batch_size, shuffle, noise)
     ref.eval()
     return loss
 
@@ -307,6 +318,99 @@ def run_batch_size(batch_size: int, train: torch.Tensor, test: torch.Tensor, epo
     return result
 
 
+WHOLE_IMPLS = ("library", "user_pair", "reference", "reference_fused")
+
+
+def _load() -> list[float]:
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except OSError:
+        return []
+
+
+def run_whole_calls(batch_size: int, train: torch.Tensor, call_epochs: list[int], repeats: int, seed: int,
+                    device: torch.device) -> list[dict[str, Any]]:
+    """Whole calls, setup included: ``fit(model, train, epochs=E)`` against ``reference_fit(..., epochs=E)``.
+
+    For each ``E`` in ``call_epochs``, ``repeats`` rounds; in each round every implementation makes one call over
+    the whole training set (a new optimizer each call, the weights carried over), the order rotating between
+    rounds. ``reference`` is a hand-written loop with torch's default Adam (what a user writes);
+    ``reference_fused`` the same loop with the fused Adam that ``fit`` uses where torch has it (the like-for-like
+    overhead). Each call's wall time and CPU time (``time.process_time``: this process alone, so less sensitive
+    to other processes on a shared machine than wall time) are kept, with the load average after each round.
+
+    :returns: one record per ``E`` and implementation: the median ratio of images per second to each reference
+        (per round, wall and CPU), their quartiles, and the load averages seen.
+    """
+    pyro.clear_param_store()
+    models: dict[str, Any] = {}
+    for impl, build in (("library", lambda: pyro_vae.VAE((INPUT_DIM,), latent_dim=LATENT_DIM,
+                                                         hidden_dims=HIDDEN_DIMS).to(device)),
+                        ("user_pair", lambda: UserPair().to(device)), ("reference", lambda: ReferenceVAE().to(device)),
+                        ("reference_fused", lambda: ReferenceVAE().to(device))):
+        torch.manual_seed(seed)
+        models[impl] = build()
+    shuffle = torch.Generator().manual_seed(seed)
+    noise = torch.Generator(device=device).manual_seed(seed + 1)
+    for impl in WHOLE_IMPLS:  # warm-up: a process's first call pays one-time costs (lazy imports, first kernels)
+        if impl.startswith("reference"):
+            reference_fit(models[impl], train[:2 * batch_size], batch_size, shuffle, noise, 1, impl.endswith("fused"))
+        else:
+            pyro_vae.fit(models[impl], train[:2 * batch_size], epochs=1, batch_size=batch_size, lr=LR, device=device,
+                         seed=seed, progress=False, binarize=True)
+    out = []
+    calls = 0
+    for epochs in call_epochs:
+        wall: dict[str, list[float]] = {impl: [] for impl in WHOLE_IMPLS}
+        cpu: dict[str, list[float]] = {impl: [] for impl in WHOLE_IMPLS}
+        loads = []
+        for _ in range(repeats):
+            order = WHOLE_IMPLS[calls % len(WHOLE_IMPLS):] + WHOLE_IMPLS[:calls % len(WHOLE_IMPLS)]
+            calls += 1
+            for impl in order:
+                _sync(device)
+                t0, c0 = time.perf_counter(), time.process_time()
+                if impl.startswith("reference"):
+                    reference_fit(models[impl], train, batch_size, shuffle, noise, epochs, impl.endswith("fused"))
+                else:
+                    pyro_vae.fit(models[impl], train, epochs=epochs, batch_size=batch_size, lr=LR, device=device,
+                                 seed=seed + calls, progress=False, binarize=True)
+                _sync(device)
+                wall[impl].append(time.perf_counter() - t0)
+                cpu[impl].append(time.process_time() - c0)
+            loads.append(_load())
+        for impl in ("library", "user_pair"):
+            record: dict[str, Any] = {"benchmark": BENCHMARK, "metric": "whole_call_ratio", "numerator": impl,
+                                      "batch_size": batch_size, "call_epochs": epochs, "rounds": repeats,
+                                      "train_size": train.shape[0], "threads": torch.get_num_threads(),
+                                      "device": str(device), "load_average_per_round": loads,
+                                      "seconds_per_call": statistics.median(wall[impl]),
+                                      "cpu_seconds_per_call": statistics.median(cpu[impl])}
+            for ref in ("reference", "reference_fused"):
+                for clock, times in (("wall", wall), ("cpu", cpu)):
+                    ratios = sorted(r / t for t, r in zip(times[impl], times[ref]))
+                    q1, median, q3 = (statistics.quantiles(ratios, n=4, method="inclusive") if len(ratios) > 1
+                                      else ratios * 3)
+                    record[f"ratio_{clock}_vs_{ref}"] = median
+                    record[f"ratio_{clock}_vs_{ref}_quartiles"] = [q1, q3]
+            out.append(record)
+    return out
+
+
+def whole_calls_markdown(records: list[dict[str, Any]]) -> str:
+    """The whole-call records as a table (printed; the lead writes docs/benchmarks.md from a quiet machine)."""
+    rows = []
+    for r in records:
+        loads = [v[0] for v in r["load_average_per_round"] if v]
+        rows.append([r["batch_size"], r["call_epochs"], r["numerator"],
+                     f"**{r['ratio_cpu_vs_reference']:.3f}** / {r['ratio_wall_vs_reference']:.3f}",
+                     f"{r['ratio_cpu_vs_reference_fused']:.3f} / {r['ratio_wall_vs_reference_fused']:.3f}",
+                     f"{r['seconds_per_call']:.2f} s", f"{min(loads):.1f} to {max(loads):.1f}" if loads else "?"])
+    return markdown_table(["batch", "epochs a call", "trained by fit", "vs reference, CPU / wall",
+                           "vs reference with fused Adam, CPU / wall", "a call (wall)", "load average (1 min)"],
+                          rows)
+
+
 def docs_section(results: list[dict[str, Any]], info: dict[str, Any], args: argparse.Namespace,
                  command: str, date: str, total_seconds: float) -> str:
     rows = []
@@ -340,10 +444,12 @@ Script: [`benchmarks/train_mnist.py`](../benchmarks/train_mnist.py). Three imple
 paper's one-layer network (784-200-200-50, tanh, Bernoulli likelihood, diagonal Gaussian guide) on dynamically
 binarized MNIST ({n_train:,} training images, a fresh Bernoulli draw per batch) for {epochs} with the
 single-sample ELBO and Adam (lr 1e-3): `pyro_vae.VAE` trained by `pyro_vae.fit`, a user's own Pyro
-model/guide pair of the same network (`UserPair`: `pyro.plate`, `pyro.sample`, no `pyro_vae.VAE`) trained by
-the same `pyro_vae.fit`, and a hand-written PyTorch `reference_fit` with the same layers, initial weights,
-optimizer, batch size and Monte Carlo estimator. In one process, the three take turns on the same slices of
-each epoch ({rounds // args.epochs} rounds per epoch, {rounds} in all, the order rotating); each timing is a
+model/guide pair of the same network (`UserPair`: `pyro.module`, `pyro.plate`, `pyro.sample`, no
+`pyro_vae.VAE`) trained by the same `pyro_vae.fit`, and a hand-written PyTorch `reference_fit` with the same
+layers, initial weights, batch size and Monte Carlo estimator, and torch's default Adam (`fit` uses the fused
+Adam where torch has it: the same algorithm, one kernel; `--whole-calls` also times a reference with it). In
+one process, the three take turns on the same slices of each epoch ({rounds // args.epochs} rounds per epoch,
+{rounds} in all, the order rotating); each timing is a
 **whole call**, setup included (for `fit`: its checks, the optimizer, the NaN guard's snapshot, the epoch and
 its record; for the reference: its optimizer and the epoch).
 "Ratio" is the implementation's images per second divided by the reference's (1.0 = no overhead), the median
@@ -371,15 +477,16 @@ def parse_batch_sizes(text: str) -> list[int]:
     try:
         sizes = [int(s) for s in text.split(",") if s.strip()]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"--batch-size takes an integer or a comma list of integers, got {text!r}")
+        raise argparse.ArgumentTypeError(f"expected an integer or a comma list of integers, got {text!r}")
     if not sizes or any(s < 1 for s in sizes):
-        raise argparse.ArgumentTypeError(f"batch sizes must be positive integers, got {text!r}")
+        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
     return sizes
 
 
 def main(args: argparse.Namespace) -> list[dict[str, Any]]:
     if args.smoke_test:
         args.epochs, args.train_size, args.test_size, args.rounds = 1, 1000, 1000, 2
+        args.call_epochs, args.repeats = [1], 2
     torch.set_num_threads(args.threads)
     device = pyro_vae.train.resolve_device(args.device)
     pyro.clear_param_store()
@@ -403,6 +510,16 @@ def main(args: argparse.Namespace) -> list[dict[str, Any]]:
     train = train.to(device).contiguous()
     # one fixed binarization of the test set, the same tensor for both implementations
     test = torch.bernoulli(test, generator=torch.Generator().manual_seed(12345)).to(device)
+
+    if args.whole_calls:
+        torch.set_num_threads(args.threads)
+        records = []
+        for batch_size in args.batch_size:
+            for r in run_whole_calls(batch_size, train, args.call_epochs, args.repeats, args.seed, device):
+                print_json(r)
+                records.append(r)
+        print(whole_calls_markdown(records))
+        return records
 
     t_start = time.perf_counter()
     results = []
@@ -442,6 +559,13 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-root", default=None,
                    help="folder holding mnist/ (default $PYRO_VAE_DATA, else ../shared/data)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--whole-calls", action="store_true",
+                   help="time whole fit calls of --call-epochs epochs over the whole training set (setup included) "
+                        "against hand-written loops, taking turns, with CPU and wall ratios and the load average "
+                        "(printed, not written to docs)")
+    p.add_argument("--call-epochs", type=parse_batch_sizes, default=[1, 2],
+                   help="with --whole-calls: epochs per call, a comma list (default 1,2)")
+    p.add_argument("--repeats", type=int, default=5, help="with --whole-calls: rounds per epochs value (default 5)")
     p.add_argument("--smoke-test", action="store_true", help="1,000 images, 1 epoch: checks that it runs")
     p.add_argument("--write-docs", action="store_true", help="update this benchmark's section of docs/benchmarks.md")
     return p

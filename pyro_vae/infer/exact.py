@@ -25,6 +25,7 @@ import torch
 from pyro import poutine
 from pyro.poutine.util import site_is_subsample
 
+from ..rng import preserved_rng
 from .chunking import particles_per_chunk
 from .weights import PARTICLE_PLATE, _is_latent, _run, _sums
 
@@ -34,12 +35,8 @@ __all__ = ["exact_log_likelihood"]
 def _latent_site(model: Callable, args: tuple, kwargs: dict) -> dict:
     """The model's one latent site (recorded by the engine's path, the generators restored afterwards), with the
     data plate's subsample under ``"subsample"``."""
-    rng = pyro.util.get_rng_state()
-    try:
-        with poutine.block(), torch.no_grad():
-            sites = _run(model, args, kwargs)
-    finally:
-        pyro.util.set_rng_state(rng)
+    with poutine.block(), torch.no_grad(), preserved_rng():
+        sites = _run(model, args, kwargs)
     latents = [s for s in sites if _is_latent(s)]
     if len(latents) != 1:
         raise ValueError(f"exact_log_likelihood needs a model with exactly one latent sample site, found "

@@ -63,6 +63,8 @@ from pyro.distributions.util import scale_and_mask
 from pyro.poutine.messenger import Messenger
 from pyro.poutine.util import site_is_subsample
 
+from ..rng import preserved_rng
+
 __all__ = ["ImportanceTerms", "DReG", "check_estimator_input", "direct_terms_owner", "fast_path_owner",
            "importance_terms", "sum_sites", "is_enumerated",
            "log_importance_weights", "guess_max_plate_nesting", "terms_producer", "PARTICLE_PLATE"]
@@ -133,13 +135,9 @@ def guess_max_plate_nesting(model: Callable, guide: Callable, *args: Any, **kwar
 
     The random number generators are restored afterwards, so guessing does not change later draws.
     """
-    rng_state = pyro.util.get_rng_state()
-    try:
-        with poutine.block(), torch.no_grad():
-            guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
-            model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(*args, **kwargs)
-    finally:
-        pyro.util.set_rng_state(rng_state)
+    with poutine.block(), torch.no_grad(), preserved_rng():
+        guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
+        model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(*args, **kwargs)
     depth = 0
     for tr in (guide_trace, model_trace):
         for site in tr.nodes.values():

@@ -3,10 +3,11 @@
 =========================  ==============================================================================
 module                     its job
 =========================  ==============================================================================
-``loop``                   :func:`fit`, read top to bottom
+``loop``                   :func:`fit` (and :func:`~pyro_vae.train.loop.run_fit`), read top to bottom
+``config``                 :class:`FitConfig`: every option of :func:`fit`, checked on creation
 ``step``                   :class:`TrainStep`: one step shaped like Pyro's ``SVI.step`` (any objective)
 ``nan``                    :class:`NanGuard`: detect NaN/inf, replay the epoch to name the site, roll back
-``state``                  checkpoint and resume state (weights, optimizer, generators), snapshots
+``state``                  :class:`TrainState`: snapshots, checkpoint and resume (weights, optimizer, ...)
 ``parallel``               the ``torchrun`` plumbing (DDP, sharded batches); no-ops in one process
 ``callbacks``              :class:`Callback`: progress, training metrics, loggers (TensorBoard, CSV, MLflow)
 ``schedules``              learning-rate schedules, beta and KL warm-up
@@ -27,16 +28,18 @@ from .callbacks import (
     TensorBoard,
     TrainingMetrics,
 )
-from .loop import fit
+from .config import FitConfig
+from .loop import fit, run_fit
 from .nan import ON_NAN, NanGuard
 from .schedules import LR_SCHEDULES, iwae_schedule
 from .semi_supervised import fit_semi_supervised
-from .state import CHECKPOINT_NAME, METRICS_NAME, load_checkpoint
-from .step import TrainStep
+from .state import CHECKPOINT_NAME, METRICS_NAME, TrainState, load_checkpoint
+from .step import StepCheck, TrainStep
 from .two_stage import fit_two_stage
 from .validation import check_data, evaluate_elbo, resolve_device
 
 __all__ = ["fit", "atomic_write", "atomic_save", "evaluate_elbo", "resolve_device", "check_data", "LR_SCHEDULES",
            "CHECKPOINT_NAME", "METRICS_NAME", "iwae_schedule", "load_checkpoint", "ON_NAN", "Callback",
            "CallbackList", "EpochFunction", "Progress", "TensorBoard", "TrainingMetrics", "TrainStep", "NanGuard",
-           "fit_two_stage", "fit_semi_supervised", "CSVLogger", "MLflowLogger"]
+           "fit_two_stage", "fit_semi_supervised", "CSVLogger", "MLflowLogger", "FitConfig", "run_fit", "TrainState",
+           "StepCheck"]

@@ -31,6 +31,7 @@ import torch
 
 from ..distributed import is_main_process
 from ..io import atomic_write
+from ..rng import preserved_rng
 
 __all__ = ["Callback", "EpochFunction", "Progress", "TrainingMetrics", "TensorBoard", "CSVLogger", "MLflowLogger",
            "CallbackList"]
@@ -116,17 +117,16 @@ class TrainingMetrics(Callback):
     def on_epoch_metrics(self, record: dict[str, Any]) -> None:
         from .validation import evaluate_elbo
 
-        state = pyro.util.get_rng_state()
         training = getattr(self.pair, "training", None)
         if training is not None:
             self.pair.eval()
         try:
-            pyro.set_rng_seed(int(record["epoch"]))
-            metrics = evaluate_elbo(self.pair, self.data, binarize=self.binarize)
+            with preserved_rng():
+                pyro.set_rng_seed(int(record["epoch"]))
+                metrics = evaluate_elbo(self.pair, self.data, binarize=self.binarize)
         finally:
             if training:
                 self.pair.train()
-            pyro.util.set_rng_state(state)
         record.update({f"train_{k}": v for k, v in metrics.items()})
 
 

@@ -3,11 +3,12 @@
 The epoch's running loss total stays on the device (a NaN or inf loss makes it non-finite); every
 ``check_every`` steps and at the end of each epoch one check (the only host synchronisation) looks at it and at
 the parameters. On a non-finite value the epoch is replayed from its start (kept in memory, see
-:class:`~pyro_vae.train.state.Snapshot`), every value checked, to name the epoch, the first failing step and the
-site: a sample site whose value or ``log_prob`` is non-finite, a parameter whose gradient is, or a parameter an
-optimizer step made non-finite. ``on_nan="raise"`` raises ``FloatingPointError`` with that report and leaves the
-pair at the start of the failing epoch; ``on_nan="rollback"`` restores the start of the epoch, halves the
-learning rate and goes on (recorded in the epoch's ``nan_events``).
+:class:`~pyro_vae.train.state.Snapshot`) with the real :class:`~pyro_vae.train.step.TrainStep`, whose check
+hooks look at every value, to name the epoch, the first failing step and the site: a sample site whose value or
+``log_prob`` is non-finite, a parameter whose gradient is, or a parameter an optimizer step made non-finite.
+``on_nan="raise"`` raises ``FloatingPointError`` with that report and leaves the pair at the start of the
+failing epoch; ``on_nan="rollback"`` restores the start of the epoch, halves the learning rate and goes on
+(recorded in the epoch's ``nan_events``).
 """
 
 from __future__ import annotations
@@ -20,10 +21,10 @@ import torch
 from pyro import poutine
 from torch import nn
 
-from .. import distributed as dist
 from ..infer.weights import PARTICLE_PLATE
+from ..rng import rng_state, set_rng_state
 from .parallel import Parallel
-from .step import TrainStep
+from .step import StepCheck, TrainStep
 
 __all__ = ["ON_NAN", "NanGuard", "is_invalid_values_error"]
 
@@ -68,6 +69,52 @@ def _nonfinite_sites(model: Callable, guide: Callable, args: tuple, num_particle
     return None
 
 
+class _Found(Exception):
+    """Raised by a check hook to stop the replayed step: ``report`` says what went non-finite."""
+
+    def __init__(self, report: str) -> None:
+        super().__init__(report)
+        self.report = report
+
+
+class _Checks(StepCheck):
+    """The replay's hooks into :class:`TrainStep` (host synchronisations are fine: this runs only to locate a
+    failure). Under torchrun the ranks agree on the loss check (the first rank's report); the gradients are averaged
+    before the later checks, so those see the same values on every rank."""
+
+    def __init__(self, step: TrainStep, args: tuple, names: dict[int, str], parallel: Parallel) -> None:
+        self.step, self.args, self.names, self.parallel = step, args, names, parallel
+        self.rng = rng_state()  # the step's draws, to trace its sites again
+
+    def explain(self, loss: torch.Tensor | None, refused: str | None = None) -> str:
+        """Name the sample site behind a non-finite (or refused) loss, tracing the step's draws again."""
+        set_rng_state(self.rng)
+        step = self.step
+        site = _nonfinite_sites(step.model, step.guide, self.args, step.num_particles, step.max_plate_nesting)
+        if site is not None and not site.startswith("("):
+            return site
+        if refused is not None:
+            return f"a distribution refused its parameters: {refused}"
+        return f"the loss is {loss.item()} although every sample site is finite {site or ''}".rstrip()
+
+    def loss(self, loss: torch.Tensor) -> None:
+        report = self.parallel.first_report(None if bool(torch.isfinite(loss)) else self.explain(loss))
+        if report is not None:
+            raise _Found(report)
+
+    def gradients(self, params: list[torch.Tensor]) -> None:
+        bad = [self.names.get(id(p), "?") for p in params
+               if p.grad is not None and not bool(torch.isfinite(p.grad).all())]
+        if bad:
+            raise _Found(f"the gradient of parameter(s) {', '.join(bad)} is non-finite (the loss is finite)")
+
+    def updated(self, params: list[torch.Tensor]) -> None:
+        bad = [self.names.get(id(p), "?") for p in params if not bool(torch.isfinite(p).all())]
+        if bad:
+            raise _Found(f"the optimizer step made parameter(s) {', '.join(bad)} non-finite although the loss and "
+                         "the gradient were finite (the learning rate is too large)")
+
+
 class NanGuard:
     """Detect, locate and handle non-finite values during :func:`~pyro_vae.train.fit`.
 
@@ -91,59 +138,25 @@ class NanGuard:
 
     def locate(self, step: TrainStep, pair: Any, batches: Callable[[int], tuple[tuple, float]], beta: float,
                detected: int) -> tuple[int, str]:
-        """Replay steps ``0..detected`` (the epoch's start already restored), checking every value.
+        """Replay steps ``0..detected`` (the epoch's start already restored) with the real step, every value
+        checked by a :class:`_Checks` hook.
 
         :returns: the failing step (0-based) and what went non-finite.
         """
+        names = _parameter_names(pair)
         for i in range(detected + 1):
             args, denominator = batches(i)
-            found = self._checked_step(step, pair, args, denominator, beta)
-            if found is not None:
-                return i, found
+            check = _Checks(step, args, names, self.parallel)
+            try:
+                step(args, denominator, beta, check=check)
+            except _Found as found:
+                return i, found.report
+            except ValueError as e:  # a distribution's validation refused its parameters (one process only)
+                if not is_invalid_values_error(e):
+                    raise
+                return i, check.explain(None, refused=str(e).splitlines()[0])
         return detected, ("it did not happen again when the epoch was replayed (a transient fault, or "
                           "non-deterministic kernels)")
-
-    def _checked_step(self, step: TrainStep, pair: Any, args: tuple, denominator: float,
-                      beta: float) -> str | None:
-        """One training step exactly as :class:`TrainStep` takes it, with every value checked (host syncs are fine:
-        this runs only to locate a failure). Under torchrun the ranks agree on the loss check (the first rank's
-        report), then average their gradients, so the later checks see the same values on every rank."""
-        names, params, optimizer = _parameter_names(pair), step.params, step.optimizer
-        rng = pyro.util.get_rng_state()
-        try:
-            loss, refused = step.loss(args, beta) / denominator, None
-        except ValueError as e:
-            if not is_invalid_values_error(e):
-                raise
-            loss, refused = None, str(e).splitlines()[0]
-        report = None
-        if loss is None or not bool(torch.isfinite(loss)):
-            pyro.util.set_rng_state(rng)  # the same draws again
-            site = _nonfinite_sites(step.model, step.guide, args, step.num_particles, step.max_plate_nesting)
-            if site is not None and not site.startswith("("):
-                report = site
-            elif refused is not None:
-                report = f"a distribution refused its parameters: {refused}"
-            else:
-                report = f"the loss is {loss.item()} although every sample site is finite {site or ''}".rstrip()
-        report = self.parallel.first_report(report)
-        if report is not None:
-            return report
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if self.parallel.enabled:  # the loss did not go through the DDP wrapper: average by hand
-            dist.average_gradients(params)
-        bad = [names.get(id(p), "?") for p in params if p.grad is not None and not bool(torch.isfinite(p.grad).all())]
-        if bad:
-            return f"the gradient of parameter(s) {', '.join(bad)} is non-finite (the loss is finite)"
-        if step.clip_norm is not None:
-            torch.nn.utils.clip_grad_norm_(params, step.clip_norm)
-        optimizer.step()
-        bad = [names.get(id(p), "?") for p in params if not bool(torch.isfinite(p).all())]
-        if bad:
-            return (f"the optimizer step made parameter(s) {', '.join(bad)} non-finite although the loss and the "
-                    "gradient were finite (the learning rate is too large)")
-        return None
 
     def handle(self, epoch: int, bad_step: int, steps: int, where: str, optimizer: torch.optim.Optimizer,
                scheduler: Any) -> dict[str, Any]:

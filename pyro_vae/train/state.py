@@ -1,5 +1,7 @@
-"""Checkpoint and resume state: what an epoch changes (weights, optimizer, scheduler, generators), in memory
-(snapshots, for the NaN guard's replay and rollback) and on disk (``checkpoint.pt`` with ``metrics.jsonl``).
+"""Checkpoint and resume state: :class:`TrainState` holds what a run changes (weights, optimizer, scheduler,
+generators, history) and keeps it in memory (:meth:`~TrainState.snapshot`, for the NaN guard's replay and
+rollback) and on disk (:meth:`~TrainState.checkpoint`: ``checkpoint.pt`` with ``metrics.jsonl``;
+:meth:`~TrainState.resume`).
 
 Checkpoints are written atomically (temporary file, fsync, rename) at the end of each epoch, together with the
 metrics file, so that one state holds both; a checkpoint that cannot be written (disk full, read-only folder)
@@ -12,22 +14,22 @@ import copy
 import errno
 import json
 import os
-import random
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
-import numpy as np
 import pyro
 import torch
 from torch import nn
 
+from .. import distributed as dist
 from ..io import atomic_save, atomic_write, describe_write_error, is_write_failure, load_tensors, tensor_checksum
+from ..rng import rng_state, set_rng_state
 from ..run_files import CHECKPOINT_NAME, METRICS_NAME
+from .parallel import Parallel
 
 __all__ = ["CHECKPOINT_NAME", "METRICS_NAME", "load_checkpoint", "rng_state", "set_rng_state", "pair_state",
-           "load_pair_state", "Snapshot", "prepare_checkpoint_dir", "save_checkpoint", "write_metrics"]
-
-
+           "load_pair_state", "Snapshot", "TrainState", "prepare_checkpoint_dir", "save_checkpoint",
+           "write_metrics"]
 
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     """Load a checkpoint with ``torch.load(weights_only=True)`` (no pickled code can run) and verify the checksum
@@ -41,28 +43,6 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         raise ValueError(f"{path} is damaged: its weights do not match the checksum stored with them (a changed "
                          "or flipped byte); restore it from a copy, or start the run again")
     return state
-
-
-def rng_state() -> dict[str, Any]:
-    """Every random number generator's state (torch, CUDA, numpy, Python), in a form ``torch.save`` keeps."""
-    np_state = np.random.get_state()
-    return {
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]],
-        "python": json.dumps(random.getstate()),
-    }
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    """Restore what :func:`rng_state` returned."""
-    torch.set_rng_state(state["torch"])
-    if state["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-    kind, keys, *rest = state["numpy"]
-    np.random.set_state((kind, keys.numpy().astype(np.uint32), *rest))
-    py = json.loads(state["python"])
-    random.setstate((py[0], tuple(py[1]), py[2]))
 
 
 def pair_state(pair: Any) -> dict[str, Any]:
@@ -102,6 +82,79 @@ class Snapshot:
         scheduler.load_state_dict(copy.deepcopy(self.scheduler))
         shuffle.set_state(self.shuffle)
         set_rng_state(self.rng)
+
+
+class TrainState:
+    """Everything a run changes, in one object: the pair's weights, the optimizer, the learning-rate scheduler, the
+    shuffling generator (the global generators beside it) and the history, whose length is the number of epochs
+    done.
+
+    :param vae: the model/guide pair being trained.
+    :param optimizer: its ``torch.optim`` optimizer.
+    :param scheduler: the learning-rate scheduler of ``optimizer``.
+    :param shuffle: the generator of each epoch's permutation (the same on every rank).
+    :param parallel: the distributed plumbing (rank 0 alone writes checkpoints).
+    :param base_seed: the run's seed (shared by the ranks), recorded so that a resume on another number of
+        processes reseeds reproducibly; None without a seed.
+    """
+
+    def __init__(self, vae: Any, optimizer: torch.optim.Optimizer, scheduler: Any, shuffle: torch.Generator,
+                 parallel: Parallel, base_seed: int | None) -> None:
+        self.vae, self.optimizer, self.scheduler, self.shuffle = vae, optimizer, scheduler, shuffle
+        self.parallel, self.base_seed = parallel, base_seed
+        self.history: list[dict[str, Any]] = []
+
+    @property
+    def epoch(self) -> int:
+        """Epochs done."""
+        return len(self.history)
+
+    def snapshot(self) -> Snapshot:
+        """A copy in memory of the state (the NaN guard's replay and rollback start from it)."""
+        return Snapshot(self.vae, self.optimizer, self.scheduler, self.shuffle)
+
+    def restore(self, snapshot: Snapshot) -> None:
+        """Go back to ``snapshot`` (the history is not part of it: it only grows at an epoch's end)."""
+        snapshot.restore(self.vae, self.optimizer, self.scheduler, self.shuffle)
+
+    def checkpoint(self, path: Path, run_config: dict[str, Any]) -> None:
+        """Write ``path`` and the metrics beside it (rank 0; every rank's generators are gathered into it)."""
+        state = {"epoch": self.epoch, "pair": pair_state(self.vae), "optimizer": self.optimizer.state_dict(),
+                 "scheduler": self.scheduler.state_dict(), "shuffle_rng": self.shuffle.get_state(),
+                 "rng_ranks": self.parallel.gather(rng_state()), "base_seed": self.base_seed,
+                 "world_size": self.parallel.world, "history": [json.dumps(h) for h in self.history],
+                 "config": json.dumps(run_config)}
+        state["rng"] = state["rng_ranks"][0]
+        self.parallel.on_main(lambda: save_checkpoint(state, self.history, path))
+
+    def resume(self, path: Path, lr: float, schedule: Callable[[int, int], float], epochs: int) -> None:
+        """Load the checkpoint at ``path`` if there is one (rank 0 reads it and sends it to the others): weights,
+        optimizer, scheduler, generators and history. A different ``lr`` takes effect from the resumed epoch; on
+        another number of processes the random streams are reseeded from the run's seed and the epoch."""
+        state = self.parallel.on_main(lambda: load_checkpoint(path) if path.exists() else None)
+        if state is None:
+            return
+        load_pair_state(self.vae, state["pair"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.shuffle.set_state(state["shuffle_rng"])
+        self.history = [json.loads(h) for h in state["history"]]
+        start_epoch = int(state["epoch"])
+        saved_lr = json.loads(state.get("config") or "{}").get("lr")
+        if saved_lr is not None and float(saved_lr) != lr:  # a new learning rate given on resume takes effect
+            self.scheduler.base_lrs = [lr] * len(self.optimizer.param_groups)
+            for group in self.optimizer.param_groups:
+                group["initial_lr"] = lr
+                group["lr"] = lr * schedule(start_epoch, epochs)
+        parallel = self.parallel
+        rng_ranks = state.get("rng_ranks") or [state["rng"]]
+        if len(rng_ranks) == parallel.world:  # the same number of processes: every stream continues where it stopped
+            set_rng_state(rng_ranks[parallel.rank])
+        else:  # another number: fresh streams, reproducible from the run's seed and the epoch
+            saved = state.get("base_seed")
+            reseed = int(saved) if saved is not None else dist.shared_seed(None) if parallel.enabled else None
+            if reseed is not None:
+                pyro.set_rng_seed(dist.derive_seed(reseed, start_epoch, parallel.world, parallel.rank))
 
 
 def prepare_checkpoint_dir(folder: Path) -> None:

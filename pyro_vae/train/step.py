@@ -11,6 +11,7 @@ the NaN guard.
 from __future__ import annotations
 
 import contextlib
+import warnings
 from typing import Any, Callable
 
 import pyro
@@ -20,14 +21,28 @@ from pyro.distributions import is_validation_enabled
 from ..infer.weights import terms_producer
 from .parallel import Parallel
 
-__all__ = ["TrainStep"]
+__all__ = ["TrainStep", "StepCheck", "deprecated_fast_path"]
+
+
+class StepCheck:
+    """Hooks that :class:`TrainStep` calls at its checkpoints (the NaN guard's replay checks every value with
+    them); each raises to stop the step. The base class checks nothing."""
+
+    def loss(self, loss: torch.Tensor) -> None:
+        """After the forward pass: the batch's loss divided by the denominator."""
+
+    def gradients(self, params: list[torch.Tensor]) -> None:
+        """After the backward pass (gradients averaged over the ranks), before clipping."""
+
+    def updated(self, params: list[torch.Tensor]) -> None:
+        """After the optimizer's step."""
 
 
 class TrainStep:
     """``step(args, denominator, beta)``: one optimisation step on the batch ``args`` (``(x,)``, or ``(x, y)``
     for a conditional model); returns its summed loss.
 
-    :param pair: anything with ``.model`` and ``.guide``.
+    :param vae: anything with ``.model`` and ``.guide``.
     :param objective: an objective function ``loss(produce, *, num_particles, beta)``.
     :param optimizer: a ``torch.optim`` optimizer over ``params``.
     :param params: the trained tensors.
@@ -35,20 +50,22 @@ class TrainStep:
     :param max_plate_nesting: the pair's deepest plate nesting.
     :param clip_norm: clip the gradient's global norm to this value (None: no clipping).
     :param parallel: the distributed plumbing.
-    :param fast_path: let a model class produce its own terms (False: always the traced path).
+    :param direct_terms: let a model class produce its importance terms directly (False: always the traced path).
+    :param fast_path: the old name of ``direct_terms`` (deprecated).
     """
 
-    def __init__(self, pair: Any, objective: Callable[..., torch.Tensor], optimizer: torch.optim.Optimizer,
+    def __init__(self, vae: Any, objective: Callable[..., torch.Tensor], optimizer: torch.optim.Optimizer,
                  params: list[torch.Tensor], *, num_particles: int, max_plate_nesting: int, clip_norm: float | None,
-                 parallel: Parallel, fast_path: bool = True) -> None:
+                 parallel: Parallel, direct_terms: bool = True, fast_path: bool | None = None) -> None:
+        direct_terms = deprecated_fast_path(fast_path, direct_terms, "TrainStep")
         self.objective, self.optimizer, self.params = objective, optimizer, params
         self.num_particles, self.max_plate_nesting, self.clip_norm = num_particles, max_plate_nesting, clip_norm
         self.parallel = parallel
-        if fast_path:
-            self.model, self.guide = pair.model, pair.guide
+        if direct_terms:
+            self.model, self.guide = vae.model, vae.guide
         else:  # plain functions: the traced path
-            self.model = lambda *args, **kwargs: pair.model(*args, **kwargs)
-            self.guide = lambda *args, **kwargs: pair.guide(*args, **kwargs)
+            self.model = lambda *args, **kwargs: vae.model(*args, **kwargs)
+            self.guide = lambda *args, **kwargs: vae.guide(*args, **kwargs)
         # several processes: a NaN must show as a non-finite loss on one rank, not as an exception that leaves the
         # other ranks waiting in an all-reduce, so distributions never validate there
         self.validated = parallel.enabled or not is_validation_enabled()
@@ -68,14 +85,30 @@ class TrainStep:
             return contextlib.nullcontext()
         return pyro.validation_enabled(False)
 
-    def __call__(self, args: tuple, denominator: float, beta: float = 1.0) -> torch.Tensor:
-        """:returns: the batch's summed loss, detached (no host synchronisation)."""
+    def __call__(self, args: tuple, denominator: float, beta: float = 1.0,
+                 check: StepCheck | None = None) -> torch.Tensor:
+        """:param check: hooks called after the loss, the gradients and the update (the NaN guard's replay).
+        :returns: the batch's summed loss, detached (no host synchronisation)."""
         with self.validation():
             loss = self.parallel.loss(args, lambda args: self.loss(args, beta))
+        if check is not None:
+            check.loss(loss / denominator)
         self.optimizer.zero_grad(set_to_none=True)
         (loss / denominator).backward()
         self.parallel.average_gradients(self.params)
+        if check is not None:
+            check.gradients(self.params)
         if self.clip_norm is not None:
             torch.nn.utils.clip_grad_norm_(self.params, self.clip_norm)
         self.optimizer.step()
+        if check is not None:
+            check.updated(self.params)
         return loss.detach()
+
+
+def deprecated_fast_path(fast_path: bool | None, direct_terms: bool, where: str) -> bool:
+    """``direct_terms``, or the value of the deprecated ``fast_path`` (with a ``DeprecationWarning``)."""
+    if fast_path is None:
+        return bool(direct_terms)
+    warnings.warn(f"{where}(fast_path=) is deprecated: use direct_terms=", DeprecationWarning, stacklevel=3)
+    return bool(fast_path)

@@ -13,6 +13,7 @@ from torch import nn
 from .. import distributed as dist
 from ..datasets import binarize as binarize_batch
 from ..infer.weights import importance_terms
+from ..rng import preserved_rng
 
 __all__ = ["resolve_device", "check_data", "collect_parameters", "evaluate_elbo"]
 
@@ -31,8 +32,11 @@ def resolve_device(device: str | torch.device) -> torch.device:
     return dist.local_device(device)
 
 
-def check_data(data: Any, name: str, pair: Any, binarize: bool) -> torch.Tensor:
-    """Refuse data that is not a finite float tensor of the model's shape and support (before any work)."""
+def check_data(data: Any, name: str, vae: Any, binarize: bool) -> torch.Tensor:
+    """Refuse data that is not a finite float tensor of the model's shape and support (before any work).
+
+    :param vae: the model/guide pair (its ``input_shape`` and ``likelihood``, where it has them, are checked).
+    """
     if not torch.is_tensor(data):
         raise TypeError(f"{name} must be a torch.Tensor of shape (N, *event_shape), got {type(data).__name__}; "
                         "use pyro_vae.datasets.from_array for numpy arrays")
@@ -40,11 +44,11 @@ def check_data(data: Any, name: str, pair: Any, binarize: bool) -> torch.Tensor:
         raise TypeError(f"{name} must be a floating-point tensor, got dtype {data.dtype}; convert it with .float()")
     if data.dim() < 2 or data.shape[0] == 0:
         raise ValueError(f"{name} must be a non-empty tensor of shape (N, *event_shape), got {tuple(data.shape)}")
-    input_shape = getattr(pair, "input_shape", None)
+    input_shape = getattr(vae, "input_shape", None)
     if input_shape is not None and tuple(data.shape[1:]) != tuple(input_shape):
         raise ValueError(f"{name} has datapoints of shape {tuple(data.shape[1:])} but the model's input_shape is "
                          f"{tuple(input_shape)}: reshape the data or build the model with that input_shape")
-    likelihood = getattr(pair, "likelihood", None)
+    likelihood = getattr(vae, "likelihood", None)
     if binarize:
         low, high = torch.aminmax(data)  # one pass: NaN propagates, and inf is outside [0, 1]
         if not (bool(low >= 0) and bool(high <= 1)):
@@ -65,11 +69,9 @@ def collect_parameters(pair: Any, example: tuple) -> list[torch.Tensor]:
     if isinstance(pair, nn.Module):
         params = [p for p in pair.parameters() if p.requires_grad]
     else:
-        with poutine.block(), torch.no_grad():
-            rng = pyro.util.get_rng_state()
+        with poutine.block(), torch.no_grad(), preserved_rng():
             guide_trace = poutine.trace(pair.guide, param_only=True).get_trace(*example)
             model_trace = poutine.trace(pair.model, param_only=True).get_trace(*example)
-            pyro.util.set_rng_state(rng)
         store = dict(pyro.get_param_store().named_parameters())
         names = [n for tr in (guide_trace, model_trace) for n in tr.nodes if n in store]
         params = list({id(store[n]): store[n] for n in names}.values())
@@ -100,7 +102,7 @@ def evaluate_elbo(pair: Any, data: torch.Tensor, batch_size: int = 1000, binariz
             x = binarize_batch(x)
         extra = () if condition is None else (condition[start:start + batch_size],)
         t = importance_terms(pair.model, pair.guide, x, *extra, num_particles=1, max_plate_nesting=max_plate_nesting)
-        sums += torch.stack([t.log_weights.sum(), (t.log_guide - t.log_prior).sum(), -t.log_likelihood.sum()])
+        sums += torch.stack([t.elbo_integrand.sum(), (t.log_guide - t.log_prior).sum(), -t.log_likelihood.sum()])
     if distributed:
         sums = dist.all_reduce(sums)
     elbo, rate, distortion = (sums / data.shape[0]).tolist()
