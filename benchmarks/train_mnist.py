@@ -537,8 +537,9 @@ def main(args: argparse.Namespace) -> list[dict[str, Any]]:
         if args.smoke_test:
             print("--smoke-test: not writing docs/benchmarks.md", file=sys.stderr)
         else:
-            path = update_section(BENCHMARK, docs_section(results, info, args, command_line(), utc_date(), total))
-            print(f"wrote the {BENCHMARK} section of {path}", file=sys.stderr)
+            name = BENCHMARK if device.type == "cpu" else f"{BENCHMARK}-{device.type}"  # one section per device
+            path = update_section(name, docs_section(results, info, args, command_line(), utc_date(), total))
+            print(f"wrote the {name} section of {path}", file=sys.stderr)
     return results
 
 

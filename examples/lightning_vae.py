@@ -40,8 +40,8 @@ def main(args: argparse.Namespace) -> dict[str, float]:
 
     pyro.clear_param_store()
     pl.seed_everything(args.seed, verbose=False)  # torch, numpy and Python (Pyro draws from torch's generator)
-    train = datasets.load(args.dataset, "train")
-    test = datasets.load(args.dataset, "test")
+    train = datasets.load(args.dataset, "train", root=args.data_root)
+    test = datasets.load(args.dataset, "test", root=args.data_root)
     if args.smoke_test:
         train, test = train[:300], test[:100]
     binarize = args.dataset != "binarized-mnist"  # grey levels: a fresh binarization of every batch
@@ -98,9 +98,14 @@ if __name__ == "__main__":
     parser.add_argument("--strategy", default="auto", help="Lightning's strategy: auto, ddp, ...")
     parser.add_argument("--out", default="runs/lightning", help="folder of the metrics and checkpoints")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--data-root", default=None, help="data folder for the file-based sets (default: "
+                                                          "$PYRO_VAE_DATA; digits needs none)")
     parser.add_argument("--smoke-test", action="store_true", help="3 epochs on 300 images, K = 50")
     args = parser.parse_args()
     args.devices = int(args.devices) if args.devices.isdigit() else args.devices
     if args.smoke_test:
         args.epochs, args.iwae_every, args.iwae_particles = 3, 3, 50
-    main(args)
+    try:
+        main(args)
+    except datasets.DataNotFoundError as e:  # one line saying where to point, not a traceback
+        parser.exit(2, f"{parser.prog}: error: {e} (from the command line: --data-root FOLDER)\n")

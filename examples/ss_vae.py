@@ -86,4 +86,7 @@ if __name__ == "__main__":
     parser.add_argument("--data-root", default=None, help="folder holding mnist/ (default: $PYRO_VAE_DATA)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--smoke-test", action="store_true", help="2,000 training digits, tiny nets, one epoch")
-    main(parser.parse_args())
+    try:
+        main(parser.parse_args())
+    except datasets.DataNotFoundError as e:  # one line saying where to point, not a traceback
+        parser.exit(2, f"{parser.prog}: error: {e} (from the command line: --data-root FOLDER)\n")

@@ -294,13 +294,13 @@ def _add_reconstruct(subparsers: Any) -> None:
 
 def _run_reconstruct(args: argparse.Namespace) -> int:
     from .plots import save_reconstructions
-    from .runs import test_data
+    from .runs import run_test_data
 
     if args.num < 1:
         raise ValueError(f"--num-datapoints must be >= 1, got {args.num}")
     vae, config = load_run(args.run, device=args.device)
     # binarized runs show what the model was trained on: binary images (the same draw as evaluate and plot)
-    x, _ = test_data(config, num=args.num, data_root=args.data_root, seed=args.seed)
+    x, _ = run_test_data(config, num=args.num, data_root=args.data_root, seed=args.seed)
     out = Path(args.out) if args.out is not None else Path(args.run) / "reconstructions.png"
     save_reconstructions(vae, x, out, n=args.num)
     print(f"wrote {out}")

@@ -30,7 +30,7 @@ import torch
 from . import datasets, distributed
 from .io import RunLock, write_json
 from .run_files import CHECKPOINT_NAME, CONFIG_NAME, MODEL_DIR, TEST_METRICS_NAME
-from .runs import EVALUATION_NAME, load_run, model_for_resume, read_config, read_metrics, test_data, write_config
+from .runs import EVALUATION_NAME, load_run, model_for_resume, read_config, read_metrics, run_test_data, write_config
 
 __all__ = ["train_run", "evaluate_run", "run_settings", "TrainedRun", "DATASET_DEFAULTS", "RUN_IDENTITY",
            "TRAINING_KEYS", "TRAIN_METRICS_SIZE", "parse_dims", "parse_layers", "resolve_threads", "check_step_fits",
@@ -554,7 +554,7 @@ def evaluate_run(run: str | os.PathLike[str], *, num_particles: int = 5000, spli
     if distributed.is_main_process() and not os.access(run_dir, os.W_OK):
         raise PermissionError(f"the run folder {run_dir} is not writable: evaluate writes {EVALUATION_NAME} and its "
                               "figures there (copy the run somewhere writable)")
-    x, _ = test_data(config, split=split, num=num, data_root=data_root, seed=seed,
+    x, _ = run_test_data(config, split=split, num=num, data_root=data_root, seed=seed,
                      device=next(vae.parameters()).device)
     split = split or config.get("splits", {}).get("test", "test")
     measured = vae.stage1 if config.get("class") == "TwoStageVAE" else vae

@@ -743,14 +743,14 @@ def plot_run(
     in ``training_stage2.png``), ``reconstructions.png``, ``samples.png``, ``latent_space.png`` (coloured by label when
     the data set has labels), ``traversal.png`` (image data), and from an importance-sampling estimate with
     ``num_particles`` particles on the first ``num`` test datapoints ``k_curve.png``, ``gaps.png`` and
-    ``khat.png``. The test data are :func:`pyro_vae.runs.test_data` of the run (binarized with
+    ``khat.png``. The test data are :func:`pyro_vae.runs.run_test_data` of the run (binarized with
     ``seed``, as ``pyro-vae evaluate`` binarizes them).
 
     :returns: ``{figure name: path}`` of the files written.
     """
     from pathlib import Path
 
-    from .runs import load_run, read_metrics, test_data
+    from .runs import load_run, read_metrics, run_test_data
 
     run_dir = Path(run_dir)
     out_dir = Path(out) if out is not None else run_dir
@@ -765,7 +765,7 @@ def plot_run(
         raise ValueError(f"num must be >= 2, got {num}")
     vae, config = load_run(run_dir, device=device)  # a missing or damaged run is refused before any folder is made
     out_dir.mkdir(parents=True, exist_ok=True)
-    x, labels = test_data(config, num=int(num), data_root=data_root, seed=int(seed), labels=True)
+    x, labels = run_test_data(config, num=int(num), data_root=data_root, seed=int(seed), labels=True)
     if config.get("class") == "TwoStageVAE":  # fit's metrics of each stage, stage 1's with gamma per epoch
         histories = {"training.png": (read_metrics(run_dir / "stage1"), "stage 1: the VAE on the data"),
                      "training_stage2.png": (read_metrics(run_dir / "stage2"), "stage 2: the VAE on stage 1's codes")}

@@ -13,7 +13,7 @@ file                   what it holds
 ``*.png``              figures
 =====================  ==========================================================================================
 
-:func:`load` reads a saved model folder or a run folder, whatever the model class; :func:`test_data` is the run's
+:func:`load` reads a saved model folder or a run folder, whatever the model class; :func:`run_test_data` is the run's
 test data as every command sees it (one split, one binarization). Training and evaluating a run are
 :mod:`pyro_vae.pipeline`'s.
 """
@@ -34,7 +34,7 @@ from .run_files import CHECKPOINT_NAME, CONFIG_NAME, METRICS_NAME, MODEL_DIR, PR
 from .train import load_checkpoint, resolve_device
 
 __all__ = ["CONFIG_NAME", "MODEL_DIR", "TEST_METRICS_NAME", "EVALUATION_NAME", "read_config", "write_config",
-           "read_metrics", "load_run", "load", "model_for_resume", "test_data", "checkpoint_weights"]
+           "read_metrics", "load_run", "load", "model_for_resume", "run_test_data", "checkpoint_weights"]
 
 #: what ``pyro-vae evaluate`` writes into the run folder
 EVALUATION_NAME = "evaluation.json"
@@ -177,7 +177,7 @@ def load_run(run_dir: str | os.PathLike[str], device: str | torch.device = "cpu"
     return model.to(device).eval(), config
 
 
-def test_data(config: dict[str, Any], *, split: str | None = None, num: int | None = None,
+def run_test_data(config: dict[str, Any], *, split: str | None = None, num: int | None = None,
               data_root: str | os.PathLike[str] | None = None, seed: int = 0, device: str | torch.device = "cpu",
               labels: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
     """A run's test data as every command sees it (``evaluate``, ``reconstruct``, ``plot``): the split (the run's

@@ -88,9 +88,15 @@ def test_training_step_is_fits_loss_and_gradient(digits, objective, num_particle
 def test_trains_and_validates_on_the_device(digits, device):
     """One epoch and an IWAE validation with Lightning's accelerator for the device (the GPU when there is one)."""
     module = VAEModule(small_vae(), binarize=True, iwae_particles=50)
-    run = trainer(max_epochs=1, accelerator="gpu" if device.type == "cuda" else "cpu")
+    seen = set()
+
+    class Where(pl.Callback):  # where the steps ran (Lightning moves the module back to the CPU after fit)
+        def on_train_batch_end(self, trainer, pl_module, *args):
+            seen.add(next(pl_module.pair.parameters()).device.type)
+
+    run = trainer(max_epochs=1, accelerator="gpu" if device.type == "cuda" else "cpu", callbacks=[Where()])
     run.fit(module, loader(digits[:200], 50), loader(digits[1000:1100], 50))
-    assert next(module.pair.parameters()).device.type == device.type
+    assert seen == {device.type}
     metrics = {k: float(v) for k, v in run.callback_metrics.items()}
     assert set(metrics) >= {"train_loss", "val_elbo", "val_iwae", "val_iwae_stderr", "val_iwae_mc_stderr"}
     assert all(math.isfinite(v) for v in metrics.values())

@@ -1,6 +1,6 @@
 """Figures that say what they show (issue 23): Gaussian grids on the data's scale, decoder means named as such,
 training and gamma curves of two-stage and hierarchical runs, the layer of a hierarchy named, and the run's test
-data defined once (``pyro_vae.runs.test_data``)."""
+data defined once (``pyro_vae.runs.run_test_data``)."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ from pyro_vae.plots import (
     save_samples,
     training_curves,
 )
-from pyro_vae.runs import test_data
+from pyro_vae.runs import run_test_data
 
 
 def _mosaic(fig) -> np.ndarray:
@@ -83,12 +83,12 @@ def test_the_layer_of_a_hierarchy_is_named() -> None:
 
 def test_run_test_data_is_one_definition() -> None:
     config = {"dataset": "digits", "training": {"binarize": True}}
-    x, labels = test_data(config, num=40, seed=3, labels=True)
+    x, labels = run_test_data(config, num=40, seed=3, labels=True)
     expected = datasets.binarize(datasets.load("digits", "test")[:40], torch.Generator().manual_seed(3))
     assert torch.equal(x, expected) and labels.shape == (40,)
-    again, none = test_data(config, num=40, seed=3)
+    again, none = run_test_data(config, num=40, seed=3)
     assert torch.equal(again, x) and none is None
-    grey, _ = test_data({"dataset": "digits", "splits": {"test": "valid"}}, num=10)
+    grey, _ = run_test_data({"dataset": "digits", "splits": {"test": "valid"}}, num=10)
     assert torch.equal(grey, datasets.load("digits", "valid")[:10])
 
 

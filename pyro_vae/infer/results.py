@@ -5,7 +5,8 @@ A result holds ``values`` ``(N,)``, one estimate of ``log p(x_n)`` per datapoint
 gives it :attr:`~PerDatapointSummary.mean`, :attr:`~PerDatapointSummary.stderr` (the spread over datapoints) and
 :attr:`~PerDatapointSummary.mean_mc_stderr` (the Monte Carlo error of the mean), once for every result class
 (:class:`~pyro_vae.infer.LogLikelihoodResult`, :class:`~pyro_vae.infer.AISResult`,
-:class:`~pyro_vae.infer.KDEResult`), as Pyro's ``LogWeightsMixin`` does for its importance samplers.
+:class:`~pyro_vae.infer.KDEResult`, :class:`~pyro_vae.infer.SUMOResult`), as Pyro's ``LogWeightsMixin`` does for
+its importance samplers.
 """
 
 from __future__ import annotations

@@ -46,7 +46,7 @@ import torch
 
 from ..checks import whole_number
 from .chunking import particles_per_chunk
-from .evaluate import _stderr
+from .results import PerDatapointSummary
 from .weights import check_estimator_input, terms_producer
 
 __all__ = ["SUMOResult", "sumo", "sumo_tail", "sample_series_length", "expected_series_length"]
@@ -84,7 +84,7 @@ def sample_series_length(shape: tuple[int, ...], alpha: int = 80, decay: float =
 
 
 @dataclass
-class SUMOResult:
+class SUMOResult(PerDatapointSummary):
     """Per-datapoint SUMO estimates from :func:`sumo` (tensors on the device of the data)."""
 
     #: ``(N,)``: the mean of the repeats, an unbiased estimate of each datapoint's ``log p(x)``
@@ -102,21 +102,6 @@ class SUMOResult:
     @property
     def num_repeats(self) -> int:
         return int(self.samples.shape[0])
-
-    @property
-    def mean(self) -> float:
-        """The mean over datapoints."""
-        return float(self.values.double().mean())
-
-    @property
-    def stderr(self) -> float:
-        """Standard error of :attr:`mean` over datapoints (it holds the Monte Carlo noise too)."""
-        return _stderr(self.values)
-
-    @property
-    def mean_mc_stderr(self) -> float:
-        """The Monte Carlo part of the error of :attr:`mean`."""
-        return float(self.mc_stderr.double().pow(2).sum().sqrt() / self.mc_stderr.numel())
 
     @property
     def expected_cost(self) -> float:
