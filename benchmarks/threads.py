@@ -41,7 +41,8 @@ torch.set_num_threads(n)
 import pyro_vae
 from pyro_vae import datasets
 x = datasets.load("mnist", "train", root={root_data!r})[:{size}]
-pyro_vae.fit(pyro_vae.VAE((1, 28, 28)), x[:200], epochs=1, batch_size=100, progress=False, device="cpu")  # warm-up
+pyro_vae.fit(pyro_vae.VAE((1, 28, 28)), x[:200], epochs=1, batch_size=100, binarize=True, progress=False,
+             device="cpu")  # warm-up
 vae = pyro_vae.VAE((1, 28, 28))
 load = os.getloadavg()[0]
 t0 = time.perf_counter()

@@ -398,7 +398,7 @@ def run_whole_calls(batch_size: int, train: torch.Tensor, call_epochs: list[int]
 
 
 def whole_calls_markdown(records: list[dict[str, Any]]) -> str:
-    """The whole-call records as a table (printed; the lead writes docs/benchmarks.md from a quiet machine)."""
+    """The whole-call records as a table (printed, and with ``--write-docs`` written to docs/benchmarks.md)."""
     rows = []
     for r in records:
         loads = [v[0] for v in r["load_average_per_round"] if v]
@@ -518,7 +518,20 @@ def main(args: argparse.Namespace) -> list[dict[str, Any]]:
             for r in run_whole_calls(batch_size, train, args.call_epochs, args.repeats, args.seed, device):
                 print_json(r)
                 records.append(r)
-        print(whole_calls_markdown(records))
+        table = whole_calls_markdown(records)
+        print(table)
+        if args.write_docs and not args.smoke_test:
+            body = ("## train_mnist, whole calls: what a user's `fit` call costs, setup included\n\n"
+                    f"`{command_line()}` ({utc_date()}). Whole `pyro_vae.fit` calls of the library VAE and of a "
+                    "user's own Pyro pair (784-200-200-50, dynamically binarized MNIST) against hand-written "
+                    "PyTorch loops of the same network (torch's default Adam, and the fused Adam `fit` uses), "
+                    "taking turns; the median ratio of images per second over the rounds, by CPU time (less moved "
+                    "by other processes) and by wall time, with the load average of the rounds. The first call "
+                    "of a fresh process also pays about 2 s of imports torch makes at its first optimizer, alike "
+                    "for every side.\n\n"
+                    f"{machine_markdown(machine_info(args.threads, device))}\n\n{table}\n")
+            name = "train_mnist-whole-calls" + ("" if device.type == "cpu" else f"-{device.type}")
+            print(f"wrote the {name} section of {update_section(name, body)}", file=sys.stderr)
         return records
 
     t_start = time.perf_counter()
