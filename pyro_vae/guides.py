@@ -2,14 +2,11 @@
 given the encoder's input, and the same object serves the Pyro ``guide`` program and the model's direct
 importance terms (:meth:`pyro_vae.VAE.importance_terms`).
 
-=====================  ============================================================================================
-component              ``q(z | x)``
-=====================  ============================================================================================
-:class:`GaussianGuide`  :math:`\\mathcal{N}(\\mu_\\phi(x), \\operatorname{diag} \\sigma_\\phi(x)^2)` (Kingma & Welling)
-:class:`FlowGuide`      that Gaussian pushed through ``num_flows`` conditional autoregressive flows (``"iaf"``:
-                        Kingma et al. 2016; ``"spline"``: Durkan et al. 2019), each conditioned on
-                        ``(z_loc, log z_scale)``, the order reversed between layers
-=====================  ============================================================================================
+- :class:`GaussianGuide`: :math:`\\mathcal{N}(\\mu_\\phi(x), \\operatorname{diag} \\sigma_\\phi(x)^2)`
+  (Kingma & Welling);
+- :class:`FlowGuide`: that Gaussian pushed through ``num_flows`` conditional autoregressive flows (``"iaf"``:
+  Kingma et al. 2016; ``"spline"``: Durkan et al. 2019), each conditioned on ``(z_loc, log z_scale)``, the
+  order reversed between layers.
 
 Densities come from Pyro's distributions and transforms. The encoder maps its input (``x``, or ``(x, y)`` for a
 conditional VAE) to ``(z_loc, z_scale)``; see :mod:`pyro_vae.nets`.

@@ -23,14 +23,15 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import torch
 
-from . import datasets, distributed
+from . import datasets, distributed, threads
 from .io import RunLock, write_json
 from .run_files import CHECKPOINT_NAME, CONFIG_NAME, MODEL_DIR, TEST_METRICS_NAME
 from .runs import EVALUATION_NAME, load_run, model_for_resume, read_config, read_metrics, run_test_data, write_config
+from .threads import free_cores
 
 __all__ = ["train_run", "evaluate_run", "run_settings", "TrainedRun", "DATASET_DEFAULTS", "RUN_IDENTITY",
            "TRAINING_KEYS", "TRAIN_METRICS_SIZE", "parse_dims", "parse_layers", "resolve_threads", "check_step_fits",
@@ -104,52 +105,16 @@ def parse_layers(text: str | list[list[int]]) -> list[list[int]]:
     return layers
 
 
-def free_cores() -> int:
-    """The cores this process may use without competing: the cores it may run on (shared among the processes of
-    one ``torchrun`` node) less the machine's one-minute load average, at least one.
-
-    Intra-op threads that outnumber the free cores make training collapse, not slow down a little: measured on 2
-    cores with one other busy process, 2 threads trained at 349 images/s and 1 thread at 14,975 (see
-    ``docs/benchmarks.md``).
-    """
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    cores = max(1, cores // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
-    try:
-        busy = os.getloadavg()[0]
-    except (AttributeError, OSError):
-        busy = 0.0
-    return max(1, min(cores, int(cores - busy + 0.5)))
-
-
 def resolve_threads(value: str | int | None, dataset: str) -> int | None:
     """The torch intra-op threads of a run: a positive number, or ``"auto"``: one thread for digits and the toy
-    sets (their small nets gain nothing from threads), else :func:`free_cores` (all cores on an idle machine, fewer
-    when other processes keep the cores busy). None means ``"auto"``.
+    sets (their small nets gain nothing from threads), else :func:`pyro_vae.threads.free_cores` (all cores on an
+    idle machine, fewer when other processes keep the cores busy). None means ``"auto"``.
 
     :raises ValueError: for anything else.
     """
     if value is None or value == "auto":
-        return 1 if dataset in DATASET_DEFAULTS else free_cores()
-    try:
-        n = int(value)
-        ok = n >= 1 and float(value) == n
-    except (TypeError, ValueError):
-        ok = False
-    if not ok:
-        raise ValueError(f"--num-threads must be a positive integer or 'auto', got {value!r}")
-    return n
-
-
-@contextlib.contextmanager
-def _torch_threads(num_threads: int | None) -> Iterator[None]:
-    """Use ``num_threads`` intra-op threads inside the block (restored afterwards; None: leave as is)."""
-    previous = torch.get_num_threads()
-    if num_threads is not None:
-        torch.set_num_threads(int(num_threads))
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
+        return 1 if dataset in DATASET_DEFAULTS else threads.free_cores()
+    return threads.resolve_threads(value, "--num-threads")
 
 
 def _splits(dataset: str) -> tuple[str, str, str]:
@@ -390,7 +355,7 @@ def train_run(options: dict[str, Any], out: str | os.PathLike[str] | None = None
     restart_stage2 = two_stage and done[1] > 0 and s["epochs"] > done[0]
     shape = datasets.event_shape(s["dataset"])
     train_split, valid_split, test_split = _splits(s["dataset"])
-    with _torch_threads(resolve_threads(s.get("num_threads"), s["dataset"])):
+    with threads.torch_threads(resolve_threads(s.get("num_threads"), s["dataset"])):
         import pyro
 
         pyro.clear_param_store()

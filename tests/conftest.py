@@ -34,11 +34,14 @@ def _seed_and_clear():
 
 
 @pytest.fixture(autouse=True)
-def _one_thread():
+def _one_thread(monkeypatch):
     """One intra-op thread: the suite's models are tiny, so one thread is as fast on an idle machine and far faster
-    on a busy one (two threads fighting another process for the cores collapse). A test may set its own."""
+    on a busy one (two threads fighting another process for the cores collapse). ``fit``'s default
+    (``num_threads="auto"``, the free cores) sees one free core too, so no result depends on the machine's load.
+    A test may set its own."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
+    monkeypatch.setattr("pyro_vae.threads.free_cores", lambda: 1)
     yield
     torch.set_num_threads(threads)
 

@@ -11,7 +11,8 @@ PACKAGE = Path(__file__).resolve().parents[1] / "pyro_vae"
 
 #: the floors, bottom first (a module may import its own floor or lower ones)
 FLOORS = [
-    ["_version", "checks", "run_files", "rng", "io", "nets", "likelihoods", "datasets", "distributed", "frechet"],
+    ["_version", "checks", "run_files", "rng", "threads", "io", "nets", "likelihoods", "datasets", "distributed",
+     "frechet"],
     ["priors", "guides"],
     ["infer.weights", "infer.replicates"],
     ["infer"],  # the other estimators and the objectives, all on the engine's terms

@@ -2,6 +2,7 @@
 bad option refused before anything is written; evaluations that no longer match the run are said so."""
 
 import json
+import os
 
 import pytest
 import torch
@@ -88,10 +89,13 @@ def test_hierarchical_and_two_stage_runs_get_the_same_outputs_as_a_plain_run(tmp
     assert evaluation["model"].startswith("stage 1 of the two-stage VAE")
 
 
-def test_threads_default_to_the_free_cores():
+def test_threads_default_to_the_free_cores(monkeypatch):
+    monkeypatch.setattr("pyro_vae.threads.free_cores", lambda: 5)
     assert resolve_threads("auto", "digits") == 1
-    assert 1 <= resolve_threads("auto", "mnist") == resolve_threads(None, "mnist") <= free_cores() + 1
+    assert resolve_threads("auto", "mnist") == resolve_threads(None, "mnist") == 5
     assert resolve_threads(3, "mnist") == 3
+    monkeypatch.undo()
+    assert 1 <= free_cores() <= (os.cpu_count() or 1)
 
 
 def test_settings_of_a_new_run_take_the_data_sets_defaults():
@@ -99,3 +103,21 @@ def test_settings_of_a_new_run_take_the_data_sets_defaults():
     assert s["latent_dim"] == 50 and s["hidden_dims"] == [200, 200] and str(out).startswith("runs/mnist-")
     s, _ = run_settings({"objective": "iwae"}, "x")
     assert s["num_particles"] == 5 and s["lr"] == 3e-3 and s["binarize"] == "auto"
+
+
+def test_fit_uses_the_free_cores_by_default_and_restores_torchs_setting(monkeypatch, digits):
+    """fit(num_threads="auto") trains with threads.free_cores() threads, a number sets them, None leaves torch's;
+    torch's setting is the caller's again afterwards; a bad value is refused before any work."""
+    import pyro_vae.threads as threads
+
+    seen = []
+    monkeypatch.setattr(threads, "free_cores", lambda: 2)
+    before = torch.get_num_threads()
+    for value, expected in (("auto", 2), (3, 3), (None, before)):
+        vae = pyro_vae.VAE((1, 8, 8), latent_dim=2, hidden_dims=(8,))
+        pyro_vae.fit(vae, torch.bernoulli(digits[:50]), epochs=1, batch_size=50, progress=False, num_threads=value,
+                     on_epoch_end=lambda record: seen.append(torch.get_num_threads()))
+        assert seen[-1] == expected and torch.get_num_threads() == before
+    with pytest.raises(ValueError, match="num_threads must be a positive integer or 'auto'"):
+        pyro_vae.fit(pyro_vae.VAE((1, 8, 8), latent_dim=2, hidden_dims=(8,)), digits[:10], epochs=1, batch_size=5,
+                     num_threads=0)

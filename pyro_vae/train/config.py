@@ -17,6 +17,7 @@ from typing import Any, Callable, Sequence
 import torch
 
 from ..infer.objectives import get_objective
+from ..threads import resolve_threads
 from .nan import ON_NAN
 from .schedules import get_lr_schedule
 
@@ -77,6 +78,7 @@ class FitConfig:
     nan_check_every: int = 50
     max_rollbacks: int = 10
     distributed: bool | None = None
+    num_threads: int | str | None = "auto"
 
     def __post_init__(self) -> None:
         def put(name: str, value: Any) -> None:
@@ -103,6 +105,8 @@ class FitConfig:
             put("max_plate_nesting", _whole(self.max_plate_nesting, "max_plate_nesting", low=0))
         put("betas", tuple(float(b) for b in self.betas))
         put("eps", _positive(self.eps, "eps", allow_zero=True))
+        if self.num_threads not in (None, "auto"):
+            put("num_threads", resolve_threads(self.num_threads))
         if self.checkpoint_dir is None and self.resume:
             raise ValueError("resume=True needs a checkpoint_dir to resume from")
 

@@ -36,6 +36,7 @@ from ..datasets import binarize as binarize_batch
 from ..infer.objectives import OBJECTIVES
 from ..infer.weights import fast_path_owner, guess_max_plate_nesting
 from ..io import RunLock
+from ..threads import resolve_threads, torch_threads
 from .callbacks import Callback, CallbackList, EpochFunction, Progress
 from .config import FitConfig
 from .nan import NanGuard, is_invalid_values_error
@@ -83,6 +84,7 @@ def fit(
     val_condition: torch.Tensor | None = None,
     data_scale: torch.Tensor | None = None,
     direct_terms: bool = True,
+    num_threads: int | str | None = "auto",
 ) -> list[dict[str, Any]]:
     """Train a model/guide pair by stochastic gradient ascent on a bound of ``log p(x)``.
 
@@ -116,6 +118,10 @@ def fit(
     :param direct_terms: let the library's models produce their importance terms directly (equal in value and
         gradient to the traced path, tested); False traces every pair.
     :param fast_path: the old name of ``direct_terms`` (deprecated: a ``DeprecationWarning``).
+    :param num_threads: torch's intra-op CPU threads during the call (restored afterwards): ``"auto"`` (the
+        default) takes :func:`pyro_vae.threads.free_cores`, all the cores of an idle machine and fewer when other
+        processes keep them busy (more threads than free cores make training collapse, not merely slow down); a
+        number sets it; None leaves torch's setting as it is.
     :param on_nan: what to do when a loss or gradient becomes NaN or inf: ``"raise"`` a ``FloatingPointError``
         naming the epoch, the step and the site, or ``"rollback"``: restore the start of the epoch, halve the
         learning rate and go on (recorded in the epoch's ``nan_events``).
@@ -149,7 +155,7 @@ def fit(
         checkpoint_dir=checkpoint_dir, resume=resume, seed=seed, progress=progress, binarize=binarize, beta=beta,
         kl_warmup_epochs=kl_warmup_epochs, lr_schedule=lr_schedule, betas=betas, eps=eps, clip_norm=clip_norm,
         max_plate_nesting=max_plate_nesting, extra=config, on_nan=on_nan, nan_check_every=nan_check_every,
-        max_rollbacks=max_rollbacks, distributed=distributed,
+        max_rollbacks=max_rollbacks, distributed=distributed, num_threads=num_threads,
         direct_terms=deprecated_fast_path(fast_path, direct_terms, "fit"))
     hooks = [*callbacks, *([EpochFunction(on_epoch_end)] if on_epoch_end is not None else [])]
     return run_fit(vae, data, options, val_data=val_data, condition=condition, val_condition=val_condition,
@@ -180,7 +186,7 @@ def run_fit(vae: Any, data: torch.Tensor, options: FitConfig, *, val_data: torch
     parallel = Parallel(o.distributed, device)
     parallel.check(d.x, batch_size)
     ckpt_path = Path(o.checkpoint_dir) / CHECKPOINT_NAME if o.checkpoint_dir is not None else None
-    with _run_folder(ckpt_path, parallel):
+    with _run_folder(ckpt_path, parallel), torch_threads(resolve_threads(o.num_threads)):
         base_seed = dist.shared_seed(o.seed) if parallel.enabled else o.seed
         if base_seed is not None:
             pyro.set_rng_seed(dist.rank_seed(base_seed, parallel.rank))
