@@ -350,6 +350,12 @@ def train_run(options: dict[str, Any], out: str | os.PathLike[str] | None = None
             raise ValueError(f"--stage2-codes {codes} differs from the run's {saved_codes!r}, and its stage 2 has "
                              "started: a resumed stage 2 keeps its training data (start a new run instead)")
         s["stage2_codes"] = codes
+    if resume:  # a damaged checkpoint is named now, before anything is written
+        from .train.state import check_checkpoint, load_checkpoint
+
+        for folder in (out / "stage1", out / "stage2") if two_stage else (out,):
+            if (folder / CHECKPOINT_NAME).is_file():
+                check_checkpoint(load_checkpoint(folder / CHECKPOINT_NAME), folder / CHECKPOINT_NAME)
     done = _epochs_done(out, two_stage) if resume else (0, 0)
     # more stage-1 epochs change the codes stage 2 learned: stage 2 then starts again (its old folder is kept)
     restart_stage2 = two_stage and done[1] > 0 and s["epochs"] > done[0]

@@ -640,3 +640,10 @@ def test_config_files_are_parsed_safely(tmp_path, run_cli):
     code, _, err = run_cli(["train", "--config", config, "--out", tmp_path / "run"])
     assert code == 2 and "unknown option 'epochz'" in err
     assert not (tmp_path / "run").exists()
+
+
+def test_a_json_config_with_a_syntax_error_names_the_file(tmp_path: Path, run_cli) -> None:
+    config = tmp_path / "run.json"
+    config.write_text('{"epochs": 1,}')
+    code, _, err = run_cli(["train", "--config", str(config), "--out", str(tmp_path / "r")])
+    assert code == 2 and f"--config {config} is not valid JSON" in err and not (tmp_path / "r").exists()

@@ -81,7 +81,9 @@ def test_settings_are_a_frozen_checked_dataclass_and_the_saved_config():
                          (dict(input_shape=(4,), latent_dim=0), "latent_dim must be a whole number >= 1"),
                          (dict(input_shape=(4,), hidden_dims=(8, 2.5)), "hidden_dims must be whole numbers"),
                          (dict(input_shape=(4,), guide_flow="maf"), "unknown guide_flow 'maf'"),
-                         (dict(input_shape=(4,), prior_options=3), "prior_options must be a dict")]:
+                         (dict(input_shape=(4,), prior_options=3), "prior_options must be a dict"),
+                         (dict(input_shape=(4,), likelihood="normal-learned", likelihood_options={"scale": -1}),
+                          "needs a finite scale > 0")]:
         with pytest.raises(ValueError, match=message):
             pyro_vae.VAE(**bad)
 

@@ -73,8 +73,24 @@ def test_a_damaged_checkpoint_is_named_on_resume(tmp_path):
     train_run(TINY, out, progress=False, say=_quiet)
     for damaged in ({}, [1, 2], {"pair": [1]}):
         torch.save(damaged, out / "checkpoint.pt")
-        with pytest.raises(ValueError, match=r"checkpoint\.pt.*(holds no model weights|not a pyro-vae checkpoint)"):
+        with pytest.raises(ValueError, match=r"checkpoint\.pt (cannot be resumed|holds no model weights)"):
             train_run({"epochs": 2}, out, resume=True, progress=False, say=_quiet)
+
+
+def test_a_checkpoint_with_a_bad_epoch_or_history_is_named_before_anything_is_written(tmp_path):
+    out = tmp_path / "r"
+    train_run(TINY, out, progress=False, say=_quiet)
+    good = torch.load(out / "checkpoint.pt", weights_only=True)
+    config = (out / "config.json").read_text()
+    for key, value, message in (("epoch", "four", "'epoch' entry is 'four'"),
+                                ("history", ["{bad json"], "history entry 1 is not a JSON record"),
+                                ("optimizer", None, "'optimizer' entry is damaged")):
+        torch.save({**good, key: value}, out / "checkpoint.pt")
+        (out / "config.json").write_text(config.replace('"epochs": 1', '"epochs": 1 '))  # a mark: rewritten or not
+        with pytest.raises(ValueError, match=message):
+            train_run({"epochs": 2}, out, resume=True, progress=False, say=_quiet)
+        assert (out / "config.json").read_text().endswith(config[-20:]) and '"epochs": 1 ' in (
+            out / "config.json").read_text()
 
 
 def test_hierarchical_and_two_stage_runs_get_the_same_outputs_as_a_plain_run(tmp_path):

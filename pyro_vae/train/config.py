@@ -16,19 +16,13 @@ from typing import Any, Callable, Sequence
 
 import torch
 
+from ..checks import whole_number
 from ..infer.objectives import get_objective
 from ..threads import resolve_threads
 from .nan import ON_NAN
 from .schedules import get_lr_schedule
 
 __all__ = ["FitConfig"]
-
-
-def _whole(value: Any, name: str, low: int = 1) -> int:
-    """An integer option (a float with a fraction is refused, not truncated)."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or value != int(value) or int(value) < low:
-        raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
-    return int(value)
 
 
 def _positive(value: Any, name: str, allow_zero: bool = False) -> float:
@@ -88,21 +82,21 @@ class FitConfig:
         if self.objective.startswith("iwae") and (self.beta != 1.0 or self.kl_warmup_epochs):
             raise ValueError("beta and kl_warmup_epochs weight the rate term of the ELBO; they do not apply to the "
                              f"{self.objective!r} objective (use objective='elbo' or 'mean-field')")
-        put("epochs", _whole(self.epochs, "epochs"))
-        put("num_particles", _whole(self.num_particles, "num_particles"))
+        put("epochs", whole_number(self.epochs, "epochs"))
+        put("num_particles", whole_number(self.num_particles, "num_particles"))
         put("lr", _positive(self.lr, "lr"))
         put("beta", _positive(self.beta, "beta", allow_zero=True))
-        put("kl_warmup_epochs", _whole(self.kl_warmup_epochs, "kl_warmup_epochs", low=0))
+        put("kl_warmup_epochs", whole_number(self.kl_warmup_epochs, "kl_warmup_epochs", low=0))
         if self.clip_norm is not None:
             put("clip_norm", _positive(self.clip_norm, "clip_norm"))
         if self.on_nan not in ON_NAN:
             raise ValueError(f"unknown on_nan {self.on_nan!r}; choose one of {list(ON_NAN)}")
-        put("nan_check_every", _whole(self.nan_check_every, "nan_check_every"))
-        put("max_rollbacks", _whole(self.max_rollbacks, "max_rollbacks", low=0))
+        put("nan_check_every", whole_number(self.nan_check_every, "nan_check_every"))
+        put("max_rollbacks", whole_number(self.max_rollbacks, "max_rollbacks", low=0))
         get_lr_schedule(self.lr_schedule)
-        put("batch_size", _whole(self.batch_size, "batch_size"))
+        put("batch_size", whole_number(self.batch_size, "batch_size"))
         if self.max_plate_nesting is not None:
-            put("max_plate_nesting", _whole(self.max_plate_nesting, "max_plate_nesting", low=0))
+            put("max_plate_nesting", whole_number(self.max_plate_nesting, "max_plate_nesting", low=0))
         put("betas", tuple(float(b) for b in self.betas))
         put("eps", _positive(self.eps, "eps", allow_zero=True))
         if self.num_threads not in (None, "auto"):

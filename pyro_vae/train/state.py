@@ -45,6 +45,34 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     return state
 
 
+def check_checkpoint(state: Any, path: str | os.PathLike) -> None:
+    """Refuse a checkpoint that lacks what resuming reads, naming the file and the entry: the weights
+    (``pair``), the optimizer's and the scheduler's state, the shuffling generator, the epoch (a whole number) and
+    the history (one JSON object per epoch).
+
+    :raises ValueError: for the first entry that is missing or of the wrong kind.
+    """
+    where = f"{path} cannot be resumed"
+    if not isinstance(state, dict):
+        raise ValueError(f"{where}: it holds a {type(state).__name__}, not a checkpoint of pyro_vae.fit")
+    for key, kind in (("pair", dict), ("optimizer", dict), ("scheduler", dict), ("history", list)):
+        if not isinstance(state.get(key), kind):
+            raise ValueError(f"{where}: its '{key}' entry is {'missing' if key not in state else 'damaged'} (a "
+                             f"{kind.__name__} expected); restore the file from a copy or start a new run")
+    if not torch.is_tensor(state.get("shuffle_rng")):
+        raise ValueError(f"{where}: its 'shuffle_rng' entry is missing or damaged")
+    epoch = state.get("epoch")
+    if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
+        raise ValueError(f"{where}: its 'epoch' entry is {epoch!r}, not a whole number of epochs")
+    for i, h in enumerate(state["history"]):
+        try:
+            record = json.loads(h)
+        except (TypeError, ValueError):
+            record = None
+        if not isinstance(record, dict):
+            raise ValueError(f"{where}: history entry {i + 1} is not a JSON record of an epoch ({str(h)[:40]!r})")
+
+
 def pair_state(pair: Any) -> dict[str, Any]:
     """The trainable state of a pair: an ``nn.Module``'s ``state_dict``, else Pyro's param store."""
     if isinstance(pair, nn.Module):
@@ -134,6 +162,7 @@ class TrainState:
         state = self.parallel.on_main(lambda: load_checkpoint(path) if path.exists() else None)
         if state is None:
             return
+        check_checkpoint(state, path)
         load_pair_state(self.vae, state["pair"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
