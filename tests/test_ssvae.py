@@ -156,3 +156,14 @@ def test_example_smoke_test(data_root, tmp_path):
                           env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert "test accuracy" in proc.stdout and "label summed" in proc.stdout
+
+
+def test_an_ssvae_saves_and_loads_as_every_model_class(tmp_path):
+    import pyro_vae
+
+    ssvae = SSVAE((1, 8, 8), num_classes=3, latent_dim=2, hidden_dims=(16,))
+    folder = ssvae.save(tmp_path / "m")
+    again = pyro_vae.load(folder)
+    x = torch.rand(4, 1, 8, 8)
+    assert type(again) is SSVAE and again.config == ssvae.config
+    torch.testing.assert_close(again.y_logits(x), ssvae.y_logits(x))

@@ -40,6 +40,8 @@ from torch import nn
 
 from ..likelihoods import Likelihood, make_likelihood
 from ..nets import mlp
+from ..saving import Saveable, register_model_class
+from .config import name_of, sizes
 
 __all__ = ["SSVAE"]
 
@@ -50,7 +52,8 @@ def _joined(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.cat([a.expand(*shape, a.shape[-1]), b.expand(*shape, b.shape[-1])], -1)
 
 
-class SSVAE(nn.Module):
+@register_model_class
+class SSVAE(Saveable, nn.Module):
     """The M2 model and its guide, with MLP networks (Pyro's example uses ``hidden_dims=(500,)``,
     ``latent_dim=50``, softplus).
 
@@ -61,15 +64,22 @@ class SSVAE(nn.Module):
     :param activation: a name of :data:`pyro_vae.nets.ACTIVATIONS`.
     :param likelihood: a name of :data:`pyro_vae.likelihoods.LIKELIHOODS` or an instance.
     :param aux_loss_multiplier: ``alpha`` of the auxiliary classification loss, per labelled datapoint.
+
+    It saves and loads as every model class does (``ssvae.save(folder)``, ``pyro_vae.load(folder)``).
     """
 
     def __init__(self, input_shape: Sequence[int], num_classes: int = 10, latent_dim: int = 50,
                  hidden_dims: Sequence[int] = (500,), activation: str = "softplus",
                  likelihood: str | Likelihood = "bernoulli", aux_loss_multiplier: float = 46.0) -> None:
         super().__init__()
-        self.input_shape = tuple(int(s) for s in input_shape)
-        self.num_classes, self.latent_dim = int(num_classes), int(latent_dim)
+        self.input_shape = sizes(input_shape, "input_shape")
+        (self.num_classes,) = sizes(num_classes, "num_classes")
+        (self.latent_dim,) = sizes(latent_dim, "latent_dim")
+        hidden_dims = sizes(hidden_dims, "hidden_dims")
         self.aux_loss_multiplier = float(aux_loss_multiplier)
+        self.config = {"input_shape": list(self.input_shape), "num_classes": self.num_classes,
+                       "latent_dim": self.latent_dim, "hidden_dims": list(hidden_dims), "activation": activation,
+                       "likelihood": name_of(likelihood), "aux_loss_multiplier": self.aux_loss_multiplier}
         size = math.prod(self.input_shape)
         self.encoder_y = mlp([size, *hidden_dims, self.num_classes], activation)
         self.encoder_z = mlp([size + self.num_classes, *hidden_dims, 2 * self.latent_dim], activation)
