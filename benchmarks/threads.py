@@ -3,7 +3,7 @@
 What a user's ``pyro-vae train`` pays for its thread count: one epoch of ``pyro_vae.fit`` (the library VAE,
 784-200-200-50, batch 100, dynamic binarization) on the first ``--train-size`` MNIST images, timed in a fresh
 process for each setting so that no thread pool carries over, with 1 thread, half and all of the cores, and
-``auto`` (what the CLI picks: :func:`pyro_vae.pipeline.free_cores`). Each setting runs on the idle machine and
+``auto`` (what the CLI picks: :func:`pyro_vae.threads.free_cores`). Each setting runs on the idle machine and
 again while ``--competitors`` other processes keep cores busy (busy Python loops, the situation of a shared
 machine). Images per second are reported with the load average seen at the start of each run; more threads than
 free cores make OpenMP's workers wait on one another, so the busy rows show how far each setting collapses.
@@ -35,7 +35,7 @@ _CHILD = """
 import json, os, sys, time, torch
 sys.path.insert(0, {root!r})
 threads = {threads!r}
-from pyro_vae.pipeline import free_cores
+from pyro_vae.threads import free_cores
 n = free_cores() if threads == "auto" else int(threads)
 torch.set_num_threads(n)
 import pyro_vae

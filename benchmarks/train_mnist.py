@@ -438,7 +438,9 @@ def docs_section(results: list[dict[str, Any]], info: dict[str, Any], args: argp
         end_load = "unknown"
     loss_diff = max(r["same_estimator"]["loss_difference"] for r in results)
     grad_diff = max(r["same_estimator"]["max_grad_difference"] for r in results)
-    return f"""## train_mnist: whole `pyro_vae.fit` calls against plain PyTorch
+    where = info.get("device") or "cpu"
+    device = "" if where == "cpu" else f" ({where.split(':')[0]})"
+    return f"""## train_mnist: whole `pyro_vae.fit` calls against plain PyTorch{device}
 
 Script: [`benchmarks/train_mnist.py`](../benchmarks/train_mnist.py). Three implementations train the IWAE
 paper's one-layer network (784-200-200-50, tanh, Bernoulli likelihood, diagonal Gaussian guide) on dynamically
@@ -465,11 +467,11 @@ one `z` sample each) uses one fixed-seed binarization of the test set, shared by
 
 {table}
 
-The machine is shared and has two cores: the absolute images/s are noisy and say little; the ratio is the
-number to read. Given the same random numbers, the library's objective and the reference compute the same loss
-and gradient (checked in this run on one batch: the losses differ by {loss_diff:.1e} nats and the gradients by
-at most {grad_diff:.1e}); in training the three draw different random numbers, so their test ELBOs differ by
-training noise.
+The absolute images/s describe the machine and its load (above) and say little; the ratio is the number to
+read (on a GPU the first round also holds CUDA's start-up: read the median of the rounds). Given the same random
+numbers, the library's objective and the reference compute the same loss and gradient (checked in this run on
+one batch: the losses differ by {loss_diff:.1e} nats and the gradients by at most {grad_diff:.1e}); in training
+the three draw different random numbers, so their test ELBOs differ by training noise.
 """
 
 

@@ -29,13 +29,20 @@ import torch
 
 from . import datasets, distributed, threads
 from .io import RunLock, write_json
-from .run_files import CHECKPOINT_NAME, CONFIG_NAME, MODEL_DIR, TEST_METRICS_NAME
-from .runs import EVALUATION_NAME, load_run, model_for_resume, read_config, read_metrics, run_test_data, write_config
-from .threads import free_cores
+from .run_files import CHECKPOINT_NAME, CONFIG_NAME, MODEL_DIR, PROG, TEST_METRICS_NAME
+from .runs import (
+    EVALUATION_NAME,
+    load_run,
+    model_for_resume,
+    read_config,
+    read_evaluation,
+    read_metrics,
+    run_test_data,
+    write_config,
+)
 
 __all__ = ["train_run", "evaluate_run", "run_settings", "TrainedRun", "DATASET_DEFAULTS", "RUN_IDENTITY",
-           "TRAINING_KEYS", "TRAIN_METRICS_SIZE", "parse_dims", "parse_layers", "resolve_threads", "check_step_fits",
-           "free_cores"]
+           "TRAINING_KEYS", "TRAIN_METRICS_SIZE", "parse_dims", "parse_layers", "resolve_threads", "check_step_fits"]
 
 #: defaults of the image data sets, and per data set where they differ (digits trains in seconds on 2 CPU cores)
 _IMAGE_DEFAULTS = {"latent_dim": 50, "hidden_dims": "200,200", "epochs": 20}
@@ -342,7 +349,6 @@ def train_run(options: dict[str, Any], out: str | os.PathLike[str] | None = None
     if not resume and (out / CHECKPOINT_NAME).exists() or not resume and kind != "VAE" and out.exists() \
             and any(out.iterdir()):
         raise FileExistsError(f"{out} already holds a run; continue it with --resume or choose another --out")
-    saved_codes = s.get("stage2_codes") if resume else None
     if two_stage:  # a resumed run keeps what its stage 2 trains on; runs older than the option trained on the means
         saved_codes = (read_config(out).get("training") or {}).get("stage2_codes", "means") if resume else None
         codes = s.get("stage2_codes") or saved_codes or "samples"
@@ -350,12 +356,6 @@ def train_run(options: dict[str, Any], out: str | os.PathLike[str] | None = None
             raise ValueError(f"--stage2-codes {codes} differs from the run's {saved_codes!r}, and its stage 2 has "
                              "started: a resumed stage 2 keeps its training data (start a new run instead)")
         s["stage2_codes"] = codes
-    if resume:  # a damaged checkpoint is named now, before anything is written
-        from .train.state import check_checkpoint, load_checkpoint
-
-        for folder in (out / "stage1", out / "stage2") if two_stage else (out,):
-            if (folder / CHECKPOINT_NAME).is_file():
-                check_checkpoint(load_checkpoint(folder / CHECKPOINT_NAME), folder / CHECKPOINT_NAME)
     done = _epochs_done(out, two_stage) if resume else (0, 0)
     # more stage-1 epochs change the codes stage 2 learned: stage 2 then starts again (its old folder is kept)
     restart_stage2 = two_stage and done[1] > 0 and s["epochs"] > done[0]
@@ -457,25 +457,14 @@ def _mark_stale_evaluation(out: Path, epochs: int) -> str | None:
 
     :returns: the line to say, or None when there is nothing stale.
     """
-    import json
-
     path = out / EVALUATION_NAME
-    try:
-        evaluation = json.loads(path.read_text()) if path.is_file() else None
-    except (OSError, ValueError):
-        return None
-    if not isinstance(evaluation, dict) or evaluation.get("epochs") == epochs or "stale" in evaluation:
+    evaluation = read_evaluation(out)
+    if evaluation is None or evaluation.get("epochs") == epochs or "stale" in evaluation:
         return None
     evaluation["stale"] = (f"the run trained on to epoch {epochs} after this evaluation (of epoch "
-                           f"{evaluation.get('epochs', 'unknown')}): run '{_prog()} evaluate' again")
+                           f"{evaluation.get('epochs', 'unknown')}): run '{PROG} evaluate' again")
     write_json(evaluation, path)
     return f"{path} is now stale ({evaluation['stale']})"
-
-
-def _prog() -> str:
-    from .run_files import PROG
-
-    return PROG
 
 
 def _unused(path: Path) -> Path:
@@ -573,13 +562,8 @@ _EVALUATION_SETTING = ("split", "num_datapoints", "num_particles", "seed", "epoc
 
 def _replaced_setting(path: Path, new: dict[str, Any]) -> str | None:
     """A notice when ``path`` holds an evaluation of another setting, which the new one replaces."""
-    import json
-
-    try:
-        old = json.loads(path.read_text()) if path.is_file() else None
-    except (OSError, ValueError):
-        return None
-    if not isinstance(old, dict):
+    old = read_evaluation(path.parent)
+    if old is None:
         return None
     changed = [f"{k} {old.get(k)} -> {new.get(k)}" for k in _EVALUATION_SETTING if old.get(k) != new.get(k)]
     if not changed:

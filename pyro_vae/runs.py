@@ -32,9 +32,11 @@ from .io import write_json
 from .models import MODEL_CLASSES, SAVE_CONFIG, build_checked, load_model
 from .run_files import CHECKPOINT_NAME, CONFIG_NAME, METRICS_NAME, MODEL_DIR, PROG, TEST_METRICS_NAME
 from .train import load_checkpoint, resolve_device
+from .train.state import check_checkpoint
 
 __all__ = ["CONFIG_NAME", "MODEL_DIR", "TEST_METRICS_NAME", "EVALUATION_NAME", "read_config", "write_config",
-           "read_metrics", "load_run", "load", "model_for_resume", "run_test_data", "checkpoint_weights"]
+           "read_metrics", "read_evaluation", "load_run", "load", "model_for_resume", "run_test_data",
+           "checkpoint_weights"]
 
 #: what ``pyro-vae evaluate`` writes into the run folder
 EVALUATION_NAME = "evaluation.json"
@@ -80,27 +82,42 @@ def read_metrics(run_dir: str | os.PathLike[str]) -> list[dict[str, Any]]:
         return []
 
 
+def read_evaluation(run_dir: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """The run's ``evaluation.json`` (None if it is missing or damaged: it is rewritten by the next evaluation)."""
+    path = Path(run_dir) / EVALUATION_NAME
+    try:
+        evaluation = json.loads(path.read_text()) if path.is_file() else None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    return evaluation if isinstance(evaluation, dict) else None
+
+
 def model_for_resume(cls: type, config: dict[str, Any], run_dir: str | os.PathLike[str]) -> Any:
-    """The model a resumed run continues, built from its ``config.json`` entry only after that entry's shapes were
-    checked, on the ``meta`` device, against the weights of the run's checkpoints (``stage1/`` and ``stage2/`` for
-    a two-stage run): a tampered ``latent_dim`` cannot make the resume allocate what the weights do not hold.
+    """The model a resumed run continues, built from its ``config.json`` entry only after its checkpoints were found
+    resumable and the entry's shapes were checked, on the ``meta`` device, against the weights of the run's
+    checkpoints (``stage1/`` and ``stage2/`` for a two-stage run): a tampered ``latent_dim`` cannot make the resume
+    allocate what the weights do not hold.
 
     :raises ValueError: when the configuration does not describe a ``cls`` or does not fit the weights.
     """
     run_dir = Path(run_dir)
     folders = ({"stage1": run_dir / "stage1", "stage2": run_dir / "stage2"} if cls.__name__ == "TwoStageVAE"
                else {"": run_dir})
-    states = {part: checkpoint_weights(folder / CHECKPOINT_NAME) for part, folder in folders.items()
+    states = {part: checkpoint_weights(folder / CHECKPOINT_NAME, resumable=True) for part, folder in folders.items()
               if (folder / CHECKPOINT_NAME).is_file()}
     return build_checked(cls, config, None, run_dir, parts=states)
 
 
-def checkpoint_weights(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
+def checkpoint_weights(path: str | os.PathLike[str], resumable: bool = False) -> dict[str, torch.Tensor]:
     """The model weights in a checkpoint :func:`pyro_vae.fit` wrote (its ``pair`` -> ``module`` entry).
 
+    :param resumable: also check everything resuming reads (:func:`pyro_vae.train.state.check_checkpoint`), so a
+        resumed run names a damaged checkpoint before anything is written.
     :raises ValueError: naming the file, when it holds no such entry (an empty dict, a list, another file).
     """
     state = load_checkpoint(path)
+    if resumable:
+        check_checkpoint(state, path)
     pair = state.get("pair") if isinstance(state, dict) else None
     module = pair.get("module") if isinstance(pair, dict) else None
     if not isinstance(module, dict) or not all(torch.is_tensor(v) for v in module.values()):

@@ -2,9 +2,10 @@
 
 More threads than free cores do not slow training a little, they collapse it: OpenMP's workers spin and wait on
 one another while the other processes hold the cores. Measured (``benchmarks/threads.py``, ``docs/benchmarks.md``):
-on 2 cores with one other busy process, 2 threads trained at 0.29 of 1 thread's speed; on 16 cores with 16 busy
-processes, 16 threads at 0.02. :func:`free_cores` is the default everywhere (``pyro_vae.fit(num_threads="auto")``,
-``pyro-vae train --num-threads auto``): all the cores of an idle machine, fewer as the load average grows.
+on 2 cores with one other busy process, 2 threads trained at 0.30 of 1 thread's speed (3,818 against 12,584
+images/s); on 16 cores with 16 busy processes, 16 threads at 0.02 (236 against 13,251). :func:`free_cores` is
+the default everywhere (``pyro_vae.fit(num_threads="auto")``, ``pyro-vae train --num-threads auto``): all the
+cores of an idle machine, fewer as the load average grows.
 """
 
 from __future__ import annotations

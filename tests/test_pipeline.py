@@ -8,7 +8,8 @@ import pytest
 import torch
 
 import pyro_vae
-from pyro_vae.pipeline import evaluate_run, free_cores, resolve_threads, run_settings, train_run
+from pyro_vae.pipeline import evaluate_run, resolve_threads, run_settings, train_run
+from pyro_vae.threads import free_cores
 
 TINY = {"dataset": "digits", "latent_dim": 2, "hidden_dims": "16", "epochs": 1, "batch_size": 200}
 
