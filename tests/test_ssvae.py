@@ -167,3 +167,33 @@ def test_an_ssvae_saves_and_loads_as_every_model_class(tmp_path):
     x = torch.rand(4, 1, 8, 8)
     assert type(again) is SSVAE and again.config == ssvae.config
     torch.testing.assert_close(again.y_logits(x), ssvae.y_logits(x))
+
+
+def test_iwae_dreg_with_the_label_summed():
+    """objective 'iwae-dreg' on an unlabelled batch (the one-hot label enumerated): the value of 'iwae' and the same
+    decoder gradient for the same draws, another encoder gradient (the score term replaced), none for q(y|x) (it left
+    the weights); a labelled batch trains too; fit_semi_supervised takes the objective."""
+    ssvae = _small()
+    x = _data()
+    groups = {"decoder": list(ssvae.decoder.parameters()), "encoder_z": list(ssvae.encoder_z.parameters()),
+              "encoder_y": list(ssvae.encoder_y.parameters())}
+    out = {}
+    for objective in ("iwae", "iwae-dreg"):
+        pyro.set_rng_seed(3)
+        loss = objective_loss(objective, ssvae.model, ssvae.guide, x, num_particles=4, max_plate_nesting=1)
+        grads = torch.autograd.grad(loss, [p for ps in groups.values() for p in ps], allow_unused=True)
+        it = iter(grads)
+        out[objective] = (loss, {name: [next(it) for _ in ps] for name, ps in groups.items()})
+    assert_close(out["iwae-dreg"][0], out["iwae"][0])
+    for a, b in zip(out["iwae"][1]["decoder"], out["iwae-dreg"][1]["decoder"]):
+        assert_close(a, b)
+    diff = sum(float((a - b).abs().sum())
+               for a, b in zip(out["iwae"][1]["encoder_z"], out["iwae-dreg"][1]["encoder_z"]))
+    assert diff > 1e-6
+    assert all(g is None or float(g.abs().max()) == 0.0 for _, gs in out.values() for g in gs["encoder_y"])
+    labelled = objective_loss("iwae-dreg", ssvae.model, ssvae.guide, x, torch.tensor([0, 1, 2, 0, 1]), num_particles=3,
+                              max_plate_nesting=1)
+    assert torch.isfinite(labelled)
+    history = fit_semi_supervised(ssvae, x[:3], torch.tensor([0, 1, 2]), x, epochs=1, batch_size=2,
+                                  objective="iwae-dreg", num_particles=3, progress=False, seed=0)
+    assert len(history) == 1 and math.isfinite(history[0]["loss_unlabelled"])

@@ -27,7 +27,7 @@ datapoint's own bound is the cost of its own latents, as Pyro's ``Trace_ELBO`` d
 Guide sites marked ``infer={"enumerate": "parallel"}`` are summed exactly instead (no score term):
 ``elbo`` takes the exact expectation over them under ``q`` (the gradient of Pyro's ``TraceEnum_ELBO`` for the
 same draws; ``beta`` then weighs the whole rate, the enumerated sites' ``log q(y|x) - log p(y)`` included), and
-``iwae`` the weights with the enumerated sites summed out of them
+``iwae`` and ``iwae-dreg`` the weights with the enumerated sites summed out of them
 (:attr:`~pyro_vae.infer.weights.ImportanceTerms.summed_log_weights`: ``q(y|x)`` leaves the weight, so the IWAE
 bound gives ``q(y|x)`` no gradient; train it with an auxiliary loss, as the semi-supervised VAE does).
 
@@ -45,6 +45,23 @@ the guide's IWAE gradient noisy as ``K`` grows. With normalised weights
 It is a surrogate :math:`\\sum_k \\tilde w_k \\log w_k` whose producer (given a
 :class:`~pyro_vae.infer.weights.DReG`) cancels the direct (score) dependence of :math:`\\log q_\\phi` on
 :math:`\\phi` and multiplies the path gradient reaching each :math:`z_k` by :math:`\\tilde w_k`.
+
+With enumerated guide sites the particles are the pairs :math:`(y, k)`, with
+:math:`w_{y,k} = p(x, y, z_{k,y}) / q(z_{k,y} \\mid x, y)` normalised over all of them,
+:math:`\\tilde w_{y,k} = w_{y,k} / \\sum_{y',j} w_{y',j}`. A latent drawn once for every value of ``y``
+(:math:`z_{k,y} \\sim q(z \\mid x, y)`) takes :math:`\\tilde w_{y,k}^2`, as above. A latent that does not depend
+on ``y`` (one :math:`z_k` shared by every :math:`y`) enters the weights of all of them; writing its score term as a
+path term (the identity behind DReG, :math:`\\mathbb{E}[f(z)\\nabla_\\phi \\log q_\\phi(z)] =
+\\mathbb{E}[\\nabla_z f \\, \\partial z / \\partial \\phi]` with :math:`f_k = \\sum_y \\tilde w_{y,k}`) gives
+
+.. math::
+
+    \\nabla_\\phi \\mathcal{L}_K = \\mathbb{E}\\Big[\\sum_k f_k \\sum_y \\tilde w_{y,k}
+        \\frac{\\partial \\log w_{y,k}}{\\partial z_k} \\frac{\\partial z_k}{\\partial \\phi}\\Big]:
+
+the path gradient reaching a latent value is multiplied by the weights summed over the enumerated values it
+does not depend on (:func:`~pyro_vae.infer.weights._enum_weight_view`). ``q(y | x)`` leaves the weights, so it
+gets no gradient from this objective either.
 
 References: Burda, Grosse, Salakhutdinov, ICLR 2016; Tucker, Lawson, Gu, Maddison, "Doubly Reparameterized
 Gradient Estimators for Monte Carlo Objectives", ICLR 2019; Williams 1992 (score function).
@@ -120,10 +137,12 @@ def iwae_dreg(produce: Producer, *, num_particles: int = 5, beta: float = 1.0) -
     weights = DReG()
     t = produce(num_particles, dreg=weights)
     _reparameterized_only(t, "iwae-dreg")
-    log_w = t.log_weights
-    weights.weights = w = torch.softmax(log_w.detach(), dim=0)
+    # with enumerated sites the particles are the (value, k) pairs: (E, K, N), normalised over (E, K) together
+    log_w = t.log_weights if t.joint_log_weights is None else t.joint_log_weights
+    flat = log_w.detach().reshape(-1, log_w.shape[-1])
+    weights.weights = w = torch.softmax(flat, dim=0).reshape(log_w.shape)
     surrogate = (w * log_w).sum()
-    value = (torch.logsumexp(log_w.detach(), 0) - math.log(int(num_particles))).sum()
+    value = (torch.logsumexp(flat, 0) - math.log(int(num_particles))).sum()
     return -(value + surrogate - surrogate.detach())
 
 

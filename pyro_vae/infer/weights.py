@@ -41,7 +41,9 @@ keeps ``q(y | x)``: its integrand is :math:`\\sum_y q(y \\mid x) [\\log p(x, y, 
 ``TraceEnum_ELBO`` computes for the same draws), and the three parts below are its ``q(y | x)``-weighted
 parts; :attr:`ImportanceTerms.elbo_integrand` is their sum. By Jensen the ELBO is at most ``log w``, and
 ``log w`` is exact for every ``K`` when ``q(z | x, y)`` is the exact ``p(z | x, y)``, whatever ``q(y | x)``.
-Guide sites sampled without ``rsample`` beside enumerated ones, DReG and the closed-form KL are refused.
+Guide sites sampled without ``rsample`` beside enumerated ones and the closed-form KL are refused; DReG
+normalises the weights over the particles and the enumerated values together
+(:attr:`ImportanceTerms.joint_log_weights`).
 
 **Plate-scale convention** (one for the whole library): the data plate's subsample scale and any
 ``poutine.scale`` are *not* applied. An importance weight is a property of one datapoint; every estimator
@@ -93,6 +95,10 @@ class ImportanceTerms(NamedTuple):
     #: enumerated latents summed exactly (``q(y | x)`` left out); the three parts above are then the
     #: ``q(y | x)``-weighted parts of the ELBO. None when nothing is enumerated.
     summed_log_weights: torch.Tensor | None = None
+    #: with enumerated guide sites and ``dreg``: ``log p(x, y, z_{k,y}) - log q(z_{k,y} | x, y)`` for every joint
+    #: value of the enumerated sites, ``(E, K, N)`` (their log-sum-exp over ``E`` is :attr:`summed_log_weights`);
+    #: the weights DReG normalises over ``(E, K)``. None otherwise.
+    joint_log_weights: torch.Tensor | None = None
 
     @property
     def log_weights(self) -> torch.Tensor:
@@ -339,19 +345,18 @@ def traced_terms(
         values = {s["name"]: s["value"] for s in guide_sites if s["type"] == "sample" and not s["is_observed"]}
         if subsample is not None:  # the first chunk's subsample, kept for every later chunk of the same batch
             subsample.update({s["name"]: s["value"] for s in guide_sites if site_is_subsample(s)})
-        enumerated = any(is_enumerated(s) for s in guide_sites)
+        enum_sizes = _enum_sizes(guide_sites)
         if dreg is not None:
-            if enumerated:
-                raise ValueError("objective 'iwae-dreg' does not support enumerated guide sites; use 'iwae' (the "
-                                 "enumerated sites are summed exactly) or 'elbo'")
-            guide_sites, values, fixed = _dreg_replays(guide, args, kwargs, guide_sites, values, dreg, data_plate)
+            guide_sites, values, fixed = _dreg_replays(guide, args, kwargs, guide_sites, values, dreg, data_plate,
+                                                       enum_sizes, max_plate_nesting)
         model_sites = _run(model, args, kwargs, replay=values)
     _warn_unguided(model_sites, values)
-    if enumerated:
+    if enum_sizes:
         if analytic_kl or latents:
             raise ValueError("the closed-form KL ('mean-field') and the latent draws are not available for a guide "
-                             "with enumerated sites; use 'elbo' or 'iwae'")
-        return _enumerated_terms(guide_sites, model_sites, k, max_plate_nesting, data_plate)
+                             "with enumerated sites; use 'elbo', 'iwae' or 'iwae-dreg'")
+        return _enumerated_terms(guide_sites, model_sites, k, max_plate_nesting, data_plate, enum_sizes,
+                                 fixed if dreg is not None else None)
     log_lik, log_prior, _ = _sums(model_sites, data_plate)
     if log_lik is None:
         raise ValueError("the model has no observed sample site: condition it on the data "
@@ -399,24 +404,31 @@ def _per_datapoint_enum(log_p: torch.Tensor, site: dict, data_plate: str, enum_s
     return log_p.reshape(log_p.shape[0], log_p.shape[1], log_p.shape[2], -1).sum(-1)
 
 
+def _enum_sizes(guide_sites: list[dict]) -> list[int]:
+    """The number of values of each enumerated site of a guide run, in the order they were enumerated (the first
+    one in dimension ``-(max_plate_nesting + 2)``, the next one left of it); empty when none is."""
+    enumerated = [s for s in guide_sites if is_enumerated(s) and "_pyro_vae_enum_dim" in s["infer"]]
+    return [s["value"].shape[0] for s in sorted(enumerated, key=lambda s: -s["infer"]["_pyro_vae_enum_dim"])]
+
+
 def _enumerated_terms(guide_sites: list[dict], model_sites: list[dict], num_particles: int, max_plate_nesting: int,
-                      data_plate: str) -> ImportanceTerms:
+                      data_plate: str, sizes: list[int], fixed: list[dict] | None = None) -> ImportanceTerms:
     """The terms of a run whose guide enumerated some sites: the summed log weights and the ``q(y | x)``-weighted
-    parts of the ELBO (see the module's docstring)."""
-    sizes = [s["value"].shape[0] for s in sorted((s for s in guide_sites if is_enumerated(s)),
-                                                  key=lambda s: -s["infer"]["_pyro_vae_enum_dim"])]
+    parts of the ELBO (see the module's docstring). With ``fixed`` (DReG: the guide replayed on detached values)
+    the reparameterized sites' ``log q`` keeps only its path gradient, and the joint log weights are returned."""
     parts: dict[str, torch.Tensor] = {}
-    for role, sites in (("model", model_sites), ("guide", guide_sites)):
+    runs = [("model", model_sites), ("guide", guide_sites)] + ([("fixed", fixed)] if fixed is not None else [])
+    for role, sites in runs:
         for site in sites:
             if site["type"] != "sample" or site_is_subsample(site):
                 continue
-            if role == "guide" and site["is_observed"]:
+            if role != "model" and (site["is_observed"] or (role == "fixed" and is_enumerated(site))):
                 continue
             if role == "guide" and not is_enumerated(site) and not site["fn"].has_rsample:
                 raise ValueError(f"the guide site {site['name']!r} is sampled without rsample beside enumerated "
                                  "sites; enumerate it too (infer={'enumerate': 'parallel'}) or reparameterize it")
-            name = ("obs" if site["is_observed"] else "prior") if role == "model" else \
-                ("q_enum" if is_enumerated(site) else "q_rest")
+            name = ("obs" if site["is_observed"] else "prior") if role == "model" else "q_fixed" \
+                if role == "fixed" else ("q_enum" if is_enumerated(site) else "q_rest")
             term = _per_datapoint_enum(site["fn"].log_prob(site["value"]), site, data_plate, sizes,
                                        max_plate_nesting)
             parts[name] = _add(parts.get(name), term)
@@ -425,6 +437,8 @@ def _enumerated_terms(guide_sites: list[dict], model_sites: list[dict], num_part
     obs = parts["obs"]
     zero = obs.new_zeros(())
     prior, q_rest, q_enum = (parts.get(n, zero) for n in ("prior", "q_rest", "q_enum"))
+    if "q_fixed" in parts:  # DReG: the value of log q, the path gradient alone
+        q_rest = q_rest - parts["q_fixed"] + parts["q_fixed"].detach()
     shape = torch.broadcast_shapes(obs.shape, prior.shape, q_rest.shape, q_enum.shape)
     shape = (shape[0], int(num_particles), shape[2])
     log_w = (obs + prior - q_rest).expand(shape)
@@ -435,7 +449,8 @@ def _enumerated_terms(guide_sites: list[dict], model_sites: list[dict], num_part
         return torch.where(q > 0, q * v, v.new_zeros(())).sum(0)
 
     return ImportanceTerms(expect(obs), expect(prior), expect(q_enum + q_rest),
-                           summed_log_weights=torch.logsumexp(log_w, 0))
+                           summed_log_weights=torch.logsumexp(log_w, 0),
+                           joint_log_weights=log_w if fixed is not None else None)
 
 
 #: torch's and Pyro's messages for tensors whose shapes do not fit (not support or memory errors)
@@ -463,26 +478,61 @@ def _particle_dimension_rule(num_particles: int) -> Any:
             "(docs/contract.md)") from e
 
 
+def _enum_weight_view(weights: torch.Tensor, site: dict, data_plate: str, shape: torch.Size, sizes: list[int],
+                      max_plate_nesting: int) -> torch.Tensor:
+    """Reshape ``(E, K, N)`` normalised joint weights to broadcast against a site's value of shape ``shape``,
+    summed over the enumerated dimensions the value does not have (a latent drawn once for every value of an
+    enumerated site takes the weight of its particle summed over those values; see
+    :mod:`~pyro_vae.infer.objectives`)."""
+    _, data_dim = _frames(site, data_plate)
+    batch = len(shape) - site["fn"].event_dim
+    w = weights.reshape(tuple(reversed(sizes)) + tuple(weights.shape[1:]))  # the last enumerated site leftmost
+    view = [1] * len(shape)
+    for j, size in enumerate(sizes):  # the j-th enumerated site's dimension, -(max_plate_nesting + 2 + j)
+        pos = batch - (max_plate_nesting + 2 + j)
+        if pos >= 0 and shape[pos] == size:
+            view[pos] = size
+        else:
+            w = w.sum(len(sizes) - 1 - j, keepdim=True)
+    if batch - (max_plate_nesting + 1) >= 0:
+        view[batch - (max_plate_nesting + 1)] = weights.shape[1]
+    view[batch + data_dim] = weights.shape[2]
+    return w.reshape(view)
+
+
 def _dreg_replays(guide: Callable, args: tuple, kwargs: dict, sites: list[dict], values: dict[str, torch.Tensor],
-                  dreg: DReG, data_plate: str) -> tuple[list[dict], dict[str, torch.Tensor], list[dict]]:
+                  dreg: DReG, data_plate: str, enum_sizes: list[int], max_plate_nesting: int,
+                  ) -> tuple[list[dict], dict[str, torch.Tensor], list[dict]]:
     """Replay the guide twice for DReG: on hooked views of its values (their log densities take the weighted path
     gradient; a value's own graph still runs through the unhooked values, so no weight is applied twice down a
-    hierarchy) and on detached values (``log q`` whose gradient is the score term alone).
+    hierarchy) and on detached values (``log q`` whose gradient is the score term alone). Enumerated sites are
+    replayed with all their values (they take no hook: they are summed, not drawn).
 
     :returns: the hooked guide's sites, the hooked values (for the model) and the detached guide's sites.
     """
     hooked = dict(values)
     for site in sites:
-        if not _is_latent(site):
+        if not _is_latent(site) or is_enumerated(site):
             continue
         if not site["fn"].has_rsample:
             raise ValueError(f"objective 'iwae-dreg' needs reparameterized guide sites; {site['name']!r} is not")
         value = site["value"]
-        hooked[site["name"]] = dreg.hook(value, lambda w, s=site, shape=value.shape: _weight_view(w, s, data_plate,
-                                                                                                    shape))
-    guide_sites = _run(guide, args, kwargs, replay=hooked)
-    fixed = _run(guide, args, kwargs, replay={n: v.detach() for n, v in values.items()})
-    return guide_sites, hooked, fixed
+
+        def view(w: torch.Tensor, s: dict = site, shape: torch.Size = value.shape) -> torch.Tensor:
+            if enum_sizes:
+                return _enum_weight_view(w, s, data_plate, shape, enum_sizes, max_plate_nesting)
+            return _weight_view(w, s, data_plate, shape)
+        hooked[site["name"]] = dreg.hook(value, view)
+    enum_dims = {s["name"]: s["infer"]["_pyro_vae_enum_dim"] for s in sites
+                 if is_enumerated(s) and "_pyro_vae_enum_dim" in s["infer"]}
+    replays = []
+    for replay in (hooked, {n: v.detach() for n, v in values.items()}):
+        run = _run(guide, args, kwargs, replay=replay)
+        for s in run:  # a replayed enumerated site keeps the dimension its values were put in
+            if s["name"] in enum_dims:
+                s["infer"] = {**(s.get("infer") or {}), "_pyro_vae_enum_dim": enum_dims[s["name"]]}
+        replays.append(run)
+    return replays[0], hooked, replays[1]
 
 
 def _warn_unguided(model_sites: list[dict], guide_values: dict[str, torch.Tensor]) -> None:
