@@ -94,7 +94,8 @@ def _add_train(subparsers: Any) -> None:
                     "samples.png, training.png and test_metrics.json; the test ELBO is printed at the end. "
                     "Unset options take per-data-set defaults (digits: latent 8, hidden 128, 100 epochs, "
                     "lr 3e-3; image sets: latent 50, hidden 200,200, 20 epochs; toy sets: latent 2, normal "
-                    "likelihood).")
+                    "likelihood). A --semi-supervised run has no checkpoint.pt, and its test accuracy and test "
+                    "log p(x) with the label summed are printed instead of the test ELBO.")
     p.add_argument("--dataset", default=None, help="data set name (default: digits, which needs no files)")
     _add_run_options(p, "data_root", "device", "seed", unset=True)
     p.add_argument("--likelihood", default=None, choices=LIKELIHOOD_NAMES,

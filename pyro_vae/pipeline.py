@@ -159,7 +159,8 @@ def run_settings(options: dict[str, Any], out: str | os.PathLike[str] | None = N
     value is checked here, before anything is read or written.
 
     :param options: option names as in ``config.json`` (``dataset``, ``epochs``, ``hidden_dims``, ``layers``,
-        ``two_stage``, ...); ``binarize`` may be True, False, ``"auto"``, ``"yes"`` or ``"no"``. Messages name
+        ``two_stage``, ``semi_supervised`` with ``labels`` and the other keys of :data:`SEMI_SUPERVISED_DEFAULTS`,
+        ...); ``binarize`` may be True, False, ``"auto"``, ``"yes"`` or ``"no"``. Messages name
         the options as the command line spells them (``--lr``).
     :param out: the run folder (default: ``runs/<dataset>-<timestamp>``; needed with ``resume``).
     :returns: ``(settings, out)``.
@@ -398,7 +399,9 @@ def train_run(options: dict[str, Any], out: str | os.PathLike[str] | None = None
 
     Every option is checked, the data are read and checked against the model, and a step's memory is compared
     with the device's, all before the folder is locked and ``config.json`` written; then :func:`pyro_vae.fit`
-    (:func:`~pyro_vae.train.fit_two_stage` for a two-stage run) trains with a checkpoint after every epoch, and the
+    (:func:`~pyro_vae.train.fit_two_stage` for a two-stage run) trains with a checkpoint after every epoch
+    (:func:`~pyro_vae.train.fit_semi_supervised` for a semi-supervised run: ``metrics.jsonl`` after every epoch, no
+    checkpoint; its test metrics are the accuracy of ``argmax q(y|x)`` and ``log p(x)`` with the label summed), and the
     trained model (``model/``), the test metrics (``test_metrics.json``), the samples and the training curves are
     written. Under ``torchrun`` every rank trains and rank 0 alone writes and speaks.
 
