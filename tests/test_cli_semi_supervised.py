@@ -190,3 +190,11 @@ def test_semi_supervised_run_on_mnist(data_root: Path, run_cli, tmp_path: Path) 
     m = _test_metrics(run)
     assert m["num_datapoints"] == 10000 and 0 <= m["accuracy"] <= 1 and m["labels"] == 20
     assert m["log_likelihood"] < 0
+
+
+def test_an_unfinished_semi_supervised_run_is_named_not_loaded(run_copy: Path, run_cli) -> None:
+    """A run stopped during training has no model/ and no checkpoint: the commands say so, without a traceback."""
+    shutil.rmtree(run_copy / "model")
+    code, out, err = run_cli(["sample", run_copy, "--out", run_copy / "s.png"])
+    assert code == 2 and out == "" and "semi-supervised training did not finish" in err, err
+    assert not (run_copy / "s.png").exists()
