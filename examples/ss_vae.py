@@ -21,18 +21,7 @@ import pyro
 import torch
 
 from pyro_vae import SSVAE, datasets, fit_semi_supervised, infer
-
-
-def balanced_split(y: torch.Tensor, num_labels: int, num_classes: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Indices of ``num_labels`` labelled datapoints (``num_labels // num_classes`` per class) and of the rest."""
-    g = torch.Generator().manual_seed(seed)
-    per = num_labels // num_classes
-    chosen = [torch.nonzero(y == c).flatten()[torch.randperm(int((y == c).sum()), generator=g)[:per]]
-              for c in range(num_classes)]
-    labelled = torch.cat(chosen)
-    mask = torch.ones(y.shape[0], dtype=torch.bool)
-    mask[labelled] = False
-    return labelled, torch.nonzero(mask).flatten()
+from pyro_vae.train import balanced_split
 
 
 def main(args: argparse.Namespace) -> None:

@@ -5,6 +5,7 @@ Usage::
     pyro-vae train [--dataset digits] [--out RUN] [--epochs E] [...]   # writes a run folder
     pyro-vae train --out RUN --resume --epochs 60                       # continue that run
     pyro-vae train --config run.yaml --epochs 5                         # options from a file, flags win
+    pyro-vae train --semi-supervised --labels 100 [--dataset mnist]    # Kingma et al.'s M2 on few labels
     pyro-vae evaluate RUN [--num-particles 5000] [--ais-steps 500]      # log p(x): IWAE, diagnostics, AIS
     pyro-vae sample RUN [--num-samples 64] [--out samples.png] [--seed 0]
     pyro-vae reconstruct RUN [--num 32] [--out recon.png]
@@ -93,7 +94,8 @@ def _add_train(subparsers: Any) -> None:
                     "samples.png, training.png and test_metrics.json; the test ELBO is printed at the end. "
                     "Unset options take per-data-set defaults (digits: latent 8, hidden 128, 100 epochs, "
                     "lr 3e-3; image sets: latent 50, hidden 200,200, 20 epochs; toy sets: latent 2, normal "
-                    "likelihood).")
+                    "likelihood). A --semi-supervised run has no checkpoint.pt, and its test accuracy and test "
+                    "log p(x) with the label summed are printed instead of the test ELBO.")
     p.add_argument("--dataset", default=None, help="data set name (default: digits, which needs no files)")
     _add_run_options(p, "data_root", "device", "seed", unset=True)
     p.add_argument("--likelihood", default=None, choices=LIKELIHOOD_NAMES,
@@ -126,7 +128,9 @@ def _add_train(subparsers: Any) -> None:
                         "free cores: all on an idle machine, fewer when other processes keep them busy, since more "
                         "threads than free cores make training collapse)")
     p.add_argument("--out", default=None, help="run folder (default: runs/<dataset>-<timestamp>)")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last epoch")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in --out from its last epoch (not a --semi-supervised run: it keeps no "
+                        "checkpoint)")
     p.add_argument("--two-stage", action="store_true", default=None,
                    help="Dai & Wipf's two-stage VAE: stage 1 with a learned decoder variance gamma (likelihood "
                         "normal-gamma, grey levels, no binarization), stage 2 a VAE on stage 1's codes; samples go "
@@ -139,6 +143,24 @@ def _add_train(subparsers: Any) -> None:
     p.add_argument("--layers", default=None,
                    help="a hierarchical VAE (several stochastic layers), e.g. '200,200,100;100,100,50' for the IWAE "
                         "paper's two-layer model: per layer the hidden sizes then the latent size, bottom first")
+    p.add_argument("--semi-supervised", action="store_true", default=None,
+                   help="Kingma et al.'s semi-supervised VAE (M2): trained on --labels N labelled training datapoints "
+                        "(as many of each class) and the rest unlabelled, the label summed exactly; the test accuracy "
+                        "of argmax q(y|x) and the test log p(x) with the label summed (IWAE) are printed and written "
+                        "to test_metrics.json. Data sets with labels: digits, mnist, fashion-mnist; MLP networks, "
+                        "bernoulli likelihood, normal prior and the elbo objective only; no checkpoint, so no --resume "
+                        "(model/ and metrics.jsonl are written)")
+    p.add_argument("--labels", type=int, default=None,
+                   help="labelled training datapoints of a --semi-supervised run, a multiple of the number of classes")
+    p.add_argument("--num-unlabelled", type=int, default=None,
+                   help="unlabelled datapoints of a --semi-supervised run, drawn at random (default: the rest of the "
+                        "training split)")
+    p.add_argument("--aux-loss-multiplier", type=float, default=None,
+                   help="alpha of a --semi-supervised run's classification loss per labelled datapoint (default: 46)")
+    p.add_argument("--labelled-passes", type=int, default=None,
+                   help="passes over the labelled datapoints per epoch of a --semi-supervised run (default: 1)")
+    p.add_argument("--test-particles", type=int, default=None,
+                   help="K of a --semi-supervised run's test log p(x) (IWAE, the label summed; default: 100)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--config", default=None,
                    help="a YAML (or JSON) file of train options, e.g. 'dataset: mnist' and 'hidden_dims: [200, 200]'; "
@@ -241,6 +263,16 @@ def _run_train(args: argparse.Namespace) -> int:
     if not distributed.is_main_process():
         return 0
     history, m = run.history, run.test_metrics
+    if "accuracy" in m:  # semi-supervised
+        if run.written:
+            print("wrote " + ", ".join(str(w) for w in run.written))
+        print(f"test accuracy of argmax q(y|x): {m['accuracy']:.4f} ({m['split']} split, {m['num_datapoints']} "
+              f"datapoints; {m['labels']} labels, {m['num_unlabelled']} unlabelled, {m['epochs']} epochs, "
+              f"{run.seconds:.1f} s)")
+        print(f"test log p(x), label summed (IWAE, K={m['num_particles']}): {m['log_likelihood']:.2f} +- "
+              f"{m['log_likelihood_stderr']:.2f} nats (Monte Carlo error {m['log_likelihood_mc_stderr']:.3f}; ELBO "
+              f"{m['elbo']:.2f})")
+        return 0
     if isinstance(history, dict):  # two stages
         s1, s2 = (h[-1] if h else {} for h in (history["stage1"], history["stage2"]))
         gamma = m.get("gamma") or float("nan")
@@ -314,7 +346,9 @@ def _add_evaluate(subparsers: Any) -> None:
         description="Estimate log p(x) of the run's test split with K importance samples per datapoint (IWAE), "
                     "next to the ELBO, rate and distortion, the bound as a function of K, the effective sample "
                     "size, the Pareto k-hat (PSIS) and latent usage. Writes evaluation.json and figures into the "
-                    "run folder. Dynamically binarized runs are evaluated on one fixed binarization (--seed).")
+                    "run folder. Dynamically binarized runs are evaluated on one fixed binarization (--seed). A "
+                    "semi-supervised run's log p(x) sums the label exactly, and the accuracy of argmax q(y|x) is "
+                    "reported too.")
     _add_run_options(p, "run")
     p.add_argument("--num-particles", type=int, default=5000, help="K per datapoint (default: 5000)")
     p.add_argument("--split", default=None, help="data split (default: the run's test split)")
@@ -327,7 +361,8 @@ def _add_evaluate(subparsers: Any) -> None:
     p.add_argument("--no-diagnostics", action="store_true", help="skip the Pareto k-hat")
     p.add_argument("--ais-steps", type=int, default=0,
                    help="also estimate log p(x) of the same datapoints by annealed importance sampling with this many "
-                        "steps, reported beside the ELBO and IWAE with the paired difference (default: 0, off)")
+                        "steps, reported beside the ELBO and IWAE with the paired difference (default: 0, off; not for "
+                        "a semi-supervised run, whose discrete label AIS cannot anneal)")
     p.add_argument("--ais-chains", type=int, default=16, help="AIS chains per datapoint (default: 16)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -346,6 +381,8 @@ def _run_evaluate(args: argparse.Namespace) -> int:
         print(f"note: {out['replaced']}")
     print(f"model: {out['model']}")
     print(out["result"].summary())
+    if "accuracy" in out:
+        print(f"accuracy of argmax q(y|x): {out['accuracy']:.4f} on the same {out['num_datapoints']} datapoints")
     ais = out["ais_result"]
     if ais is not None:
         paired = out["ais"]["minus_iwae"]

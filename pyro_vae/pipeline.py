@@ -3,7 +3,8 @@
 :func:`train_run` takes the options of a run (any unset one gets its data set's default; with ``resume`` they come
 from the run's ``config.json``), checks all of them before anything is written, trains any model kind (a
 :class:`~pyro_vae.VAE`, a :class:`~pyro_vae.HierarchicalVAE` with ``layers``, a :class:`~pyro_vae.TwoStageVAE`
-with ``two_stage``) and leaves a complete run folder (:mod:`pyro_vae.runs`); :func:`evaluate_run` estimates
+with ``two_stage``, the semi-supervised :class:`~pyro_vae.SSVAE` with ``semi_supervised`` and ``labels``) and leaves
+a complete run folder (:mod:`pyro_vae.runs`); :func:`evaluate_run` estimates
 ``log p(x)`` of a run's test data and writes ``evaluation.json`` and its figures; :func:`pyro_vae.plots.plot_run`
 draws every figure. The command line (:mod:`pyro_vae.cli`) only parses options and prints what these return.
 
@@ -20,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,7 +44,8 @@ from .runs import (
 )
 
 __all__ = ["train_run", "evaluate_run", "run_settings", "TrainedRun", "DATASET_DEFAULTS", "RUN_IDENTITY",
-           "TRAINING_KEYS", "TRAIN_METRICS_SIZE", "parse_dims", "parse_layers", "resolve_threads", "check_step_fits"]
+           "TRAINING_KEYS", "TRAIN_METRICS_SIZE", "SEMI_SUPERVISED_CLASSES", "SEMI_SUPERVISED_DEFAULTS", "parse_dims",
+           "parse_layers", "resolve_threads", "check_step_fits"]
 
 #: defaults of the image data sets, and per data set where they differ (digits trains in seconds on 2 CPU cores)
 _IMAGE_DEFAULTS = {"latent_dim": 50, "hidden_dims": "200,200", "epochs": 20}
@@ -64,8 +67,25 @@ TRAINING_KEYS = ("epochs", "batch_size", "lr", "objective", "num_particles", "se
                  "num_threads")
 #: training datapoints (the first ones) whose ELBO, rate and distortion are recorded after every epoch
 TRAIN_METRICS_SIZE = 2000
+#: datapoints per pass of :func:`evaluate_run` by default (a semi-supervised run's test log p(x) uses the same, so
+#: that ``pyro-vae evaluate RUN --num-particles K --seed S`` draws the same particles)
+EVALUATE_BATCH_SIZE = 100
 #: the priors that take a number of components
 _PRIORS_WITH_COMPONENTS = ("mixture", "vamp")
+#: the data sets a semi-supervised run takes (images with class labels) and their number of classes
+SEMI_SUPERVISED_CLASSES = {"digits": 10, "mnist": 10, "fashion-mnist": 10}
+#: the options of a semi-supervised run alone (stored in config.json's ``training``), and their defaults: the
+#: labelled training datapoints (required), the unlabelled ones (None: the rest of the training split), Kingma et
+#: al.'s alpha, passes over the labelled data per epoch, and K of the test log p(x)
+SEMI_SUPERVISED_DEFAULTS: dict[str, Any] = {"labels": None, "num_unlabelled": None, "aux_loss_multiplier": 46.0,
+                                            "labelled_passes": 1, "test_particles": 100}
+#: the options a semi-supervised run refuses, with the one value each may take (None: none)
+_NOT_SEMI_SUPERVISED: dict[str, Any] = {
+    "two_stage": None, "layers": None, "stage2_epochs": None, "stage2_codes": None, "prior": "normal",
+    "prior_components": None, "flow": None, "encoder": "mlp", "decoder": "mlp", "objective": "elbo",
+    "likelihood": "bernoulli"}
+_NO_RESUME = ("semi-supervised runs cannot be resumed (pyro_vae.fit_semi_supervised keeps no checkpoint to continue "
+              "from): start a new run with the --epochs you want")
 
 
 def _default(dataset: str, key: str) -> Any:
@@ -139,7 +159,8 @@ def run_settings(options: dict[str, Any], out: str | os.PathLike[str] | None = N
     value is checked here, before anything is read or written.
 
     :param options: option names as in ``config.json`` (``dataset``, ``epochs``, ``hidden_dims``, ``layers``,
-        ``two_stage``, ...); ``binarize`` may be True, False, ``"auto"``, ``"yes"`` or ``"no"``. Messages name
+        ``two_stage``, ``semi_supervised`` with ``labels`` and the other keys of :data:`SEMI_SUPERVISED_DEFAULTS`,
+        ...); ``binarize`` may be True, False, ``"auto"``, ``"yes"`` or ``"no"``. Messages name
         the options as the command line spells them (``--lr``).
     :param out: the run folder (default: ``runs/<dataset>-<timestamp>``; needed with ``resume``).
     :returns: ``(settings, out)``.
@@ -152,6 +173,8 @@ def run_settings(options: dict[str, Any], out: str | os.PathLike[str] | None = N
     if resume:
         if out is None:
             raise ValueError("--resume needs --out, the run folder to continue")
+        if given.get("semi_supervised") or any(k in given for k in SEMI_SUPERVISED_DEFAULTS):
+            raise ValueError(_NO_RESUME)
         s, out = _resumed_settings(given, Path(out))
     else:
         dataset = given.get("dataset", "digits")
@@ -169,6 +192,7 @@ def run_settings(options: dict[str, Any], out: str | os.PathLike[str] | None = N
             s["class"] = "TwoStageVAE"
         for key in ("stage2_epochs", "stage2_codes"):
             s[key] = given.get(key)
+        _semi_supervised_settings(given, s)
         out = Path(out) if out is not None else Path("runs") / f"{dataset}-{time.strftime('%Y%m%d-%H%M%S')}"
     _check_settings(s)
     return s, out
@@ -192,6 +216,8 @@ def _resumed_settings(given: dict[str, Any], out: Path) -> tuple[dict[str, Any],
                 raise ValueError(f"--{key.replace('_', '-')} {given[key]} differs from the run's {old!r}: a resumed "
                                  "run keeps its model and data set (start a new run instead)")
     kind = s["class"]
+    if kind == "SSVAE":
+        raise ValueError(f"the run in {out} is semi-supervised: {_NO_RESUME}")
     if given.get("two_stage") and kind != "TwoStageVAE" or given.get("layers") and kind != "HierarchicalVAE":
         raise ValueError(f"the run in {out} trains a {s['class']}: a resumed run keeps its model (start a new run "
                          "instead)")
@@ -199,6 +225,61 @@ def _resumed_settings(given: dict[str, Any], out: Path) -> tuple[dict[str, Any],
         if key in given:
             s[key] = given[key]
     return s, out
+
+
+def _semi_supervised_settings(given: dict[str, Any], s: dict[str, Any]) -> None:
+    """A new run's semi-supervised options into ``s`` (``class`` SSVAE), or the refusal of options that do not go
+    with them: M2 here is an MLP pair with a Bernoulli decoder, the standard normal prior and a Gaussian guide,
+    trained on the ELBO with the label enumerated."""
+    if not given.get("semi_supervised"):
+        stray = [k for k in SEMI_SUPERVISED_DEFAULTS if k in given]
+        if stray:
+            flag = "--" + stray[0].replace("_", "-")
+            raise ValueError(f"{flag} applies to semi-supervised runs: add --semi-supervised (Kingma et al.'s M2 "
+                             f"trained on --labels N labelled datapoints), or drop {flag}")
+        return
+    dataset = s["dataset"]
+    if dataset not in SEMI_SUPERVISED_CLASSES:
+        raise ValueError(f"--semi-supervised needs a data set of images with class labels, and {dataset!r} has none "
+                         f"that fit: choose --dataset {', '.join(SEMI_SUPERVISED_CLASSES)}")
+    if given.get("labels") is None:
+        raise ValueError(f"--semi-supervised needs --labels N, the number of labelled training datapoints (a "
+                         f"multiple of the {SEMI_SUPERVISED_CLASSES[dataset]} classes, e.g. --labels 100)")
+    for key, allowed in _NOT_SEMI_SUPERVISED.items():
+        value = given.get(key)
+        if value is None or value is False or value == allowed:
+            continue
+        flag = "--" + key.replace("_", "-")
+        spelled = flag if value is True else f"{flag} {value}"
+        why = {"objective": "M2 trains the ELBO with the label summed exactly",
+               "likelihood": "the semi-supervised VAE's decoder is Bernoulli"}.get(
+                   key, "the semi-supervised VAE is one MLP model with a Gaussian guide and the standard normal prior")
+        raise ValueError(f"--semi-supervised does not take {spelled}: {why} (drop {flag})")
+    s["class"] = "SSVAE"
+    for key, default in SEMI_SUPERVISED_DEFAULTS.items():
+        s[key] = given.get(key, default)
+
+
+def _check_semi_supervised(s: dict[str, Any]) -> None:
+    """Refuse semi-supervised options no run can take (before anything is read)."""
+    for key in ("labels", "num_unlabelled", "labelled_passes", "test_particles"):
+        value = s.get(key)
+        if value is None and key == "num_unlabelled":
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value) or int(value) < 1:
+            raise ValueError(f"--{key.replace('_', '-')} must be >= 1 (a whole number), got {value!r}")
+        s[key] = int(value)
+    classes = SEMI_SUPERVISED_CLASSES[s["dataset"]]
+    if s["labels"] % classes:
+        raise ValueError(f"--labels {s['labels']} is not a multiple of the {classes} classes of {s['dataset']!r}: the "
+                         f"labelled datapoints are as many of each class (e.g. --labels "
+                         f"{max(classes, s['labels'] // classes * classes)})")
+    alpha = s.get("aux_loss_multiplier")
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not math.isfinite(alpha) or alpha < 0:
+        raise ValueError(f"--aux-loss-multiplier must be >= 0 and finite, got {alpha!r}")
+    s["aux_loss_multiplier"] = float(alpha)
+    if distributed.launched():
+        raise ValueError("semi-supervised runs take one process: launch them without torchrun")
 
 
 def _check_settings(s: dict[str, Any]) -> None:
@@ -228,6 +309,8 @@ def _check_settings(s: dict[str, Any]) -> None:
                          f"{' and '.join(_PRIORS_WITH_COMPONENTS)} priors, not to {s.get('prior')!r}")
     if s.get("class") in ("TwoStageVAE", "HierarchicalVAE") and distributed.launched():
         raise ValueError("two-stage and hierarchical (--layers) runs take one process: launch them without torchrun")
+    if s.get("class") == "SSVAE":
+        _check_semi_supervised(s)
     codes = s.get("stage2_codes")
     if codes is not None:
         from .train.two_stage import STAGE2_CODES
@@ -316,7 +399,9 @@ def train_run(options: dict[str, Any], out: str | os.PathLike[str] | None = None
 
     Every option is checked, the data are read and checked against the model, and a step's memory is compared
     with the device's, all before the folder is locked and ``config.json`` written; then :func:`pyro_vae.fit`
-    (:func:`~pyro_vae.train.fit_two_stage` for a two-stage run) trains with a checkpoint after every epoch, and the
+    (:func:`~pyro_vae.train.fit_two_stage` for a two-stage run) trains with a checkpoint after every epoch
+    (:func:`~pyro_vae.train.fit_semi_supervised` for a semi-supervised run: ``metrics.jsonl`` after every epoch, no
+    checkpoint; its test metrics are the accuracy of ``argmax q(y|x)`` and ``log p(x)`` with the label summed), and the
     trained model (``model/``), the test metrics (``test_metrics.json``), the samples and the training curves are
     written. Under ``torchrun`` every rank trains and rank 0 alone writes and speaks.
 
@@ -349,6 +434,8 @@ def train_run(options: dict[str, Any], out: str | os.PathLike[str] | None = None
     if not resume and (out / CHECKPOINT_NAME).exists() or not resume and kind != "VAE" and out.exists() \
             and any(out.iterdir()):
         raise FileExistsError(f"{out} already holds a run; continue it with --resume or choose another --out")
+    if kind == "SSVAE":
+        return _train_semi_supervised(s, out, device, progress=progress, tensorboard=tensorboard, say=say, hold=hold)
     if two_stage:  # a resumed run keeps what its stage 2 trains on; runs older than the option trained on the means
         saved_codes = (read_config(out).get("training") or {}).get("stage2_codes", "means") if resume else None
         codes = s.get("stage2_codes") or saved_codes or "samples"
@@ -452,6 +539,138 @@ def train_run(options: dict[str, Any], out: str | os.PathLike[str] | None = None
     return TrainedRun(out, model, history, metrics, seconds, written)
 
 
+def _label_split(y: torch.Tensor, s: dict[str, Any], num_classes: int,
+                 split: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """The labelled datapoints of a semi-supervised run (as many of each class) and its unlabelled ones (the rest
+    of the split, or ``num_unlabelled`` of them drawn at random), both from the seed.
+
+    :raises ValueError: naming the option, when the split has too few datapoints of a class or too few left.
+    """
+    from .train import balanced_split
+
+    per, counts = s["labels"] // num_classes, torch.bincount(y, minlength=num_classes)
+    if int(counts.min()) < per:
+        raise ValueError(f"--labels {s['labels']} asks for {per} labelled datapoints of each class, and the {split} "
+                         f"split of {s['dataset']!r} has only {int(counts.min())} of class {int(counts.argmin())}: "
+                         f"give at most --labels {int(counts.min()) * num_classes}")
+    labelled, unlabelled = balanced_split(y, s["labels"], num_classes, s["seed"])
+    if s.get("num_unlabelled") is not None:
+        if s["num_unlabelled"] > unlabelled.numel():
+            raise ValueError(f"--num-unlabelled {s['num_unlabelled']} is more than the {unlabelled.numel()} datapoints "
+                             f"of the {split} split of {s['dataset']!r} left unlabelled: give at most "
+                             f"--num-unlabelled {unlabelled.numel()}, or leave it out (all of them)")
+        g = torch.Generator().manual_seed(int(s["seed"]))
+        unlabelled = unlabelled[torch.randperm(unlabelled.numel(), generator=g)[: s["num_unlabelled"]]]
+    elif unlabelled.numel() == 0:
+        raise ValueError(f"--labels {s['labels']} labels the whole {split} split of {s['dataset']!r}, leaving no "
+                         "unlabelled datapoints: give fewer labels")
+    return labelled, unlabelled
+
+
+def _train_semi_supervised(s: dict[str, Any], out: Path, device: torch.device, *, progress: bool, tensorboard: bool,
+                           say: Callable[..., None], hold: contextlib.ExitStack | None) -> TrainedRun:
+    """:func:`train_run` of a semi-supervised run (settings checked): Kingma et al.'s M2 trained by
+    :func:`~pyro_vae.train.fit_semi_supervised` on ``labels`` labelled training datapoints and the unlabelled rest,
+    then the test accuracy of ``argmax_y q(y | x)`` and the test ``log p(x)`` with the label summed (IWAE with
+    ``test_particles`` particles, the seed's batches as ``pyro-vae evaluate --num-particles K`` draws them).
+    There is no checkpoint: ``metrics.jsonl`` is written after every epoch, the model at the end."""
+    import pyro
+
+    from . import infer
+    from .models import SSVAE
+    from .plots import save_samples, training_curves
+    from .run_files import METRICS_NAME
+    from .train import TensorBoard, check_data, fit_semi_supervised
+    from .train.state import write_metrics
+
+    dataset, shape = s["dataset"], datasets.event_shape(s["dataset"])
+    num_classes = SEMI_SUPERVISED_CLASSES[dataset]
+    train_split, valid_split, test_split = _splits(dataset)
+    with threads.torch_threads(resolve_threads(s.get("num_threads"), dataset)):
+        pyro.clear_param_store()
+        pyro.set_rng_seed(s["seed"])
+        x_train, y_train = datasets.load(dataset, train_split, root=s["data_root"], return_labels=True)
+        x_valid, y_valid = datasets.load(dataset, valid_split, root=s["data_root"], return_labels=True)
+        labelled, unlabelled = _label_split(y_train, s, num_classes, train_split)
+        if s["binarize"] == "auto":
+            s["binarize"] = not bool(((x_train == 0) | (x_train == 1)).all())
+        binarize = bool(s["binarize"])
+        if binarize:  # the classifier is scored on binary images, as it is trained (one fixed draw, from the seed)
+            x_valid = datasets.binarize(x_valid, torch.Generator().manual_seed(int(s["seed"])))
+        model = SSVAE(shape, num_classes=num_classes, latent_dim=s["latent_dim"], hidden_dims=tuple(s["hidden_dims"]),
+                      activation=s["activation"], likelihood=s["likelihood"],
+                      aux_loss_multiplier=s["aux_loss_multiplier"])
+        check_data(x_train, f"the {train_split} split of {dataset!r}", model, binarize)
+        batch_size = min(s["batch_size"], unlabelled.numel())
+        # an unlabelled batch decodes every class: C times the datapoints of a VAE's step
+        check_step_fits(s["num_particles"] * num_classes, batch_size, shape, device)
+        semi = {k: s[k] for k in SEMI_SUPERVISED_DEFAULTS if k != "aux_loss_multiplier"}
+        config = {"vae": model.config, "class": "SSVAE", "dataset": dataset, "data_root": s["data_root"],
+                  "splits": {"train": train_split, "valid": valid_split, "test": test_split},
+                  "model_args": {**{k: s[k] for k in RUN_IDENTITY if k in s},
+                                 "aux_loss_multiplier": s["aux_loss_multiplier"]},
+                  "training": {**{k: s[k] for k in TRAINING_KEYS}, **semi}, "pyro_vae_version": _version()}
+        # the test data every command sees (one fixed binarization from the seed), read before anything is written
+        x_test, y_test = run_test_data(config, seed=s["seed"], labels=True, device=device)
+        assert y_test is not None
+        num_l, num_u, passes = labelled.numel(), unlabelled.numel(), s["labelled_passes"]
+        with contextlib.ExitStack() as stack:
+            (hold or stack).enter_context(RunLock(out))  # refuses a second writer before anything is written
+            write_config(config, out)
+            say(f"run folder: {out}", flush=True)
+            say(f"data: {dataset} {train_split} {tuple(x_train.shape)}, {valid_split} {x_valid.shape[0]}, "
+                f"{test_split} {x_test.shape[0]}; likelihood {model.config['likelihood']}"
+                f"{' with dynamic binarization' if binarize else ''}; {num_l} labelled ({num_l // num_classes} per "
+                f"class), {num_u} unlabelled", flush=True)
+            logger = TensorBoard(out / "tensorboard") if tensorboard else None
+            history: list[dict[str, Any]] = []
+
+            def on_epoch_end(record: dict[str, Any]) -> None:
+                visits = num_u + num_l * passes
+                record["loss"] = (record["loss_unlabelled"] * num_u + record["loss_labelled"] * num_l * passes) / visits
+                record["lr"], record["images_per_second"] = float(s["lr"]), visits / record["seconds"]
+                history.append(record)
+                write_metrics(history, out / METRICS_NAME)
+                if logger is not None:
+                    logger.on_epoch_end(record)
+                if progress:
+                    print(f"epoch {record['epoch']}/{s['epochs']}: loss {record['loss']:.3f} (unlabelled "
+                          f"{record['loss_unlabelled']:.3f}, labelled {record['loss_labelled']:.3f} + auxiliary "
+                          f"{record['aux_loss']:.3f}), valid accuracy {record['val_accuracy']:.4f} "
+                          f"({record['seconds']:.1f} s, {record['images_per_second']:,.0f} images/s)",
+                          file=sys.stderr, flush=True)
+
+            model.to(device)
+            t0 = time.perf_counter()
+            fit_semi_supervised(model, x_train[labelled], y_train[labelled], x_train[unlabelled], epochs=s["epochs"],
+                                batch_size=batch_size, lr=float(s["lr"]), num_particles=s["num_particles"],
+                                binarize=binarize, val_data=(x_valid, y_valid), seed=s["seed"], progress=False,
+                                on_epoch_end=on_epoch_end, labelled_passes=passes)
+            seconds = time.perf_counter() - t0
+            if logger is not None:
+                logger.on_train_end(history)
+            model.save(out / MODEL_DIR)  # configuration + weights (pyro_vae.load reads it)
+            model.eval()
+            result = infer.log_likelihood(model.model, model.guide, x_test, num_particles=s["test_particles"],
+                                          batch_size=EVALUATE_BATCH_SIZE, seed=s["seed"], diagnostics=False,
+                                          progress=progress)
+            d = result.as_dict()
+            metrics = {"split": test_split, "accuracy": model.accuracy(x_test, y_test),
+                       **{k: d[k] for k in ("log_likelihood", "log_likelihood_stderr", "log_likelihood_mc_stderr",
+                                            "num_particles", "elbo", "elbo_stderr", "rate", "distortion")},
+                       "seed": s["seed"], "num_datapoints": int(x_test.shape[0]), "epochs": len(history),
+                       "labels": num_l, "num_unlabelled": num_u}
+            write_json(metrics, out / TEST_METRICS_NAME)
+            pyro.set_rng_seed(s["seed"])
+            save_samples(model, out / "samples.png", num_samples=10 * num_classes, nrow=num_classes,
+                         title="samples from the model: decoder means E[x|y,z],\nz ~ p(z), one class y a column")
+            written = [out / "samples.png"]
+            if history:
+                training_curves(history, out / "training.png")
+                written.append(out / "training.png")
+    return TrainedRun(out, model, history, metrics, seconds, written)
+
+
 def _mark_stale_evaluation(out: Path, epochs: int) -> str | None:
     """Mark an ``evaluation.json`` of the run's model at another epoch as stale (it stays, with the reason).
 
@@ -484,7 +703,7 @@ def _version() -> str:
 
 # ---------------------------------------------------------------------------------------------------- evaluation
 def evaluate_run(run: str | os.PathLike[str], *, num_particles: int = 5000, split: str | None = None,
-                 num: int | None = None, batch_size: int = 100, chunk_size: int | None = None,
+                 num: int | None = None, batch_size: int = EVALUATE_BATCH_SIZE, chunk_size: int | None = None,
                  data_root: str | os.PathLike[str] | None = None, device: str = "auto", seed: int = 0,
                  diagnostics: bool = True, ais_steps: int = 0, ais_chains: int = 16,
                  progress: bool = True) -> dict[str, Any]:
@@ -492,7 +711,10 @@ def evaluate_run(run: str | os.PathLike[str], *, num_particles: int = 5000, spli
     ``pyro-vae evaluate`` does. Under ``torchrun`` every rank takes its batches and rank 0 writes.
 
     For a two-stage run the model measured is stage 1 (its decoder under the prior ``N(0, I)``): the density the
-    two-stage sampler draws from has no tractable ``log p(x)``; the result says so (``"model"``).
+    two-stage sampler draws from has no tractable ``log p(x)``; the result says so (``"model"``). For a
+    semi-supervised run ``log p(x)`` sums the label exactly inside every importance weight, and ``"accuracy"`` is
+    the classifier's (``argmax_y q(y | x)``) on the same datapoints; AIS is refused (it cannot anneal the discrete
+    label).
 
     :param run: the run folder.
     :param num_particles: ``K`` per datapoint.
@@ -509,13 +731,18 @@ def evaluate_run(run: str | os.PathLike[str], *, num_particles: int = 5000, spli
         if value is not None and (isinstance(value, bool) or int(value) != value or value < low):
             flag = "--num-datapoints" if name == "num" else "--" + name.replace("_", "-")
             raise ValueError(f"{flag} must be >= {low} (a whole number), got {value!r}")
+    if ais_steps and read_config(run).get("class") == "SSVAE":
+        raise ValueError(f"--ais-steps {ais_steps}: AIS cannot anneal the label y of a semi-supervised run (its guide "
+                         "sums y exactly, and AIS moves continuous latents only); drop --ais-steps to measure log p(x) "
+                         "with the label summed by IWAE")
     vae, config = load_run(run, device=device)
     run_dir = Path(run)
+    semi_supervised = config.get("class") == "SSVAE"
     if distributed.is_main_process() and not os.access(run_dir, os.W_OK):
         raise PermissionError(f"the run folder {run_dir} is not writable: evaluate writes {EVALUATION_NAME} and its "
                               "figures there (copy the run somewhere writable)")
-    x, _ = run_test_data(config, split=split, num=num, data_root=data_root, seed=seed,
-                     device=next(vae.parameters()).device)
+    x, y = run_test_data(config, split=split, num=num, data_root=data_root, seed=seed,
+                         device=next(vae.parameters()).device, labels=semi_supervised)
     split = split or config.get("splits", {}).get("test", "test")
     measured = vae.stage1 if config.get("class") == "TwoStageVAE" else vae
     result = infer.log_likelihood(measured.model, measured.guide, x, num_particles=num_particles,
@@ -526,13 +753,15 @@ def evaluate_run(run: str | os.PathLike[str], *, num_particles: int = 5000, spli
     usage = infer.latent_usage(measured.model, measured.guide, x, seed=seed)
     model_name = ("stage 1 of the two-stage VAE (its decoder under the prior N(0, I)); the two-stage sampler's own "
                   "density has no tractable log p(x)" if config.get("class") == "TwoStageVAE"
-                  else config.get("class", "VAE"))
+                  else "SSVAE (the label y summed exactly)" if semi_supervised else config.get("class", "VAE"))
     two_stage = config.get("class") == "TwoStageVAE"
     epochs = len(read_metrics(run_dir / "stage1" if two_stage else run_dir))
     out: dict[str, Any] = {"split": split, "seed": seed, "num_datapoints": int(x.shape[0]), "model": model_name,
                            "epochs": epochs, **result.as_dict(),
                            "latent_usage": {name: {k: v for k, v in u.items() if k != "mean_variance"}
                                             for name, u in usage.items()}}
+    if semi_supervised and y is not None:  # the classifier argmax q(y | x) on the same datapoints
+        out["accuracy"] = vae.accuracy(x, y)
     ais = None
     if ais_steps:  # the same datapoints, side by side with the ELBO and IWAE
         ais = infer.log_likelihood(measured.model, measured.guide, x, method="ais", batch_size=batch_size,

@@ -371,8 +371,9 @@ def training_curves(history: Sequence[dict[str, Any]], path: str | os.PathLike[s
     Panels, each only when its metrics are present: the ELBO (training: ``train_elbo`` when recorded, else
     minus the training loss, i.e. the bound averaged over the epoch's batches; validation: ``val_elbo``); the
     rate ``E_q[log q(z | x) - log p(z)]`` (``train_rate``, ``val_rate``); the distortion ``-E_q[log p(x | z)]``
-    (``train_distortion``, ``val_distortion``), all in nats per datapoint; and the decoder variance ``gamma``
-    of a two-stage run's stage 1 (on a log scale: Dai & Wipf's ``gamma -> 0``).
+    (``train_distortion``, ``val_distortion``), all in nats per datapoint; the decoder variance ``gamma``
+    of a two-stage run's stage 1 (on a log scale: Dai & Wipf's ``gamma -> 0``); and a semi-supervised run's
+    classifier accuracy on the validation data (``val_accuracy``).
 
     :param history: one dict per epoch with ``epoch`` and some of ``loss``, ``train_elbo``, ``train_rate``,
         ``train_distortion``, ``val_elbo``, ``val_rate``, ``val_distortion`` (the list :func:`pyro_vae.fit`
@@ -408,6 +409,9 @@ def training_curves(history: Sequence[dict[str, Any]], path: str | os.PathLike[s
     gamma = series("gamma")
     if gamma is not None:
         panels.append(("decoder variance gamma", [("stage 1", gamma)]))
+    accuracy = series("val_accuracy")
+    if accuracy is not None:
+        panels.append(("accuracy of argmax q(y|x)", [("validation", accuracy)]))
     if not panels:
         raise ValueError("the history holds none of loss, train_elbo, val_elbo, val_rate, val_distortion")
     fig = _figure((3.6 * len(panels), 3.2))
@@ -741,7 +745,8 @@ def plot_run(
     Writes into ``out`` (default: the run folder): ``training.png`` (:func:`training_curves` of
     ``metrics.jsonl``; for a two-stage run stage 1's, with its decoder variance gamma per epoch, and stage 2's
     in ``training_stage2.png``), ``reconstructions.png``, ``samples.png``, ``latent_space.png`` (coloured by label when
-    the data set has labels), ``traversal.png`` (image data), and from an importance-sampling estimate with
+    the data set has labels), ``traversal.png`` (image data; not for a semi-supervised run, whose decoder also takes
+    the label), and from an importance-sampling estimate with
     ``num_particles`` particles on the first ``num`` test datapoints ``k_curve.png``, ``gaps.png`` and
     ``khat.png``. The test data are :func:`pyro_vae.runs.run_test_data` of the run (binarized with
     ``seed``, as ``pyro-vae evaluate`` binarizes them).
@@ -798,7 +803,7 @@ def _draw_run(vae: Any, x: torch.Tensor, labels: Any, done: Any, num_particles: 
     reference = x if not is_image_shape(x.shape[1:]) else None
     save_samples(vae, done("samples.png"), num_samples=64 if reference is None else 1000, data=reference)
     latent_space(vae, x, labels, done("latent_space.png"))
-    if is_image_shape(x.shape[1:]):
+    if is_image_shape(x.shape[1:]) and hasattr(vae, "decode"):  # (a semi-supervised decoder also takes the label)
         latent_traversal(vae, done("traversal.png"), x=x)
     result = log_likelihood(vae.model, vae.guide, x.to(_module_device(vae)), num_particles=int(num_particles),
                             seed=int(seed), progress=progress)

@@ -5,10 +5,11 @@ file                   what it holds
 =====================  ==========================================================================================
 ``config.json``        the model class and its ``config``, the data set, the training settings (written first)
 ``checkpoint.pt``      :func:`pyro_vae.fit`'s state after the last complete epoch (``stage1/``, ``stage2/`` for
-                       a two-stage run)
+                       a two-stage run; none for a semi-supervised run)
 ``metrics.jsonl``      one line of metrics per epoch, written with the checkpoint
 ``model/``             the trained model in the one saved-model format (:func:`pyro_vae.models.save_model`)
-``test_metrics.json``  the test ELBO, rate and distortion
+``test_metrics.json``  the test ELBO, rate and distortion (a semi-supervised run: the test accuracy of
+                       ``argmax q(y|x)`` and the test ``log p(x)`` with the label summed, IWAE)
 ``evaluation.json``    what ``pyro-vae evaluate`` measured (IWAE ``log p(x)``, diagnostics, AIS)
 ``*.png``              figures
 =====================  ==========================================================================================
@@ -139,6 +140,10 @@ def _from_checkpoint(run_dir: Path, config: dict[str, Any]) -> Any:
     if cls.__name__ == "TwoStageVAE":
         raise FileNotFoundError(f"run folder {run_dir} has no {MODEL_DIR}/: its two-stage training did not finish "
                                 f"(continue it with '{PROG} train --out {run_dir} --resume')")
+    if cls.__name__ == "SSVAE":
+        raise FileNotFoundError(f"run folder {run_dir} has no {MODEL_DIR}/: its semi-supervised training did not "
+                                f"finish, and such a run keeps no checkpoint (train it again with '{PROG} train "
+                                "--semi-supervised ...')")
     ckpt = run_dir / CHECKPOINT_NAME
     if not ckpt.is_file():
         raise FileNotFoundError(f"run folder {run_dir} has no {CHECKPOINT_NAME}: its training did not finish a "
@@ -228,8 +233,8 @@ def load(folder: str | os.PathLike[str], map_location: str | torch.device = "cpu
 
     :param folder: the folder.
     :param map_location: the device to put the model on.
-    :returns: the model (:class:`~pyro_vae.VAE`, :class:`~pyro_vae.HierarchicalVAE` or
-        :class:`~pyro_vae.TwoStageVAE`) in eval mode.
+    :returns: the model (:class:`~pyro_vae.VAE`, :class:`~pyro_vae.HierarchicalVAE`,
+        :class:`~pyro_vae.TwoStageVAE` or :class:`~pyro_vae.SSVAE`) in eval mode.
 
     Example::
 

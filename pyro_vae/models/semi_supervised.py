@@ -65,7 +65,8 @@ class SSVAE(Saveable, nn.Module):
     :param likelihood: a name of :data:`pyro_vae.likelihoods.LIKELIHOODS` or an instance.
     :param aux_loss_multiplier: ``alpha`` of the auxiliary classification loss, per labelled datapoint.
 
-    It saves and loads as every model class does (``ssvae.save(folder)``, ``pyro_vae.load(folder)``).
+    It saves and loads as every model class does (``ssvae.save(folder)``, ``pyro_vae.load(folder)``), and draws
+    pictures as a :class:`~pyro_vae.VAE` does (:meth:`sample`, :meth:`reconstruct`), given a label or its own.
     """
 
     def __init__(self, input_shape: Sequence[int], num_classes: int = 10, latent_dim: int = 50,
@@ -121,6 +122,44 @@ class SSVAE(Saveable, nn.Module):
     def aux_loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """The auxiliary classification loss ``-alpha sum_n log q(y_n | x_n)`` of a labelled batch (a scalar)."""
         return F.cross_entropy(self.y_logits(x), y.long(), reduction="sum") * self.aux_loss_multiplier
+
+    @torch.no_grad()
+    def sample(self, num_samples: int, mean: bool = True, y: torch.Tensor | None = None) -> torch.Tensor:
+        """Draw ``z ~ p(z)`` and decode it with the labels ``y``.
+
+        :param num_samples: how many samples.
+        :param mean: return the mean of ``p(x | y, z)`` (the usual picture) rather than a draw from it.
+        :param y: class indices ``(num_samples,)`` (default: the classes in turn, ``0, 1, ..., C - 1, 0, ...``).
+        :returns: ``(num_samples, *input_shape)``.
+        """
+        if int(num_samples) < 1:
+            raise ValueError(f"num_samples must be >= 1, got {num_samples}")
+        n = int(num_samples)
+        like = next(self.parameters())
+        y = torch.arange(n, device=like.device) % self.num_classes if y is None else y.to(like.device)
+        z = torch.randn(n, self.latent_dim, device=like.device, dtype=like.dtype)
+        params = self.decoder(_joined(z, self._one_hot(y, z))).unflatten(-1, self.input_shape)
+        return self.likelihood.mean(params) if mean else self.likelihood(params).sample()
+
+    @torch.no_grad()
+    def encode(self, x: torch.Tensor, y: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The parameters of ``q(z | x, y)`` with ``y`` (default: :meth:`classify`'s label).
+
+        :returns: ``(z_loc, z_scale)``, each ``(N, latent_dim)``.
+        """
+        y_hot = self._one_hot(self.classify(x) if y is None else y, x)
+        z_loc, z_log_scale = self.encoder_z(_joined(x.flatten(-len(self.input_shape)), y_hot)).chunk(2, -1)
+        return z_loc, z_log_scale.exp()
+
+    @torch.no_grad()
+    def reconstruct(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        """Decode the posterior mean of ``q(z | x, y)`` with ``y`` (default: :meth:`classify`'s label).
+
+        :returns: ``(N, *input_shape)``.
+        """
+        y_hot = self._one_hot(self.classify(x) if y is None else y, x)
+        z_loc, _ = self.encode(x, y_hot)
+        return self.likelihood.mean(self.decoder(_joined(z_loc, y_hot)).unflatten(-1, self.input_shape))
 
     @torch.no_grad()
     def classify(self, x: torch.Tensor) -> torch.Tensor:

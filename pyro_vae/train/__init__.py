@@ -13,7 +13,7 @@ module                     its job
 ``schedules``              learning-rate schedules, beta and KL warm-up
 ``validation``             data checks, the device, trainable parameters, the validation ELBO
 ``two_stage``              :func:`fit_two_stage`: Dai & Wipf's two stages, each a :func:`fit`
-``semi_supervised``        :func:`fit_semi_supervised`: labelled and unlabelled batches of an SSVAE
+``semi_supervised``        :func:`fit_semi_supervised` (labelled and unlabelled batches), :func:`balanced_split`
 =========================  ==============================================================================
 """
 
@@ -32,7 +32,7 @@ from .config import FitConfig
 from .loop import fit, run_fit
 from .nan import ON_NAN, NanGuard
 from .schedules import LR_SCHEDULES, iwae_schedule
-from .semi_supervised import fit_semi_supervised
+from .semi_supervised import balanced_split, fit_semi_supervised
 from .state import CHECKPOINT_NAME, METRICS_NAME, TrainState, load_checkpoint
 from .step import StepCheck, TrainStep
 from .two_stage import fit_two_stage
@@ -41,5 +41,5 @@ from .validation import check_data, evaluate_elbo, resolve_device
 __all__ = ["fit", "atomic_write", "atomic_save", "evaluate_elbo", "resolve_device", "check_data", "LR_SCHEDULES",
            "CHECKPOINT_NAME", "METRICS_NAME", "iwae_schedule", "load_checkpoint", "ON_NAN", "Callback",
            "CallbackList", "EpochFunction", "Progress", "TensorBoard", "TrainingMetrics", "TrainStep", "NanGuard",
-           "fit_two_stage", "fit_semi_supervised", "CSVLogger", "MLflowLogger", "FitConfig", "run_fit", "TrainState",
-           "StepCheck"]
+           "fit_two_stage", "fit_semi_supervised", "balanced_split", "CSVLogger", "MLflowLogger", "FitConfig",
+           "run_fit", "TrainState", "StepCheck"]

@@ -1,6 +1,7 @@
 """Training the semi-supervised VAE (:class:`pyro_vae.models.semi_supervised.SSVAE`) on labelled and unlabelled
 data: :func:`fit_semi_supervised`, Kingma et al.'s :math:`\\mathcal{J}^\\alpha` (the bound of each batch, the label
-summed on unlabelled ones, plus the auxiliary classification loss on labelled ones).
+summed on unlabelled ones, plus the auxiliary classification loss on labelled ones); :func:`balanced_split` picks the
+labelled datapoints, as many of each class.
 
 References: Kingma, Rezende, Mohamed, Welling, "Semi-Supervised Learning with Deep Generative Models", NeurIPS
 2014; Pyro's ``examples/vae/ss_vae_M2.py``.
@@ -18,7 +19,36 @@ import torch
 from ..infer.objectives import get_objective
 from ..infer.weights import terms_producer
 
-__all__ = ["fit_semi_supervised"]
+__all__ = ["fit_semi_supervised", "balanced_split"]
+
+
+def balanced_split(y: torch.Tensor, num_labels: int, num_classes: int,
+                   seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Indices of ``num_labels`` labelled datapoints, ``num_labels // num_classes`` of each class drawn at random
+    (a generator seeded with ``seed``), and of the rest.
+
+    :param y: ``(N,)`` class indices ``0 .. num_classes - 1``.
+    :param num_labels: a positive multiple of ``num_classes``.
+    :returns: ``(labelled, unlabelled)``, index tensors of shapes ``(num_labels,)`` and ``(N - num_labels,)``.
+    :raises ValueError: when ``num_labels`` is not a positive multiple of ``num_classes``, or a class has fewer
+        than ``num_labels // num_classes`` datapoints.
+    """
+    if isinstance(num_labels, bool) or int(num_labels) != num_labels or num_labels < 1 or num_labels % num_classes:
+        raise ValueError(f"the number of labels must be a positive multiple of the {num_classes} classes (as many of "
+                         f"each), got {num_labels!r}")
+    per = int(num_labels) // int(num_classes)
+    counts = torch.bincount(y.long(), minlength=int(num_classes))
+    if int(counts.min()) < per:
+        c = int(counts.argmin())
+        raise ValueError(f"{num_labels} labels need {per} of each class, and class {c} has only {int(counts[c])} "
+                         f"datapoints: at most {int(counts.min()) * int(num_classes)} labels")
+    g = torch.Generator().manual_seed(int(seed))
+    chosen = [torch.nonzero(y == c).flatten()[torch.randperm(int(counts[c]), generator=g)[:per]]
+              for c in range(int(num_classes))]
+    labelled = torch.cat(chosen)
+    mask = torch.ones(y.shape[0], dtype=torch.bool)
+    mask[labelled] = False
+    return labelled, torch.nonzero(mask).flatten()
 
 
 def fit_semi_supervised(
