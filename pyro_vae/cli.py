@@ -392,7 +392,7 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     for name, u in out["latent_usage"].items():
         mi = u["mutual_information"]
         print(f"latent {name!r}: {u['active_units']} of {u['dimensions']} units active; rate per dimension "
-              f"{_fmt_list(u['kl_per_dim'])}; I(x; z) = {mi:.3f} nats (at most {u['mutual_information_max']:.2f})"
+              f"{_fmt_list(u['kl_per_dim'])}; I(x; {name}) = {mi:.3f} nats (at most {u['mutual_information_max']:.2f})"
               if mi is not None else f"latent {name!r}: {u['active_units']} of {u['dimensions']} units active")
     print("wrote " + ", ".join(str(w) for w in out["written"]))
     return 0
