@@ -148,8 +148,8 @@ def _add_train(subparsers: Any) -> None:
                         "(as many of each class) and the rest unlabelled, the label summed exactly; the test accuracy "
                         "of argmax q(y|x) and the test log p(x) with the label summed (IWAE) are printed and written "
                         "to test_metrics.json. Data sets with labels: digits, mnist, fashion-mnist; MLP networks, "
-                        "bernoulli likelihood, normal prior and the elbo objective only; no checkpoint, so no --resume "
-                        "(model/ and metrics.jsonl are written)")
+                        "bernoulli likelihood, normal prior and the elbo, iwae or iwae-dreg objective; no checkpoint, "
+                        "so no --resume (model/ and metrics.jsonl are written)")
     p.add_argument("--labels", type=int, default=None,
                    help="labelled training datapoints of a --semi-supervised run, a multiple of the number of classes")
     p.add_argument("--num-unlabelled", type=int, default=None,

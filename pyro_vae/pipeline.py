@@ -79,11 +79,11 @@ SEMI_SUPERVISED_CLASSES = {"digits": 10, "mnist": 10, "fashion-mnist": 10}
 #: al.'s alpha, passes over the labelled data per epoch, and K of the test log p(x)
 SEMI_SUPERVISED_DEFAULTS: dict[str, Any] = {"labels": None, "num_unlabelled": None, "aux_loss_multiplier": 46.0,
                                             "labelled_passes": 1, "test_particles": 100}
-#: the options a semi-supervised run refuses, with the one value each may take (None: none)
+#: the options a semi-supervised run refuses, with the one value (or the values) each may take (None: none)
 _NOT_SEMI_SUPERVISED: dict[str, Any] = {
     "two_stage": None, "layers": None, "stage2_epochs": None, "stage2_codes": None, "prior": "normal",
-    "prior_components": None, "flow": None, "encoder": "mlp", "decoder": "mlp", "objective": "elbo",
-    "likelihood": "bernoulli"}
+    "prior_components": None, "flow": None, "encoder": "mlp", "decoder": "mlp",
+    "objective": ("elbo", "iwae", "iwae-dreg"), "likelihood": "bernoulli"}
 _NO_RESUME = ("semi-supervised runs cannot be resumed (pyro_vae.fit_semi_supervised keeps no checkpoint to continue "
               "from): start a new run with the --epochs you want")
 
@@ -230,7 +230,7 @@ def _resumed_settings(given: dict[str, Any], out: Path) -> tuple[dict[str, Any],
 def _semi_supervised_settings(given: dict[str, Any], s: dict[str, Any]) -> None:
     """A new run's semi-supervised options into ``s`` (``class`` SSVAE), or the refusal of options that do not go
     with them: M2 here is an MLP pair with a Bernoulli decoder, the standard normal prior and a Gaussian guide,
-    trained on the ELBO with the label enumerated."""
+    trained on the ELBO (or an IWAE objective) with the label enumerated."""
     if not given.get("semi_supervised"):
         stray = [k for k in SEMI_SUPERVISED_DEFAULTS if k in given]
         if stray:
@@ -247,11 +247,12 @@ def _semi_supervised_settings(given: dict[str, Any], s: dict[str, Any]) -> None:
                          f"multiple of the {SEMI_SUPERVISED_CLASSES[dataset]} classes, e.g. --labels 100)")
     for key, allowed in _NOT_SEMI_SUPERVISED.items():
         value = given.get(key)
-        if value is None or value is False or value == allowed:
+        if value is None or value is False or value == allowed or isinstance(allowed, tuple) and value in allowed:
             continue
         flag = "--" + key.replace("_", "-")
         spelled = flag if value is True else f"{flag} {value}"
-        why = {"objective": "M2 trains the ELBO with the label summed exactly",
+        why = {"objective": "the label is summed exactly in elbo, iwae and iwae-dreg, and mean-field has no closed "
+                            "form for it (choose one of those three)",
                "likelihood": "the semi-supervised VAE's decoder is Bernoulli"}.get(
                    key, "the semi-supervised VAE is one MLP model with a Gaussian guide and the standard normal prior")
         raise ValueError(f"--semi-supervised does not take {spelled}: {why} (drop {flag})")
@@ -643,7 +644,8 @@ def _train_semi_supervised(s: dict[str, Any], out: Path, device: torch.device, *
             model.to(device)
             t0 = time.perf_counter()
             fit_semi_supervised(model, x_train[labelled], y_train[labelled], x_train[unlabelled], epochs=s["epochs"],
-                                batch_size=batch_size, lr=float(s["lr"]), num_particles=s["num_particles"],
+                                batch_size=batch_size, lr=float(s["lr"]), objective=s["objective"],
+                                num_particles=s["num_particles"],
                                 binarize=binarize, val_data=(x_valid, y_valid), seed=s["seed"], progress=False,
                                 on_epoch_end=on_epoch_end, labelled_passes=passes)
             seconds = time.perf_counter() - t0

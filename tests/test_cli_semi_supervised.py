@@ -141,7 +141,8 @@ SS = ["--semi-supervised", "--labels", LABELS]
     ([*SS, "--flow", "iaf"], "does not take --flow iaf"),
     ([*SS, "--encoder", "conv"], "does not take --encoder conv"),
     ([*SS, "--decoder", "conv"], "does not take --decoder conv"),
-    ([*SS, "--objective", "iwae"], "does not take --objective iwae: M2 trains the ELBO"),
+    ([*SS, "--objective", "mean-field"], "does not take --objective mean-field: the label is summed exactly in "
+                                         "elbo, iwae and iwae-dreg"),
     ([*SS, "--likelihood", "normal"], "does not take --likelihood normal: the semi-supervised VAE's decoder is "
                                       "Bernoulli"),
     ([*SS, "--dataset", "ring"], "--semi-supervised needs a data set of images with class labels"),
@@ -198,3 +199,16 @@ def test_an_unfinished_semi_supervised_run_is_named_not_loaded(run_copy: Path, r
     code, out, err = run_cli(["sample", run_copy, "--out", run_copy / "s.png"])
     assert code == 2 and out == "" and "semi-supervised training did not finish" in err, err
     assert not (run_copy / "s.png").exists()
+
+
+def test_a_semi_supervised_run_trains_with_iwae_dreg(run_cli, tmp_path: Path) -> None:
+    """--objective iwae-dreg (the label summed inside every weight, DReG for the guide of z) trains and is recorded."""
+    run = tmp_path / "run"
+    code, out, err = run_cli(["train", *SS, "--num-unlabelled", 100, "--epochs", 1, "--objective", "iwae-dreg",
+                              "--num-particles", 2, "--test-particles", 5, *TINY, "--out", run])
+    assert code == 0, err
+    training = read_config(run)["training"]
+    assert training["objective"] == "iwae-dreg" and training["num_particles"] == 2
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert len(records) == 1 and records[0]["loss_unlabelled"] > 0
+    assert _test_metrics(run)["log_likelihood"] < 0
