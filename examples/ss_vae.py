@@ -40,7 +40,7 @@ def main(args: argparse.Namespace) -> None:
     ssvae = SSVAE(x.shape[1:], num_classes=10, latent_dim=args.latent_dim, hidden_dims=(args.hidden,),
                   aux_loss_multiplier=args.aux_loss_multiplier).to(device)
     history = fit_semi_supervised(ssvae, x[labelled], y[labelled], x[unlabelled], epochs=args.epochs,
-                                  batch_size=args.batch_size, lr=args.lr, binarize=True, seed=args.seed,
+                                  batch_size=args.batch_size, lr=args.lr, binarize=not args.grey, seed=args.seed,
                                   progress=not args.smoke_test, time_limit=args.max_minutes * 60.0,
                                   labelled_passes=args.labelled_passes)
     ssvae.eval()
@@ -71,6 +71,10 @@ if __name__ == "__main__":
     parser.add_argument("--labelled-passes", type=int, default=1,
                         help="passes over the labelled digits per epoch (1: Pyro's schedule)")
     parser.add_argument("--num-unlabelled", type=int, default=None, help="a random subset of the unlabelled digits")
+    parser.add_argument("--grey", action="store_true",
+                        help="train on the grey levels as Bernoulli targets, as Pyro's tutorial does (no density of "
+                             "the images: the test log p(x) stays that of binarized digits); default: a fresh "
+                             "binarization of every batch")
     parser.add_argument("--device", default="auto", help="cpu, cuda or auto")
     parser.add_argument("--data-root", default=None, help="folder holding mnist/ (default: $PYRO_VAE_DATA)")
     parser.add_argument("--seed", type=int, default=0)
