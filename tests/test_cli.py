@@ -520,7 +520,7 @@ def test_device_defaults_to_auto_in_every_subcommand():
     for argv in (["train"], ["sample", "r"], ["reconstruct", "r"], ["evaluate", "r"], ["plot", "r"]):
         args = parser.parse_args(argv)
         assert args.device in (None, "auto"), argv  # train's None is filled with auto below
-    from pyro_vae.pipeline import _default
+    from pyro_vae.pipeline.settings import _default
 
     assert _default("digits", "device") == "auto"
 

@@ -1,0 +1,114 @@
+"""Evaluating a run: :func:`evaluate_run` is what ``pyro-vae evaluate`` does: ``log p(x)`` of the run's test data
+by IWAE (and AIS beside it when asked), written to ``evaluation.json`` with its figures.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from .. import distributed
+from ..io import write_json
+from ..runs import EVALUATION_NAME, load_run, read_config, read_evaluation, read_metrics, run_test_data
+from .settings import EVALUATE_BATCH_SIZE
+
+__all__ = ["evaluate_run"]
+
+
+def evaluate_run(run: str | os.PathLike[str], *, num_particles: int = 5000, split: str | None = None,
+                 num: int | None = None, batch_size: int = EVALUATE_BATCH_SIZE, chunk_size: int | None = None,
+                 data_root: str | os.PathLike[str] | None = None, device: str = "auto", seed: int = 0,
+                 diagnostics: bool = True, ais_steps: int = 0, ais_chains: int = 16,
+                 progress: bool = True) -> dict[str, Any]:
+    """Estimate ``log p(x)`` of a run's test data and write ``evaluation.json`` and its figures: what
+    ``pyro-vae evaluate`` does. Under ``torchrun`` every rank takes its batches and rank 0 writes.
+
+    For a two-stage run the model measured is stage 1 (its decoder under the prior ``N(0, I)``): the density the
+    two-stage sampler draws from has no tractable ``log p(x)``; the result says so (``"model"``). For a
+    semi-supervised run ``log p(x)`` sums the label exactly inside every importance weight, and ``"accuracy"`` is
+    the classifier's (``argmax_y q(y | x)``) on the same datapoints; AIS is refused (it cannot anneal the discrete
+    label).
+
+    :param run: the run folder.
+    :param num_particles: ``K`` per datapoint.
+    :param split: the data split (default: the run's test split); ``num``: only the first ``num`` datapoints.
+    :param ais_steps: also estimate ``log p(x)`` of the same datapoints by AIS with this many steps (0: off).
+    :returns: what ``evaluation.json`` holds, plus ``"result"`` (the :class:`~pyro_vae.infer.LogLikelihood`),
+        ``"ais_result"`` (or None), ``"latent_usage"`` and ``"written"`` (the files); ``{}`` on ranks other than 0.
+    :raises ValueError: for bad options, before any work.
+    """
+    from .. import infer, plots
+
+    for name, value, low in (("num_particles", num_particles, 1), ("num", num, 1), ("chunk_size", chunk_size, 1),
+                             ("ais_steps", ais_steps, 0), ("ais_chains", ais_chains, 1), ("batch_size", batch_size, 1)):
+        if value is not None and (isinstance(value, bool) or int(value) != value or value < low):
+            flag = "--num-datapoints" if name == "num" else "--" + name.replace("_", "-")
+            raise ValueError(f"{flag} must be >= {low} (a whole number), got {value!r}")
+    if ais_steps and read_config(run).get("class") == "SSVAE":
+        raise ValueError(f"--ais-steps {ais_steps}: AIS cannot anneal the label y of a semi-supervised run (its guide "
+                         "sums y exactly, and AIS moves continuous latents only); drop --ais-steps to measure log p(x) "
+                         "with the label summed by IWAE")
+    vae, config = load_run(run, device=device)
+    run_dir = Path(run)
+    semi_supervised = config.get("class") == "SSVAE"
+    if distributed.is_main_process() and not os.access(run_dir, os.W_OK):
+        raise PermissionError(f"the run folder {run_dir} is not writable: evaluate writes {EVALUATION_NAME} and its "
+                              "figures there (copy the run somewhere writable)")
+    x, y = run_test_data(config, split=split, num=num, data_root=data_root, seed=seed,
+                         device=next(vae.parameters()).device, labels=semi_supervised)
+    split = split or config.get("splits", {}).get("test", "test")
+    measured = vae.stage1 if config.get("class") == "TwoStageVAE" else vae
+    result = infer.log_likelihood(measured.model, measured.guide, x, num_particles=num_particles,
+                                  batch_size=batch_size, chunk_size=chunk_size, diagnostics=diagnostics, seed=seed,
+                                  progress=progress)
+    if not distributed.is_main_process():
+        return {}
+    usage = infer.latent_usage(measured.model, measured.guide, x, seed=seed)
+    model_name = ("stage 1 of the two-stage VAE (its decoder under the prior N(0, I)); the two-stage sampler's own "
+                  "density has no tractable log p(x)" if config.get("class") == "TwoStageVAE"
+                  else "SSVAE (the label y summed exactly)" if semi_supervised else config.get("class", "VAE"))
+    two_stage = config.get("class") == "TwoStageVAE"
+    epochs = len(read_metrics(run_dir / "stage1" if two_stage else run_dir))
+    out: dict[str, Any] = {"split": split, "seed": seed, "num_datapoints": int(x.shape[0]), "model": model_name,
+                           "epochs": epochs, **result.as_dict(),
+                           "latent_usage": {name: {k: v for k, v in u.items() if k != "mean_variance"}
+                                            for name, u in usage.items()}}
+    if semi_supervised and y is not None:  # the classifier argmax q(y | x) on the same datapoints
+        out["accuracy"] = vae.accuracy(x, y)
+    ais = None
+    if ais_steps:  # the same datapoints, side by side with the ELBO and IWAE
+        ais = infer.log_likelihood(measured.model, measured.guide, x, method="ais", batch_size=batch_size,
+                                   num_chains=ais_chains, num_steps=ais_steps, seed=seed, distributed=False)
+        paired = infer.compare(ais, result)
+        out["ais"] = {"num_steps": ais_steps, "num_chains": ais_chains, "log_likelihood": ais.mean,
+                      "stderr": ais.stderr, "mc_stderr": ais.mean_mc_stderr,
+                      "acceptance_rate": float(ais.acceptance_rate.mean()),
+                      "minus_iwae": {"mean": paired.mean, "stderr": paired.stderr,
+                                     "ci95": [paired.ci_low, paired.ci_high]}}
+    replaced = _replaced_setting(run_dir / EVALUATION_NAME, out)
+    write_json(out, run_dir / EVALUATION_NAME)
+    written = [run_dir / EVALUATION_NAME]
+    plots.k_curve(result, run_dir / "k_curve.png")
+    plots.gap_histogram(result, run_dir / "gaps.png")
+    written += [run_dir / "k_curve.png", run_dir / "gaps.png"]
+    if result.khat is not None:
+        plots.khat_plot(result, run_dir / "khat.png")
+        written.append(run_dir / "khat.png")
+    return {**out, "result": result, "ais_result": ais, "latent_usage": usage, "written": written,
+            "replaced": replaced}
+
+
+#: what makes two evaluations of a run comparable
+_EVALUATION_SETTING = ("split", "num_datapoints", "num_particles", "seed", "epochs")
+
+
+def _replaced_setting(path: Path, new: dict[str, Any]) -> str | None:
+    """A notice when ``path`` holds an evaluation of another setting, which the new one replaces."""
+    old = read_evaluation(path.parent)
+    if old is None:
+        return None
+    changed = [f"{k} {old.get(k)} -> {new.get(k)}" for k in _EVALUATION_SETTING if old.get(k) != new.get(k)]
+    if not changed:
+        return None
+    return f"replaced the evaluation of another setting in {path} ({', '.join(changed)})"
