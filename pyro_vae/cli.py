@@ -94,8 +94,8 @@ def _add_train(subparsers: Any) -> None:
                     "samples.png, training.png and test_metrics.json; the test ELBO is printed at the end. "
                     "Unset options take per-data-set defaults (digits: latent 8, hidden 128, 100 epochs, "
                     "lr 3e-3; image sets: latent 50, hidden 200,200, 20 epochs; toy sets: latent 2, normal "
-                    "likelihood). A --semi-supervised run has no checkpoint.pt, and its test accuracy and test "
-                    "log p(x) with the label summed are printed instead of the test ELBO.")
+                    "likelihood). A --semi-supervised run prints its test accuracy and test log p(x) with the "
+                    "label summed instead of the test ELBO.")
     p.add_argument("--dataset", default=None, help="data set name (default: digits, which needs no files)")
     _add_run_options(p, "data_root", "device", "seed", unset=True)
     p.add_argument("--likelihood", default=None, choices=LIKELIHOOD_NAMES,
@@ -129,8 +129,8 @@ def _add_train(subparsers: Any) -> None:
                         "threads than free cores make training collapse)")
     p.add_argument("--out", default=None, help="run folder (default: runs/<dataset>-<timestamp>)")
     p.add_argument("--resume", action="store_true",
-                   help="continue the run in --out from its last epoch (not a --semi-supervised run: it keeps no "
-                        "checkpoint)")
+                   help="continue the run in --out from its last complete epoch (any kind of run; a --semi-supervised "
+                        "one keeps its labelled and unlabelled data)")
     p.add_argument("--two-stage", action="store_true", default=None,
                    help="Dai & Wipf's two-stage VAE: stage 1 with a learned decoder variance gamma (likelihood "
                         "normal-gamma, grey levels, no binarization), stage 2 a VAE on stage 1's codes; samples go "
@@ -148,8 +148,8 @@ def _add_train(subparsers: Any) -> None:
                         "(as many of each class) and the rest unlabelled, the label summed exactly; the test accuracy "
                         "of argmax q(y|x) and the test log p(x) with the label summed (IWAE) are printed and written "
                         "to test_metrics.json. Data sets with labels: digits, mnist, fashion-mnist; MLP networks, "
-                        "bernoulli likelihood, normal prior and the elbo, iwae or iwae-dreg objective; no checkpoint, "
-                        "so no --resume (model/ and metrics.jsonl are written)")
+                        "bernoulli likelihood, normal prior and the elbo, iwae or iwae-dreg objective; checkpoint.pt "
+                        "and metrics.jsonl after every epoch, so --resume continues it")
     p.add_argument("--labels", type=int, default=None,
                    help="labelled training datapoints of a --semi-supervised run, a multiple of the number of classes")
     p.add_argument("--num-unlabelled", type=int, default=None,

@@ -140,10 +140,6 @@ def _from_checkpoint(run_dir: Path, config: dict[str, Any]) -> Any:
     if cls.__name__ == "TwoStageVAE":
         raise FileNotFoundError(f"run folder {run_dir} has no {MODEL_DIR}/: its two-stage training did not finish "
                                 f"(continue it with '{PROG} train --out {run_dir} --resume')")
-    if cls.__name__ == "SSVAE":
-        raise FileNotFoundError(f"run folder {run_dir} has no {MODEL_DIR}/: its semi-supervised training did not "
-                                f"finish, and such a run keeps no checkpoint (train it again with '{PROG} train "
-                                "--semi-supervised ...')")
     ckpt = run_dir / CHECKPOINT_NAME
     if not ckpt.is_file():
         raise FileNotFoundError(f"run folder {run_dir} has no {CHECKPOINT_NAME}: its training did not finish a "

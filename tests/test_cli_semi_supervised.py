@@ -17,6 +17,7 @@ import pyro_vae
 from pyro_vae import SSVAE, infer
 from pyro_vae.runs import read_config, run_test_data
 from pyro_vae.train import balanced_split
+from pyro_vae.train.state import load_checkpoint
 
 K = 20
 LABELS, UNLABELLED, EPOCHS = 50, 300, 2
@@ -47,7 +48,7 @@ def test_train_writes_a_semi_supervised_run_folder(trained: tuple[Path, str, str
     run, out, _ = trained
     for name in ("config.json", "metrics.jsonl", "model", "samples.png", "training.png", "test_metrics.json"):
         assert (run / name).exists(), name
-    assert not (run / "checkpoint.pt").exists()  # fit_semi_supervised keeps none (hence no --resume)
+    assert load_checkpoint(run / "checkpoint.pt")["epoch"] == EPOCHS  # --resume continues from it
     config = read_config(run)
     assert config["class"] == "SSVAE" and config["dataset"] == "digits"
     assert config["training"]["labels"] == LABELS and config["training"]["num_unlabelled"] == UNLABELLED
@@ -114,11 +115,56 @@ def test_sample_reconstruct_and_plot_a_semi_supervised_run(run_copy: Path, run_c
     assert not (tmp_path / "plots" / "traversal.png").exists()  # the decoder also takes the label
 
 
-def test_resume_of_a_semi_supervised_run_is_refused(run_copy: Path, run_cli) -> None:
+def _records(run: Path) -> list[dict]:
+    """metrics.jsonl without the timings (which differ from run to run)."""
+    timed = ("seconds", "images_per_second")
+    return [{k: v for k, v in json.loads(line).items() if k not in timed}
+            for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_resume_continues_a_semi_supervised_run_as_if_never_stopped(trained: tuple[Path, str, str], run_copy: Path,
+                                                                    run_cli, tmp_path: Path) -> None:
+    """A run of EPOCHS epochs resumed to EPOCHS + 1 (its model/ and test metrics gone, as after a kill in the last
+    epoch) equals a run of EPOCHS + 1 epochs never stopped: the same labelled and unlabelled datapoints from the
+    seed, the same weights, records and test metrics."""
+    (run_copy / "test_metrics.json").unlink()
+    shutil.rmtree(run_copy / "model")
+    code, out, err = run_cli(["train", "--out", run_copy, "--resume", "--epochs", EPOCHS + 1, "--no-progress"])
+    assert code == 0, err
+    whole = tmp_path / "whole"
+    code, _, err = run_cli([*RUN[:7], EPOCHS + 1, *RUN[8:], "--out", whole])
+    assert code == 0, err
+    assert _records(run_copy) == _records(whole) and _records(run_copy)[:EPOCHS] == _records(trained[0])
+    resumed, never_stopped = pyro_vae.load(run_copy), pyro_vae.load(whole)
+    for (name, a), (_, b) in zip(resumed.state_dict().items(), never_stopped.state_dict().items()):
+        assert torch.equal(a, b), name
+    assert _test_metrics(run_copy) == _test_metrics(whole) and _test_metrics(run_copy)["epochs"] == EPOCHS + 1
+    assert read_config(run_copy)["training"]["epochs"] == EPOCHS + 1
+    code, out, err = run_cli(["train", "--out", run_copy, "--resume", "--no-progress"])
+    assert code == 0 and "nothing to train" in out, err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--labels", 60], "--labels 60 differs from the run's 50"),
+    (["--num-unlabelled", 200], "--num-unlabelled 200 differs from the run's 300"),
+    (["--objective", "mean-field"], "does not take --objective mean-field: the label is summed exactly"),
+    (["--two-stage"], "semi-supervised run in"),
+])
+def test_a_resumed_semi_supervised_run_keeps_its_data(run_copy: Path, run_cli, argv, message) -> None:
     before = {p.name: p.stat().st_mtime_ns for p in run_copy.iterdir()}
-    code, _, err = run_cli(["train", "--out", run_copy, "--resume", "--epochs", EPOCHS + 1, "--no-progress"])
-    assert code == 2 and "semi-supervised runs cannot be resumed" in err, err
+    code, _, err = run_cli(["train", "--out", run_copy, "--resume", *argv, "--epochs", EPOCHS + 1, "--no-progress"])
+    assert code == 2 and message in err and err.count("\n") == 1, err
     assert {p.name: p.stat().st_mtime_ns for p in run_copy.iterdir()} == before
+
+
+def test_semi_supervised_options_are_refused_on_resuming_another_run(run_cli, tmp_path: Path) -> None:
+    run = tmp_path / "vae"
+    code, _, err = run_cli(["train", "--epochs", 1, *TINY, "--out", run])
+    assert code == 0, err
+    for argv, flag in ((["--semi-supervised"], "--semi-supervised"), (["--labels", 50], "--labels")):
+        code, _, err = run_cli(["train", "--out", run, "--resume", *argv, "--epochs", 2, "--no-progress"])
+        assert code == 2 and f"trains a VAE, not a semi-supervised VAE: {flag} does not apply" in err, err
+    assert len(_records(run)) == 1
 
 
 SS = ["--semi-supervised", "--labels", LABELS]
@@ -147,7 +193,6 @@ SS = ["--semi-supervised", "--labels", LABELS]
                                       "Bernoulli"),
     ([*SS, "--dataset", "ring"], "--semi-supervised needs a data set of images with class labels"),
     ([*SS, "--dataset", "binarized-mnist"], "choose --dataset digits, mnist, fashion-mnist"),
-    ([*SS, "--resume"], "semi-supervised runs cannot be resumed"),
 ])
 def test_bad_semi_supervised_options_are_refused_before_anything_is_written(argv, message, run_cli,
                                                                             tmp_path: Path) -> None:
@@ -193,12 +238,16 @@ def test_semi_supervised_run_on_mnist(data_root: Path, run_cli, tmp_path: Path) 
     assert m["log_likelihood"] < 0
 
 
-def test_an_unfinished_semi_supervised_run_is_named_not_loaded(run_copy: Path, run_cli) -> None:
-    """A run stopped during training has no model/ and no checkpoint: the commands say so, without a traceback."""
+def test_an_unfinished_semi_supervised_run_is_read_from_its_checkpoint(run_copy: Path, run_cli) -> None:
+    """A run stopped during training has no model/: the commands read its last checkpoint, as a VAE run's; with no
+    checkpoint either (stopped in its first epoch) they say so, without a traceback."""
     shutil.rmtree(run_copy / "model")
-    code, out, err = run_cli(["sample", run_copy, "--out", run_copy / "s.png"])
-    assert code == 2 and out == "" and "semi-supervised training did not finish" in err, err
-    assert not (run_copy / "s.png").exists()
+    code, _, err = run_cli(["sample", run_copy, "--out", run_copy / "s.png"])
+    assert code == 0 and (run_copy / "s.png").is_file(), err
+    (run_copy / "checkpoint.pt").unlink()
+    code, out, err = run_cli(["sample", run_copy, "--out", run_copy / "t.png"])
+    assert code == 2 and out == "" and "did not finish a single epoch" in err and "--resume" in err, err
+    assert not (run_copy / "t.png").exists()
 
 
 def test_a_semi_supervised_run_trains_with_iwae_dreg(run_cli, tmp_path: Path) -> None:

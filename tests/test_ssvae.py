@@ -142,6 +142,53 @@ def test_labelled_passes_visit_the_labels_more_often():
     assert math.isfinite(history[0]["aux_loss"]) and not torch.equal(before, ssvae.y_logits(x).detach())
 
 
+def _fit_small(epochs, folder=None, resume=False, lr=3e-3, unlabelled=None):
+    """A small M2 (float32) trained on fixed data with dynamic binarization, from the same initial weights."""
+    ssvae = _small(torch.float32)
+    x, y = _data(6, torch.float32), torch.tensor([0, 1, 2, 0, 1, 2])
+    u = _data(10, torch.float32, seed=1) if unlabelled is None else unlabelled
+    history = fit_semi_supervised(ssvae, x, y, u, epochs=epochs, batch_size=4, lr=lr, binarize=True,
+                                  val_data=(x, y), seed=0, progress=False, checkpoint_dir=folder, resume=resume)
+    return ssvae, history
+
+
+def _same_records(a, b):
+    drop = ("seconds",)
+    return [{k: v for k, v in r.items() if k not in drop} for r in a] == \
+        [{k: v for k, v in r.items() if k not in drop} for r in b]
+
+
+def test_fit_semi_supervised_resumes_to_the_weights_of_a_run_never_stopped(tmp_path):
+    """3 epochs straight, and 1 epoch then a resume to 3 from the checkpoint: the same weights, Adam state and
+    per-epoch losses (every generator is in the checkpoint: the permutations and the binarizations continue); the
+    checkpoint and metrics.jsonl hold the epochs done."""
+    straight, history = _fit_small(3)
+    _fit_small(1, tmp_path)
+    assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) == 1
+    resumed, resumed_history = _fit_small(3, tmp_path, resume=True)
+    assert len(resumed_history) == 3 and _same_records(resumed_history, history)
+    for (name, a), (_, b) in zip(straight.state_dict().items(), resumed.state_dict().items()):
+        assert torch.equal(a, b), name
+    assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) == 3
+    state = pyro_vae.train.state.load_checkpoint(tmp_path / "checkpoint.pt")
+    assert state["epoch"] == 3 and state["trainer"] == "fit_semi_supervised"
+    # asked for no more epochs than it has, resume trains none
+    _, again = _fit_small(3, tmp_path, resume=True)
+    assert _same_records(again, history)
+    # a stopped run's loss changes with the data, so other data are refused before any step
+    with pytest.raises(ValueError, match="unlabelled 10 -> 12"):
+        _fit_small(4, tmp_path, resume=True, unlabelled=_data(12, torch.float32, seed=1))
+    with pytest.raises(ValueError, match="resume=True needs the checkpoint_dir"):
+        _fit_small(1, resume=True)
+
+
+def test_fit_semi_supervised_refuses_a_checkpoint_of_fit(tmp_path):
+    vae = pyro_vae.VAE((1, 4, 4), latent_dim=2, hidden_dims=(8,))
+    pyro_vae.fit(vae, _data(8, torch.float32), epochs=1, batch_size=4, progress=False, checkpoint_dir=tmp_path)
+    with pytest.raises(ValueError, match="checkpoint of pyro_vae.fit, not of fit_semi_supervised"):
+        _fit_small(2, tmp_path, resume=True)
+
+
 def test_example_smoke_test(data_root, tmp_path):
     """examples/ss_vae.py --smoke-test runs on MNIST and reports the accuracy and log p(x) with the label summed."""
     import os

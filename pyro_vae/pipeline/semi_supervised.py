@@ -17,7 +17,7 @@ import torch
 from .. import datasets, threads
 from ..io import RunLock, write_json
 from ..run_files import MODEL_DIR, TEST_METRICS_NAME
-from ..runs import run_test_data, write_config
+from ..runs import model_for_resume, read_metrics, run_test_data, write_config
 from .settings import (
     EVALUATE_BATCH_SIZE,
     RUN_IDENTITY,
@@ -62,21 +62,20 @@ def _label_split(y: torch.Tensor, s: dict[str, Any], num_classes: int,
     return labelled, unlabelled
 
 
-def train_semi_supervised(s: dict[str, Any], out: Path, device: torch.device, *, progress: bool, tensorboard: bool,
-                           say: Callable[..., None], hold: contextlib.ExitStack | None) -> TrainedRun:
+def train_semi_supervised(s: dict[str, Any], out: Path, device: torch.device, *, resume: bool, progress: bool,
+                          tensorboard: bool, say: Callable[..., None], hold: contextlib.ExitStack | None) -> TrainedRun:
     """:func:`~pyro_vae.pipeline.train_run` of a semi-supervised run (settings checked): Kingma et al.'s M2 trained by
     :func:`~pyro_vae.train.fit_semi_supervised` on ``labels`` labelled training datapoints and the unlabelled rest,
     then the test accuracy of ``argmax_y q(y | x)`` and the test ``log p(x)`` with the label summed (IWAE with
     ``test_particles`` particles, the seed's batches as ``pyro-vae evaluate --num-particles K`` draws them).
-    There is no checkpoint: ``metrics.jsonl`` is written after every epoch, the model at the end."""
+    ``checkpoint.pt`` and ``metrics.jsonl`` are written after every epoch (``resume`` continues from them: the same
+    labelled and unlabelled datapoints, from the seed), the model at the end."""
     import pyro
 
     from .. import infer
     from ..models import SSVAE
     from ..plots import save_samples, training_curves
-    from ..run_files import METRICS_NAME
     from ..train import TensorBoard, check_data, fit_semi_supervised
-    from ..train.state import write_metrics
 
     dataset, shape = s["dataset"], datasets.event_shape(s["dataset"])
     num_classes = SEMI_SUPERVISED_CLASSES[dataset]
@@ -92,9 +91,12 @@ def train_semi_supervised(s: dict[str, Any], out: Path, device: torch.device, *,
         binarize = bool(s["binarize"])
         if binarize:  # the classifier is scored on binary images, as it is trained (one fixed draw, from the seed)
             x_valid = datasets.binarize(x_valid, torch.Generator().manual_seed(int(s["seed"])))
-        model = SSVAE(shape, num_classes=num_classes, latent_dim=s["latent_dim"], hidden_dims=tuple(s["hidden_dims"]),
-                      activation=s["activation"], likelihood=s["likelihood"],
-                      aux_loss_multiplier=s["aux_loss_multiplier"])
+        if resume:  # the run's model, its config checked against the checkpoint's weights (fit loads them)
+            model = model_for_resume(SSVAE, s["vae_config"], out)
+        else:
+            model = SSVAE(shape, num_classes=num_classes, latent_dim=s["latent_dim"],
+                          hidden_dims=tuple(s["hidden_dims"]), activation=s["activation"], likelihood=s["likelihood"],
+                          aux_loss_multiplier=s["aux_loss_multiplier"])
         check_data(x_train, f"the {train_split} split of {dataset!r}", model, binarize)
         batch_size = min(s["batch_size"], unlabelled.numel())
         # an unlabelled batch decodes every class: C times the datapoints of a VAE's step
@@ -109,6 +111,7 @@ def train_semi_supervised(s: dict[str, Any], out: Path, device: torch.device, *,
         x_test, y_test = run_test_data(config, seed=s["seed"], labels=True, device=device)
         assert y_test is not None
         num_l, num_u, passes = labelled.numel(), unlabelled.numel(), s["labelled_passes"]
+        done = len(read_metrics(out)) if resume else 0
         with contextlib.ExitStack() as stack:
             (hold or stack).enter_context(RunLock(out))  # refuses a second writer before anything is written
             write_config(config, out)
@@ -117,15 +120,15 @@ def train_semi_supervised(s: dict[str, Any], out: Path, device: torch.device, *,
                 f"{test_split} {x_test.shape[0]}; likelihood {model.config['likelihood']}"
                 f"{' with dynamic binarization' if binarize else ''}; {num_l} labelled ({num_l // num_classes} per "
                 f"class), {num_u} unlabelled", flush=True)
+            if resume and done >= s["epochs"]:
+                say(f"the run has {done} complete epochs, as many as asked (--epochs {s['epochs']}): nothing to "
+                    "train; its outputs are written again", flush=True)
             logger = TensorBoard(out / "tensorboard") if tensorboard else None
-            history: list[dict[str, Any]] = []
 
             def on_epoch_end(record: dict[str, Any]) -> None:
                 visits = num_u + num_l * passes
                 record["loss"] = (record["loss_unlabelled"] * num_u + record["loss_labelled"] * num_l * passes) / visits
                 record["lr"], record["images_per_second"] = float(s["lr"]), visits / record["seconds"]
-                history.append(record)
-                write_metrics(history, out / METRICS_NAME)
                 if logger is not None:
                     logger.on_epoch_end(record)
                 if progress:
@@ -137,11 +140,13 @@ def train_semi_supervised(s: dict[str, Any], out: Path, device: torch.device, *,
 
             model.to(device)
             t0 = time.perf_counter()
-            fit_semi_supervised(model, x_train[labelled], y_train[labelled], x_train[unlabelled], epochs=s["epochs"],
-                                batch_size=batch_size, lr=float(s["lr"]), objective=s["objective"],
-                                num_particles=s["num_particles"],
-                                binarize=binarize, val_data=(x_valid, y_valid), seed=s["seed"], progress=False,
-                                on_epoch_end=on_epoch_end, labelled_passes=passes)
+            # checkpoint.pt and metrics.jsonl after every epoch (after on_epoch_end: the records hold what it adds)
+            history = fit_semi_supervised(model, x_train[labelled], y_train[labelled], x_train[unlabelled],
+                                          epochs=s["epochs"], batch_size=batch_size, lr=float(s["lr"]),
+                                          objective=s["objective"], num_particles=s["num_particles"],
+                                          binarize=binarize, val_data=(x_valid, y_valid), seed=s["seed"],
+                                          progress=False, on_epoch_end=on_epoch_end, labelled_passes=passes,
+                                          checkpoint_dir=out, resume=resume)
             seconds = time.perf_counter() - t0
             if logger is not None:
                 logger.on_train_end(history)

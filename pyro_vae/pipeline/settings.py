@@ -46,8 +46,8 @@ TRAINING_KEYS = ("epochs", "batch_size", "lr", "objective", "num_particles", "se
                  "num_threads")
 #: training datapoints (the first ones) whose ELBO, rate and distortion are recorded after every epoch
 TRAIN_METRICS_SIZE = 2000
-#: datapoints per pass of :func:`~pyro_vae.pipeline.evaluate_run` by default (a semi-supervised run's test log p(x) uses the same, so
-#: that ``pyro-vae evaluate RUN --num-particles K --seed S`` draws the same particles)
+#: datapoints per pass of :func:`~pyro_vae.pipeline.evaluate_run` by default (a semi-supervised run's test log p(x)
+#: uses the same, so that ``pyro-vae evaluate RUN --num-particles K --seed S`` draws the same particles)
 EVALUATE_BATCH_SIZE = 100
 #: the priors that take a number of components
 _PRIORS_WITH_COMPONENTS = ("mixture", "vamp")
@@ -63,8 +63,6 @@ _NOT_SEMI_SUPERVISED: dict[str, Any] = {
     "two_stage": None, "layers": None, "stage2_epochs": None, "stage2_codes": None, "prior": "normal",
     "prior_components": None, "flow": None, "encoder": "mlp", "decoder": "mlp",
     "objective": ("elbo", "iwae", "iwae-dreg"), "likelihood": "bernoulli"}
-_NO_RESUME = ("semi-supervised runs cannot be resumed (pyro_vae.fit_semi_supervised keeps no checkpoint to continue "
-              "from): start a new run with the --epochs you want")
 
 
 
@@ -153,8 +151,6 @@ def run_settings(options: dict[str, Any], out: str | os.PathLike[str] | None = N
     if resume:
         if out is None:
             raise ValueError("--resume needs --out, the run folder to continue")
-        if given.get("semi_supervised") or any(k in given for k in SEMI_SUPERVISED_DEFAULTS):
-            raise ValueError(_NO_RESUME)
         s, out = _resumed_settings(given, Path(out))
     else:
         dataset = given.get("dataset", "digits")
@@ -197,7 +193,11 @@ def _resumed_settings(given: dict[str, Any], out: Path) -> tuple[dict[str, Any],
                                  "run keeps its model and data set (start a new run instead)")
     kind = s["class"]
     if kind == "SSVAE":
-        raise ValueError(f"the run in {out} is semi-supervised: {_NO_RESUME}")
+        _resumed_semi_supervised(given, s, saved, out)
+    elif given.get("semi_supervised") or any(k in given for k in SEMI_SUPERVISED_DEFAULTS):
+        flag = "--" + next(k for k in ("semi_supervised", *SEMI_SUPERVISED_DEFAULTS) if k in given).replace("_", "-")
+        raise ValueError(f"the run in {out} trains a {kind}, not a semi-supervised VAE: {flag} does not apply to it "
+                         f"(drop {flag}, or start a new run)")
     if given.get("two_stage") and kind != "TwoStageVAE" or given.get("layers") and kind != "HierarchicalVAE":
         raise ValueError(f"the run in {out} trains a {s['class']}: a resumed run keeps its model (start a new run "
                          "instead)")
@@ -205,6 +205,36 @@ def _resumed_settings(given: dict[str, Any], out: Path) -> tuple[dict[str, Any],
         if key in given:
             s[key] = given[key]
     return s, out
+
+
+def _resumed_semi_supervised(given: dict[str, Any], s: dict[str, Any], saved: dict[str, Any], out: Path) -> None:
+    """The semi-supervised options of a resumed run into ``s``: its labelled and unlabelled data, alpha and
+    schedule are the run's (given again, they must be the same), ``test_particles`` may change."""
+    _refuse_what_m2_lacks(given, f"the semi-supervised run in {out}")
+    alpha = (saved.get("model_args") or {}).get("aux_loss_multiplier", SEMI_SUPERVISED_DEFAULTS["aux_loss_multiplier"])
+    s["aux_loss_multiplier"] = alpha
+    for key in ("labels", "num_unlabelled", "aux_loss_multiplier", "labelled_passes"):
+        if key in given and given[key] != s.get(key):
+            raise ValueError(f"--{key.replace('_', '-')} {given[key]} differs from the run's {s.get(key)!r}: a resumed "
+                             "semi-supervised run keeps its labelled and unlabelled data and its schedule (start a "
+                             "new run instead)")
+    for key, default in SEMI_SUPERVISED_DEFAULTS.items():
+        s[key] = given.get(key, s.get(key, default))
+
+
+def _refuse_what_m2_lacks(given: dict[str, Any], who: str = "--semi-supervised") -> None:
+    """Refuse the options the semi-supervised VAE does not take, naming why and what to drop or choose."""
+    for key, allowed in _NOT_SEMI_SUPERVISED.items():
+        value = given.get(key)
+        if value is None or value is False or value == allowed or isinstance(allowed, tuple) and value in allowed:
+            continue
+        flag = "--" + key.replace("_", "-")
+        spelled = flag if value is True else f"{flag} {value}"
+        why = {"objective": "the label is summed exactly in elbo, iwae and iwae-dreg, and mean-field has no closed "
+                            "form for it (choose one of those three)",
+               "likelihood": "the semi-supervised VAE's decoder is Bernoulli"}.get(
+                   key, "the semi-supervised VAE is one MLP model with a Gaussian guide and the standard normal prior")
+        raise ValueError(f"{who} does not take {spelled}: {why} (drop {flag})")
 
 
 def _semi_supervised_settings(given: dict[str, Any], s: dict[str, Any]) -> None:
@@ -225,17 +255,7 @@ def _semi_supervised_settings(given: dict[str, Any], s: dict[str, Any]) -> None:
     if given.get("labels") is None:
         raise ValueError(f"--semi-supervised needs --labels N, the number of labelled training datapoints (a "
                          f"multiple of the {SEMI_SUPERVISED_CLASSES[dataset]} classes, e.g. --labels 100)")
-    for key, allowed in _NOT_SEMI_SUPERVISED.items():
-        value = given.get(key)
-        if value is None or value is False or value == allowed or isinstance(allowed, tuple) and value in allowed:
-            continue
-        flag = "--" + key.replace("_", "-")
-        spelled = flag if value is True else f"{flag} {value}"
-        why = {"objective": "the label is summed exactly in elbo, iwae and iwae-dreg, and mean-field has no closed "
-                            "form for it (choose one of those three)",
-               "likelihood": "the semi-supervised VAE's decoder is Bernoulli"}.get(
-                   key, "the semi-supervised VAE is one MLP model with a Gaussian guide and the standard normal prior")
-        raise ValueError(f"--semi-supervised does not take {spelled}: {why} (drop {flag})")
+    _refuse_what_m2_lacks(given)
     s["class"] = "SSVAE"
     for key, default in SEMI_SUPERVISED_DEFAULTS.items():
         s[key] = given.get(key, default)
@@ -303,7 +323,8 @@ def _check_settings(s: dict[str, Any]) -> None:
 # ------------------------------------------------------------------------------------------------ what a run is
 @dataclass
 class TrainedRun:
-    """What :func:`~pyro_vae.pipeline.train_run` leaves: the run folder, the trained model, its history and its test metrics."""
+    """What :func:`~pyro_vae.pipeline.train_run` leaves: the run folder, the trained model, its history and its
+    test metrics."""
 
     out: Path
     model: Any

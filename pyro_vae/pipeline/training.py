@@ -103,7 +103,8 @@ def train_run(options: dict[str, Any], out: str | os.PathLike[str] | None = None
             and any(out.iterdir()):
         raise FileExistsError(f"{out} already holds a run; continue it with --resume or choose another --out")
     if kind == "SSVAE":
-        return train_semi_supervised(s, out, device, progress=progress, tensorboard=tensorboard, say=say, hold=hold)
+        return train_semi_supervised(s, out, device, resume=resume, progress=progress, tensorboard=tensorboard,
+                                     say=say, hold=hold)
     if two_stage:  # a resumed run keeps what its stage 2 trains on; runs older than the option trained on the means
         saved_codes = (read_config(out).get("training") or {}).get("stage2_codes", "means") if resume else None
         codes = s.get("stage2_codes") or saved_codes or "samples"

@@ -9,8 +9,11 @@ References: Kingma, Rezende, Mohamed, Welling, "Semi-Supervised Learning with De
 
 from __future__ import annotations
 
+import json
+import os
 import sys
 import time
+from pathlib import Path
 from typing import Any, Callable
 
 import pyro
@@ -18,6 +21,17 @@ import torch
 
 from ..infer.objectives import get_objective
 from ..infer.weights import terms_producer
+from ..rng import rng_state, set_rng_state
+from ..run_files import CHECKPOINT_NAME
+from .state import (
+    SEMI_SUPERVISED_TRAINER,
+    check_checkpoint,
+    load_checkpoint,
+    load_pair_state,
+    pair_state,
+    prepare_checkpoint_dir,
+    save_checkpoint,
+)
 
 __all__ = ["fit_semi_supervised", "balanced_split"]
 
@@ -70,6 +84,8 @@ def fit_semi_supervised(
     on_epoch_end: Callable[[dict[str, Any]], None] | None = None,
     time_limit: float | None = None,
     labelled_passes: int = 1,
+    checkpoint_dir: str | os.PathLike[str] | None = None,
+    resume: bool = False,
 ) -> list[dict[str, Any]]:
     """Train an :class:`~pyro_vae.models.semi_supervised.SSVAE` on labelled and unlabelled data (Kingma et al.'s
     :math:`\\mathcal{J}^\\alpha`).
@@ -92,8 +108,16 @@ def fit_semi_supervised(
     :param time_limit: seconds: no new epoch starts once training has run this long.
     :param labelled_passes: passes over the labelled data per epoch (1: Pyro's schedule; more spends a small
         budget's steps on the few labels more often, as Kingma et al.'s mixed minibatches do).
-    :returns: one dict per epoch: ``loss_unlabelled`` and ``loss_labelled`` (per datapoint visit, the latter
-        without the auxiliary term), ``aux_loss`` (per labelled datapoint visit), ``val_accuracy``, ``seconds``.
+    :param checkpoint_dir: a folder for ``checkpoint.pt`` (weights, Adam's state, every random generator, the
+        history) and ``metrics.jsonl``, both written atomically after every epoch (after ``on_epoch_end``, so the
+        records hold what it adds).
+    :param resume: continue from the checkpoint in ``checkpoint_dir`` (if there is one) to ``epochs`` epochs in
+        all: the same data give the same weights as a run never stopped. A new ``lr`` takes effect.
+    :returns: one dict per epoch (those of the resumed checkpoint first): ``loss_unlabelled`` and
+        ``loss_labelled`` (per datapoint visit, the latter without the auxiliary term), ``aux_loss`` (per labelled
+        datapoint visit), ``val_accuracy``, ``seconds``.
+    :raises ValueError: for bad data or options, or a checkpoint that cannot be resumed (another trainer's, other
+        data), before any step.
     """
     if seed is not None:
         pyro.set_rng_seed(int(seed))
@@ -102,9 +126,20 @@ def fit_semi_supervised(
     if x_labelled.shape[0] != y_labelled.shape[0] or x_labelled.shape[0] == 0 or x_unlabelled.shape[0] == 0:
         raise ValueError(f"need labelled data with one label each and unlabelled data, got {x_labelled.shape[0]} "
                          f"labelled datapoints, {y_labelled.shape[0]} labels, {x_unlabelled.shape[0]} unlabelled")
+    if resume and checkpoint_dir is None:
+        raise ValueError("resume=True needs the checkpoint_dir to continue from")
     loss_fn = get_objective(objective)
     device = next(ssvae.parameters()).device
     optimizer = torch.optim.Adam(ssvae.parameters(), lr=lr, betas=betas)
+    # what a checkpoint must match to be continued: the data's sizes and the schedule
+    data = {"labelled": int(x_labelled.shape[0]), "unlabelled": int(x_unlabelled.shape[0]),
+            "batch_size": int(batch_size), "labelled_passes": int(labelled_passes)}
+    path = Path(checkpoint_dir) / CHECKPOINT_NAME if checkpoint_dir is not None else None
+    history: list[dict[str, Any]] = []
+    if path is not None:
+        prepare_checkpoint_dir(path.parent)
+        if resume and path.exists():
+            history = _resume(path, ssvae, optimizer, lr, data)
 
     def batch_loss(x: torch.Tensor, y: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """The objective's loss of a batch (summed) and, for a labelled one, its auxiliary loss."""
@@ -116,9 +151,8 @@ def fit_semi_supervised(
         aux = ssvae.aux_loss(*args) if y is not None else x.new_zeros(())
         return loss_fn(produce, num_particles=num_particles), aux
 
-    history: list[dict[str, Any]] = []
     began = time.perf_counter()
-    for epoch in range(int(epochs)):
+    for epoch in range(len(history), int(epochs)):
         if time_limit is not None and time.perf_counter() - began > float(time_limit):
             break
         start = time.perf_counter()
@@ -156,4 +190,37 @@ def fit_semi_supervised(
                   file=sys.stderr, flush=True)
         if on_epoch_end is not None:
             on_epoch_end(record)
+        if path is not None:
+            state = {"trainer": SEMI_SUPERVISED_TRAINER, "epoch": len(history), "pair": pair_state(ssvae),
+                     "optimizer": optimizer.state_dict(), "rng": rng_state(),
+                     "history": [json.dumps(h) for h in history], "config": json.dumps({"lr": lr, **data})}
+            save_checkpoint(state, history, path)
     return history
+
+
+def _resume(path: Path, ssvae: Any, optimizer: torch.optim.Optimizer, lr: float,
+            data: dict[str, int]) -> list[dict[str, Any]]:
+    """Load a checkpoint of :func:`fit_semi_supervised` into the model, the optimizer and every generator.
+
+    :returns: its history.
+    :raises ValueError: for a checkpoint of another trainer or of other data, before anything is changed.
+    """
+    state = load_checkpoint(path)
+    check_checkpoint(state, path)
+    if state.get("trainer") != SEMI_SUPERVISED_TRAINER:
+        raise ValueError(f"{path} is a checkpoint of pyro_vae.fit, not of fit_semi_supervised: continue it with fit, "
+                         "or give another checkpoint_dir")
+    saved = json.loads(state.get("config") or "{}")
+    changed = [f"{k} {saved.get(k)} -> {v}" for k, v in data.items() if saved.get(k) != v]
+    if changed:
+        raise ValueError(f"{path} was trained on other data or another schedule ({', '.join(changed)}): a resumed "
+                         "run continues on the same data (give the same ones, or another checkpoint_dir)")
+    try:
+        load_pair_state(ssvae, state["pair"])
+    except RuntimeError as e:
+        raise ValueError(f"the weights in {path} do not fit this model: {e}") from None
+    optimizer.load_state_dict(state["optimizer"])
+    for group in optimizer.param_groups:  # a new learning rate takes effect
+        group["lr"] = lr
+    set_rng_state(state["rng"])
+    return [json.loads(h) for h in state["history"]]

@@ -27,9 +27,13 @@ from ..rng import rng_state, set_rng_state
 from ..run_files import CHECKPOINT_NAME, METRICS_NAME
 from .parallel import Parallel
 
-__all__ = ["CHECKPOINT_NAME", "METRICS_NAME", "load_checkpoint", "rng_state", "set_rng_state", "pair_state",
-           "load_pair_state", "Snapshot", "TrainState", "prepare_checkpoint_dir", "save_checkpoint",
-           "write_metrics"]
+__all__ = ["CHECKPOINT_NAME", "METRICS_NAME", "SEMI_SUPERVISED_TRAINER", "load_checkpoint", "check_checkpoint",
+           "rng_state", "set_rng_state", "pair_state", "load_pair_state", "Snapshot", "TrainState",
+           "prepare_checkpoint_dir", "save_checkpoint", "write_metrics"]
+
+#: the ``trainer`` entry of a checkpoint written by :func:`pyro_vae.train.fit_semi_supervised`
+SEMI_SUPERVISED_TRAINER = "fit_semi_supervised"
+
 
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     """Load a checkpoint with ``torch.load(weights_only=True)`` (no pickled code can run) and verify the checksum
@@ -55,11 +59,15 @@ def check_checkpoint(state: Any, path: str | os.PathLike) -> None:
     where = f"{path} cannot be resumed"
     if not isinstance(state, dict):
         raise ValueError(f"{where}: it holds a {type(state).__name__}, not a checkpoint of pyro_vae.fit")
-    for key, kind in (("pair", dict), ("optimizer", dict), ("scheduler", dict), ("history", list)):
+    # pyro_vae.train.fit_semi_supervised's checkpoint has no scheduler and no shuffling generator of its own
+    semi_supervised = state.get("trainer") == SEMI_SUPERVISED_TRAINER
+    entries = (("pair", dict), ("optimizer", dict), ("history", list),
+               *((("rng", dict),) if semi_supervised else (("scheduler", dict),)))
+    for key, kind in entries:
         if not isinstance(state.get(key), kind):
             raise ValueError(f"{where}: its '{key}' entry is {'missing' if key not in state else 'damaged'} (a "
                              f"{kind.__name__} expected); restore the file from a copy or start a new run")
-    if not torch.is_tensor(state.get("shuffle_rng")):
+    if not semi_supervised and not torch.is_tensor(state.get("shuffle_rng")):
         raise ValueError(f"{where}: its 'shuffle_rng' entry is missing or damaged")
     epoch = state.get("epoch")
     if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
