@@ -91,7 +91,7 @@ def _add_train(subparsers: Any) -> None:
     p = subparsers.add_parser(
         "train", help="train a VAE and write a run folder",
         description="Train a VAE on a data set. The run folder gets config.json, checkpoint.pt, metrics.jsonl, "
-                    "samples.png, training.png and test_metrics.json; the test ELBO is printed at the end. "
+                    "train.log, samples.png, training.png and test_metrics.json; the test ELBO is printed at the end. "
                     "Unset options take per-data-set defaults (digits: latent 8, hidden 128, 100 epochs, "
                     "lr 3e-3; image sets: latent 50, hidden 200,200, 20 epochs; toy sets: latent 2, normal "
                     "likelihood). A --semi-supervised run prints its test accuracy and test log p(x) with the "

@@ -8,6 +8,7 @@ the run folder's lock; the floor every writer stands on.
 - Tensors are read with ``torch.load(weights_only=True)``, so no pickled code runs; :func:`tensor_checksum`
   (sha256 of names, dtypes, shapes and bytes) is stored with checkpoints and saved models and verified on load,
   so a flipped bit is refused rather than loaded.
+- :func:`append_line` adds a line to a log file (a run's ``train.log``), never through a link.
 - :class:`RunLock` keeps a second writer out of a run folder (an advisory ``flock`` on ``.lock``).
 """
 
@@ -23,8 +24,8 @@ from typing import Any, Callable
 
 import torch
 
-__all__ = ["atomic_write", "atomic_save", "write_json", "load_tensors", "refuse_link", "tensor_checksum",
-           "RunLock", "RunLocked", "describe_write_error", "is_write_failure"]
+__all__ = ["atomic_write", "atomic_save", "write_json", "append_line", "load_tensors", "refuse_link",
+           "tensor_checksum", "RunLock", "RunLocked", "describe_write_error", "is_write_failure"]
 
 
 def refuse_link(path: str | os.PathLike) -> Path:
@@ -78,6 +79,18 @@ def atomic_save(obj: Any, path: str | os.PathLike) -> None:
 def write_json(obj: Any, path: str | os.PathLike) -> None:
     """Write ``obj`` as indented JSON through :func:`atomic_write`."""
     atomic_write(path, lambda f: f.write(json.dumps(obj, indent=2, sort_keys=True) + "\n"), binary=False)
+
+
+def append_line(path: str | os.PathLike, line: str) -> None:
+    """Append one line to a log file, created if missing. A symbolic link at ``path`` is replaced by a new file (its
+    target is never written, as with :func:`atomic_write`); a folder that is a link is refused."""
+    path = Path(path)
+    refuse_link(path.parent)
+    if path.is_symlink():
+        path.unlink()
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o666)
+    with os.fdopen(fd, "a") as f:
+        f.write(line.rstrip("\n") + "\n")
 
 
 def load_tensors(path: str | os.PathLike, what: str = "pyro-vae checkpoint") -> Any:

@@ -8,5 +8,7 @@ METRICS_NAME = "metrics.jsonl"
 #: the folder the trained model is saved into at the end of training
 MODEL_DIR = "model"
 TEST_METRICS_NAME = "test_metrics.json"
+#: the run's log: what train printed (the folder, the data, each epoch, the test metrics), appended on resume
+LOG_NAME = "train.log"
 
-__all__ = ["PROG", "CONFIG_NAME", "CHECKPOINT_NAME", "METRICS_NAME", "MODEL_DIR", "TEST_METRICS_NAME"]
+__all__ = ["PROG", "CONFIG_NAME", "CHECKPOINT_NAME", "METRICS_NAME", "MODEL_DIR", "TEST_METRICS_NAME", "LOG_NAME"]

@@ -5,8 +5,9 @@ file                   what it holds
 =====================  ==========================================================================================
 ``config.json``        the model class and its ``config``, the data set, the training settings (written first)
 ``checkpoint.pt``      :func:`pyro_vae.fit`'s state after the last complete epoch (``stage1/``, ``stage2/`` for
-                       a two-stage run; none for a semi-supervised run)
+                       a two-stage run; :func:`pyro_vae.fit_semi_supervised`'s for a semi-supervised run)
 ``metrics.jsonl``      one line of metrics per epoch, written with the checkpoint
+``train.log``          what ``train`` said, one line per epoch, the test metrics, why it stopped (:class:`RunLog`)
 ``model/``             the trained model in the one saved-model format (:func:`pyro_vae.models.save_model`)
 ``test_metrics.json``  the test ELBO, rate and distortion (a semi-supervised run: the test accuracy of
                        ``argmax q(y|x)`` and the test ``log p(x)`` with the label summed, IWAE)
@@ -21,17 +22,19 @@ test data as every command sees it (one split, one binarization). Training and e
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 
 from . import datasets
-from .io import write_json
+from .io import append_line, write_json
 from .models import MODEL_CLASSES, SAVE_CONFIG, build_checked, load_model
-from .run_files import CHECKPOINT_NAME, CONFIG_NAME, METRICS_NAME, MODEL_DIR, PROG, TEST_METRICS_NAME
+from .run_files import CHECKPOINT_NAME, CONFIG_NAME, LOG_NAME, METRICS_NAME, MODEL_DIR, PROG, TEST_METRICS_NAME
 from .train import load_checkpoint, resolve_device
 from .train.state import check_checkpoint
 
@@ -72,6 +75,44 @@ def read_config(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
 def write_config(config: dict[str, Any], run_dir: str | os.PathLike[str]) -> None:
     """Write ``config.json`` atomically."""
     write_json(config, Path(run_dir) / CONFIG_NAME)
+
+
+class RunLog:
+    """A run's ``train.log``: the lines ``train`` says (the folder, the data, each epoch, the test metrics, why it
+    stopped), each stamped with the time. It is appended to, so a resumed run's lines follow the first ones; a link
+    in its place is replaced, never written through.
+
+    :param run_dir: the run folder.
+    :param enabled: False writes nothing (the ranks other than 0).
+    """
+
+    def __init__(self, run_dir: str | os.PathLike[str], enabled: bool = True) -> None:
+        self.path, self.enabled = Path(run_dir) / LOG_NAME, enabled
+
+    def line(self, text: str) -> None:
+        """Append ``text`` (each of its lines) with the time."""
+        if self.enabled:
+            stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+            for part in str(text).splitlines() or [""]:
+                append_line(self.path, f"{stamp} {part}")
+
+    @contextlib.contextmanager
+    def stops(self) -> Iterator[None]:
+        """Write why the block stopped (an error, Ctrl-C, SIGTERM), then let it go on up."""
+        try:
+            yield
+        except BaseException as e:
+            self.line(f"stopped: {type(e).__name__}{f': {e}' if str(e) else ''}")
+            raise
+
+    def saying(self, say: Any) -> Any:
+        """``say`` (a ``print``) that also writes its line into the log."""
+
+        def both(*args: Any, **kwargs: Any) -> None:
+            say(*args, **kwargs)
+            self.line(" ".join(str(a) for a in args))
+
+        return both
 
 
 def read_metrics(run_dir: str | os.PathLike[str]) -> list[dict[str, Any]]:

@@ -132,6 +132,34 @@ def test_resume_continues_the_run(trained: tuple[Path, str], tmp_path: Path, run
     assert last["val_elbo"] == pytest.approx(resumed[-1]["val_elbo"], rel=1e-5)
 
 
+def _log_lines(run: Path) -> list[str]:
+    """train.log without the time stamps (each line starts with 'YYYY-MM-DD HH:MM:SS ')."""
+    lines = (run / "train.log").read_text().splitlines()
+    assert all(re.match(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d ", line) for line in lines), lines
+    return [line[20:] for line in lines]
+
+
+def test_train_log_holds_what_train_said_and_each_epoch(trained: tuple[Path, str], tmp_path: Path, run_cli) -> None:
+    """train.log: the lines train printed, one per epoch (as metrics.jsonl has them) and the test metrics; a resumed
+    run appends below them."""
+    lines = _log_lines(trained[0])
+    assert lines[0] == f"run folder: {trained[0]}" and lines[1].startswith("data: digits")
+    epochs = [line for line in lines if line.startswith("epoch ")]
+    records = [json.loads(line) for line in (trained[0] / "metrics.jsonl").read_text().splitlines()]
+    assert [e.split(":")[0] for e in epochs] == [f"epoch {i}/{EPOCHS}" for i in range(1, EPOCHS + 1)]
+    assert all(f"loss {r['loss']:.3f}, valid ELBO {r['val_elbo']:.3f}" in e for e, r in zip(epochs, records))
+    test = json.loads((trained[0] / "test_metrics.json").read_text())
+    prefix = "test metrics (test_metrics.json): "
+    assert lines[-1].startswith(prefix) and json.loads(lines[-1][len(prefix):]) == test
+    run = tmp_path / "run"
+    shutil.copytree(trained[0], run)
+    assert run_cli(["train", "--out", str(run), "--resume", "--epochs", str(EPOCHS + 1), "--no-progress"])[0] == 0
+    resumed = _log_lines(run)
+    assert resumed[: len(lines)] == lines and resumed[len(lines)] == f"run folder: {run}"
+    assert [line.split(":")[0] for line in resumed[len(lines):] if line.startswith("epoch ")] == [
+        f"epoch {EPOCHS + 1}/{EPOCHS + 1}"]
+
+
 def test_resume_keeps_the_model(trained: tuple[Path, str], tmp_path: Path, run_cli) -> None:
     run = tmp_path / "run"
     shutil.copytree(trained[0], run)
@@ -415,6 +443,8 @@ def test_sigterm_during_training_ends_with_a_message_and_the_run_resumes(tmp_pat
                           capture_output=True, text=True, env=env, timeout=300)
     assert code.returncode == 0, code.stderr  # not refused as locked: the lock went with the terminated run
     assert load_checkpoint(out / CHECKPOINT_NAME)["epoch"] == done + 1
+    log = (out / "train.log").read_text()  # the log says why the first run stopped, and the second went on
+    assert log.count("stopped: ") == 1 and f"epoch {done + 1}/{done + 1}" in log.split("stopped: ")[1]
 
 
 def test_a_signal_anywhere_in_main_is_a_message_and_handlers_are_restored(monkeypatch, run_cli):

@@ -61,6 +61,9 @@ def test_train_writes_a_semi_supervised_run_folder(trained: tuple[Path, str, str
         assert 0 <= r["val_accuracy"] <= 1 and r["loss"] > 0
     assert "data: digits train-without-valid (1200, 1, 8, 8), valid 300, test 297; likelihood bernoulli with " \
            f"dynamic binarization; {LABELS} labelled ({LABELS // 10} per class), {UNLABELLED} unlabelled" in out
+    log = (run / "train.log").read_text()
+    assert f"epoch {EPOCHS}/{EPOCHS}: loss {records[-1]['loss']:.3f}" in log
+    assert f"valid accuracy {records[-1]['val_accuracy']:.4f}" in log and "test metrics (test_metrics.json)" in log
     m = _test_metrics(run)
     assert m["split"] == "test" and m["num_datapoints"] == 297 and m["epochs"] == EPOCHS and m["num_particles"] == K
     assert f"test accuracy of argmax q(y|x): {m['accuracy']:.4f}" in out

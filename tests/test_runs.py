@@ -27,9 +27,15 @@ def test_figures_and_models_are_never_written_through_a_link(tmp_path, run_cli, 
     victim.write_bytes(b"keep me")
     (run / "samples.png").unlink()
     (run / "samples.png").symlink_to(victim)
+    log_victim = outside / "precious.log"  # an appended log is no exception
+    log_victim.write_text("keep me too\n")
+    (run / "train.log").unlink()
+    (run / "train.log").symlink_to(log_victim)
     code, _, err = run_cli(["train", "--out", run, "--resume", "--epochs", "2", "--no-progress"])
     assert code == 0, err
     assert victim.read_bytes() == b"keep me" and not (run / "samples.png").is_symlink()
+    assert log_victim.read_text() == "keep me too\n" and not (run / "train.log").is_symlink()
+    assert "epoch 2/2" in (run / "train.log").read_text()
     # a model folder that is a link is refused, not written into
     target = outside / "model"
     target.mkdir()

@@ -7,6 +7,7 @@ and the test ``log p(x)`` with the label summed inside every importance weight.
 from __future__ import annotations
 
 import contextlib
+import json
 import sys
 import time
 from pathlib import Path
@@ -17,7 +18,7 @@ import torch
 from .. import datasets, threads
 from ..io import RunLock, write_json
 from ..run_files import MODEL_DIR, TEST_METRICS_NAME
-from ..runs import model_for_resume, read_metrics, run_test_data, write_config
+from ..runs import RunLog, model_for_resume, read_metrics, run_test_data, write_config
 from .settings import (
     EVALUATE_BATCH_SIZE,
     RUN_IDENTITY,
@@ -115,6 +116,9 @@ def train_semi_supervised(s: dict[str, Any], out: Path, device: torch.device, *,
         with contextlib.ExitStack() as stack:
             (hold or stack).enter_context(RunLock(out))  # refuses a second writer before anything is written
             write_config(config, out)
+            log = RunLog(out)  # train.log: what is said here, each epoch, the test metrics, a stop
+            say = log.saying(say)
+            stack.enter_context(log.stops())
             say(f"run folder: {out}", flush=True)
             say(f"data: {dataset} {train_split} {tuple(x_train.shape)}, {valid_split} {x_valid.shape[0]}, "
                 f"{test_split} {x_test.shape[0]}; likelihood {model.config['likelihood']}"
@@ -131,12 +135,13 @@ def train_semi_supervised(s: dict[str, Any], out: Path, device: torch.device, *,
                 record["lr"], record["images_per_second"] = float(s["lr"]), visits / record["seconds"]
                 if logger is not None:
                     logger.on_epoch_end(record)
+                line = (f"epoch {record['epoch']}/{s['epochs']}: loss {record['loss']:.3f} (unlabelled "
+                        f"{record['loss_unlabelled']:.3f}, labelled {record['loss_labelled']:.3f} + auxiliary "
+                        f"{record['aux_loss']:.3f}), valid accuracy {record['val_accuracy']:.4f} "
+                        f"({record['seconds']:.1f} s, {record['images_per_second']:,.0f} images/s)")
+                log.line(line)
                 if progress:
-                    print(f"epoch {record['epoch']}/{s['epochs']}: loss {record['loss']:.3f} (unlabelled "
-                          f"{record['loss_unlabelled']:.3f}, labelled {record['loss_labelled']:.3f} + auxiliary "
-                          f"{record['aux_loss']:.3f}), valid accuracy {record['val_accuracy']:.4f} "
-                          f"({record['seconds']:.1f} s, {record['images_per_second']:,.0f} images/s)",
-                          file=sys.stderr, flush=True)
+                    print(line, file=sys.stderr, flush=True)
 
             model.to(device)
             t0 = time.perf_counter()
@@ -162,6 +167,7 @@ def train_semi_supervised(s: dict[str, Any], out: Path, device: torch.device, *,
                        "seed": s["seed"], "num_datapoints": int(x_test.shape[0]), "epochs": len(history),
                        "labels": num_l, "num_unlabelled": num_u}
             write_json(metrics, out / TEST_METRICS_NAME)
+            log.line(f"test metrics ({TEST_METRICS_NAME}): {json.dumps(metrics)}")
             pyro.set_rng_seed(s["seed"])
             save_samples(model, out / "samples.png", num_samples=10 * num_classes, nrow=num_classes,
                          title="samples from the model: decoder means E[x|y,z],\nz ~ p(z), one class y a column")

@@ -7,6 +7,7 @@ after every epoch, then the model, the test metrics and the figures.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import time
 from pathlib import Path
@@ -15,7 +16,15 @@ from typing import Any, Callable
 from .. import datasets, distributed, threads
 from ..io import RunLock, write_json
 from ..run_files import CHECKPOINT_NAME, MODEL_DIR, PROG, TEST_METRICS_NAME
-from ..runs import EVALUATION_NAME, model_for_resume, read_config, read_evaluation, read_metrics, write_config
+from ..runs import (
+    EVALUATION_NAME,
+    RunLog,
+    model_for_resume,
+    read_config,
+    read_evaluation,
+    read_metrics,
+    write_config,
+)
 from .semi_supervised import train_semi_supervised
 from .settings import (
     RUN_IDENTITY,
@@ -89,7 +98,8 @@ def train_run(options: dict[str, Any], out: str | os.PathLike[str] | None = None
     :raises FileExistsError: when ``out`` already holds a run and ``resume`` is not set.
     """
     from ..plots import image_grid, is_image_shape, save_samples, training_curves
-    from ..train import TensorBoard, TrainingMetrics, check_data, evaluate_elbo, fit, resolve_device
+    from ..train import EpochFunction, TensorBoard, TrainingMetrics, check_data, evaluate_elbo, fit, resolve_device
+    from ..train.callbacks import epoch_line
 
     main = distributed.is_main_process()
     say = say if main else (lambda *a, **k: None)
@@ -148,6 +158,9 @@ def train_run(options: dict[str, Any], out: str | os.PathLike[str] | None = None
             if main:
                 (hold or stack).enter_context(RunLock(out))  # refuses a second writer before anything is written
                 write_config(config, out)
+            log = RunLog(out, enabled=main)  # train.log: what is said here, each epoch, the test metrics, a stop
+            say = log.saying(say)
+            stack.enter_context(log.stops())
             world = f" on {distributed.world_size()} processes" if distributed.launched() else ""
             say(f"run folder: {out}", flush=True)
             say(f"data: {s['dataset']} {train_split} {tuple(x_train.shape)}, {valid_split} {x_valid.shape[0]}, "
@@ -167,12 +180,16 @@ def train_run(options: dict[str, Any], out: str | os.PathLike[str] | None = None
                 callbacks.append(TrainingMetrics(model, x_train[:TRAIN_METRICS_SIZE].to(device), binarize))
             if tensorboard and main:
                 callbacks.append(TensorBoard(out / "tensorboard"))
+            if not two_stage:
+                callbacks.append(EpochFunction(lambda record: log.line(epoch_line(record, s["epochs"]))))
             common = dict(batch_size=batch_size, lr=float(s["lr"]), device=device, seed=s["seed"], progress=progress,
                           checkpoint_dir=out, resume=resume, callbacks=callbacks)
             t0 = time.perf_counter()
             if two_stage:
                 history: Any = model.fit(x_train, epochs=s["epochs"], stage2_epochs=s.get("stage2_epochs"),
-                                         val_data=x_valid, stage2_codes=s["stage2_codes"], **common)
+                                         val_data=x_valid, stage2_codes=s["stage2_codes"],
+                                         on_epoch_end=lambda stage, r: log.line(f"stage {stage} {epoch_line(r)}"),
+                                         **common)
                 if main:
                     write_json(history, out / "history.json")  # both stages; stage 1's with gamma per epoch
             else:
@@ -192,6 +209,7 @@ def train_run(options: dict[str, Any], out: str | os.PathLike[str] | None = None
             written: list[Path] = []
             if main:
                 write_json(metrics, out / TEST_METRICS_NAME)
+                log.line(f"test metrics ({TEST_METRICS_NAME}): {json.dumps(metrics)}")
                 pyro.set_rng_seed(s["seed"])
                 if two_stage and is_image_shape(shape):
                     image_grid(model.sample(64).clamp(0, 1).cpu(), path=out / "samples.png",

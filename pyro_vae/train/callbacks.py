@@ -34,7 +34,7 @@ from ..io import atomic_write
 from ..rng import preserved_rng
 
 __all__ = ["Callback", "EpochFunction", "Progress", "TrainingMetrics", "TensorBoard", "CSVLogger", "MLflowLogger",
-           "CallbackList"]
+           "CallbackList", "epoch_line"]
 
 
 class Callback:
@@ -64,6 +64,16 @@ class EpochFunction(Callback):
         self.fn(record)
 
 
+def epoch_line(record: dict[str, Any], epochs: int | None = None) -> str:
+    """The line an epoch's record reads as (the progress line off a terminal, and the run's ``train.log``)."""
+    line = f"epoch {record['epoch']}{f'/{epochs}' if epochs else ''}: loss {record['loss']:.3f}"
+    if "val_elbo" in record:
+        line += f", valid ELBO {record['val_elbo']:.3f}"
+    if "seconds" in record and "images_per_second" in record:
+        line += f" ({record['seconds']:.1f} s, {record['images_per_second']:,.0f} images/s)"
+    return line
+
+
 class Progress(Callback):
     """A progress bar on a terminal; otherwise one line per epoch (a batch job's log is never silent for long).
 
@@ -90,10 +100,7 @@ class Progress(Callback):
     def on_epoch_end(self, record: dict[str, Any]) -> None:
         if self.bar is not None:
             return
-        line = (f"epoch {record['epoch']}/{self.epochs}: loss {record['loss']:.3f}"
-                f"{', valid ELBO %.3f' % record['val_elbo'] if 'val_elbo' in record else ''}"
-                f" ({record['seconds']:.1f} s, {record['images_per_second']:,.0f} images/s)")
-        print(line, file=self.stream, flush=True)
+        print(epoch_line(record, self.epochs), file=self.stream, flush=True)
 
     def on_train_end(self, history: list[dict[str, Any]]) -> None:
         if self.bar is not None:
