@@ -143,6 +143,10 @@ def _add_train(subparsers: Any) -> None:
     p.add_argument("--layers", default=None,
                    help="a hierarchical VAE (several stochastic layers), e.g. '200,200,100;100,100,50' for the IWAE "
                         "paper's two-layer model: per layer the hidden sizes then the latent size, bottom first")
+    p.add_argument("--kind", default=None,
+                   help="the run kind by its registered name (VAE, HierarchicalVAE, TwoStageVAE, SSVAE, or one of "
+                        "your own, see pyro_vae.pipeline.register_kind); --layers, --two-stage and --semi-supervised "
+                        "select theirs")
     p.add_argument("--semi-supervised", action="store_true", default=None,
                    help="Kingma et al.'s semi-supervised VAE (M2): trained on --labels N labelled training datapoints "
                         "(as many of each class) and the rest unlabelled, the label summed exactly; the test accuracy "

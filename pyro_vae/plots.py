@@ -12,18 +12,19 @@ Data whose datapoints are not images (for example the 2-D ``ring`` toy set) are 
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import math
 import os
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 import torch
 
 if TYPE_CHECKING:  # pragma: no cover - only for annotations
     from matplotlib.figure import Figure
 
-__all__ = ["RUN_FIGURES", "gap_histogram", "image_grid", "image_panels", "is_image_shape", "k_curve", "khat_plot",
-           "latent_space", "latent_traversal", "pca", "plot_run", "save_reconstructions", "save_samples",
+__all__ = ["gap_histogram", "image_grid", "image_panels", "is_image_shape", "k_curve", "khat_plot", "latent_space",
+           "latent_traversal", "model_device", "pca", "save_options", "save_reconstructions", "save_samples",
            "training_curves"]
 
 #: pixels of padding between the images of a grid (drawn in the background colour)
@@ -37,7 +38,7 @@ def _figure(figsize: tuple[float, float]) -> Figure:
     return Figure(figsize=figsize, layout="constrained")
 
 
-#: what :func:`plot_run` asks every figure it saves for: a resolution and a caption naming the run and data set
+#: what every figure saved now is asked for (:func:`save_options`): a resolution and a caption
 _SAVE_OPTIONS: contextvars.ContextVar[dict[str, Any]] = contextvars.ContextVar("pyro_vae_save_options", default={})
 
 
@@ -232,7 +233,8 @@ def image_panels(
     return fig
 
 
-def _module_device(vae: Any) -> torch.device:
+def model_device(vae: Any) -> torch.device:
+    """The device of a model's weights (its anchor buffer, else its first parameter; the CPU for none)."""
     anchor = getattr(vae, "_anchor", None)
     if torch.is_tensor(anchor):
         return anchor.device
@@ -335,7 +337,7 @@ def save_reconstructions(
         vae.eval()
     try:
         with torch.no_grad():
-            recon = vae.reconstruct(x.to(_module_device(vae))).cpu()
+            recon = vae.reconstruct(x.to(model_device(vae))).cpu()
     finally:
         if was_training and hasattr(vae, "train"):
             vae.train()
@@ -460,7 +462,7 @@ def _dim_label(layer: str | None, j: int) -> str:
 @torch.no_grad()
 def _encode_means(vae: Any, x: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
     """``z_loc`` of every datapoint, ``(N, latent_dim)`` on the CPU."""
-    device = _module_device(vae)
+    device = model_device(vae)
     was_training = getattr(vae, "training", False)
     if hasattr(vae, "eval"):
         vae.eval()
@@ -566,7 +568,7 @@ def latent_traversal(
       whose ``z_loc`` varies most over the data (the active ones), otherwise the first ``max_dims``.
 
     Each row is labelled with its dimension (``z1``, ``z2``, ... counted from 1; ``h1[1]``, ``h1[2]``, ... for the
-    bottom layer ``h1`` of a :class:`~pyro_vae.HierarchicalVAE`, the layer ``decode`` takes) and the columns
+    bottom layer ``h1`` of a hierarchical VAE, the layer ``decode`` takes) and the columns
     with the values.
 
     :param vae: anything with ``.latent_dim`` and ``.decode(z)`` returning images (a :class:`pyro_vae.VAE`).
@@ -582,7 +584,7 @@ def latent_traversal(
         raise ValueError(f"n must be >= 2, got {n}")
     n, d, layer = int(n), _code_dim(vae), _code_name(vae)
     of_layer = "" if layer is None else f" of layer {layer}"
-    device = _module_device(vae)
+    device = model_device(vae)
     if d == 2:
         u = torch.linspace(0.5 / n, 1 - 0.5 / n, n, dtype=torch.float64)
         g = torch.distributions.Normal(0.0, 1.0).icdf(u)
@@ -719,94 +721,22 @@ def khat_plot(result: Any, path: str | os.PathLike[str] | None = None) -> Figure
     return fig
 
 
-#: the files :func:`plot_run` writes, in order
-RUN_FIGURES = ("training.png", "reconstructions.png", "samples.png", "latent_space.png", "traversal.png",
-               "k_curve.png", "gaps.png", "khat.png")
-
-
-def plot_run(
-    run_dir: str | os.PathLike[str],
-    out: str | os.PathLike[str] | None = None,
-    *,
-    num_particles: int = 1000,
-    num: int = 500,
-    data_root: str | os.PathLike[str] | None = None,
-    seed: int = 0,
-    device: str = "cpu",
-    progress: bool = False,
-    fmt: str = "png",
-    dpi: int = 100,
-) -> dict[str, str]:
-    """Draw every figure of a run folder written by ``pyro-vae train`` (what ``pyro-vae plot`` does).
-
-    Every figure carries a caption with the run folder's name and the data set, and is written in ``fmt``
-    (``png``, ``pdf`` or ``svg``) at ``dpi`` dots per inch.
-
-    Writes into ``out`` (default: the run folder): ``training.png`` (:func:`training_curves` of
-    ``metrics.jsonl``; for a two-stage run stage 1's, with its decoder variance gamma per epoch, and stage 2's
-    in ``training_stage2.png``), ``reconstructions.png``, ``samples.png``, ``latent_space.png`` (coloured by label when
-    the data set has labels), ``traversal.png`` (image data; not for a semi-supervised run, whose decoder also takes
-    the label), and from an importance-sampling estimate with
-    ``num_particles`` particles on the first ``num`` test datapoints ``k_curve.png``, ``gaps.png`` and
-    ``khat.png``. The test data are :func:`pyro_vae.runs.run_test_data` of the run (binarized with
-    ``seed``, as ``pyro-vae evaluate`` binarizes them).
-
-    :returns: ``{figure name: path}`` of the files written.
-    """
-    from pathlib import Path
-
-    from .runs import load_run, read_metrics, run_test_data
-
-    run_dir = Path(run_dir)
-    out_dir = Path(out) if out is not None else run_dir
-    if fmt not in ("png", "pdf", "svg"):
-        raise ValueError(f"unknown figure format {fmt!r}; choose png, pdf or svg")
-    from .checks import whole_number
-
-    dpi = whole_number(dpi, "dpi", low=10, high=1200)
-    if int(num_particles) < 2:
-        raise ValueError(f"num_particles must be >= 2 (the k-hat needs several), got {num_particles}")
-    if int(num) < 2:
-        raise ValueError(f"num must be >= 2, got {num}")
-    vae, config = load_run(run_dir, device=device)  # a missing or damaged run is refused before any folder is made
-    out_dir.mkdir(parents=True, exist_ok=True)
-    x, labels = run_test_data(config, num=int(num), data_root=data_root, seed=int(seed), labels=True)
-    if config.get("class") == "TwoStageVAE":  # fit's metrics of each stage, stage 1's with gamma per epoch
-        histories = {"training.png": (read_metrics(run_dir / "stage1"), "stage 1: the VAE on the data"),
-                     "training_stage2.png": (read_metrics(run_dir / "stage2"), "stage 2: the VAE on stage 1's codes")}
-    else:
-        histories = {"training.png": (read_metrics(run_dir), None)}
-    written: dict[str, str] = {}
-    token = _SAVE_OPTIONS.set({"dpi": int(dpi), "caption": f"run {run_dir.resolve().name} · {config['dataset']}"})
-
-    def done(name: str) -> Path:
-        path = out_dir / (os.path.splitext(name)[0] + "." + fmt)
-        written[name] = str(path)
-        return path
-
+@contextlib.contextmanager
+def save_options(*, dpi: int | None = None, caption: str | None = None) -> Iterator[None]:
+    """Every figure saved inside the block gets this resolution and a caption in its corner (what
+    :func:`pyro_vae.pipeline.plot_run` asks of the figures of a run: its name and data set)."""
+    token = _SAVE_OPTIONS.set({k: v for k, v in {"dpi": dpi, "caption": caption}.items() if v is not None})
     try:
-        for name, (history, title) in histories.items():
-            if history:
-                training_curves(history, done(name), title=title)
-        _draw_run(vae, x, labels, done, num_particles, seed, progress)
+        yield
     finally:
         _SAVE_OPTIONS.reset(token)
-    return written
 
 
-def _draw_run(vae: Any, x: torch.Tensor, labels: Any, done: Any, num_particles: int, seed: int,
-              progress: bool) -> None:
-    from .infer import log_likelihood
+def __getattr__(name: str) -> Any:
+    """``plots.plot_run`` and ``plots.RUN_FIGURES``, the figures of a run folder, live with the run pipeline
+    (:mod:`pyro_vae.pipeline.figures`); these names are kept for the code that imports them from here."""
+    if name in ("plot_run", "RUN_FIGURES"):
+        from .pipeline import figures
 
-    torch.manual_seed(int(seed))
-    save_reconstructions(vae, x, done("reconstructions.png"), n=min(32, x.shape[0]))
-    reference = x if not is_image_shape(x.shape[1:]) else None
-    save_samples(vae, done("samples.png"), num_samples=64 if reference is None else 1000, data=reference)
-    latent_space(vae, x, labels, done("latent_space.png"))
-    if is_image_shape(x.shape[1:]) and hasattr(vae, "decode"):  # (a semi-supervised decoder also takes the label)
-        latent_traversal(vae, done("traversal.png"), x=x)
-    result = log_likelihood(vae.model, vae.guide, x.to(_module_device(vae)), num_particles=int(num_particles),
-                            seed=int(seed), progress=progress)
-    k_curve(result, done("k_curve.png"))
-    gap_histogram(result, done("gaps.png"))
-    khat_plot(result, done("khat.png"))
+        return getattr(figures, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -137,14 +137,14 @@ def read_evaluation(run_dir: str | os.PathLike[str]) -> dict[str, Any] | None:
 def model_for_resume(cls: type, config: dict[str, Any], run_dir: str | os.PathLike[str]) -> Any:
     """The model a resumed run continues, built from its ``config.json`` entry only after its checkpoints were found
     resumable and the entry's shapes were checked, on the ``meta`` device, against the weights of the run's
-    checkpoints (``stage1/`` and ``stage2/`` for a two-stage run): a tampered ``latent_dim`` cannot make the resume
+    checkpoints (each folder of the class's ``checkpoint_parts``, ``stage1/`` and ``stage2/`` for a two-stage run,
+    else the run folder): a tampered ``latent_dim`` cannot make the resume
     allocate what the weights do not hold.
 
     :raises ValueError: when the configuration does not describe a ``cls`` or does not fit the weights.
     """
     run_dir = Path(run_dir)
-    folders = ({"stage1": run_dir / "stage1", "stage2": run_dir / "stage2"} if cls.__name__ == "TwoStageVAE"
-               else {"": run_dir})
+    folders = _checkpoint_folders(cls, run_dir)
     states = {part: checkpoint_weights(folder / CHECKPOINT_NAME, resumable=True) for part, folder in folders.items()
               if (folder / CHECKPOINT_NAME).is_file()}
     return build_checked(cls, config, None, run_dir, parts=states)
@@ -175,11 +175,18 @@ def _model_class(config: dict[str, Any]) -> type:
     return MODEL_CLASSES[name]
 
 
+def _checkpoint_folders(cls: type, run_dir: Path) -> dict[str, Path]:
+    """The checkpoint folders of a run of model class ``cls``: ``{part: folder}`` of its ``checkpoint_parts`` (a model
+    trained in parts, as a two-stage VAE's stages), else ``{"": run_dir}``."""
+    parts = getattr(cls, "checkpoint_parts", None)
+    return {part: run_dir / part for part in parts} if parts else {"": run_dir}
+
+
 def _from_checkpoint(run_dir: Path, config: dict[str, Any]) -> Any:
     """The model of a run whose training has not finished: its config, the last checkpoint's weights."""
     cls = _model_class(config)
-    if cls.__name__ == "TwoStageVAE":
-        raise FileNotFoundError(f"run folder {run_dir} has no {MODEL_DIR}/: its two-stage training did not finish "
+    if set(_checkpoint_folders(cls, run_dir)) != {""}:  # a model trained in parts (stages) has no single checkpoint
+        raise FileNotFoundError(f"run folder {run_dir} has no {MODEL_DIR}/: its {cls.__name__} training did not finish "
                                 f"(continue it with '{PROG} train --out {run_dir} --resume')")
     ckpt = run_dir / CHECKPOINT_NAME
     if not ckpt.is_file():
@@ -270,15 +277,15 @@ def load(folder: str | os.PathLike[str], map_location: str | torch.device = "cpu
 
     :param folder: the folder.
     :param map_location: the device to put the model on.
-    :returns: the model (:class:`~pyro_vae.VAE`, :class:`~pyro_vae.HierarchicalVAE`,
-        :class:`~pyro_vae.TwoStageVAE` or :class:`~pyro_vae.SSVAE`) in eval mode.
+    :returns: the model, of whichever registered class it was saved as (:data:`pyro_vae.saving.MODEL_CLASSES`), in
+        eval mode.
 
     Example::
 
         >>> import tempfile, pyro_vae
-        >>> folder = pyro_vae.HierarchicalVAE((1, 8, 8), layers=((16, 4), (8, 2))).save(tempfile.mkdtemp() + "/m")
+        >>> folder = pyro_vae.VAE((1, 8, 8), latent_dim=2, hidden_dims=(16,)).save(tempfile.mkdtemp() + "/m")
         >>> type(pyro_vae.load(folder)).__name__
-        'HierarchicalVAE'
+        'VAE'
     """
     folder = Path(folder)
     if (folder / SAVE_CONFIG).is_file():

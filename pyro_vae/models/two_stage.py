@@ -68,6 +68,9 @@ class TwoStageVAE(Saveable, nn.Module):
     References: Dai & Wipf, "Diagnosing and Enhancing VAE Models", ICLR 2019.
     """
 
+    #: the run folder's checkpoint folders, one a stage (``pyro_vae.runs`` resumes and loads from them)
+    checkpoint_parts = ("stage1", "stage2")
+
     def __init__(
         self,
         input_shape: Sequence[int] | int,

@@ -10,7 +10,8 @@ from typing import Any
 
 from .. import distributed
 from ..io import write_json
-from ..runs import EVALUATION_NAME, load_run, read_config, read_evaluation, read_metrics, run_test_data
+from ..runs import EVALUATION_NAME, load_run, read_config, read_evaluation, run_test_data
+from .registry import get_kind
 from .settings import EVALUATE_BATCH_SIZE
 
 __all__ = ["evaluate_run"]
@@ -24,11 +25,10 @@ def evaluate_run(run: str | os.PathLike[str], *, num_particles: int = 5000, spli
     """Estimate ``log p(x)`` of a run's test data and write ``evaluation.json`` and its figures: what
     ``pyro-vae evaluate`` does. Under ``torchrun`` every rank takes its batches and rank 0 writes.
 
-    For a two-stage run the model measured is stage 1 (its decoder under the prior ``N(0, I)``): the density the
-    two-stage sampler draws from has no tractable ``log p(x)``; the result says so (``"model"``). For a
-    semi-supervised run ``log p(x)`` sums the label exactly inside every importance weight, and ``"accuracy"`` is
-    the classifier's (``argmax_y q(y | x)``) on the same datapoints; AIS is refused (it cannot anneal the discrete
-    label).
+    The run's kind (:mod:`pyro_vae.pipeline.kinds`) says what is measured and how ``"model"`` names it: stage 1 of
+    a two-stage run (the two-stage sampler's own density has no tractable ``log p(x)``); for a semi-supervised run
+    ``log p(x)`` with the label summed exactly inside every importance weight, with ``"accuracy"`` of the
+    classifier ``argmax_y q(y | x)`` on the same datapoints, and AIS refused (it cannot anneal a discrete label).
 
     :param run: the run folder.
     :param num_particles: ``K`` per datapoint.
@@ -45,37 +45,28 @@ def evaluate_run(run: str | os.PathLike[str], *, num_particles: int = 5000, spli
         if value is not None and (isinstance(value, bool) or int(value) != value or value < low):
             flag = "--num-datapoints" if name == "num" else "--" + name.replace("_", "-")
             raise ValueError(f"{flag} must be >= {low} (a whole number), got {value!r}")
-    if ais_steps and read_config(run).get("class") == "SSVAE":
-        raise ValueError(f"--ais-steps {ais_steps}: AIS cannot anneal the label y of a semi-supervised run (its guide "
-                         "sums y exactly, and AIS moves continuous latents only); drop --ais-steps to measure log p(x) "
-                         "with the label summed by IWAE")
+    kind = get_kind(read_config(run).get("class", "VAE"))
+    kind.refuse_evaluation(ais_steps)
     vae, config = load_run(run, device=device)
     run_dir = Path(run)
-    semi_supervised = config.get("class") == "SSVAE"
     if distributed.is_main_process() and not os.access(run_dir, os.W_OK):
         raise PermissionError(f"the run folder {run_dir} is not writable: evaluate writes {EVALUATION_NAME} and its "
                               "figures there (copy the run somewhere writable)")
     x, y = run_test_data(config, split=split, num=num, data_root=data_root, seed=seed,
-                         device=next(vae.parameters()).device, labels=semi_supervised)
+                         device=next(vae.parameters()).device, labels=kind.has_labels)
     split = split or config.get("splits", {}).get("test", "test")
-    measured = vae.stage1 if config.get("class") == "TwoStageVAE" else vae
+    measured = kind.measured(vae)
     result = infer.log_likelihood(measured.model, measured.guide, x, num_particles=num_particles,
                                   batch_size=batch_size, chunk_size=chunk_size, diagnostics=diagnostics, seed=seed,
                                   progress=progress)
     if not distributed.is_main_process():
         return {}
     usage = infer.latent_usage(measured.model, measured.guide, x, seed=seed)
-    model_name = ("stage 1 of the two-stage VAE (its decoder under the prior N(0, I)); the two-stage sampler's own "
-                  "density has no tractable log p(x)" if config.get("class") == "TwoStageVAE"
-                  else "SSVAE (the label y summed exactly)" if semi_supervised else config.get("class", "VAE"))
-    two_stage = config.get("class") == "TwoStageVAE"
-    epochs = len(read_metrics(run_dir / "stage1" if two_stage else run_dir))
-    out: dict[str, Any] = {"split": split, "seed": seed, "num_datapoints": int(x.shape[0]), "model": model_name,
-                           "epochs": epochs, **result.as_dict(),
+    out: dict[str, Any] = {"split": split, "seed": seed, "num_datapoints": int(x.shape[0]),
+                           "model": kind.describe(config), "epochs": kind.epochs_done(run_dir), **result.as_dict(),
                            "latent_usage": {name: {k: v for k, v in u.items() if k != "mean_variance"}
                                             for name, u in usage.items()}}
-    if semi_supervised and y is not None:  # the classifier argmax q(y | x) on the same datapoints
-        out["accuracy"] = vae.accuracy(x, y)
+    out.update(kind.evaluation_extras(vae, x, y))
     ais = None
     if ais_steps:  # the same datapoints, side by side with the ELBO and IWAE
         ais = infer.log_likelihood(measured.model, measured.guide, x, method="ais", batch_size=batch_size,

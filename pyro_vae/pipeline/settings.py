@@ -1,14 +1,18 @@
-"""The settings of a run: every option of ``pyro-vae train`` (any model kind, the semi-supervised options too),
-the data sets' defaults, and the checks that refuse a bad one before anything is read or written.
+"""The settings of a run: :class:`RunSettings`, one typed field per option of ``pyro-vae train`` (every run kind's),
+checked on creation; the data sets' defaults; :func:`run_settings`, which makes them from the options given (the
+command line, a YAML/JSON file, a notebook's dict) or, on resume, from the run's ``config.json`` and the options
+given again, before anything is read or written; :func:`check_step_fits`, which refuses a step that cannot fit in
+the device's memory.
 
-:func:`run_settings` turns a run's options (or, on resume, its ``config.json`` and the options given again) into
-checked settings; :func:`check_step_fits` refuses a step that cannot fit in the device's memory. The trainers
-(:mod:`pyro_vae.pipeline.training`, :mod:`pyro_vae.pipeline.semi_supervised`) and :mod:`pyro_vae.pipeline.evaluation`
-take what these return.
+What a kind alone takes (``layers``, the two-stage and the semi-supervised options) is a field here too, and its
+recipe (:mod:`pyro_vae.pipeline.kinds`) checks it and refuses what the kind does not take; the recipes are found by
+name through :mod:`pyro_vae.pipeline.registry`, so nothing here imports one.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
 import math
 import os
 import time
@@ -21,10 +25,11 @@ import torch
 from .. import datasets, distributed, threads
 from ..run_files import CONFIG_NAME
 from ..runs import read_config
+from .registry import KINDS, get_kind
 
-__all__ = ["run_settings", "TrainedRun", "DATASET_DEFAULTS", "RUN_IDENTITY", "TRAINING_KEYS", "TRAIN_METRICS_SIZE",
-           "SEMI_SUPERVISED_CLASSES", "SEMI_SUPERVISED_DEFAULTS", "EVALUATE_BATCH_SIZE", "parse_dims", "parse_layers",
-           "resolve_threads", "check_step_fits"]
+__all__ = ["RunSettings", "run_settings", "TrainedRun", "DATASET_DEFAULTS", "RUN_IDENTITY", "TRAINING_KEYS",
+           "TRAIN_METRICS_SIZE", "EVALUATE_BATCH_SIZE", "parse_dims", "parse_layers", "resolve_threads",
+           "check_step_fits", "run_splits"]
 
 #: defaults of the image data sets, and per data set where they differ (digits trains in seconds on 2 CPU cores)
 _IMAGE_DEFAULTS = {"latent_dim": 50, "hidden_dims": "200,200", "epochs": 20}
@@ -38,6 +43,10 @@ _GLOBAL_DEFAULTS: dict[str, Any] = {
     "batch_size": 100, "lr": 1e-3, "device": "auto", "seed": 0, "binarize": "auto", "num_threads": "auto",
     "prior": "normal", "prior_components": None, "flow": None, "num_flows": 2,
 }
+#: the options every new run takes a default for (the data set's, else the images', else the global one)
+_DEFAULTED = ("likelihood", "latent_dim", "hidden_dims", "activation", "encoder", "decoder", "objective", "epochs",
+              "batch_size", "lr", "device", "seed", "num_threads", "prior", "prior_components", "flow", "num_flows",
+              "binarize")
 #: settings that define the model and the data: fixed for a run, a resumed run must keep them
 RUN_IDENTITY = ("dataset", "likelihood", "latent_dim", "hidden_dims", "activation", "encoder", "decoder", "prior",
                 "prior_components", "flow", "num_flows")
@@ -51,19 +60,9 @@ TRAIN_METRICS_SIZE = 2000
 EVALUATE_BATCH_SIZE = 100
 #: the priors that take a number of components
 _PRIORS_WITH_COMPONENTS = ("mixture", "vamp")
-#: the data sets a semi-supervised run takes (images with class labels) and their number of classes
-SEMI_SUPERVISED_CLASSES = {"digits": 10, "mnist": 10, "fashion-mnist": 10}
-#: the options of a semi-supervised run alone (stored in config.json's ``training``), and their defaults: the
-#: labelled training datapoints (required), the unlabelled ones (None: the rest of the training split), Kingma et
-#: al.'s alpha, passes over the labelled data per epoch, and K of the test log p(x)
-SEMI_SUPERVISED_DEFAULTS: dict[str, Any] = {"labels": None, "num_unlabelled": None, "aux_loss_multiplier": 46.0,
-                                            "labelled_passes": 1, "test_particles": 100}
-#: the options a semi-supervised run refuses, with the one value (or the values) each may take (None: none)
-_NOT_SEMI_SUPERVISED: dict[str, Any] = {
-    "two_stage": None, "layers": None, "stage2_epochs": None, "stage2_codes": None, "prior": "normal",
-    "prior_components": None, "flow": None, "encoder": "mlp", "decoder": "mlp",
-    "objective": ("elbo", "iwae", "iwae-dreg"), "likelihood": "bernoulli"}
-
+#: options that are not settings of their own: ``kind`` names the run kind, and each kind's ``selected_by`` flag
+#: (each kind's recipe names it) selects it
+_SELECTORS = ("kind",)
 
 
 def _default(dataset: str, key: str) -> Any:
@@ -95,7 +94,7 @@ def parse_dims(text: str | list[int] | tuple[int, ...]) -> list[int]:
 
 def parse_layers(text: str | list[list[int]]) -> list[list[int]]:
     """``"200,200,100;100,100,50"`` -> ``[[200, 200, 100], [100, 100, 50]]`` (the stochastic layers of a
-    :class:`~pyro_vae.HierarchicalVAE`, bottom first).
+    hierarchical VAE, bottom first).
 
     :raises ValueError: for anything else.
     """
@@ -122,202 +121,252 @@ def resolve_threads(value: str | int | None, dataset: str) -> int | None:
     return threads.resolve_threads(value, "--num-threads")
 
 
-def _splits(dataset: str) -> tuple[str, str, str]:
+
+
+def _whole(key: str, value: Any, low: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value) or int(value) < low:
+        raise ValueError(f"--{key.replace('_', '-')} must be >= {low} (a whole number), got {value!r}")
+    return int(value)
+
+
+def _text(key: str, value: Any) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"--{key.replace('_', '-')} must be a name (a string), got {value!r}")
+    return value
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """Every setting of a run, one typed field per option of ``pyro-vae train``, checked on creation (a wrong type or
+    value fails here, where it is given, naming the option as the command line spells it). Frozen: a setting
+    resolved later (``binarize="auto"`` once the data are read) is a new object, :func:`dataclasses.replace`.
+
+    Make one with :func:`run_settings` (defaults and resuming) or :meth:`from_options`; ``settings["epochs"]`` reads
+    a field as the dict settings of earlier versions did.
+    """
+
+    #: the run kind: a name in :mod:`pyro_vae.pipeline.registry` (the built-in kinds, or one of your own)
+    kind: str = "VAE"
+    dataset: str = "digits"
+    data_root: str | None = None
+    likelihood: str = "bernoulli"
+    latent_dim: int | None = 8
+    hidden_dims: list[int] | None = field(default_factory=lambda: [128])
+    activation: str = "tanh"
+    encoder: str = "mlp"
+    decoder: str = "mlp"
+    prior: str = "normal"
+    prior_components: int | None = None
+    flow: str | None = None
+    num_flows: int = 2
+    objective: str = "elbo"
+    num_particles: int = 1
+    epochs: int = 100
+    batch_size: int = 100
+    lr: float = 3e-3
+    device: str = "auto"
+    seed: int = 0
+    #: ``"auto"`` (or None) or a number of threads
+    num_threads: int | str | None = "auto"
+    #: dynamic binarization: True, False, or ``"auto"`` until the data are read
+    binarize: bool | str = "auto"
+    #: a hierarchical run's stochastic layers, bottom first (per layer the hidden sizes, then the latent size)
+    layers: list[list[int]] | None = None
+    #: a two-stage run's stage-2 epochs (None: ``epochs``) and what stage 2 trains on
+    stage2_epochs: int | None = None
+    stage2_codes: str | None = None
+    #: a semi-supervised run's labelled and unlabelled datapoints, alpha, labelled passes per epoch, test K
+    labels: int | None = None
+    num_unlabelled: int | None = None
+    aux_loss_multiplier: float | None = None
+    labelled_passes: int | None = None
+    test_particles: int | None = None
+    #: a resumed run's model configuration (config.json's ``vae``), None for a new run
+    model_config: dict[str, Any] | None = None
+
+    def __post_init__(self) -> None:
+        set_ = object.__setattr__
+        for key in ("kind", "dataset", "likelihood", "activation", "encoder", "decoder", "prior", "objective",
+                    "device"):
+            _text(key, getattr(self, key))
+        for key in ("flow", "stage2_codes"):
+            if getattr(self, key) is not None:
+                _text(key, getattr(self, key))
+        if self.data_root is not None:
+            set_(self, "data_root", os.fspath(self.data_root))
+        for key in ("epochs", "batch_size", "num_particles"):
+            set_(self, key, _whole(key, getattr(self, key)))
+        for key in ("latent_dim", "stage2_epochs", "prior_components"):  # a resumed --layers run has no latent_dim
+            if getattr(self, key) is not None:
+                set_(self, key, _whole(key, getattr(self, key)))
+        set_(self, "num_flows", _whole("num_flows", self.num_flows, 0))
+        set_(self, "seed", _whole("seed", self.seed, 0))
+        lr = self.lr
+        if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not math.isfinite(lr) or lr <= 0:
+            raise ValueError(f"--lr must be > 0 and finite, got {lr!r}")
+        if self.hidden_dims is not None:
+            set_(self, "hidden_dims", parse_dims(self.hidden_dims))
+        if self.layers is not None:
+            set_(self, "layers", parse_layers(self.layers))
+        threads.resolve_threads(self.num_threads, "--num-threads") if self.num_threads not in (None, "auto") else None
+        if self.binarize not in (True, False, "auto"):
+            raise ValueError(f"--binarize must be true, false or auto, got {self.binarize!r}")
+        if self.prior_components is not None and self.prior not in _PRIORS_WITH_COMPONENTS:
+            raise ValueError(f"--prior-components applies to the "
+                             f"{' and '.join(_PRIORS_WITH_COMPONENTS)} priors, not to {self.prior!r}")
+        if self.stage2_codes is not None:
+            from ..train.two_stage import STAGE2_CODES
+
+            if self.stage2_codes not in STAGE2_CODES:
+                raise ValueError(f"--stage2-codes must be one of {', '.join(STAGE2_CODES)}, got {self.stage2_codes!r}")
+        if self.model_config is not None and not isinstance(self.model_config, dict):
+            raise ValueError(f"a resumed run's model configuration must be a mapping, got {self.model_config!r}")
+
+    @classmethod
+    def from_options(cls, options: dict[str, Any]) -> RunSettings:
+        """Settings from option names as in ``config.json`` (unset or None ones keep the field's default).
+
+        :raises ValueError: for a name that is no option (with the closest one), or a bad value.
+        """
+        given = _given(options)
+        return cls(**{k: v for k, v in given.items() if k in _FIELDS})
+
+    def __getitem__(self, key: str) -> Any:
+        """``settings["epochs"]``: a field, as the dict settings of earlier versions were read."""
+        if key not in _FIELDS:
+            raise KeyError(key)
+        return getattr(self, key)
+
+    def get(self, key: str, default: Any = None) -> Any:
+        """A field, or ``default`` for a name that is not one."""
+        return getattr(self, key) if key in _FIELDS else default
+
+    def replace(self, **changes: Any) -> RunSettings:
+        """A copy with ``changes`` (checked again)."""
+        return dataclasses.replace(self, **changes)
+
+    def as_dict(self, keys: tuple[str, ...]) -> dict[str, Any]:
+        """``{key: value}`` of ``keys``, in that order (what ``config.json`` stores)."""
+        return {k: getattr(self, k) for k in keys}
+
+
+_FIELDS = frozenset(f.name for f in dataclasses.fields(RunSettings))
+
+
+def _option_names() -> set[str]:
+    """Every name an option may have: the fields, ``kind`` and the kinds' selecting flags."""
+    return {*_FIELDS, *_SELECTORS, *(k.selected_by for k in KINDS.values() if k.selected_by)} - {"model_config"}
+
+
+def _given(options: dict[str, Any]) -> dict[str, Any]:
+    """The options set (None is unset), ``binarize`` spelled as a setting, an unknown name refused."""
+    names = _option_names()
+    unknown = [k for k in options if k not in names]
+    if unknown:
+        close = difflib.get_close_matches(unknown[0], sorted(names), n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ValueError(f"unknown run option {unknown[0]!r}{hint}; the options are {', '.join(sorted(names))}")
+    given = {k: v for k, v in options.items() if v is not None}
+    if "binarize" in given:
+        b = given["binarize"]
+        given["binarize"] = {"yes": True, "no": False, True: True, False: False}.get(b, b)
+    return given
+
+
+def _chosen_kind(given: dict[str, Any]) -> Any:
+    """The kind the options select: ``kind``, or the last registered kind whose flag is given, else ``VAE``."""
+    flagged = [k for k in KINDS.values() if k.selected_by and given.get(k.selected_by) not in (None, False)]
+    if "kind" in given:
+        return get_kind(given["kind"])
+    return flagged[-1] if flagged else get_kind("VAE")
+
+
+def _refuse_other_selectors(given: dict[str, Any], kind: Any) -> None:
+    """A flag that selects another kind than the chosen one (once the kind had its say)."""
+    for other in KINDS.values():
+        if other is not kind and other.selected_by and given.get(other.selected_by) not in (None, False):
+            flag = "--" + other.selected_by.replace("_", "-")
+            raise ValueError(f"{flag} selects a {other.name} run, and the other options a {kind.name} one: choose "
+                             f"one kind of run (drop {flag}, or --kind)")
+
+
+def run_splits(dataset: str) -> tuple[str, str, str]:
     """The (train, validation, test) splits of a data set."""
     splits = datasets.SPLITS[dataset]
     train = "train-without-valid" if "train-without-valid" in splits else "train"
     return train, "valid", "test"
 
 
-# ---------------------------------------------------------------------------------------------------- settings
 def run_settings(options: dict[str, Any], out: str | os.PathLike[str] | None = None,
-                 resume: bool = False) -> tuple[dict[str, Any], Path]:
+                 resume: bool = False) -> tuple[RunSettings, Path]:
     """The settings of a run: the given ``options`` (unset or None ones take the data set's defaults), or with
     ``resume`` the run's ``config.json`` with the training options given again replacing the saved ones. Every
-    value is checked here, before anything is read or written.
+    value is checked here (by :class:`RunSettings` and the kind's recipe), before anything is read or written.
 
-    :param options: option names as in ``config.json`` (``dataset``, ``epochs``, ``hidden_dims``, ``layers``,
-        ``two_stage``, ``semi_supervised`` with ``labels`` and the other keys of :data:`SEMI_SUPERVISED_DEFAULTS`,
-        ...); ``binarize`` may be True, False, ``"auto"``, ``"yes"`` or ``"no"``. Messages name
-        the options as the command line spells them (``--lr``).
+    :param options: option names as in ``config.json`` (``dataset``, ``epochs``, ``hidden_dims``, ``layers``, a
+        kind's flag such as ``semi_supervised`` with ``labels``, ``kind``, ...; see :class:`RunSettings`);
+        ``binarize`` may be True, False, ``"auto"``, ``"yes"`` or ``"no"``. Messages name the options as the command
+        line spells them (``--lr``).
     :param out: the run folder (default: ``runs/<dataset>-<timestamp>``; needed with ``resume``).
     :returns: ``(settings, out)``.
     :raises ValueError: naming the option and what to do.
     """
-    given = {k: v for k, v in options.items() if v is not None}
-    if "binarize" in given:
-        b = given["binarize"]
-        given["binarize"] = {"yes": True, "no": False, True: True, False: False}.get(b, b)
+    given = _given(options)
     if resume:
         if out is None:
             raise ValueError("--resume needs --out, the run folder to continue")
         s, out = _resumed_settings(given, Path(out))
     else:
         dataset = given.get("dataset", "digits")
-        s = {"dataset": dataset, "data_root": given.get("data_root")}
-        for key in ("likelihood", "latent_dim", "hidden_dims", "activation", "encoder", "decoder", "objective",
-                    "epochs", "batch_size", "lr", "device", "seed", "num_threads", "prior", "prior_components", "flow",
-                    "num_flows", "binarize"):
-            s[key] = given.get(key, _default(dataset, key))
-        s["num_particles"] = given.get("num_particles", 5 if str(s["objective"]).startswith("iwae") else 1)
-        if given.get("layers") is not None:
-            s["class"], s["layers"] = "HierarchicalVAE", parse_layers(given["layers"])
-        if given.get("two_stage"):
-            if given.get("layers") is not None:
-                raise ValueError("choose either --two-stage or --layers, not both")
-            s["class"] = "TwoStageVAE"
-        for key in ("stage2_epochs", "stage2_codes"):
-            s[key] = given.get(key)
-        _semi_supervised_settings(given, s)
+        if not isinstance(dataset, str) or dataset not in datasets.SPLITS:
+            datasets.event_shape(dataset)  # names the known data sets
+        values = {key: given.get(key, _default(dataset, key)) for key in _DEFAULTED}
+        values["num_particles"] = given.get("num_particles", 5 if str(values["objective"]).startswith("iwae") else 1)
+        values.update({k: given[k] for k in ("layers", "stage2_epochs", "stage2_codes") if k in given})
+        kind = _chosen_kind(given)
+        for other in KINDS.values():
+            if other is not kind:
+                other.refuse_stray(given, kind, None)
+        s = kind.configure(RunSettings(kind=kind.name, dataset=dataset, data_root=given.get("data_root"), **values),
+                           given)
+        _refuse_other_selectors(given, kind)
         out = Path(out) if out is not None else Path("runs") / f"{dataset}-{time.strftime('%Y%m%d-%H%M%S')}"
-    _check_settings(s)
+    from ..infer.objectives import get_objective
+
+    get_objective(s.objective)
+    get_kind(s.kind).check(s)
     return s, out
 
 
-def _resumed_settings(given: dict[str, Any], out: Path) -> tuple[dict[str, Any], Path]:
+def _resumed_settings(given: dict[str, Any], out: Path) -> tuple[RunSettings, Path]:
     saved = read_config(out)
     training = saved.get("training")
     missing = [k for k in TRAINING_KEYS if k != "num_threads" and k not in (training or {})]
     if not isinstance(training, dict) or missing:
         raise ValueError(f"{out / CONFIG_NAME} lacks the training settings {missing or ['training']}: the run folder "
                          "is damaged, and cannot be resumed (start a new run)")
-    s = {"dataset": saved["dataset"], "data_root": saved.get("data_root"), **training, "vae_config": saved["vae"],
-         "class": saved.get("class", "VAE")}
-    s.update({k: saved["model_args"][k] for k in RUN_IDENTITY if k in (saved.get("model_args") or {})})
+    kind = get_kind(saved.get("class", "VAE"))
+    model_args = {k: saved["model_args"][k] for k in RUN_IDENTITY if k in (saved.get("model_args") or {})}
     for key in RUN_IDENTITY:
-        if key in given and key in s:
+        if key in given and key in model_args:
             new = parse_dims(given[key]) if key == "hidden_dims" else given[key]
-            old = parse_dims(s[key]) if key == "hidden_dims" else s[key]
+            old = parse_dims(model_args[key]) if key == "hidden_dims" else model_args[key]
             if new != old:
                 raise ValueError(f"--{key.replace('_', '-')} {given[key]} differs from the run's {old!r}: a resumed "
                                  "run keeps its model and data set (start a new run instead)")
-    kind = s["class"]
-    if kind == "SSVAE":
-        _resumed_semi_supervised(given, s, saved, out)
-    elif given.get("semi_supervised") or any(k in given for k in SEMI_SUPERVISED_DEFAULTS):
-        flag = "--" + next(k for k in ("semi_supervised", *SEMI_SUPERVISED_DEFAULTS) if k in given).replace("_", "-")
-        raise ValueError(f"the run in {out} trains a {kind}, not a semi-supervised VAE: {flag} does not apply to it "
-                         f"(drop {flag}, or start a new run)")
-    if given.get("two_stage") and kind != "TwoStageVAE" or given.get("layers") and kind != "HierarchicalVAE":
-        raise ValueError(f"the run in {out} trains a {s['class']}: a resumed run keeps its model (start a new run "
-                         "instead)")
-    for key in (*TRAINING_KEYS, "data_root", "stage2_epochs", "stage2_codes"):
-        if key in given:
-            s[key] = given[key]
+    dataset = saved["dataset"]
+    values = {key: _default(dataset, key) for key in _DEFAULTED if key != "latent_dim"}  # older runs lack some
+    values.update({k: v for k, v in training.items() if k in _FIELDS})  # a newer version's own keys are left
+    values.update({k: v for k, v in model_args.items() if k != "dataset"})
+    values.setdefault("latent_dim", None)
+    values.update({k: given[k] for k in (*TRAINING_KEYS, "data_root") if k in given})
+    s = RunSettings(kind=kind.name, dataset=dataset, model_config=saved["vae"],
+                    **{"data_root": saved.get("data_root"), **values})
+    s = kind.resumed(s, given, saved, out)  # the kind's own refusals first, then the other kinds' options
+    for other in KINDS.values():
+        if other is not kind:
+            other.refuse_stray(given, kind, out)
     return s, out
-
-
-def _resumed_semi_supervised(given: dict[str, Any], s: dict[str, Any], saved: dict[str, Any], out: Path) -> None:
-    """The semi-supervised options of a resumed run into ``s``: its labelled and unlabelled data, alpha and
-    schedule are the run's (given again, they must be the same), ``test_particles`` may change."""
-    _refuse_what_m2_lacks(given, f"the semi-supervised run in {out}")
-    alpha = (saved.get("model_args") or {}).get("aux_loss_multiplier", SEMI_SUPERVISED_DEFAULTS["aux_loss_multiplier"])
-    s["aux_loss_multiplier"] = alpha
-    for key in ("labels", "num_unlabelled", "aux_loss_multiplier", "labelled_passes"):
-        if key in given and given[key] != s.get(key):
-            raise ValueError(f"--{key.replace('_', '-')} {given[key]} differs from the run's {s.get(key)!r}: a resumed "
-                             "semi-supervised run keeps its labelled and unlabelled data and its schedule (start a "
-                             "new run instead)")
-    for key, default in SEMI_SUPERVISED_DEFAULTS.items():
-        s[key] = given.get(key, s.get(key, default))
-
-
-def _refuse_what_m2_lacks(given: dict[str, Any], who: str = "--semi-supervised") -> None:
-    """Refuse the options the semi-supervised VAE does not take, naming why and what to drop or choose."""
-    for key, allowed in _NOT_SEMI_SUPERVISED.items():
-        value = given.get(key)
-        if value is None or value is False or value == allowed or isinstance(allowed, tuple) and value in allowed:
-            continue
-        flag = "--" + key.replace("_", "-")
-        spelled = flag if value is True else f"{flag} {value}"
-        why = {"objective": "the label is summed exactly in elbo, iwae and iwae-dreg, and mean-field has no closed "
-                            "form for it (choose one of those three)",
-               "likelihood": "the semi-supervised VAE's decoder is Bernoulli"}.get(
-                   key, "the semi-supervised VAE is one MLP model with a Gaussian guide and the standard normal prior")
-        raise ValueError(f"{who} does not take {spelled}: {why} (drop {flag})")
-
-
-def _semi_supervised_settings(given: dict[str, Any], s: dict[str, Any]) -> None:
-    """A new run's semi-supervised options into ``s`` (``class`` SSVAE), or the refusal of options that do not go
-    with them: M2 here is an MLP pair with a Bernoulli decoder, the standard normal prior and a Gaussian guide,
-    trained on the ELBO (or an IWAE objective) with the label enumerated."""
-    if not given.get("semi_supervised"):
-        stray = [k for k in SEMI_SUPERVISED_DEFAULTS if k in given]
-        if stray:
-            flag = "--" + stray[0].replace("_", "-")
-            raise ValueError(f"{flag} applies to semi-supervised runs: add --semi-supervised (Kingma et al.'s M2 "
-                             f"trained on --labels N labelled datapoints), or drop {flag}")
-        return
-    dataset = s["dataset"]
-    if dataset not in SEMI_SUPERVISED_CLASSES:
-        raise ValueError(f"--semi-supervised needs a data set of images with class labels, and {dataset!r} has none "
-                         f"that fit: choose --dataset {', '.join(SEMI_SUPERVISED_CLASSES)}")
-    if given.get("labels") is None:
-        raise ValueError(f"--semi-supervised needs --labels N, the number of labelled training datapoints (a "
-                         f"multiple of the {SEMI_SUPERVISED_CLASSES[dataset]} classes, e.g. --labels 100)")
-    _refuse_what_m2_lacks(given)
-    s["class"] = "SSVAE"
-    for key, default in SEMI_SUPERVISED_DEFAULTS.items():
-        s[key] = given.get(key, default)
-
-
-def _check_semi_supervised(s: dict[str, Any]) -> None:
-    """Refuse semi-supervised options no run can take (before anything is read)."""
-    for key in ("labels", "num_unlabelled", "labelled_passes", "test_particles"):
-        value = s.get(key)
-        if value is None and key == "num_unlabelled":
-            continue
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value) or int(value) < 1:
-            raise ValueError(f"--{key.replace('_', '-')} must be >= 1 (a whole number), got {value!r}")
-        s[key] = int(value)
-    classes = SEMI_SUPERVISED_CLASSES[s["dataset"]]
-    if s["labels"] % classes:
-        raise ValueError(f"--labels {s['labels']} is not a multiple of the {classes} classes of {s['dataset']!r}: the "
-                         f"labelled datapoints are as many of each class (e.g. --labels "
-                         f"{max(classes, s['labels'] // classes * classes)})")
-    alpha = s.get("aux_loss_multiplier")
-    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not math.isfinite(alpha) or alpha < 0:
-        raise ValueError(f"--aux-loss-multiplier must be >= 0 and finite, got {alpha!r}")
-    s["aux_loss_multiplier"] = float(alpha)
-    if distributed.launched():
-        raise ValueError("semi-supervised runs take one process: launch them without torchrun")
-
-
-def _check_settings(s: dict[str, Any]) -> None:
-    """Refuse, before anything is read or written, a setting no run can take."""
-    from ..infer.objectives import get_objective
-
-    if s["dataset"] not in datasets.SPLITS:
-        datasets.event_shape(s["dataset"])  # names the known data sets
-    get_objective(s["objective"])
-    for key in ("epochs", "batch_size", "num_particles", "latent_dim", "stage2_epochs"):
-        if s.get(key) is None and key in ("latent_dim", "stage2_epochs"):  # a resumed --layers run has no latent_dim
-            continue
-        value = s[key]
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value) or int(value) < 1:
-            raise ValueError(f"--{key.replace('_', '-')} must be >= 1 (a whole number), got {value!r}")
-        s[key] = int(value)
-    lr = s["lr"]
-    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not math.isfinite(lr) or lr <= 0:
-        raise ValueError(f"--lr must be > 0 and finite, got {lr!r}")
-    if s.get("hidden_dims") is not None:
-        s["hidden_dims"] = parse_dims(s["hidden_dims"])
-    resolve_threads(s.get("num_threads"), s["dataset"])
-    if s.get("binarize") not in (True, False, "auto"):
-        raise ValueError(f"--binarize must be true, false or auto, got {s.get('binarize')!r}")
-    if s.get("prior_components") is not None and s.get("prior") not in _PRIORS_WITH_COMPONENTS:
-        raise ValueError(f"--prior-components applies to the "
-                         f"{' and '.join(_PRIORS_WITH_COMPONENTS)} priors, not to {s.get('prior')!r}")
-    if s.get("class") in ("TwoStageVAE", "HierarchicalVAE") and distributed.launched():
-        raise ValueError("two-stage and hierarchical (--layers) runs take one process: launch them without torchrun")
-    if s.get("class") == "SSVAE":
-        _check_semi_supervised(s)
-    codes = s.get("stage2_codes")
-    if codes is not None:
-        from ..train.two_stage import STAGE2_CODES
-
-        if codes not in STAGE2_CODES:
-            raise ValueError(f"--stage2-codes must be one of {', '.join(STAGE2_CODES)}, got {codes!r}")
 
 
 # ------------------------------------------------------------------------------------------------ what a run is
