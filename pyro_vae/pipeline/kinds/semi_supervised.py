@@ -91,17 +91,18 @@ class SemiSupervisedKind(RunKind):
         alpha = (saved.get("model_args") or {}).get("aux_loss_multiplier", default)
         s = s.replace(aux_loss_multiplier=alpha)
         for key in ("labels", "num_unlabelled", "aux_loss_multiplier", "labelled_passes"):
-            if key in given and given[key] != s[key]:
-                raise ValueError(f"--{key.replace('_', '-')} {given[key]} differs from the run's {s[key]!r}: a "
-                                 "resumed semi-supervised run keeps its labelled and unlabelled data and its schedule "
+            old = getattr(s, key)
+            if key in given and given[key] != old:
+                raise ValueError(f"--{key.replace('_', '-')} {given[key]} differs from the run's {old!r}: a resumed "
+                                 " semi-supervised run keeps its labelled and unlabelled data and its schedule "
                                  "(start a new run instead)")
-        return s.replace(**{k: given.get(k, default if s[k] is None else s[k])
+        return s.replace(**{k: given.get(k, default if getattr(s, k) is None else getattr(s, k))
                             for k, default in SEMI_SUPERVISED_DEFAULTS.items()})
 
     def check(self, s: RunSettings) -> None:
         values = {}
         for key in ("labels", "num_unlabelled", "labelled_passes", "test_particles"):
-            value = s[key]
+            value = getattr(s, key)
             if value is None and key == "num_unlabelled":
                 continue
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value) or int(value) < 1:
@@ -123,7 +124,7 @@ class SemiSupervisedKind(RunKind):
     def read_data(self, s: RunSettings, out: Path, resume: bool) -> tuple[RunSettings, RunData]:
         """The training and validation splits with labels, the labelled and unlabelled datapoints (from the seed),
         and the test data every command sees (one fixed binarization from the seed)."""
-        s = s.replace(**{k: int(s[k]) for k in _TRAINING if s[k] is not None},
+        s = s.replace(**{k: int(getattr(s, k)) for k in _TRAINING if getattr(s, k) is not None},
                       aux_loss_multiplier=float(s.aux_loss_multiplier))
         train, valid, test = run_splits(s.dataset)
         x_train, y_train = datasets.load(s.dataset, train, root=s.data_root, return_labels=True)
