@@ -94,7 +94,7 @@ class SemiSupervisedKind(RunKind):
             old = getattr(s, key)
             if key in given and given[key] != old:
                 raise ValueError(f"--{key.replace('_', '-')} {given[key]} differs from the run's {old!r}: a resumed "
-                                 " semi-supervised run keeps its labelled and unlabelled data and its schedule "
+                                 "semi-supervised run keeps its labelled and unlabelled data and its schedule "
                                  "(start a new run instead)")
         return s.replace(**{k: given.get(k, default if getattr(s, k) is None else getattr(s, k))
                             for k, default in SEMI_SUPERVISED_DEFAULTS.items()})
