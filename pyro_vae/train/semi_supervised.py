@@ -33,7 +33,38 @@ from .state import (
     save_checkpoint,
 )
 
-__all__ = ["fit_semi_supervised", "balanced_split"]
+__all__ = ["fit_semi_supervised", "balanced_split", "init_hidden_normal_", "AUX_STEPS", "LOSS_SCALES"]
+
+#: how the auxiliary classification loss is stepped: with the bound in one Adam update ("joint"), or in an Adam
+#: update of its own after the bound's on every batch, a zero gradient on unlabelled batches (so a momentum step),
+#: as Pyro's ``ss_vae_M2.py`` does with its second ``SVI`` ("separate")
+AUX_STEPS = ("joint", "separate")
+#: what a step's loss is divided by: its batch size ("mean": every step per datapoint, so a labelled batch half
+#: the size of an unlabelled one weighs twice as much per datapoint) or nothing ("sum": Pyro's, every datapoint
+#: visit weighs the same)
+LOSS_SCALES = ("mean", "sum")
+#: what a checkpoint written before these options trained with
+_LEGACY_SCHEDULE = {"aux_step": "joint", "loss_scale": "mean"}
+
+
+def init_hidden_normal_(module: torch.nn.Module, std: float) -> torch.nn.Module:
+    """Draw the weights of every hidden linear layer of ``module``'s networks from :math:`\\mathcal{N}(0,
+    \\mathrm{std}^2)` and set their biases to zero (Pyro's ``ss_vae_M2.py`` initialises its hidden layers so, with
+    ``std = 0.001``); each network's output layer keeps torch's initialisation. Uses torch's global generator.
+
+    :param std: the standard deviation, > 0.
+    :returns: ``module``.
+    """
+    if isinstance(std, bool) or not isinstance(std, (int, float)) or not std > 0:
+        raise ValueError(f"init_std must be a number > 0, got {std!r}")
+    for net in module.modules():
+        if isinstance(net, torch.nn.Sequential):
+            linears = [m for m in net if isinstance(m, torch.nn.Linear)]
+            with torch.no_grad():
+                for layer in linears[:-1]:
+                    layer.weight.normal_(0.0, float(std))
+                    layer.bias.zero_()
+    return module
 
 
 def balanced_split(y: torch.Tensor, num_labels: int, num_classes: int,
@@ -86,6 +117,9 @@ def fit_semi_supervised(
     labelled_passes: int = 1,
     checkpoint_dir: str | os.PathLike[str] | None = None,
     resume: bool = False,
+    aux_step: str = "joint",
+    loss_scale: str = "mean",
+    best_dir: str | os.PathLike[str] | None = None,
 ) -> list[dict[str, Any]]:
     """Train an :class:`~pyro_vae.models.semi_supervised.SSVAE` on labelled and unlabelled data (Kingma et al.'s
     :math:`\\mathcal{J}^\\alpha`).
@@ -96,7 +130,8 @@ def fit_semi_supervised(
     (:func:`~pyro_vae.infer.weights.terms_producer`), not :func:`pyro_vae.fit`: a labelled batch adds the
     auxiliary loss, which is not a bound of the pair. A batch's loss is the
     objective's (:data:`pyro_vae.infer.objectives.OBJECTIVES`, the label summed on unlabelled batches) plus, on
-    labelled batches, ``ssvae.aux_loss``; Adam on the sum divided by the batch size.
+    labelled batches, ``ssvae.aux_loss``; Adam on the sum divided by the batch size (``loss_scale``), the auxiliary
+    loss in the same update or in one of its own (``aux_step``).
 
     :param ssvae: the model (its parameters on the device to train on).
     :param x_labelled: ``(L, *input_shape)``.
@@ -113,9 +148,17 @@ def fit_semi_supervised(
         records hold what it adds).
     :param resume: continue from the checkpoint in ``checkpoint_dir`` (if there is one) to ``epochs`` epochs in
         all: the same data give the same weights as a run never stopped. A new ``lr`` takes effect.
+    :param aux_step: ``"joint"`` (the auxiliary loss in the bound's Adam update) or ``"separate"`` (an update of its
+        own after the bound's on every batch, a momentum step on unlabelled ones: Pyro's; :data:`AUX_STEPS`).
+    :param loss_scale: ``"mean"`` (each step's loss divided by its batch size) or ``"sum"`` (Pyro's; a labelled
+        batch smaller than an unlabelled one then weighs less per step; :data:`LOSS_SCALES`).
+    :param best_dir: with ``val_data``, the model is saved there (``ssvae.save``) after every epoch whose validation
+        accuracy beats all earlier ones (``pyro_vae.load(best_dir)`` gives the best-validation model; Pyro's
+        tutorial reports the test accuracy of that epoch).
     :returns: one dict per epoch (those of the resumed checkpoint first): ``loss_unlabelled`` and
         ``loss_labelled`` (per datapoint visit, the latter without the auxiliary term), ``aux_loss`` (per labelled
-        datapoint visit), ``val_accuracy``, ``seconds``.
+        datapoint visit), ``val_accuracy`` and ``best_epoch`` (the epoch of the best validation accuracy so far,
+        the first of ties), ``seconds``.
     :raises ValueError: for bad data or options, or a checkpoint that cannot be resumed (another trainer's, other
         data), before any step.
     """
@@ -128,12 +171,20 @@ def fit_semi_supervised(
                          f"labelled datapoints, {y_labelled.shape[0]} labels, {x_unlabelled.shape[0]} unlabelled")
     if resume and checkpoint_dir is None:
         raise ValueError("resume=True needs the checkpoint_dir to continue from")
+    if aux_step not in AUX_STEPS:
+        raise ValueError(f"aux_step must be one of {', '.join(AUX_STEPS)}, got {aux_step!r}")
+    if loss_scale not in LOSS_SCALES:
+        raise ValueError(f"loss_scale must be one of {', '.join(LOSS_SCALES)}, got {loss_scale!r}")
+    if best_dir is not None and val_data is None:
+        raise ValueError("best_dir keeps the model of the best validation accuracy: it needs val_data")
     loss_fn = get_objective(objective)
     device = next(ssvae.parameters()).device
-    optimizer = torch.optim.Adam(ssvae.parameters(), lr=lr, betas=betas)
+    params = [p for p in ssvae.parameters() if p.requires_grad]
+    optimizer = torch.optim.Adam(params, lr=lr, betas=betas)
     # what a checkpoint must match to be continued: the data's sizes and the schedule
     data = {"labelled": int(x_labelled.shape[0]), "unlabelled": int(x_unlabelled.shape[0]),
-            "batch_size": int(batch_size), "labelled_passes": int(labelled_passes)}
+            "batch_size": int(batch_size), "labelled_passes": int(labelled_passes), "aux_step": aux_step,
+            "loss_scale": loss_scale}
     path = Path(checkpoint_dir) / CHECKPOINT_NAME if checkpoint_dir is not None else None
     history: list[dict[str, Any]] = []
     if path is not None:
@@ -141,15 +192,16 @@ def fit_semi_supervised(
         if resume and path.exists():
             history = _resume(path, ssvae, optimizer, lr, data)
 
-    def batch_loss(x: torch.Tensor, y: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """The objective's loss of a batch (summed) and, for a labelled one, its auxiliary loss."""
+    def batch_loss(x: torch.Tensor, y: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, tuple]:
+        """The objective's loss of a batch (summed), for a labelled one its auxiliary loss, and the batch's
+        arguments of the model (on the device, binarized)."""
         x = x.to(device)
         if binarize:
             x = torch.bernoulli(x)
         args = (x,) if y is None else (x, y.to(device))
         produce = terms_producer(ssvae.model, ssvae.guide, *args, max_plate_nesting=1)
         aux = ssvae.aux_loss(*args) if y is not None else x.new_zeros(())
-        return loss_fn(produce, num_particles=num_particles), aux
+        return loss_fn(produce, num_particles=num_particles), aux, args
 
     began = time.perf_counter()
     for epoch in range(len(history), int(epochs)):
@@ -168,14 +220,23 @@ def fit_semi_supervised(
         sums = {"unlabelled": 0.0, "labelled": 0.0, "aux": 0.0}
         for kind, idx in schedule:
             if kind == "unlabelled":
-                loss, aux = batch_loss(x_unlabelled[idx])
+                x_batch, y_batch = x_unlabelled[idx], None
             else:
-                loss, aux = batch_loss(x_labelled[idx], y_labelled[idx])
+                x_batch, y_batch = x_labelled[idx], y_labelled[idx]
+            loss, aux, args = batch_loss(x_batch, y_batch)
+            scale = idx.numel() if loss_scale == "mean" else 1
+            optimizer.zero_grad(set_to_none=True)
+            ((loss + aux if aux_step == "joint" else loss) / scale).backward()
+            optimizer.step()
+            if aux_step == "separate":  # Pyro's second SVI: an update of every weight, zero gradients unlabelled
+                for param in params:
+                    param.grad = torch.zeros_like(param)
+                if y_batch is not None:
+                    aux = ssvae.aux_loss(*args)
+                    (aux / scale).backward()
+                optimizer.step()
             sums[kind] += float(loss.detach())
             sums["aux"] += float(aux.detach())
-            optimizer.zero_grad(set_to_none=True)
-            ((loss + aux) / idx.numel()).backward()
-            optimizer.step()
         record = {"epoch": epoch + 1, "seconds": time.perf_counter() - start,
                   "loss_unlabelled": sums["unlabelled"] / x_unlabelled.shape[0],
                   "loss_labelled": sums["labelled"] / (x_labelled.shape[0] * int(labelled_passes)),
@@ -184,6 +245,10 @@ def fit_semi_supervised(
             ssvae.eval()
             record["val_accuracy"] = ssvae.accuracy(*val_data)
             ssvae.train()
+            accuracies = [h.get("val_accuracy", -1.0) for h in history] + [record["val_accuracy"]]
+            record["best_epoch"] = 1 + accuracies.index(max(accuracies))  # the first of ties
+            if record["best_epoch"] == epoch + 1 and best_dir is not None:
+                ssvae.save(best_dir)
         history.append(record)
         if progress:
             print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()),
@@ -210,7 +275,7 @@ def _resume(path: Path, ssvae: Any, optimizer: torch.optim.Optimizer, lr: float,
     if state.get("trainer") != SEMI_SUPERVISED_TRAINER:
         raise ValueError(f"{path} is a checkpoint of pyro_vae.fit, not of fit_semi_supervised: continue it with fit, "
                          "or give another checkpoint_dir")
-    saved = json.loads(state.get("config") or "{}")
+    saved = {**_LEGACY_SCHEDULE, **json.loads(state.get("config") or "{}")}  # older checkpoints: the schedule then
     changed = [f"{k} {saved.get(k)} -> {v}" for k, v in data.items() if saved.get(k) != v]
     if changed:
         raise ValueError(f"{path} was trained on other data or another schedule ({', '.join(changed)}): a resumed "

@@ -16,6 +16,7 @@ import torch
 
 from ... import datasets, distributed
 from ...runs import run_test_data
+from ...train.semi_supervised import AUX_STEPS, LOSS_SCALES
 from ..registry import register_kind
 from ..settings import EVALUATE_BATCH_SIZE, RunSettings, check_step_fits, run_splits
 from .base import RunContext, RunData, RunKind
@@ -28,14 +29,23 @@ SEMI_SUPERVISED_CLASSES = {"digits": 10, "mnist": 10, "fashion-mnist": 10}
 #: labelled training datapoints (required), the unlabelled ones (None: the rest of the training split), Kingma et
 #: al.'s alpha, passes over the labelled data per epoch, and K of the test log p(x)
 SEMI_SUPERVISED_DEFAULTS: dict[str, Any] = {"labels": None, "num_unlabelled": None, "aux_loss_multiplier": 46.0,
-                                            "labelled_passes": 1, "test_particles": 100}
+                                            "labelled_passes": 1, "test_particles": 100, "aux_step": "joint",
+                                            "loss_scale": "mean", "adam_beta1": 0.9, "init_std": None}
+#: what a run written before an option existed trained with (a resumed run keeps it)
+_LEGACY = {"aux_step": "joint", "loss_scale": "mean", "adam_beta1": 0.9, "init_std": None}
+#: the options a resumed run keeps (its data and its schedule)
+_KEPT = ("labels", "num_unlabelled", "aux_loss_multiplier", "labelled_passes", "aux_step", "loss_scale", "adam_beta1",
+         "init_std")
 #: the options a semi-supervised run refuses, with the one value (or the values) each may take (None: none)
 _NOT_SEMI_SUPERVISED: dict[str, Any] = {
     "two_stage": None, "layers": None, "stage2_epochs": None, "stage2_codes": None, "prior": "normal",
     "prior_components": None, "flow": None, "encoder": "mlp", "decoder": "mlp",
     "objective": ("elbo", "iwae", "iwae-dreg"), "likelihood": "bernoulli"}
+#: the folder of a run that holds the model of the best validation accuracy
+BEST_DIR = "best"
 #: the semi-supervised options stored in config.json's ``training`` (alpha is a model argument)
-_TRAINING = ("labels", "num_unlabelled", "labelled_passes", "test_particles")
+_TRAINING = ("labels", "num_unlabelled", "labelled_passes", "test_particles", "aux_step", "loss_scale", "adam_beta1",
+             "init_std")
 
 
 def _refuse_what_m2_lacks(given: dict[str, Any], who: str = "--semi-supervised") -> None:
@@ -89,15 +99,16 @@ class SemiSupervisedKind(RunKind):
         _refuse_what_m2_lacks(given, f"the semi-supervised run in {out}")
         default = SEMI_SUPERVISED_DEFAULTS["aux_loss_multiplier"]
         alpha = (saved.get("model_args") or {}).get("aux_loss_multiplier", default)
-        s = s.replace(aux_loss_multiplier=alpha)
-        for key in ("labels", "num_unlabelled", "aux_loss_multiplier", "labelled_passes"):
+        training = saved.get("training") or {}
+        s = s.replace(aux_loss_multiplier=alpha, **{k: v for k, v in _LEGACY.items() if k not in training})
+        for key in _KEPT:
             old = getattr(s, key)
             if key in given and given[key] != old:
                 raise ValueError(f"--{key.replace('_', '-')} {given[key]} differs from the run's {old!r}: a resumed "
                                  "semi-supervised run keeps its labelled and unlabelled data and its schedule "
                                  "(start a new run instead)")
         return s.replace(**{k: given.get(k, default if getattr(s, k) is None else getattr(s, k))
-                            for k, default in SEMI_SUPERVISED_DEFAULTS.items()})
+                            for k, default in SEMI_SUPERVISED_DEFAULTS.items() if k not in _LEGACY})
 
     def check(self, s: RunSettings) -> None:
         values = {}
@@ -117,6 +128,16 @@ class SemiSupervisedKind(RunKind):
         alpha = s.aux_loss_multiplier
         if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not math.isfinite(alpha) or alpha < 0:
             raise ValueError(f"--aux-loss-multiplier must be >= 0 and finite, got {alpha!r}")
+        for key, names in (("aux_step", AUX_STEPS), ("loss_scale", LOSS_SCALES)):
+            if getattr(s, key) not in names:
+                value = getattr(s, key)
+                raise ValueError(f"--{key.replace('_', '-')} must be one of {', '.join(names)}, got {value!r}")
+        beta1 = s.adam_beta1
+        if isinstance(beta1, bool) or not isinstance(beta1, (int, float)) or not 0 <= beta1 < 1:
+            raise ValueError(f"--adam-beta1 must be in [0, 1), got {beta1!r}")
+        std = s.init_std
+        if std is not None and (isinstance(std, bool) or not isinstance(std, (int, float)) or not 0 < std < math.inf):
+            raise ValueError(f"--init-std must be > 0 and finite (or left out: torch's initialisation), got {std!r}")
         if distributed.launched():
             raise ValueError("semi-supervised runs take one process: launch them without torchrun")
 
@@ -124,8 +145,10 @@ class SemiSupervisedKind(RunKind):
     def read_data(self, s: RunSettings, out: Path, resume: bool) -> tuple[RunSettings, RunData]:
         """The training and validation splits with labels, the labelled and unlabelled datapoints (from the seed),
         and the test data every command sees (one fixed binarization from the seed)."""
-        s = s.replace(**{k: int(getattr(s, k)) for k in _TRAINING if getattr(s, k) is not None},
-                      aux_loss_multiplier=float(s.aux_loss_multiplier))
+        whole = ("labels", "num_unlabelled", "labelled_passes", "test_particles")
+        s = s.replace(**{k: int(getattr(s, k)) for k in whole if getattr(s, k) is not None},
+                      aux_loss_multiplier=float(s.aux_loss_multiplier), adam_beta1=float(s.adam_beta1),
+                      init_std=None if s.init_std is None else float(s.init_std))
         train, valid, test = run_splits(s.dataset)
         x_train, y_train = datasets.load(s.dataset, train, root=s.data_root, return_labels=True)
         x_valid, y_valid = datasets.load(s.dataset, valid, root=s.data_root, return_labels=True)
@@ -144,10 +167,12 @@ class SemiSupervisedKind(RunKind):
 
     def build(self, s: RunSettings, data: RunData, out: Path) -> Any:
         from ...models import SSVAE
+        from ...train.semi_supervised import init_hidden_normal_
 
-        return SSVAE(datasets.event_shape(s.dataset), num_classes=SEMI_SUPERVISED_CLASSES[s.dataset],
-                     latent_dim=s.latent_dim, hidden_dims=tuple(s.hidden_dims or ()), activation=s.activation,
-                     likelihood=s.likelihood, aux_loss_multiplier=s.aux_loss_multiplier)
+        model = SSVAE(datasets.event_shape(s.dataset), num_classes=SEMI_SUPERVISED_CLASSES[s.dataset],
+                      latent_dim=s.latent_dim, hidden_dims=tuple(s.hidden_dims or ()), activation=s.activation,
+                      likelihood=s.likelihood, aux_loss_multiplier=s.aux_loss_multiplier)
+        return model if s.init_std is None else init_hidden_normal_(model, s.init_std)
 
     def batch_size(self, s: RunSettings, data: RunData) -> int:
         return min(s.batch_size, data.extra["unlabelled"].numel())
@@ -155,7 +180,8 @@ class SemiSupervisedKind(RunKind):
     def check_run(self, s: RunSettings, data: RunData, model: Any, device: torch.device) -> None:
         from ...train import check_data
 
-        check_data(data.train, f"the {data.splits[0]} split of {s.dataset!r}", model, bool(s.binarize))
+        # values in [0, 1]: binarized afresh, or grey levels taken as Bernoulli targets (--no-binarize, Pyro's)
+        check_data(data.train, f"the {data.splits[0]} split of {s.dataset!r}", model, True)
         # an unlabelled batch decodes every class: C times the datapoints of a VAE's step
         check_step_fits(s.num_particles * SEMI_SUPERVISED_CLASSES[s.dataset], self.batch_size(s, data),
                         datasets.event_shape(s.dataset), device)
@@ -203,7 +229,9 @@ class SemiSupervisedKind(RunKind):
                                       lr=float(s.lr), objective=s.objective, num_particles=s.num_particles,
                                       binarize=bool(s.binarize), val_data=(data.valid, data.labels["valid"]),
                                       seed=s.seed, progress=False, on_epoch_end=on_epoch_end, labelled_passes=passes,
-                                      checkpoint_dir=ctx.out, resume=ctx.resume)
+                                      checkpoint_dir=ctx.out, resume=ctx.resume, aux_step=s.aux_step,
+                                      loss_scale=s.loss_scale, betas=(float(s.adam_beta1), 0.999),
+                                      best_dir=ctx.out / BEST_DIR)
         if logger is not None:
             logger.on_train_end(history)
         return history
@@ -219,7 +247,8 @@ class SemiSupervisedKind(RunKind):
                                       batch_size=EVALUATE_BATCH_SIZE, seed=s.seed, diagnostics=False,
                                       progress=ctx.progress)
         d = result.as_dict()
-        return {"split": data.splits[2], "accuracy": model.accuracy(x_test, y_test),
+        best = _best(history, ctx.out, ctx.device, x_test, y_test)
+        return {"split": data.splits[2], "accuracy": model.accuracy(x_test, y_test), **best,
                 **{k: d[k] for k in ("log_likelihood", "log_likelihood_stderr", "log_likelihood_mc_stderr",
                                      "num_particles", "elbo", "elbo_stderr", "rate", "distortion")},
                 "seed": s.seed, "num_datapoints": int(x_test.shape[0]), "epochs": len(history),
@@ -253,6 +282,20 @@ class SemiSupervisedKind(RunKind):
     def evaluation_extras(self, model: Any, x: torch.Tensor, labels: torch.Tensor | None) -> dict[str, Any]:
         # the classifier argmax q(y | x) on the same datapoints
         return {} if labels is None else {"accuracy": model.accuracy(x, labels)}
+
+
+def _best(history: list[dict[str, Any]], out: Path, device: torch.device, x: torch.Tensor,
+          y: torch.Tensor) -> dict[str, Any]:
+    """The best-validation epoch, its validation accuracy and the test accuracy of its model (kept in ``best/``)."""
+    from ...saving import load_model
+
+    scored = [h for h in history if "val_accuracy" in h]
+    if not scored or not (out / BEST_DIR).is_dir():
+        return {}
+    best = max(scored, key=lambda h: h["val_accuracy"])  # the first of ties, as the trainer keeps it
+    model = load_model(out / BEST_DIR, map_location=device)
+    return {"best_epoch": best["epoch"], "best_val_accuracy": best["val_accuracy"],
+            "best_accuracy": model.accuracy(x, y)}
 
 
 def _label_split(y: torch.Tensor, s: RunSettings, num_classes: int, split: str) -> tuple[torch.Tensor, torch.Tensor]:
