@@ -9,6 +9,7 @@ References: Kingma, Rezende, Mohamed, Welling, "Semi-Supervised Learning with De
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -18,6 +19,7 @@ from typing import Any, Callable
 
 import pyro
 import torch
+from pyro.distributions import is_validation_enabled
 
 from ..infer.objectives import get_objective
 from ..infer.weights import terms_producer
@@ -152,6 +154,7 @@ def fit_semi_supervised(
         return loss_fn(produce, num_particles=num_particles), aux
 
     began = time.perf_counter()
+    validated = not is_validation_enabled()
     for epoch in range(len(history), int(epochs)):
         if time_limit is not None and time.perf_counter() - began > float(time_limit):
             break
@@ -165,17 +168,23 @@ def fit_semi_supervised(
         schedule: list[tuple[str, torch.Tensor]] = [("unlabelled", idx) for idx in unlabelled]
         for j, idx in enumerate(labelled):  # one labelled batch every `every` batches
             schedule.insert(min(j * every, len(schedule)), ("labelled", idx))
-        sums = {"unlabelled": 0.0, "labelled": 0.0, "aux": 0.0}
+        # on the device, read once at the epoch's end: no host synchronisation per step
+        sums = {k: torch.zeros((), device=device, dtype=torch.float64) for k in ("unlabelled", "labelled", "aux")}
         for kind, idx in schedule:
-            if kind == "unlabelled":
-                loss, aux = batch_loss(x_unlabelled[idx])
-            else:
-                loss, aux = batch_loss(x_labelled[idx], y_labelled[idx])
-            sums[kind] += float(loss.detach())
-            sums["aux"] += float(aux.detach())
+            # distributions validate their arguments on the run's first step only (as fit's): the checks read
+            # every value on the host, a synchronisation per site and step
+            with contextlib.nullcontext() if not validated else pyro.validation_enabled(False):
+                if kind == "unlabelled":
+                    loss, aux = batch_loss(x_unlabelled[idx])
+                else:
+                    loss, aux = batch_loss(x_labelled[idx], y_labelled[idx])
+            validated = True
+            sums[kind] += loss.detach()
+            sums["aux"] += aux.detach()
             optimizer.zero_grad(set_to_none=True)
             ((loss + aux) / idx.numel()).backward()
             optimizer.step()
+        sums = dict(zip(sums, torch.stack(list(sums.values())).tolist()))  # the epoch's one synchronisation
         record = {"epoch": epoch + 1, "seconds": time.perf_counter() - start,
                   "loss_unlabelled": sums["unlabelled"] / x_unlabelled.shape[0],
                   "loss_labelled": sums["labelled"] / (x_labelled.shape[0] * int(labelled_passes)),
