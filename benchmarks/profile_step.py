@@ -12,7 +12,8 @@ forward plus backward, for
   ``fit`` took for user pairs before the engine);
 - ``library VAE``: ``objectives.elbo`` on ``pyro_vae.VAE``'s own producer of its terms.
 
-Then ``cProfile``'s top functions of the engine's forward pass. ``--write-docs`` records it in
+Then ``cProfile``'s top functions of the engine's forward pass, and its time summed by layer (torch's kernels,
+torch's Python, Pyro's handlers, the engine, the user's code). ``--write-docs`` records it in
 ``docs/benchmarks.md``.
 
 Usage::
@@ -98,6 +99,39 @@ def profile_engine(x: torch.Tensor, calls: int, seed: int, top: int = 15) -> str
     return "\n".join(line.replace(str(sys.prefix), "<venv>") for line in lines[start:start + top + 1])
 
 
+def _owner(filename: str) -> str:
+    """Which layer a profiled function belongs to."""
+    if filename == "~":
+        return "torch kernels and builtins"
+    for part, name in (("/pyro_vae/", "pyro_vae (the engine)"), ("/pyro/", "Pyro (handlers, primitives, plates)"),
+                       ("/torch/", "torch Python (nn.Module calls, distributions)"),
+                       ("train_mnist", "the user's model and guide")):
+        if part in filename:
+            return name
+    return "Python standard library"
+
+
+def profile_by_layer(x: torch.Tensor, calls: int, seed: int) -> dict[str, float]:
+    """The engine's forward pass (no gradient) under cProfile, its own time summed by layer: the share of each.
+
+    :returns: layer -> fraction of the profiled time (the profiler inflates Python calls: shares, not times)."""
+    fn, _, _ = variants(x, seed)["engine"]
+    with pyro.validation_enabled(False), torch.no_grad():
+        for _ in range(10):
+            fn()
+        prof = cProfile.Profile()
+        prof.enable()
+        for _ in range(calls):
+            fn()
+        prof.disable()
+    stats = pstats.Stats(prof).stats  # type: ignore[attr-defined]
+    total = sum(v[2] for v in stats.values())
+    shares: dict[str, float] = {}
+    for (filename, _, _), v in stats.items():
+        shares[_owner(filename)] = shares.get(_owner(filename), 0.0) + v[2] / total
+    return dict(sorted(shares.items(), key=lambda kv: -kv[1]))
+
+
 def main(args: argparse.Namespace) -> dict[str, Any]:
     if args.smoke_test:
         args.repeats, args.number, args.calls = 2, 2, 10
@@ -109,6 +143,8 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         print(f"{name:18s} forward {t['forward']:8.0f} us   forward+backward {t['forward+backward']:8.0f} us")
     profile = profile_engine(x, args.calls, args.seed)
     print(profile)
+    for layer, share in profile_by_layer(x, args.calls, args.seed).items():
+        print(f"{100 * share:5.1f}%  {layer}")
     if args.write_docs and not args.smoke_test:
         ref = timings["reference"]
         rows = [[name, f"{t['forward']:,.0f}", f"{t['forward'] - ref['forward']:+,.0f}",

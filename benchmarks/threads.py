@@ -5,14 +5,17 @@ What a user's ``pyro-vae train`` pays for its thread count: one epoch of ``pyro_
 process for each setting so that no thread pool carries over, with 1 thread, half and all of the cores, and
 ``auto`` (what the CLI picks: :func:`pyro_vae.threads.free_cores`). Each setting runs on the idle machine and
 again while ``--competitors`` other processes keep cores busy (busy Python loops, the situation of a shared
-machine). Images per second are reported with the load average seen at the start of each run; more threads than
-free cores make OpenMP's workers wait on one another, so the busy rows show how far each setting collapses.
+machine). Images per second are reported with the other processes' demand that ``auto`` saw
+(:func:`pyro_vae.threads.other_demand`) and the load average at the start of each run; more threads than free cores
+make OpenMP's workers wait on one another, so the busy rows show how far each setting collapses. ``--check-cost``
+times one check of the rule (what ``fit`` pays at the start of each epoch with ``num_threads="auto"``).
 Each process first trains on 200 images untimed: a fresh process's first ``fit`` pays once for the imports torch
 makes at its first optimizer (about 2 s of ``torch._dynamo`` here), which a hand-written loop pays alike.
 
 Usage::
 
     python benchmarks/threads.py --write-docs
+    python benchmarks/threads.py --check-cost
     python benchmarks/threads.py --train-size 2000 --competitors 1 --smoke-test
 """
 
@@ -35,7 +38,8 @@ _CHILD = """
 import json, os, sys, time, torch
 sys.path.insert(0, {root!r})
 threads = {threads!r}
-from pyro_vae.threads import free_cores
+from pyro_vae.threads import free_cores, other_demand
+demand = other_demand()
 n = free_cores() if threads == "auto" else int(threads)
 torch.set_num_threads(n)
 import pyro_vae
@@ -47,7 +51,7 @@ vae = pyro_vae.VAE((1, 28, 28))
 load = os.getloadavg()[0]
 t0 = time.perf_counter()
 pyro_vae.fit(vae, x, epochs=1, batch_size=100, binarize=True, progress=False, seed=0, device="cpu")
-print(json.dumps({{"threads": n, "seconds": time.perf_counter() - t0, "load": load}}))
+print(json.dumps({{"threads": n, "seconds": time.perf_counter() - t0, "load": load, "other_demand": demand}}))
 """
 
 
@@ -68,7 +72,26 @@ def _run(threads: str, size: int, data: str, timeout: float) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def check_cost(repeats: int = 2000) -> dict:
+    """The time of one check of the thread rule (``free_cores()``, what ``fit`` pays per epoch), in this process."""
+    sys.path.insert(0, str(ROOT))
+    from pyro_vae.threads import free_cores
+
+    free_cores()
+    times = []
+    for _ in range(5):
+        t0 = time.perf_counter()
+        for _ in range(repeats // 5):
+            free_cores()
+        times.append((time.perf_counter() - t0) / (repeats // 5))
+    return {"benchmark": "threads", "metric": "check_seconds", "median": sorted(times)[2], "min": min(times),
+            "free_cores": free_cores()}
+
+
 def main(args: argparse.Namespace) -> None:
+    if args.check_cost:
+        print_json(check_cost())
+        return
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     settings = ["1", str(max(1, cores // 2)), str(cores), "auto"] if cores > 2 else ["1", str(cores), "auto"]
     settings = list(dict.fromkeys(settings))
@@ -81,7 +104,7 @@ def main(args: argparse.Namespace) -> None:
         for p in spinners:
             p.start()
         if busy:
-            time.sleep(args.settle)  # let the load average see them
+            time.sleep(args.settle)  # let them start (the rule sees them at once, the load average in a minute)
         try:
             for setting in settings:
                 r = _run(setting, args.train_size, data, args.timeout)
@@ -96,9 +119,10 @@ def main(args: argparse.Namespace) -> None:
     if args.write_docs:
         best = {b: max(r["images_per_s"] for r in rows if r["competing_processes"] == b) for b in (0, competitors)}
         table = markdown_table(
-            ["competing busy processes", "threads setting", "threads used", "load average at start", "images/s",
-             "of the best setting"],
-            [[r["competing_processes"], r["setting"], r["threads"], f"{r['load']:.1f}",
+            ["competing busy processes", "threads setting", "threads used", "others' demand seen",
+             "load average at start", "images/s", "of the best setting"],
+            [[r["competing_processes"], r["setting"], r["threads"], f"{r.get('other_demand', float('nan')):.1f}",
+              f"{r['load']:.1f}",
               ("< " if r.get("timed_out") else "") + f"{r['images_per_s']:,.0f}",
               f"{r['images_per_s'] / best[r['competing_processes']]:.2f}"] for r in rows])
         body = (f"## Threads: training speed against the thread count, idle and under load\n\n"
@@ -113,7 +137,8 @@ if __name__ == "__main__":
     p.add_argument("--train-size", type=int, default=10000, help="training images (default: 10000)")
     p.add_argument("--competitors", type=int, default=None, help="busy processes in the loaded runs (default: "
                                                                   "one per core)")
-    p.add_argument("--settle", type=float, default=20.0, help="seconds for the load average to see them")
+    p.add_argument("--settle", type=float, default=1.0, help="seconds between starting the competitors and the runs")
+    p.add_argument("--check-cost", action="store_true", help="time one check of the thread rule and stop")
     p.add_argument("--timeout", type=float, default=120.0, help="seconds a run may take (a collapse is cut there)")
     p.add_argument("--data-root", default=None, help="data folder (default: $PYRO_VAE_DATA, else ../shared/data)")
     p.add_argument("--write-docs", action="store_true", help="update this benchmark's section of docs/benchmarks.md")

@@ -28,15 +28,16 @@ the ratio of images per second (implementation / reference): ``ratio``, the medi
 the result in ``docs/benchmarks.md``.
 
 ``--whole-calls`` measures what a user's script pays instead: whole ``fit`` calls of ``--call-epochs`` epochs
-over the whole training set (setup included), taking turns with hand-written loops of the same epochs (with
-torch's default Adam, and with the fused Adam that ``fit`` uses), wall and CPU time per call, and the load
+over the whole training set (setup included), with default arguments (the headline: what a user gets) and with
+the references' thread count, taking turns with hand-written loops of the same epochs (with torch's default Adam,
+and with the fused Adam that ``fit`` uses) at each of ``--threads``, wall and CPU time per call, and the load
 average after each round (:func:`run_whole_calls`).
 
 Usage::
 
     python benchmarks/train_mnist.py --smoke-test
     python benchmarks/train_mnist.py --batch-size 20,100,1000 --train-size 20000 --epochs 2 --write-docs
-    python benchmarks/train_mnist.py --whole-calls --train-size 10000 --call-epochs 1,2 --repeats 5 --threads 1
+    python benchmarks/train_mnist.py --whole-calls --train-size 10000 --call-epochs 2 --repeats 7 --threads 2,1
 """
 
 from __future__ import annotations
@@ -318,7 +319,12 @@ def run_batch_size(batch_size: int, train: torch.Tensor, test: torch.Tensor, epo
     return result
 
 
-WHOLE_IMPLS = ("library", "user_pair", "reference", "reference_fused")
+#: whole-call implementations: ``fit`` with default arguments (what a user gets: ``num_threads="auto"``), ``fit`` at the
+#: references' thread count (``num_threads=T``), and the two hand-written loops at ``T`` threads
+WHOLE_IMPLS = ("library", "user_pair", "library@T", "user_pair@T", "reference", "reference_fused")
+#: (numerator, what its row is called) in the order of the table: the default arguments first, the headline
+WHOLE_ROWS = (("library", "defaults"), ("user_pair", "defaults"), ("library@T", "T threads"),
+              ("user_pair@T", "T threads"))
 
 
 def _load() -> list[float]:
@@ -328,41 +334,58 @@ def _load() -> list[float]:
         return []
 
 
+def _whole_call(impl: str, model: Any, train: torch.Tensor, batch_size: int, epochs: int, seed: int,
+                device: torch.device, shuffle: torch.Generator, noise: torch.Generator | None, threads: int) -> int:
+    """One whole call of ``impl``: ``fit`` with default arguments, ``fit(num_threads=threads)``, or a reference.
+
+    :returns: the most torch threads the call trained with (seen at the end of each of its epochs)."""
+    if impl.startswith("reference"):
+        reference_fit(model, train, batch_size, shuffle, noise, epochs, impl.endswith("fused"))
+        return torch.get_num_threads()
+    used: list[int] = []
+    extra = {"num_threads": threads} if impl.endswith("@T") else {}  # no num_threads: the default, "auto"
+    pyro_vae.fit(model, train, epochs=epochs, batch_size=batch_size, device=device, seed=seed, progress=False,
+                 binarize=True, on_epoch_end=lambda record: used.append(torch.get_num_threads()), **extra)
+    return max(used)
+
+
 def run_whole_calls(batch_size: int, train: torch.Tensor, call_epochs: list[int], repeats: int, seed: int,
-                    device: torch.device) -> list[dict[str, Any]]:
+                    device: torch.device, threads: int | None = None) -> list[dict[str, Any]]:
     """Whole calls, setup included: ``fit(model, train, epochs=E)`` against ``reference_fit(..., epochs=E)``.
 
-    For each ``E`` in ``call_epochs``, ``repeats`` rounds; in each round every implementation makes one call over
-    the whole training set (a new optimizer each call, the weights carried over), the order rotating between
-    rounds. ``reference`` is a hand-written loop with torch's default Adam (what a user writes);
-    ``reference_fused`` the same loop with the fused Adam that ``fit`` uses where torch has it (the like-for-like
-    overhead). Each call's wall time and CPU time (``time.process_time``: this process alone, so less sensitive
-    to other processes on a shared machine than wall time) are kept, with the load average after each round.
+    The references run with ``threads`` torch threads (default: torch's setting). For each ``E`` in
+    ``call_epochs``, ``repeats`` rounds; in each round every implementation of :data:`WHOLE_IMPLS` makes one call
+    over the whole training set (a new optimizer each call, the weights carried over), the order rotating between
+    rounds: ``fit`` with default arguments (the headline: what a user gets, its threads chosen by
+    ``num_threads="auto"``) and with ``num_threads=threads`` (like for like), for the library VAE and a user's
+    own pair; ``reference``, a hand-written loop with torch's default Adam (what a user writes), and
+    ``reference_fused``, the same loop with the fused Adam that ``fit`` uses where torch has it. Each call's wall
+    time and CPU time (``time.process_time``: this process alone, less moved by other processes than wall time)
+    are kept, with the load average after each round and the threads each ``fit`` call used.
 
-    :returns: one record per ``E`` and implementation: the median ratio of images per second to each reference
-        (per round, wall and CPU), their quartiles, and the load averages seen.
+    :returns: one record per ``E`` and ``fit`` implementation: the median ratio of images per second to each
+        reference (per round, wall and CPU), their quartiles, the load averages seen.
     """
+    if threads is not None:
+        torch.set_num_threads(int(threads))
+    threads = torch.get_num_threads()
     pyro.clear_param_store()
     models: dict[str, Any] = {}
-    for impl, build in (("library", lambda: pyro_vae.VAE((INPUT_DIM,), latent_dim=LATENT_DIM,
-                                                         hidden_dims=HIDDEN_DIMS).to(device)),
-                        ("user_pair", lambda: UserPair().to(device)), ("reference", lambda: ReferenceVAE().to(device)),
-                        ("reference_fused", lambda: ReferenceVAE().to(device))):
+    for impl in WHOLE_IMPLS:
         torch.manual_seed(seed)
-        models[impl] = build()
+        base = impl.split("@")[0]
+        models[impl] = (pyro_vae.VAE((INPUT_DIM,), latent_dim=LATENT_DIM, hidden_dims=HIDDEN_DIMS) if base == "library"
+                        else UserPair() if base == "user_pair" else ReferenceVAE()).to(device)
     shuffle = torch.Generator().manual_seed(seed)
     noise = torch.Generator(device=device).manual_seed(seed + 1)
     for impl in WHOLE_IMPLS:  # warm-up: a process's first call pays one-time costs (lazy imports, first kernels)
-        if impl.startswith("reference"):
-            reference_fit(models[impl], train[:2 * batch_size], batch_size, shuffle, noise, 1, impl.endswith("fused"))
-        else:
-            pyro_vae.fit(models[impl], train[:2 * batch_size], epochs=1, batch_size=batch_size, lr=LR, device=device,
-                         seed=seed, progress=False, binarize=True)
+        _whole_call(impl, models[impl], train[:2 * batch_size], batch_size, 1, seed, device, shuffle, noise, threads)
     out = []
     calls = 0
     for epochs in call_epochs:
         wall: dict[str, list[float]] = {impl: [] for impl in WHOLE_IMPLS}
         cpu: dict[str, list[float]] = {impl: [] for impl in WHOLE_IMPLS}
+        used: dict[str, list[int]] = {impl: [] for impl in WHOLE_IMPLS}
         loads = []
         for _ in range(repeats):
             order = WHOLE_IMPLS[calls % len(WHOLE_IMPLS):] + WHOLE_IMPLS[:calls % len(WHOLE_IMPLS)]
@@ -370,19 +393,19 @@ def run_whole_calls(batch_size: int, train: torch.Tensor, call_epochs: list[int]
             for impl in order:
                 _sync(device)
                 t0, c0 = time.perf_counter(), time.process_time()
-                if impl.startswith("reference"):
-                    reference_fit(models[impl], train, batch_size, shuffle, noise, epochs, impl.endswith("fused"))
-                else:
-                    pyro_vae.fit(models[impl], train, epochs=epochs, batch_size=batch_size, lr=LR, device=device,
-                                 seed=seed + calls, progress=False, binarize=True)
+                n = _whole_call(impl, models[impl], train, batch_size, epochs, seed + calls, device, shuffle, noise,
+                                threads)
                 _sync(device)
                 wall[impl].append(time.perf_counter() - t0)
                 cpu[impl].append(time.process_time() - c0)
+                used[impl].append(n)
             loads.append(_load())
-        for impl in ("library", "user_pair"):
-            record: dict[str, Any] = {"benchmark": BENCHMARK, "metric": "whole_call_ratio", "numerator": impl,
+        for impl, label in WHOLE_ROWS:
+            record: dict[str, Any] = {"benchmark": BENCHMARK, "metric": "whole_call_ratio",
+                                      "numerator": impl.split("@")[0], "fit_arguments": label,
                                       "batch_size": batch_size, "call_epochs": epochs, "rounds": repeats,
-                                      "train_size": train.shape[0], "threads": torch.get_num_threads(),
+                                      "train_size": train.shape[0], "threads": threads,
+                                      "fit_threads": sorted(set(used[impl])),
                                       "device": str(device), "load_average_per_round": loads,
                                       "seconds_per_call": statistics.median(wall[impl]),
                                       "cpu_seconds_per_call": statistics.median(cpu[impl])}
@@ -398,17 +421,27 @@ def run_whole_calls(batch_size: int, train: torch.Tensor, call_epochs: list[int]
 
 
 def whole_calls_markdown(records: list[dict[str, Any]]) -> str:
-    """The whole-call records as a table (printed, and with ``--write-docs`` written to docs/benchmarks.md)."""
+    """The whole-call records as a table (printed, and with ``--write-docs`` written to docs/benchmarks.md): the
+    default arguments first (the headline), then ``fit`` at the references' thread count."""
     rows = []
     for r in records:
         loads = [v[0] for v in r["load_average_per_round"] if v]
-        rows.append([r["batch_size"], r["call_epochs"], r["numerator"],
-                     f"**{r['ratio_cpu_vs_reference']:.3f}** / {r['ratio_wall_vs_reference']:.3f}",
-                     f"{r['ratio_cpu_vs_reference_fused']:.3f} / {r['ratio_wall_vs_reference_fused']:.3f}",
+        default = r["fit_arguments"] == "defaults"
+        label = "defaults (`auto`: " + ",".join(map(str, r["fit_threads"])) + ")" if default else \
+            f"`num_threads={r['threads']}`"
+        bold = (lambda v: f"**{v:.3f}**") if default else (lambda v: f"{v:.3f}")
+        rows.append([r["threads"], r["batch_size"], r["call_epochs"], r["numerator"], label,
+                     f"{bold(r['ratio_wall_vs_reference'])} ({r['ratio_wall_vs_reference_quartiles'][0]:.3f} to "
+                     f"{r['ratio_wall_vs_reference_quartiles'][1]:.3f}) / CPU {r['ratio_cpu_vs_reference']:.3f}",
+                     f"{bold(r['ratio_wall_vs_reference_fused'])} "
+                     f"({r['ratio_wall_vs_reference_fused_quartiles'][0]:.3f} to "
+                     f"{r['ratio_wall_vs_reference_fused_quartiles'][1]:.3f}) / CPU "
+                     f"{r['ratio_cpu_vs_reference_fused']:.3f}",
                      f"{r['seconds_per_call']:.2f} s", f"{min(loads):.1f} to {max(loads):.1f}" if loads else "?"])
-    return markdown_table(["batch", "epochs a call", "trained by fit", "vs reference, CPU / wall",
-                           "vs reference with fused Adam, CPU / wall", "a call (wall)", "load average (1 min)"],
-                          rows)
+    return markdown_table(["reference threads", "batch", "epochs a call", "trained by fit", "fit's arguments",
+                           "vs reference (torch's Adam), wall (quartiles) / CPU",
+                           "vs reference with fused Adam, wall (quartiles) / CPU", "a call (wall)",
+                           "load average (1 min)"], rows)
 
 
 def docs_section(results: list[dict[str, Any]], info: dict[str, Any], args: argparse.Namespace,
@@ -489,7 +522,7 @@ def main(args: argparse.Namespace) -> list[dict[str, Any]]:
     if args.smoke_test:
         args.epochs, args.train_size, args.test_size, args.rounds = 1, 1000, 1000, 2
         args.call_epochs, args.repeats = [1], 2
-    torch.set_num_threads(args.threads)
+    torch.set_num_threads(args.threads[0])
     device = pyro_vae.train.resolve_device(args.device)
     pyro.clear_param_store()
     pyro.set_rng_seed(args.seed)
@@ -514,24 +547,27 @@ def main(args: argparse.Namespace) -> list[dict[str, Any]]:
     test = torch.bernoulli(test, generator=torch.Generator().manual_seed(12345)).to(device)
 
     if args.whole_calls:
-        torch.set_num_threads(args.threads)
         records = []
-        for batch_size in args.batch_size:
-            for r in run_whole_calls(batch_size, train, args.call_epochs, args.repeats, args.seed, device):
-                print_json(r)
-                records.append(r)
+        for threads in args.threads:
+            for batch_size in args.batch_size:
+                for r in run_whole_calls(batch_size, train, args.call_epochs, args.repeats, args.seed, device,
+                                         threads):
+                    print_json(r)
+                    records.append(r)
         table = whole_calls_markdown(records)
         print(table)
         if args.write_docs and not args.smoke_test:
             body = ("## train_mnist, whole calls: what a user's `fit` call costs, setup included\n\n"
                     f"`{command_line()}` ({utc_date()}). Whole `pyro_vae.fit` calls of the library VAE and of a "
                     "user's own Pyro pair (784-200-200-50, dynamically binarized MNIST) against hand-written "
-                    "PyTorch loops of the same network (torch's default Adam, and the fused Adam `fit` uses), "
-                    "taking turns; the median ratio of images per second over the rounds, by CPU time (less moved "
-                    "by other processes) and by wall time, with the load average of the rounds. The first call "
-                    "of a fresh process also pays about 2 s of imports torch makes at its first optimizer, alike "
-                    "for every side.\n\n"
-                    f"{machine_markdown(machine_info(args.threads, device))}\n\n{table}\n")
+                    "PyTorch loops of the same network (torch's default Adam, and the fused Adam `fit` uses) at "
+                    "each thread count, taking turns. The headline (bold) is `fit` with **default arguments**, "
+                    "what a user gets (`num_threads=\"auto\"`: the free cores, counting other processes only); "
+                    "the rows `num_threads=T` give `fit` the references' thread count. Each cell is the median "
+                    "ratio of images per second over the rounds by wall time (quartiles), then by CPU time, with "
+                    "the load average of the rounds. The first call of a fresh process also pays about 2 s of "
+                    "imports torch makes at its first optimizer, alike for every side (a warm-up call, untimed).\n\n"
+                    f"{machine_markdown(machine_info(args.threads[0], device))}\n\n{table}\n")
             name = "train_mnist-whole-calls" + ("" if device.type == "cpu" else f"-{device.type}")
             print(f"wrote the {name} section of {update_section(name, body)}", file=sys.stderr)
         return records
@@ -571,7 +607,9 @@ def make_parser() -> argparse.ArgumentParser:
                    help="use the first N training images (default 20,000; 0 for all)")
     p.add_argument("--test-size", type=int, default=None, help="use the first N test images (default all 10,000)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
-    p.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (default 2)")
+    p.add_argument("--threads", type=parse_batch_sizes, default=[2],
+                   help="torch.set_num_threads (default 2); with --whole-calls a comma list, each timed in turn "
+                        "(e.g. 2,1)")
     p.add_argument("--data-root", default=None,
                    help="folder holding mnist/ (default $PYRO_VAE_DATA, else ../shared/data)")
     p.add_argument("--seed", type=int, default=0)

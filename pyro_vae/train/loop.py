@@ -36,7 +36,7 @@ from ..datasets import binarize as binarize_batch
 from ..infer.objectives import OBJECTIVES
 from ..infer.weights import fast_path_owner, guess_max_plate_nesting
 from ..io import RunLock
-from ..threads import resolve_threads, torch_threads
+from ..threads import adapt_threads, resolve_threads, torch_threads
 from .callbacks import Callback, CallbackList, EpochFunction, Progress
 from .config import FitConfig
 from .nan import NanGuard, is_invalid_values_error
@@ -120,7 +120,8 @@ def fit(
     :param fast_path: the old name of ``direct_terms`` (deprecated: a ``DeprecationWarning``).
     :param num_threads: torch's intra-op CPU threads during the call (restored afterwards): ``"auto"`` (the
         default) takes :func:`pyro_vae.threads.free_cores`, all the cores of an idle machine and fewer when other
-        processes keep them busy (more threads than free cores make training collapse, not merely slow down); a
+        processes keep them busy (more threads than free cores make training collapse, not merely slow down),
+        re-checked at each epoch (this process's own work is never counted); a
         number sets it; None leaves torch's setting as it is.
     :param on_nan: what to do when a loss or gradient becomes NaN or inf: ``"raise"`` a ``FloatingPointError``
         naming the epoch, the step and the site, or ``"rollback"``: restore the start of the epoch, halve the
@@ -220,7 +221,10 @@ def run_fit(vae: Any, data: torch.Tensor, options: FitConfig, *, val_data: torch
         # ---- the epochs
         if isinstance(vae, nn.Module):
             vae.train()
-        for epoch in range(state.epoch, o.epochs):
+        first_epoch = state.epoch
+        for epoch in range(first_epoch, o.epochs):
+            if epoch > first_epoch:  # "auto": the free cores again (a competitor came or went)
+                adapt_threads(o.num_threads)
             beta_t = rate_weight(epoch, o.beta, o.kl_warmup_epochs)
             start, events = state.snapshot(), []  # the last good state, for replay and rollback
             while True:

@@ -9,6 +9,7 @@ References: Kingma, Rezende, Mohamed, Welling, "Semi-Supervised Learning with De
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -18,6 +19,7 @@ from typing import Any, Callable
 
 import pyro
 import torch
+from pyro.distributions import is_validation_enabled
 
 from ..infer.objectives import get_objective
 from ..infer.weights import terms_producer
@@ -204,6 +206,7 @@ def fit_semi_supervised(
         return loss_fn(produce, num_particles=num_particles), aux, args
 
     began = time.perf_counter()
+    validated = not is_validation_enabled()
     for epoch in range(len(history), int(epochs)):
         if time_limit is not None and time.perf_counter() - began > float(time_limit):
             break
@@ -217,26 +220,32 @@ def fit_semi_supervised(
         schedule: list[tuple[str, torch.Tensor]] = [("unlabelled", idx) for idx in unlabelled]
         for j, idx in enumerate(labelled):  # one labelled batch every `every` batches
             schedule.insert(min(j * every, len(schedule)), ("labelled", idx))
-        sums = {"unlabelled": 0.0, "labelled": 0.0, "aux": 0.0}
+        # on the device, read once at the epoch's end: no host synchronisation per step
+        sums = {k: torch.zeros((), device=device, dtype=torch.float64) for k in ("unlabelled", "labelled", "aux")}
         for kind, idx in schedule:
             if kind == "unlabelled":
                 x_batch, y_batch = x_unlabelled[idx], None
             else:
                 x_batch, y_batch = x_labelled[idx], y_labelled[idx]
-            loss, aux, args = batch_loss(x_batch, y_batch)
-            scale = idx.numel() if loss_scale == "mean" else 1
-            optimizer.zero_grad(set_to_none=True)
-            ((loss + aux if aux_step == "joint" else loss) / scale).backward()
-            optimizer.step()
-            if aux_step == "separate":  # Pyro's second SVI: an update of every weight, zero gradients unlabelled
-                for param in params:
-                    param.grad = torch.zeros_like(param)
-                if y_batch is not None:
-                    aux = ssvae.aux_loss(*args)
-                    (aux / scale).backward()
+            # distributions validate their arguments on the run's first step only (as fit's): the checks read
+            # every value on the host, a synchronisation per site and step
+            with contextlib.nullcontext() if not validated else pyro.validation_enabled(False):
+                loss, aux, args = batch_loss(x_batch, y_batch)
+                scale = idx.numel() if loss_scale == "mean" else 1
+                optimizer.zero_grad(set_to_none=True)
+                ((loss + aux if aux_step == "joint" else loss) / scale).backward()
                 optimizer.step()
-            sums[kind] += float(loss.detach())
-            sums["aux"] += float(aux.detach())
+                if aux_step == "separate":  # Pyro's second SVI: an update of every weight, zero gradients unlabelled
+                    for param in params:
+                        param.grad = torch.zeros_like(param)
+                    if y_batch is not None:
+                        aux = ssvae.aux_loss(*args)
+                        (aux / scale).backward()
+                    optimizer.step()
+            validated = True
+            sums[kind] += loss.detach()
+            sums["aux"] += aux.detach()
+        sums = dict(zip(sums, torch.stack(list(sums.values())).tolist()))  # the epoch's one synchronisation
         record = {"epoch": epoch + 1, "seconds": time.perf_counter() - start,
                   "loss_unlabelled": sums["unlabelled"] / x_unlabelled.shape[0],
                   "loss_labelled": sums["labelled"] / (x_labelled.shape[0] * int(labelled_passes)),
