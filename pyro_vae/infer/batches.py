@@ -88,7 +88,7 @@ class BatchedArgs:
             except TypeError:
                 raise TypeError(f"{name} is a Dataset without __len__: give a map-style Dataset") from None
             if n == 0:
-                raise ValueError(f"{name} holds no datapoint")
+                raise ValueError(f"{name} must be non-empty: it holds no datapoint")
             if collate_fn is None:
                 from torch.utils.data import default_collate as collate_fn
             return cls(dataset=data, collate_fn=collate_fn)
@@ -114,7 +114,7 @@ class BatchedArgs:
             raise ValueError(f"the arguments in {name} have different numbers of datapoints ({what}): each must hold "
                              "one row per datapoint, batched along dim 0")
         if lengths[0] == 0:
-            raise ValueError(f"{name} holds no datapoint")
+            raise ValueError(f"{name} must be non-empty: it holds no datapoint")
         return cls(tensors)
 
     @property
