@@ -15,14 +15,12 @@ import pyro
 import pytest
 import torch
 from pyro.infer import Trace_ELBO, TraceEnum_ELBO
+from pyro_programs import PLATE, BroadcastCVAE, LabelPair, MaskedCVAE, SequencePair, Sequences, collate_sequences
 from torch.testing import assert_close
 
 import pyro_vae
 from pyro_vae import infer
 from pyro_vae.infer.objectives import objective_loss
-
-from pyro_programs import (PLATE, BroadcastCVAE, LabelPair, MaskedCVAE, SequencePair, Sequences,
-                           collate_sequences)
 
 HERE = Path(__file__).parent
 

@@ -81,8 +81,8 @@ class BatchedArgs:
             return data
         if isinstance(data, torch.utils.data.Dataset) and not torch.is_tensor(data):
             if condition is not None:
-                raise ValueError(f"condition= goes with tensor data; with a Dataset, let its collate_fn return the "
-                                 f"condition among the batch's arguments")
+                raise ValueError("condition= goes with tensor data; with a Dataset, let its collate_fn return the "
+                                 "condition among the batch's arguments")
             try:
                 n = len(data)
             except TypeError:

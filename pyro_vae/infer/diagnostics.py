@@ -22,7 +22,15 @@ import pyro
 import torch
 
 from ..checks import whole_number
-from .weights import _frames, _is_latent, _run, check_data_plate, check_estimator_input, direct_terms_owner, plate_layout
+from .weights import (
+    _frames,
+    _is_latent,
+    _run,
+    check_data_plate,
+    check_estimator_input,
+    direct_terms_owner,
+    plate_layout,
+)
 
 __all__ = ["latent_usage", "ACTIVE_UNIT_THRESHOLD"]
 

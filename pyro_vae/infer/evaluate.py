@@ -195,8 +195,8 @@ class LogLikelihoodResult(PerDatapointSummary):
         d = self.as_dict()
         lines = [
             f"{self.quantity} (IWAE, K={self.num_particles}): {d['log_likelihood']:.3f} +- "
-            f"{d['log_likelihood_stderr']:.3f} nats over {d['num_datapoints']} datapoints (Monte Carlo error of the mean "
-            f"{d['log_likelihood_mc_stderr']:.3f})",
+            f"{d['log_likelihood_stderr']:.3f} nats over {d['num_datapoints']} datapoints (Monte Carlo error of the "
+            f"mean {d['log_likelihood_mc_stderr']:.3f})",
             f"ELBO: {d['elbo']:.3f} +- {d['elbo_stderr']:.3f}  (rate {d['rate']:.3f}, distortion "
             f"{d['distortion']:.3f}); gap IWAE - ELBO: {d['gap']:.3f} +- {d['gap_stderr']:.3f}",
             "K-curve: " + ", ".join(f"K={k}: {v['mean']:.3f} +- {v['stderr']:.3f}" for k, v in d["curve"].items()),

@@ -33,8 +33,8 @@ from torch import nn
 
 from .. import distributed as dist
 from ..datasets import binarize as binarize_batch
-from ..infer.objectives import OBJECTIVES
 from ..infer.batches import BatchedArgs, first_transformed
+from ..infer.objectives import OBJECTIVES
 from ..infer.weights import check_data_plate, fast_path_owner, plate_layout
 from ..io import RunLock
 from ..threads import resolve_threads, torch_threads
