@@ -36,7 +36,7 @@ except ImportError:  # pragma: no cover - the message is the point
 from .datasets import binarize as binarize_batch
 from .infer.evaluate import log_likelihood
 from .infer.objectives import get_objective, objective_loss
-from .infer.weights import fast_path_owner, guess_max_plate_nesting
+from .infer.weights import check_data_plate, fast_path_owner, plate_layout
 from .train.validation import collect_parameters, evaluate_elbo
 
 __all__ = ["VAEModule"]
@@ -78,6 +78,13 @@ class VAEModule(pl.LightningModule):
     :param iwae_particles: ``K`` of that estimate.
     :param iwae_chunk_size: particles per vectorized pass of the estimate (bounded memory; None: the default of
         :func:`~pyro_vae.infer.log_likelihood`).
+    :param data_plate: the name of the pair's plate of datapoints, as for :func:`pyro_vae.fit` and every estimator
+        (a name that is no plate of the pair is refused at the first batch).
+    :param vectorize_particles: False: one pass per particle, for a pair that cannot broadcast over a leading
+        particle dimension (as :func:`pyro_vae.fit`).
+
+    A batch from the ``DataLoader`` is the model's positional arguments: a tensor ``x``, or a tuple ``(x, y)``, or
+    the several arguments a ``collate_fn`` builds (``binarize`` applies to the first).
 
     Example::
 
@@ -95,7 +102,8 @@ class VAEModule(pl.LightningModule):
     def __init__(self, vae_or_pair: nn.Module, objective: str = "elbo", num_particles: int = 1, lr: float = 1e-3,
                  betas: Sequence[float] = (0.9, 0.999), eps: float = 1e-8, beta: float = 1.0, binarize: bool = False,
                  max_plate_nesting: int | None = None, iwae_every: int = 1, iwae_particles: int = 100,
-                 iwae_chunk_size: int | None = None) -> None:
+                 iwae_chunk_size: int | None = None, data_plate: str = "data",
+                 vectorize_particles: bool = True) -> None:
         super().__init__()
         if not (hasattr(vae_or_pair, "model") and hasattr(vae_or_pair, "guide")):
             raise TypeError("VAEModule needs an object with .model and .guide attributes (a pyro_vae.VAE or your own "
@@ -121,6 +129,7 @@ class VAEModule(pl.LightningModule):
         self.lr, self.betas, self.eps, self.binarize = float(lr), tuple(betas), float(eps), bool(binarize)
         self.iwae_every, self.iwae_particles = int(iwae_every), int(iwae_particles)
         self.iwae_chunk_size = iwae_chunk_size
+        self.data_plate, self.vectorize_particles = str(data_plate), bool(vectorize_particles)
         owner = fast_path_owner(vae_or_pair.model, vae_or_pair.guide)
         self.max_plate_nesting = max_plate_nesting if max_plate_nesting is not None else \
             getattr(owner, "max_plate_nesting", None)
@@ -142,8 +151,10 @@ class VAEModule(pl.LightningModule):
         args = (batch,) if torch.is_tensor(batch) else tuple(batch)
         if self.binarize:
             args = (binarize_batch(args[0]), *args[1:])
-        if self.max_plate_nesting is None:
-            self.max_plate_nesting = guess_max_plate_nesting(self.pair.model, self.pair.guide, *args)
+        if self.max_plate_nesting is None or (self.data_plate != "data" and not self._checked):
+            nesting, plates = plate_layout(self.pair.model, self.pair.guide, *args)
+            check_data_plate(self.data_plate, plates)
+            self.max_plate_nesting = nesting if self.max_plate_nesting is None else self.max_plate_nesting
         return args
 
     def _check_parameters(self, args: tuple) -> None:
@@ -169,7 +180,8 @@ class VAEModule(pl.LightningModule):
         """
         return objective_loss(self.objective, self.pair.model, self.pair.guide, *args,
                               num_particles=self.num_particles, beta=self.beta,
-                              max_plate_nesting=self.max_plate_nesting)
+                              max_plate_nesting=self.max_plate_nesting, data_plate=self.data_plate,
+                              vectorize_particles=self.vectorize_particles)
 
     def _denominator(self, size: int, like: torch.Tensor) -> float | torch.Tensor:
         """The global batch's size over the number of processes (the ranks' sizes all-reduced, a tensor: no wait
@@ -215,14 +227,16 @@ class VAEModule(pl.LightningModule):
         args = self._args(batch)  # binarized here when asked: evaluate_elbo and log_likelihood score it as given
         x, extra = args[0], args[1:]
         n = x.shape[0]
-        metrics = evaluate_elbo(self.pair, x, batch_size=n, max_plate_nesting=self.max_plate_nesting,
-                                distributed=False, condition=extra[0] if extra else None)
+        data, condition = (x, extra[0]) if len(extra) == 1 else (args, None)  # several arguments: as they come
+        metrics = evaluate_elbo(self.pair, data, batch_size=n, max_plate_nesting=self.max_plate_nesting,
+                                distributed=False, condition=condition, data_plate=self.data_plate)
         sums = [n, metrics["elbo"] * n, metrics["rate"] * n, metrics["distortion"] * n]
         if self._iwae_due():
-            result = log_likelihood(self.pair.model, self.pair.guide, x, num_particles=self.iwae_particles,
+            result = log_likelihood(self.pair.model, self.pair.guide, data, num_particles=self.iwae_particles,
                                     batch_size=n, chunk_size=self.iwae_chunk_size, diagnostics=False,
                                     progress=False, max_plate_nesting=self.max_plate_nesting, distributed=False,
-                                    condition=extra[0] if extra else None)
+                                    condition=condition, data_plate=self.data_plate,
+                                    vectorize_particles=self.vectorize_particles)
             values = result.values.double()
             mc = result.mc_stderr.double().pow(2).sum().item() if result.mc_stderr is not None else math.nan
             sums += [values.sum().item(), values.pow(2).sum().item(), mc]

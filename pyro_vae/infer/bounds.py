@@ -13,8 +13,10 @@
 memory (by default :func:`~pyro_vae.infer.chunking.particles_per_chunk`'s rule): the IWAE bound keeps a running
 ``logsumexp`` over chunks.
 
-The functions keep the autograd graph when gradients are enabled (so they serve as training objectives)
-and build none under ``torch.no_grad()``.
+They are estimates: their outputs are detached, whether gradients are enabled or not (train with the objectives
+of :mod:`pyro_vae.infer.objectives`, which are differentiable). A program that cannot broadcast over a leading
+particle dimension runs with ``vectorize_particles=False`` (one pass per particle); a ``poutine.scale`` the program
+wrote is left out of these estimates of ``log p(x)``, with one warning.
 
 References: Burda, Grosse, Salakhutdinov, "Importance Weighted Autoencoders", ICLR 2016;
 Kingma & Welling, "Auto-Encoding Variational Bayes", ICLR 2014.
@@ -52,6 +54,7 @@ def log_weight_chunks(
     chunk_size: int | None = None,
     max_plate_nesting: int | None = None,
     data_plate: str = "data",
+    vectorize_particles: bool = True,
     **kwargs: Any,
 ) -> Iterator[torch.Tensor]:
     """Yield the ``(K, N)`` log importance weights in chunks of particles, ``(C, N)`` each.
@@ -63,20 +66,22 @@ def log_weight_chunks(
     """
     check_estimator_input(model, guide, args, num_particles)
     yield from _chunks(model, guide, *args, num_particles=num_particles, chunk_size=chunk_size,
-                       max_plate_nesting=max_plate_nesting, data_plate=data_plate, **kwargs)
+                       max_plate_nesting=max_plate_nesting, data_plate=data_plate,
+                       vectorize_particles=vectorize_particles, **kwargs)
 
 
 def _chunks(model: Callable, guide: Callable, *args: Any, num_particles: int, chunk_size: int | None = None,
             max_plate_nesting: int | None = None, data_plate: str = "data", elbo: bool = False,
-            **kwargs: Any) -> Iterator[torch.Tensor]:
+            vectorize_particles: bool = True, **kwargs: Any) -> Iterator[torch.Tensor]:
     """:func:`log_weight_chunks` after its input check (the estimators here check their input themselves); with
     ``elbo`` the ELBO's integrand instead (it differs from the log weights only where guide sites are enumerated)."""
     num_particles = int(num_particles)
     chunk_size = particles_per_chunk(num_particles, args[0] if args else None, chunk_size)
     produce = terms_producer(model, guide, *args, max_plate_nesting=max_plate_nesting, data_plate=data_plate,
-                             **kwargs)
+                             vectorize_particles=vectorize_particles, **kwargs)
     for start in range(0, num_particles, chunk_size):
-        t = produce(min(chunk_size, num_particles - start))
+        with torch.no_grad():  # an estimate: detached
+            t = produce(min(chunk_size, num_particles - start))
         yield t.elbo_integrand if elbo else t.log_weights
 
 
@@ -88,6 +93,7 @@ def iwae_bound(
     chunk_size: int | None = None,
     max_plate_nesting: int | None = None,
     data_plate: str = "data",
+    vectorize_particles: bool = True,
     **kwargs: Any,
 ) -> torch.Tensor:
     """The importance-weighted bound :math:`\\log \\frac{1}{K} \\sum_k w_k` for each datapoint.
@@ -99,6 +105,8 @@ def iwae_bound(
     :param chunk_size: particles per vectorized pass; None (the default): as many as
         :func:`~pyro_vae.infer.particles_per_chunk` allows for the batch's size (bounded memory, whatever ``K``;
         the estimate does not depend on the chunks beyond floating-point reordering).
+    :param vectorize_particles: False: one pass per particle, for a program that cannot broadcast over a leading
+        particle dimension (boolean-mask indexing, as Pyro's CVAE).
     :returns: one unbiased sample of :math:`\\mathcal{L}_K(x_n)` per datapoint, shape ``(N,)``.
     :raises ValueError: for ``num_particles < 1``, empty or non-finite data, data whose shape is not the model's
         ``input_shape`` or values outside its likelihood's support (checked once, before any work).
@@ -106,7 +114,8 @@ def iwae_bound(
     check_estimator_input(model, guide, args, num_particles)
     acc = None
     for log_w in _chunks(model, guide, *args, num_particles=num_particles, chunk_size=chunk_size,
-                         max_plate_nesting=max_plate_nesting, data_plate=data_plate, **kwargs):
+                         max_plate_nesting=max_plate_nesting, data_plate=data_plate,
+                         vectorize_particles=vectorize_particles, **kwargs):
         lse = torch.logsumexp(log_w, dim=0)
         acc = lse if acc is None else torch.logaddexp(acc, lse)
     assert acc is not None and acc.dim() == 1
@@ -121,6 +130,7 @@ def elbo(
     chunk_size: int | None = None,
     max_plate_nesting: int | None = None,
     data_plate: str = "data",
+    vectorize_particles: bool = True,
     **kwargs: Any,
 ) -> torch.Tensor:
     """The evidence lower bound :math:`\\frac{1}{K} \\sum_k \\log w_k` for each datapoint.
@@ -137,7 +147,8 @@ def elbo(
     check_estimator_input(model, guide, args, num_particles)
     total = None
     for log_w in _chunks(model, guide, *args, num_particles=num_particles, chunk_size=chunk_size,
-                         max_plate_nesting=max_plate_nesting, data_plate=data_plate, elbo=True, **kwargs):
+                         max_plate_nesting=max_plate_nesting, data_plate=data_plate, elbo=True,
+                         vectorize_particles=vectorize_particles, **kwargs):
         s = log_w.sum(0)
         total = s if total is None else total + s
     assert total is not None and total.dim() == 1

@@ -22,7 +22,15 @@ import pyro
 import torch
 
 from ..checks import whole_number
-from .weights import _is_latent, _run, check_estimator_input
+from .weights import (
+    _frames,
+    _is_latent,
+    _run,
+    check_data_plate,
+    check_estimator_input,
+    direct_terms_owner,
+    plate_layout,
+)
 
 __all__ = ["latent_usage", "ACTIVE_UNIT_THRESHOLD"]
 
@@ -37,6 +45,18 @@ def _rows(args: tuple, n: int, start: int, stop: int) -> tuple:
     """The datapoints ``start .. stop`` of every tensor argument with ``n`` rows (a conditional model's ``y``);
     other arguments as they are."""
     return tuple(a[start:stop] if torch.is_tensor(a) and a.dim() >= 1 and a.shape[0] == n else a for a in args)
+
+
+def _by_datapoint(value: torch.Tensor, site: dict, data_plate: str, event_dim: int) -> torch.Tensor:
+    """A site's per-datapoint tensor ``(*batch_shape, *event_shape)`` as ``(N, values)``, the data plate's
+    dimension first."""
+    _, data_dim = _frames(site, data_plate)
+    batch = value.dim() - event_dim
+    if batch + data_dim < 0:
+        value = value.reshape((1,) * (-data_dim - batch) + tuple(value.shape))
+        batch = -data_dim
+    value = value.movedim(batch + data_dim, 0)
+    return value.reshape(value.shape[0], -1)
 
 
 def _base_normal(fn: Any) -> torch.distributions.Normal | None:
@@ -68,6 +88,7 @@ def latent_usage(
     num_mi_datapoints: int = 1000,
     threshold: float = ACTIVE_UNIT_THRESHOLD,
     seed: int | None = None,
+    data_plate: str = "data",
     **kwargs: Any,
 ) -> dict[str, dict[str, Any]]:
     """Active units, KL per dimension and mutual information for each latent site of the guide.
@@ -78,11 +99,17 @@ def latent_usage(
         whole.
     :param batch_size: datapoints per pass.
     :param num_mi_datapoints: ``M``, the datapoints used for the aggregate posterior in the MI estimate.
+    :param data_plate: the name of the pair's plate of datapoints (as every estimator): each latent site's values
+        are read with that plate's dimension as the datapoints'; a name that is no plate of the pair is refused
+        before any work.
     :param kwargs: keyword arguments of ``model`` and ``guide``.
     :returns: ``{site: {"active_units": int, "dimensions": int, "mean_variance": (d,) list,
         "kl_per_dim": (d,) list or None, "mutual_information": float or None}}``.
     """
     check_estimator_input(model, guide, (data, *args), 1, support=False)
+    if data_plate != "data" or not direct_terms_owner(model, guide):
+        check_data_plate(data_plate, plate_layout(model, guide, data[:2], *_rows(args, data.shape[0], 0, 2),
+                                                  **kwargs)[1])
     batch_size = whole_number(batch_size, "batch_size")
     num_mi_datapoints = whole_number(num_mi_datapoints, "num_mi_datapoints")
     if seed is not None:
@@ -98,12 +125,12 @@ def latent_usage(
                                          replay={k: s["value"] for k, s in guide_sites.items()}))
         for name, site in guide_sites.items():
             fn = site["fn"]
-            means.setdefault(name, []).append(_posterior_mean(fn).reshape(x.shape[0], -1))
+            means.setdefault(name, []).append(_by_datapoint(_posterior_mean(fn), site, data_plate, fn.event_dim))
             q = _base_normal(fn)
             p = _base_normal(model_sites[name]["fn"]) if name in model_sites else None
             if q is not None and p is not None:
                 kl = torch.distributions.kl_divergence(q, p)
-                kls.setdefault(name, []).append(kl.reshape(x.shape[0], -1))
+                kls.setdefault(name, []).append(_by_datapoint(kl, site, data_plate, fn.event_dim))
     x = data[:num_mi_datapoints]
     m = x.shape[0]
     mi_sites = _latent_sites(_run(guide, (x, *_rows(args, n, 0, num_mi_datapoints)), kwargs))

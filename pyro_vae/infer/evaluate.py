@@ -34,11 +34,11 @@ import torch
 from .. import distributed as dist
 from ..checks import whole_number
 from .annealing import ais_log_likelihood
-from .batches import _batch, _check_data, _placement
+from .batches import BatchedArgs, _batch, _check_data, _placement, first_transformed
 from .chunking import particles_per_chunk
 from .replicates import replicate_stderr
 from .results import PerDatapointSummary, standard_error
-from .weights import guess_max_plate_nesting, terms_producer
+from .weights import check_data_plate, plate_layout, terms_producer
 
 if TYPE_CHECKING:  # pragma: no cover
     from .annealing import AISOptions, AISResult
@@ -135,6 +135,9 @@ class LogLikelihoodResult(PerDatapointSummary):
     #: ``(N,)``: the Monte Carlo error of each datapoint's estimate, from disjoint groups of particles
     #: (:func:`replicate_stderr`); None when ``K`` is too small to split
     mc_stderr: torch.Tensor | None = None
+    #: what was measured, named by the model's observed sites and the condition: ``"log p(x)"``, or for a
+    #: conditional pair ``"log p(obs | y)"``
+    quantity: str = "log p(x)"
 
     @property
     def khat_threshold(self) -> float:
@@ -163,7 +166,8 @@ class LogLikelihoodResult(PerDatapointSummary):
         """A JSON-able summary (means and standard errors; no per-datapoint arrays)."""
         gap = self.values - self.elbo
         out: dict[str, Any] = {
-            "num_datapoints": int(self.values.numel()), "num_particles": self.num_particles,
+            "quantity": self.quantity, "num_datapoints": int(self.values.numel()),
+            "num_particles": self.num_particles,
             "log_likelihood": self.mean, "log_likelihood_stderr": self.stderr,
             "log_likelihood_mc_stderr": self.mean_mc_stderr,
             "elbo": float(self.elbo.double().mean()), "elbo_stderr": standard_error(self.elbo),
@@ -190,9 +194,9 @@ class LogLikelihoodResult(PerDatapointSummary):
         """A few human-readable lines."""
         d = self.as_dict()
         lines = [
-            f"log p(x) (IWAE, K={self.num_particles}): {d['log_likelihood']:.3f} +- {d['log_likelihood_stderr']:.3f}"
-            f" nats over {d['num_datapoints']} datapoints (Monte Carlo error of the mean "
-            f"{d['log_likelihood_mc_stderr']:.3f})",
+            f"{self.quantity} (IWAE, K={self.num_particles}): {d['log_likelihood']:.3f} +- "
+            f"{d['log_likelihood_stderr']:.3f} nats over {d['num_datapoints']} datapoints (Monte Carlo error of the "
+            f"mean {d['log_likelihood_mc_stderr']:.3f})",
             f"ELBO: {d['elbo']:.3f} +- {d['elbo_stderr']:.3f}  (rate {d['rate']:.3f}, distortion "
             f"{d['distortion']:.3f}); gap IWAE - ELBO: {d['gap']:.3f} +- {d['gap_stderr']:.3f}",
             "K-curve: " + ", ".join(f"K={k}: {v['mean']:.3f} +- {v['stderr']:.3f}" for k, v in d["curve"].items()),
@@ -244,6 +248,8 @@ def log_likelihood(
     method: str = "iwae",
     num_groups: int = 10,
     condition: torch.Tensor | None = None,
+    collate_fn: Callable[[list], Any] | None = None,
+    vectorize_particles: bool = True,
     options: AISOptions | None = None,
     **ais_options: Any,
 ) -> LogLikelihoodResult | AISResult:
@@ -252,7 +258,10 @@ def log_likelihood(
 
     :param model: a Pyro model keeping the site contract (its parameters already on ``device``).
     :param guide: its guide, the proposal.
-    :param data: ``(N, *event_shape)``.
+    :param data: ``(N, *event_shape)``; or a tuple of tensors batched along dim 0, passed as the model's positional
+        arguments; or a :class:`torch.utils.data.Dataset` whose ``collate_fn`` builds each batch's arguments (see
+        :mod:`pyro_vae.infer.batches`: every argument of a datapoint stays with it; ``transform`` applies to the
+        first argument only).
     :param num_particles: ``K``.
     :param batch_size: datapoints per pass; memory is ``O(batch_size * chunk_size)``.
     :param chunk_size: particles per vectorized pass; None (the default): as many as
@@ -273,6 +282,10 @@ def log_likelihood(
     :param method: ``"iwae"`` or ``"ais"``.
     :param condition: a conditional model's ``y`` ``(N, *condition_shape)``, batched with ``data`` and passed after
         ``x``: the estimates are then of ``log p(x | y)``.
+    :param collate_fn: with a ``Dataset``: builds a batch's arguments from a list of its datapoints.
+    :param vectorize_particles: False: one pass per particle, for a model or guide that cannot broadcast over a
+        leading particle dimension (boolean-mask indexing, as Pyro's CVAE); the same estimate, ``K`` times the
+        passes.
     :param num_groups: the disjoint groups of particles the Monte Carlo error ``mc_stderr`` is measured from.
     :param options: with ``method="ais"``, the :class:`~pyro_vae.infer.AISOptions`.
     :param ais_options: with ``method="ais"``, fields of :class:`~pyro_vae.infer.AISOptions` one by one
@@ -284,13 +297,25 @@ def log_likelihood(
     if method not in ("iwae", "ais"):
         raise ValueError(f"unknown method {method!r}; choose 'iwae' or 'ais'")
     if method == "ais":
+        if not torch.is_tensor(data) or collate_fn is not None:
+            raise TypeError("method='ais' takes its data as one tensor (with condition= for a conditional model); "
+                            "a tuple of arguments or a Dataset goes with method='iwae'")
         return ais_log_likelihood(model, guide, data, batch_size=batch_size, options=options, transform=transform,
                                   device=device, dtype=dtype, seed=seed, max_plate_nesting=max_plate_nesting,
                                   data_plate=data_plate, distributed=distributed, condition=condition, **ais_options)
     if ais_options or options is not None:
         raise TypeError(f"unexpected options for method='iwae': {sorted(ais_options) or ['options']}")
-    _check_data(model, guide, data, num_particles, transform)
-    device, dtype = _placement(model, data, device, dtype)
+    batched = BatchedArgs.of(data, condition, collate_fn)
+    first = batched.first
+    if first is not None:
+        _check_data(model, guide, first, num_particles, transform)
+        device, dtype = _placement(model, first, device, dtype)
+    else:
+        owner = getattr(model, "__self__", None)
+        param = next(owner.parameters(), None) if isinstance(owner, torch.nn.Module) else None
+        if device is None and param is not None:
+            device = param.device
+        batched = batched.to(device, dtype)
     batch_size = whole_number(batch_size, "batch_size")
     if chunk_size is not None:
         chunk_size = whole_number(chunk_size, "chunk_size (particles per pass)")
@@ -303,14 +328,18 @@ def log_likelihood(
     if distributed is None:
         distributed = dist.launched()
     if distributed:
-        dist.init(torch.device(device) if device is not None else data.device)
-        dist.check_same_data(data)
+        dist.init(torch.device(device) if device is not None else first.device if first is not None
+                  else torch.device("cpu"))
+        if first is not None:
+            dist.check_same_data(first)
         seed = dist.shared_seed(seed)  # per-batch seeding below: the ranks need one seed
     rank, world = (dist.rank(), dist.world_size()) if distributed else (0, 1)
     parts: dict[str, list[torch.Tensor]] = {k: [] for k in ("values", "elbo", "rate", "distortion", "ess", "khat",
                                                             "mc")}
     curves: dict[int, list[torch.Tensor]] = {}
-    starts = list(range(0, data.shape[0], batch_size))
+    n = batched.n
+    starts = list(range(0, n, batch_size))
+    quantity, checked = "log p(x)", False
     mine = list(range(rank, len(starts), world))  # whole batches, round-robin over the ranks
     bar = None
     if progress and sys.stderr.isatty() and len(mine) > 1 and rank == 0:
@@ -320,12 +349,20 @@ def log_likelihood(
     for b in mine:
         if seed is not None:
             pyro.set_rng_seed(dist.derive_seed(seed, b))
-        x = _batch(data, starts[b], batch_size, device, dtype, transform)
-        extra = () if condition is None else (_batch(condition, starts[b], batch_size, device, dtype, None),)
-        if max_plate_nesting is None:
-            max_plate_nesting = guess_max_plate_nesting(model, guide, x, *extra)
+        if batched.tensors is not None:
+            args = tuple(_batch(t, starts[b], batch_size, device, dtype if t.is_floating_point() else None,
+                                transform if i == 0 else None) for i, t in enumerate(batched.tensors))
+        else:
+            args = first_transformed(batched.slice(starts[b], starts[b] + batch_size), transform, "transform")
+        x, size = args[0], min(batch_size, n - starts[b])
+        if not checked:  # the data plate and the plate nesting, from one trace of the first batch
+            nesting, plates = plate_layout(model, guide, *args)
+            check_data_plate(data_plate, plates)
+            max_plate_nesting = nesting if max_plate_nesting is None else max_plate_nesting
+            checked = True
         # one producer per batch: every chunk scores the same datapoints (one subsample of a subsampled plate)
-        produce = terms_producer(model, guide, x, *extra, max_plate_nesting=max_plate_nesting, data_plate=data_plate)
+        produce = terms_producer(model, guide, *args, max_plate_nesting=max_plate_nesting, data_plate=data_plate,
+                                 vectorize_particles=vectorize_particles)
         log_w, rate, distortion, elbo = [], 0.0, 0.0, 0.0
         chunk = particles_per_chunk(num_particles, x, chunk_size)
         for c in range(0, num_particles, chunk):
@@ -334,9 +371,10 @@ def log_likelihood(
             elbo = elbo + t.elbo_integrand.sum(0)  # the mean log weight, or with enumerated sites the exact ELBO
             rate = rate + (t.log_guide - t.log_prior).sum(0)
             distortion = distortion - t.log_likelihood.sum(0)
+        quantity = f"log p({', '.join(t.observed_sites) or 'x'}{' | y' if condition is not None else ''})"
         lw = torch.cat(log_w)
-        if lw.shape != (num_particles, x.shape[0]):
-            raise ValueError(f"the pair scored {lw.shape[1]} datapoints of a batch of {x.shape[0]}: log_likelihood "
+        if lw.shape != (num_particles, size):
+            raise ValueError(f"the pair scored {lw.shape[1]} datapoints of a batch of {size}: log_likelihood "
                              "needs one estimate per datapoint of the batch (a subsampled data plate scores only "
                              "its subsample; evaluate without subsampling)")
         parts["values"].append(torch.logsumexp(lw, 0) - math.log(num_particles))
@@ -358,14 +396,14 @@ def log_likelihood(
     cat = {k: torch.cat([t.detach().cpu() for t in v]) if v else None for k, v in parts.items()}
     curve = {k: torch.cat(v) for k, v in curves.items()}
     if distributed:
-        n = data.shape[0]
         index = torch.cat([torch.arange(starts[b], min(starts[b] + batch_size, n)) for b in mine]) if mine \
             else torch.zeros(0, dtype=torch.long)
         names = ["values", "elbo", "rate", "distortion", "ess", "mc"]
         names += ["khat"] if diagnostics and num_particles > 1 else []
         ks = [int(k) for k in k_values if k <= num_particles]
         cat, curve = _gather(cat, curve, names, ks, index, n)
-    return LogLikelihoodResult(values=cat["values"], elbo=cat["elbo"], rate=cat["rate"],
+        quantity = dist.broadcast_object(quantity)  # rank 0 always has batch 0
+    return LogLikelihoodResult(quantity=quantity, values=cat["values"], elbo=cat["elbo"], rate=cat["rate"],
                                distortion=cat["distortion"], ess=cat["ess"], khat=cat["khat"],
                                curve=curve, num_particles=num_particles,
                                mc_stderr=None if cat["mc"] is None or bool(cat["mc"].isnan().all()) else cat["mc"])

@@ -19,6 +19,12 @@ name             per-datapoint bound (``beta`` weighs the rate term where it app
 ``iwae-dreg``    the same value, with the doubly reparameterized gradient for the guide (Tucker et al. 2019)
 ===============  ===================================================================================
 
+**A scale the user wrote** (``poutine.scale`` on latent or observed sites, e.g. a deep Markov model's KL
+annealing) is honoured by ``elbo`` and ``mean-field`` as Pyro's ``Trace_ELBO`` / ``TraceMeanField_ELBO`` honour it:
+each site's log density is multiplied by its scale before the sum (``beta`` then weighs the scaled rate). The
+importance-weighted objectives refuse it, naming the site: a scaled term inside the log-sum-exp is no bound of
+``log p(x)`` (the RenyiELBO pitfall). The data plate's subsample scale is never applied (above).
+
 Guide sites without ``rsample`` (discrete latents) get a score-function term, per datapoint (each
 datapoint's own bound is the cost of its own latents, as Pyro's ``Trace_ELBO`` does by plate):
 :math:`\\nabla \\mathbb{E}_q[f] = \\mathbb{E}_q[\\nabla f + f\\,\\nabla \\log q]`. ``elbo`` and ``iwae`` support it;
@@ -74,7 +80,7 @@ from typing import Any, Callable
 
 import torch
 
-from .weights import DReG, ImportanceTerms, terms_producer
+from .weights import DReG, ImportanceTerms, refuse_scales, terms_producer
 
 __all__ = ["OBJECTIVES", "elbo", "mean_field", "iwae", "iwae_dreg", "elbo_loss", "mean_field_loss", "iwae_loss",
            "dreg_loss", "get_objective", "objective_loss"]
@@ -104,14 +110,14 @@ def _reparameterized_only(terms: ImportanceTerms, name: str) -> None:
 
 def elbo(produce: Producer, *, num_particles: int = 1, beta: float = 1.0) -> torch.Tensor:
     """The ELBO loss (``beta`` weighs the rate), averaged over ``K`` particles, summed over the batch."""
-    t = produce(num_particles)
+    t = produce(num_particles, scales="honour")
     bound = t.elbo_integrand if beta == 1.0 else t.log_likelihood + beta * (t.log_prior - t.log_guide)
     return -(bound.sum() + _score_surrogate(t, bound, beta)) / int(num_particles)
 
 
 def mean_field(produce: Producer, *, num_particles: int = 1, beta: float = 1.0) -> torch.Tensor:
     """The ELBO loss with the rate's KL in closed form where torch has it."""
-    t = produce(num_particles, analytic_kl=True)
+    t = produce(num_particles, analytic_kl=True, scales="honour")
     _reparameterized_only(t, "mean-field")
     return -(t.log_likelihood - beta * t.kl).sum() / int(num_particles)
 
@@ -125,7 +131,8 @@ def _no_beta(name: str, beta: float) -> None:
 def iwae(produce: Producer, *, num_particles: int = 5, beta: float = 1.0) -> torch.Tensor:
     """``-sum_n L_K(x_n)``, reparameterized gradients (Burda et al. 2016)."""
     _no_beta("iwae", beta)
-    t = produce(num_particles)
+    t = produce(num_particles, scales="record")
+    refuse_scales(t, "iwae")
     bound = torch.logsumexp(t.log_weights, 0) - math.log(int(num_particles))
     return -(bound.sum() + _score_surrogate(t, bound))
 
@@ -135,7 +142,8 @@ def iwae_dreg(produce: Producer, *, num_particles: int = 5, beta: float = 1.0) -
     :func:`iwae` for the same draws, another gradient."""
     _no_beta("iwae-dreg", beta)
     weights = DReG()
-    t = produce(num_particles, dreg=weights)
+    t = produce(num_particles, dreg=weights, scales="record")
+    refuse_scales(t, "iwae-dreg")
     _reparameterized_only(t, "iwae-dreg")
     # with enumerated sites the particles are the (value, k) pairs: (E, K, N), normalised over (E, K) together
     log_w = t.log_weights if t.joint_log_weights is None else t.joint_log_weights
@@ -168,14 +176,15 @@ def get_objective(name: str) -> Callable[..., torch.Tensor]:
 
 def objective_loss(objective: str | Callable[..., torch.Tensor], model: Callable, guide: Callable, *args: Any,
                    num_particles: int = 1, beta: float = 1.0, max_plate_nesting: int | None = None,
-                   data_plate: str = "data", **kwargs: Any) -> torch.Tensor:
+                   data_plate: str = "data", vectorize_particles: bool = True, **kwargs: Any) -> torch.Tensor:
     """An objective's loss of one batch for a ``(model, guide)`` pair: ``-(sum over the batch of the bound)``.
 
     :param objective: a name of :data:`OBJECTIVES` or an objective function.
+    :param vectorize_particles: False: one pass per particle (programs that cannot broadcast over particles).
     """
     fn = get_objective(objective) if isinstance(objective, str) else objective
     produce = terms_producer(model, guide, *args, max_plate_nesting=max_plate_nesting, data_plate=data_plate,
-                             **kwargs)
+                             vectorize_particles=vectorize_particles, **kwargs)
     return fn(produce, num_particles=int(num_particles), beta=beta)
 
 

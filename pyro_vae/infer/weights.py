@@ -45,10 +45,24 @@ Guide sites sampled without ``rsample`` beside enumerated ones and the closed-fo
 normalises the weights over the particles and the enumerated values together
 (:attr:`ImportanceTerms.joint_log_weights`).
 
-**Plate-scale convention** (one for the whole library): the data plate's subsample scale and any
-``poutine.scale`` are *not* applied. An importance weight is a property of one datapoint; every estimator
-returns per-datapoint values and every objective's loss is ``-(sum over the batch of a per-datapoint
-bound)``. (Pyro's ``RenyiELBO`` puts the scale inside the log-sum-exp, which is wrong.) Masks are applied.
+**Plate-scale convention** (one for the whole library): the data plate's subsample scale is *not* applied. An
+importance weight is a property of one datapoint; every estimator returns per-datapoint values and every
+objective's loss is ``-(sum over the batch of a per-datapoint bound)``. (Pyro's ``RenyiELBO`` puts the scale inside
+the log-sum-exp, which is wrong.) Masks are applied.
+
+**A scale the user wrote** (``poutine.scale`` on latent or observed sites, e.g. a deep Markov model's KL
+annealing; every factor of a site's scale except the data plate's subsample scale) is recorded by name in
+:attr:`ImportanceTerms.scaled_sites`. A producer called with ``scales="honour"`` multiplies each site's
+``log_prob`` by it, element by element, before the per-datapoint sum: what Pyro's ``Trace_ELBO`` does, so the
+ELBO objectives (``elbo``, ``mean-field``) train the annealing the user wrote. Estimators of ``log p(x)`` leave
+it out (a scaled term is no density) and warn once (``scales="warn"``, the default); the importance-weighted
+objectives refuse it (``scales="record"``, then :func:`refuse_scales`): a scaled term inside the log-sum-exp is
+no bound of anything (the RenyiELBO pitfall).
+
+**Particles one pass at a time** (``vectorize_particles=False``, as Pyro's ``vectorize_particles`` flag): a
+program that cannot broadcast over a leading particle dimension (boolean-mask indexing ``x[mask]``, as Pyro's
+CVAE) runs ``K`` passes of one particle each, and the terms are concatenated; the same estimate (other draws),
+``K`` times the passes. A shape error of any type raised with ``K > 1`` vectorized particles names the option.
 """
 
 from __future__ import annotations
@@ -68,7 +82,7 @@ from pyro.poutine.util import site_is_subsample
 from ..rng import preserved_rng
 
 __all__ = ["ImportanceTerms", "DReG", "check_estimator_input", "direct_terms_owner", "fast_path_owner",
-           "importance_terms", "sum_sites", "is_enumerated",
+           "importance_terms", "sum_sites", "is_enumerated", "plate_layout", "check_data_plate", "refuse_scales",
            "log_importance_weights", "guess_max_plate_nesting", "terms_producer", "PARTICLE_PLATE"]
 
 PARTICLE_PLATE = "_pyro_vae_particles"
@@ -99,6 +113,12 @@ class ImportanceTerms(NamedTuple):
     #: value of the enumerated sites, ``(E, K, N)`` (their log-sum-exp over ``E`` is :attr:`summed_log_weights`);
     #: the weights DReG normalises over ``(E, K)``. None otherwise.
     joint_log_weights: torch.Tensor | None = None
+    #: the names of the sites whose log density carries a scale the user wrote (``poutine.scale``; the data
+    #: plate's subsample scale is not counted): honoured in the parts above with ``scales="honour"``, left out
+    #: otherwise
+    scaled_sites: tuple[str, ...] = ()
+    #: the names of the model's observed sites (empty where a model class produced the terms directly)
+    observed_sites: tuple[str, ...] = ()
 
     @property
     def log_weights(self) -> torch.Tensor:
@@ -136,22 +156,65 @@ class DReG:
         return hooked
 
 
-def guess_max_plate_nesting(model: Callable, guide: Callable, *args: Any, **kwargs: Any) -> int:
-    """Trace ``guide`` and ``model`` once and return the deepest plate nesting they use.
-
-    The random number generators are restored afterwards, so guessing does not change later draws.
-    """
+def plate_layout(model: Callable, guide: Callable, *args: Any, **kwargs: Any) -> tuple[int, tuple[str, ...]]:
+    """Trace ``guide`` and ``model`` once: the deepest plate nesting they use, and the names of their vectorized
+    plates (in the order met). The random number generators are restored afterwards."""
     with poutine.block(), torch.no_grad(), preserved_rng():
         guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
         model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(*args, **kwargs)
-    depth = 0
+    depth, names = 0, {}
     for tr in (guide_trace, model_trace):
         for site in tr.nodes.values():
             if site["type"] == "sample":
                 for frame in site["cond_indep_stack"]:
                     if frame.vectorized and frame.dim is not None:
                         depth = max(depth, -frame.dim)
-    return depth
+                        names[frame.name] = None
+    return depth, tuple(names)
+
+
+def guess_max_plate_nesting(model: Callable, guide: Callable, *args: Any, **kwargs: Any) -> int:
+    """Trace ``guide`` and ``model`` once and return the deepest plate nesting they use.
+
+    The random number generators are restored afterwards, so guessing does not change later draws.
+    """
+    return plate_layout(model, guide, *args, **kwargs)[0]
+
+
+def check_data_plate(data_plate: str, plates: tuple[str, ...]) -> None:
+    """Refuse a ``data_plate`` that names none of the pair's plates (``plates``, from :func:`plate_layout`), before
+    any work, naming the plates there are."""
+    if data_plate in plates:
+        return
+    there = (f"its plates are {', '.join(repr(p) for p in plates)}: pass data_plate={plates[0]!r} if that is the "
+             "plate of the datapoints" if plates else "it has no vectorized plate: open pyro.plate(name, N) around "
+             "the per-datapoint sites of the model and the guide")
+    raise ValueError(f"data_plate={data_plate!r} names no plate of the model or guide; {there}")
+
+
+def _user_scale(site: dict, data_plate: str) -> Any:
+    """The scale the user wrote on a site: its scale without the data plate's subsample factor; None for 1."""
+    scale = site.get("scale", 1.0)
+    if isinstance(scale, (int, float)) and scale == 1.0:
+        return None
+    for frame in site["cond_indep_stack"]:
+        if frame.name == data_plate and frame.full_size is not None and frame.full_size != frame.size:
+            scale = scale * (frame.size / frame.full_size)
+    if torch.is_tensor(scale):
+        if scale.dim() == 0 or scale.numel() == 1:
+            return None if float(scale) == 1.0 else scale
+        return None if bool((scale == 1).all()) else scale
+    return None if abs(scale - 1.0) < 1e-12 else scale
+
+
+def refuse_scales(terms: ImportanceTerms, objective: str) -> None:
+    """Refuse terms that carry a scale the user wrote, for an importance-weighted objective."""
+    if terms.scaled_sites:
+        raise ValueError(
+            f"site {terms.scaled_sites[0]!r} carries a poutine.scale the user wrote, and objective {objective!r} "
+            "cannot honour it: a scaled term inside the log-sum-exp of the importance weights is no bound of "
+            "log p(x) (the pitfall of Pyro's RenyiELBO). Train with objective='elbo' or 'mean-field' (they honour "
+            "it as Pyro's Trace_ELBO does), or remove the scale and anneal the KL with beta= / kl_warmup_epochs=")
 
 
 def _frames(site: dict, data_plate: str) -> tuple[int | None, int]:
@@ -174,11 +237,12 @@ def _frames(site: dict, data_plate: str) -> tuple[int | None, int]:
     return particle_dim, data_dim
 
 
-def _per_datapoint(log_p: torch.Tensor, site: dict, data_plate: str) -> torch.Tensor:
-    """A site's ``log_prob``-shaped tensor (masked) summed to shape ``(K or 1, N or 1)``."""
+def _per_datapoint(log_p: torch.Tensor, site: dict, data_plate: str, scale: Any = None) -> torch.Tensor:
+    """A site's ``log_prob``-shaped tensor (masked, and multiplied by ``scale`` when given) summed to shape
+    ``(K or 1, N or 1)``."""
     particle_dim, data_dim = _frames(site, data_plate)
-    if site["mask"] is not None:
-        log_p = scale_and_mask(log_p, 1.0, site["mask"])
+    if site["mask"] is not None or scale is not None:
+        log_p = scale_and_mask(log_p, 1.0 if scale is None else scale, site["mask"])
     if not torch.is_tensor(log_p):
         log_p = torch.as_tensor(log_p)
     if particle_dim is None:  # one particle, no particle plate
@@ -301,14 +365,23 @@ def _add(total: torch.Tensor | None, term: torch.Tensor) -> torch.Tensor:
     return term if total is None else total + term
 
 
-def _sums(sites: list[dict], data_plate: str) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+def _scaled_sites(sites: list[dict], data_plate: str) -> tuple[str, ...]:
+    """The names of a run's sample sites that carry a scale the user wrote."""
+    return tuple(s["name"] for s in sites if s["type"] == "sample" and not site_is_subsample(s)
+                 and _user_scale(s, data_plate) is not None)
+
+
+def _sums(sites: list[dict], data_plate: str, scales: bool = False,
+          ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
     """``(observed, latent, latent without rsample)`` sums of ``log_prob`` over a run's sites, each ``(K, N)`` or
-    broadcastable, or None where there is no such site."""
+    broadcastable, or None where there is no such site; with ``scales`` each site's term multiplied by the scale
+    the user wrote on it."""
     observed = latent = score = None
     for site in sites:
         if site["type"] != "sample" or site_is_subsample(site):
             continue
-        term = _per_datapoint(site["fn"].log_prob(site["value"]), site, data_plate)
+        scale = _user_scale(site, data_plate) if scales else None
+        term = _per_datapoint(site["fn"].log_prob(site["value"]), site, data_plate, scale)
         if site["is_observed"]:
             observed = _add(observed, term)
         else:
@@ -329,12 +402,15 @@ def traced_terms(
     dreg: DReG | None = None,
     latents: bool = False,
     subsample: dict[str, torch.Tensor] | None = None,
+    scales: bool = False,
     **kwargs: Any,
 ) -> ImportanceTerms:
     """The terms of any pair, by running the guide and then the model (the guide's values replayed) once each.
 
     :param subsample: a dict shared by the chunks of one batch: the first call stores the data plate's
         subsample indices in it and later calls replay them, so that every chunk scores the same datapoints.
+    :param scales: multiply each site's term by the scale the user wrote on it (``poutine.scale``), as Pyro's
+        ``Trace_ELBO`` does; otherwise such scales are left out (and named in ``scaled_sites``).
     :returns: :class:`ImportanceTerms`, each ``(K, N)``.
     """
     k = int(num_particles)
@@ -351,24 +427,33 @@ def traced_terms(
                                                        enum_sizes, max_plate_nesting)
         model_sites = _run(model, args, kwargs, replay=values)
     _warn_unguided(model_sites, values)
+    scaled = tuple(dict.fromkeys(_scaled_sites(guide_sites, data_plate) + _scaled_sites(model_sites, data_plate)))
+    observed = tuple(s["name"] for s in model_sites if s["type"] == "sample" and s["is_observed"]
+                     and not site_is_subsample(s))
+    scales = bool(scales and scaled)
     if enum_sizes:
         if analytic_kl or latents:
             raise ValueError("the closed-form KL ('mean-field') and the latent draws are not available for a guide "
                              "with enumerated sites; use 'elbo', 'iwae' or 'iwae-dreg'")
+        if scales:
+            raise ValueError(f"site {scaled[0]!r} carries a poutine.scale beside enumerated guide sites: the library "
+                             "does not honour a user's scale there; remove it and weigh the rate with beta= / "
+                             "kl_warmup_epochs=")
         return _enumerated_terms(guide_sites, model_sites, k, max_plate_nesting, data_plate, enum_sizes,
-                                 fixed if dreg is not None else None)
-    log_lik, log_prior, _ = _sums(model_sites, data_plate)
+                                 fixed if dreg is not None else None)._replace(scaled_sites=scaled,
+                                                                               observed_sites=observed)
+    log_lik, log_prior, _ = _sums(model_sites, data_plate, scales)
     if log_lik is None:
         raise ValueError("the model has no observed sample site: condition it on the data "
                          "(pyro.sample('x', ..., obs=x))")
-    _, log_q, score = _sums(guide_sites, data_plate)
+    _, log_q, score = _sums(guide_sites, data_plate, scales)
     if dreg is not None:
-        log_q_fixed = _sums(fixed, data_plate)[1]
+        log_q_fixed = _sums(fixed, data_plate, scales)[1]
         if log_q_fixed is not None:
             log_q = log_q - log_q_fixed + log_q_fixed.detach()
     kl = None
     if analytic_kl:
-        kl = _analytic_kl(guide_sites, {s["name"]: s for s in model_sites if _is_latent(s)}, data_plate)
+        kl = _analytic_kl(guide_sites, {s["name"]: s for s in model_sites if _is_latent(s)}, data_plate, scales)
     zero = log_lik.new_zeros(())
     parts = [log_lik, zero if log_prior is None else log_prior, zero if log_q is None else log_q]
     if kl is not None:
@@ -381,7 +466,8 @@ def traced_terms(
     draws = None
     if latents:
         draws = {s["name"]: _latent_value(s, data_plate, k) for s in guide_sites if _is_latent(s)}
-    return ImportanceTerms(parts[0], parts[1], parts[2], score, parts[3] if kl is not None else None, draws)
+    return ImportanceTerms(parts[0], parts[1], parts[2], score, parts[3] if kl is not None else None, draws,
+                           scaled_sites=scaled, observed_sites=observed)
 
 
 def _per_datapoint_enum(log_p: torch.Tensor, site: dict, data_plate: str, enum_sizes: list[int],
@@ -453,29 +539,41 @@ def _enumerated_terms(guide_sites: list[dict], model_sites: list[dict], num_part
                            joint_log_weights=log_w if fixed is not None else None)
 
 
-#: torch's and Pyro's messages for tensors whose shapes do not fit (not support or memory errors)
+#: torch's and Pyro's messages for tensors whose shapes do not fit (not support or memory errors), whatever the
+#: exception's type (a boolean mask's IndexError, a broadcast's RuntimeError or ValueError, ...)
 _SHAPE_ERROR = re.compile(r"shapes cannot be multiplied|is invalid for input of size|must match the size of tensor|"
                           r"[Ss]hape mismatch|size mismatch|view size is not compatible|expanded size of the tensor|"
-                          r"cannot be broadcast")
+                          r"cannot be broadcast|does not match the shape of the indexed tensor|[Ss]hape of the mask|"
+                          r"too many indices for tensor|[Dd]imension out of range|shape '\[|[Ss]izes? of tensors? must "
+                          r"match|[Ii]ncompatible shapes|[Ss]hape .* does not match|inconsistent tensor size")
+
+#: what a shape error met with vectorized particles says
+VECTORIZE_HINT = ("The particles come as one extra leading particle dimension of every latent value, (K, N, ...) "
+                  "instead of (N, ...): the programs must broadcast over leading dimensions, e.g. "
+                  "z.reshape(*z.shape[:-1], ...), z.flatten(-k) or z.unflatten(-1, shape) instead of z.view(N, -1), "
+                  "and x.new_zeros(d) instead of torch.zeros(N, d). A program that cannot (boolean-mask indexing such "
+                  "as x[mask], as Pyro's CVAE) runs with vectorize_particles=False: one pass per particle, the same "
+                  "estimate, K times the passes (docs/contract.md, docs/bringing_a_pyro_program.md)")
 
 
 @contextlib.contextmanager
 def _particle_dimension_rule(num_particles: int) -> Any:
-    """Re-raise a shape error of the model or guide run with ``num_particles > 1`` particles (a leading particle
-    dimension on every latent value) with the rule it broke; the original stays the cause. Training with one
-    particle runs without that dimension, so such a pair trains and fails only when evaluated."""
+    """Re-raise a shape error of the model or guide run with ``num_particles > 1`` vectorized particles (a leading
+    particle dimension on every latent value), of any exception type, with the rule it broke and the option that
+    avoids it (``vectorize_particles=False``); the original stays the cause. Training with one particle runs
+    without that dimension, so such a pair trains and fails only when evaluated."""
     try:
         yield
-    except (RuntimeError, ValueError) as e:
+    except Exception as e:
         if num_particles == 1 or isinstance(e, torch.OutOfMemoryError) or not _SHAPE_ERROR.search(str(e)):
             raise
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise (ValueError if isinstance(e, ValueError) else RuntimeError)(
-            f"the model or guide failed with {num_particles} particles ({first}). The particles come as one extra "
-            "leading particle dimension of every latent value, (K, N, ...) instead of (N, ...): the programs must "
-            "broadcast over leading dimensions, e.g. z.reshape(*z.shape[:-1], ...), z.flatten(-k) or "
-            "z.unflatten(-1, shape) instead of z.view(N, -1), and x.new_zeros(d) instead of torch.zeros(N, d) "
-            "(docs/contract.md)") from e
+        message = f"the model or guide failed with {num_particles} particles ({first}). {VECTORIZE_HINT}"
+        try:
+            again = type(e)(message)
+        except Exception:  # an exception type that does not take one message
+            again = RuntimeError(message)
+        raise again from e
 
 
 def _enum_weight_view(weights: torch.Tensor, site: dict, data_plate: str, shape: torch.Size, sizes: list[int],
@@ -546,9 +644,11 @@ def _warn_unguided(model_sites: list[dict], guide_values: dict[str, torch.Tensor
                           stacklevel=4)
 
 
-def _analytic_kl(guide_sites: list[dict], model_latents: dict[str, dict], data_plate: str) -> torch.Tensor | None:
+def _analytic_kl(guide_sites: list[dict], model_latents: dict[str, dict], data_plate: str,
+                 scales: bool = False) -> torch.Tensor | None:
     """``KL(q || p)`` per datapoint, site by site: closed form where torch has it, ``log q - log p`` otherwise
-    (what Pyro's ``TraceMeanField_ELBO`` computes)."""
+    (what Pyro's ``TraceMeanField_ELBO`` computes); with ``scales`` each site's KL multiplied by the scale the user
+    wrote on the guide's site."""
     total = None
     for site in guide_sites:
         if not _is_latent(site):
@@ -560,12 +660,13 @@ def _analytic_kl(guide_sites: list[dict], model_latents: dict[str, dict], data_p
             kl = site["fn"].log_prob(site["value"])
             if model_site is not None:
                 kl = kl - model_site["fn"].log_prob(site["value"])
-        term = _per_datapoint(kl, site, data_plate)
+        term = _per_datapoint(kl, site, data_plate, _user_scale(site, data_plate) if scales else None)
         total = term if total is None else total + term
     if total is not None:  # latent sites of the model that the guide does not sample
         for name, site in model_latents.items():
             if not any(g["name"] == name for g in guide_sites):
-                total = total - _per_datapoint(site["fn"].log_prob(site["value"]), site, data_plate)
+                total = total - _per_datapoint(site["fn"].log_prob(site["value"]), site, data_plate,
+                                               _user_scale(site, data_plate) if scales else None)
     return total
 
 
@@ -636,21 +737,42 @@ def direct_terms_owner(model: Callable, guide: Callable) -> Any:
 fast_path_owner = direct_terms_owner
 
 
+def _cat_terms(parts: list[ImportanceTerms]) -> ImportanceTerms:
+    """The terms of one-particle passes, concatenated along the particle dimension."""
+    first = parts[0]
+    fields = {}
+    for name in ImportanceTerms._fields:
+        value = getattr(first, name)
+        if torch.is_tensor(value):
+            fields[name] = torch.cat([getattr(p, name) for p in parts], 1 if name == "joint_log_weights" else 0)
+        elif isinstance(value, dict):
+            fields[name] = {k: torch.cat([p.latents[k] for p in parts]) for k in value}
+        else:
+            fields[name] = value
+    return ImportanceTerms(**fields)
+
+
 def terms_producer(model: Callable, guide: Callable, *args: Any, max_plate_nesting: int | None = None,
-                   data_plate: str = "data", **kwargs: Any) -> Callable[..., ImportanceTerms]:
+                   data_plate: str = "data", vectorize_particles: bool = True,
+                   **kwargs: Any) -> Callable[..., ImportanceTerms]:
     """Choose the producer of a pair's terms once (the model class's direct terms, else the traced path; the plate
     nesting guessed once), for many calls on the same arguments.
 
     A subsampled data plate draws its subsample on the first call; later calls (the chunks of particles of one
     batch) replay it, so that every chunk scores the same datapoints.
 
-    :returns: ``produce(num_particles, *, analytic_kl=False, dreg=None, latents=False) -> ImportanceTerms``.
+    :param vectorize_particles: draw the particles in one vectorized pass (True), or one pass per particle (False:
+        for programs that do not broadcast over a leading particle dimension; not with DReG).
+    :returns: ``produce(num_particles, *, analytic_kl=False, dreg=None, latents=False, scales="warn") ->
+        ImportanceTerms``; ``scales`` says what becomes of a scale the user wrote (``poutine.scale``):
+        ``"honour"`` it (the ELBO objectives), ``"warn"`` once that it was left out (estimators of ``log p(x)``) or
+        ``"record"`` it in ``scaled_sites`` only (the caller refuses it).
     """
     owner = direct_terms_owner(model, guide)
     if owner is not None and not kwargs and data_plate == "data":
 
         def produce(num_particles: int, *, analytic_kl: bool = False, dreg: DReG | None = None,
-                    latents: bool = False) -> ImportanceTerms:
+                    latents: bool = False, scales: str = "warn") -> ImportanceTerms:
             if not latents:
                 return owner.importance_terms(*args, num_particles=int(num_particles), analytic_kl=analytic_kl,
                                               dreg=dreg)
@@ -661,12 +783,30 @@ def terms_producer(model: Callable, guide: Callable, *args: Any, max_plate_nesti
         max_plate_nesting = guess_max_plate_nesting(model, guide, *args, **kwargs)
     nesting = int(max_plate_nesting)
     subsample: dict[str, torch.Tensor] = {}  # one subsample of the data plate for every call (every chunk)
+    warned: list[bool] = []
 
     def produce(num_particles: int, *, analytic_kl: bool = False, dreg: DReG | None = None,
-                latents: bool = False) -> ImportanceTerms:
-        return traced_terms(model, guide, *args, num_particles=num_particles, max_plate_nesting=nesting,
-                            data_plate=data_plate, analytic_kl=analytic_kl, dreg=dreg, latents=latents,
-                            subsample=subsample, **kwargs)
+                latents: bool = False, scales: str = "warn") -> ImportanceTerms:
+        if scales not in ("honour", "warn", "record"):
+            raise ValueError(f"scales must be 'honour', 'warn' or 'record', got {scales!r}")
+        k = int(num_particles)
+        options = dict(max_plate_nesting=nesting, data_plate=data_plate, analytic_kl=analytic_kl, dreg=dreg,
+                       latents=latents, subsample=subsample, scales=scales == "honour")
+        if vectorize_particles or k == 1:
+            t = traced_terms(model, guide, *args, num_particles=k, **options, **kwargs)
+        elif dreg is not None:
+            raise ValueError("objective 'iwae-dreg' needs the particles in one vectorized pass (its weights are "
+                             "normalised over them): with vectorize_particles=False train with 'iwae' or 'elbo'")
+        else:
+            t = _cat_terms([traced_terms(model, guide, *args, num_particles=1, **options, **kwargs)
+                            for _ in range(k)])
+        if t.scaled_sites and scales == "warn" and not warned:
+            warned.append(True)
+            warnings.warn(f"estimators of log p(x) leave out the poutine.scale the program wrote on site "
+                          f"{t.scaled_sites[0]!r}{' and others' if len(t.scaled_sites) > 1 else ''}: a scaled log "
+                          "density is no density, so the estimate is of the unscaled model (the ELBO objectives of "
+                          "fit honour the scale, as Pyro's Trace_ELBO)", UserWarning, stacklevel=3)
+        return t
     return produce
 
 
@@ -677,6 +817,7 @@ def importance_terms(
     num_particles: int,
     max_plate_nesting: int | None = None,
     data_plate: str = "data",
+    vectorize_particles: bool = True,
     **kwargs: Any,
 ) -> ImportanceTerms:
     """Draw ``num_particles`` particles from the guide in one vectorized pass and score them.
@@ -687,12 +828,13 @@ def importance_terms(
     :param num_particles: ``K``, the number of particles per datapoint.
     :param max_plate_nesting: the deepest plate nesting of model and guide; guessed by one trace if None.
     :param data_plate: the name of the data plate.
+    :param vectorize_particles: False: one pass per particle (for programs that cannot broadcast over particles).
     :returns: :class:`ImportanceTerms`, each of shape ``(K, N)``.
     """
     if int(num_particles) < 1:
         raise ValueError(f"num_particles must be >= 1, got {num_particles}")
     return terms_producer(model, guide, *args, max_plate_nesting=max_plate_nesting, data_plate=data_plate,
-                          **kwargs)(int(num_particles))
+                          vectorize_particles=vectorize_particles, **kwargs)(int(num_particles))
 
 
 def log_importance_weights(
@@ -702,16 +844,21 @@ def log_importance_weights(
     num_particles: int,
     max_plate_nesting: int | None = None,
     data_plate: str = "data",
+    vectorize_particles: bool = True,
     **kwargs: Any,
 ) -> torch.Tensor:
     """Per-datapoint log importance weights ``log p(x_n, z_k) - log q(z_k | x_n)``.
 
     :param num_particles: ``K``.
-    :returns: a tensor of shape ``(K, N)``.
+    :param vectorize_particles: False: one pass per particle (for programs that cannot broadcast over particles).
+    :returns: a tensor of shape ``(K, N)``, detached (an estimate; the objectives of
+        :mod:`~pyro_vae.infer.objectives` are the differentiable losses).
 
     Unlike :func:`pyro.infer.importance.vectorized_importance_weights`, which returns one joint weight
     per particle for the whole batch, this keeps one weight per datapoint.
     """
     check_estimator_input(model, guide, args, num_particles)
-    return importance_terms(model, guide, *args, num_particles=num_particles,
-                            max_plate_nesting=max_plate_nesting, data_plate=data_plate, **kwargs).log_weights
+    with torch.no_grad():
+        return importance_terms(model, guide, *args, num_particles=num_particles,
+                                max_plate_nesting=max_plate_nesting, data_plate=data_plate,
+                                vectorize_particles=vectorize_particles, **kwargs).log_weights

@@ -115,11 +115,17 @@ class TrainingMetrics(Callback):
 
     :param pair: the trained pair.
     :param data: the subset, on the training device.
-    :param binarize: binarize it dynamically (with a seed per epoch).
+    :param binarize: binarize it dynamically (with a seed per epoch; the first argument).
+    :param data_plate: the name of the pair's plate of datapoints (as :func:`~pyro_vae.train.fit`).
+
+    ``data`` may be a tensor, a tuple of tensors batched along dim 0, or a ``Dataset`` with ``collate_fn`` (as
+    :func:`~pyro_vae.train.fit` takes them).
     """
 
-    def __init__(self, pair: Any, data: torch.Tensor, binarize: bool = False) -> None:
+    def __init__(self, pair: Any, data: Any, binarize: bool = False, data_plate: str = "data",
+                 collate_fn: Any = None) -> None:
         self.pair, self.data, self.binarize = pair, data, binarize
+        self.data_plate, self.collate_fn = data_plate, collate_fn
 
     def on_epoch_metrics(self, record: dict[str, Any]) -> None:
         from .validation import evaluate_elbo
@@ -130,7 +136,8 @@ class TrainingMetrics(Callback):
         try:
             with preserved_rng():
                 pyro.set_rng_seed(int(record["epoch"]))
-                metrics = evaluate_elbo(self.pair, self.data, binarize=self.binarize)
+                metrics = evaluate_elbo(self.pair, self.data, binarize=self.binarize, data_plate=self.data_plate,
+                                        collate_fn=self.collate_fn)
         finally:
             if training:
                 self.pair.train()

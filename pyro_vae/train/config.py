@@ -73,6 +73,8 @@ class FitConfig:
     max_rollbacks: int = 10
     distributed: bool | None = None
     num_threads: int | str | None = "auto"
+    data_plate: str = "data"
+    vectorize_particles: bool = True
 
     def __post_init__(self) -> None:
         def put(name: str, value: Any) -> None:
@@ -101,6 +103,8 @@ class FitConfig:
         put("eps", _positive(self.eps, "eps", allow_zero=True))
         if self.num_threads not in (None, "auto"):
             put("num_threads", resolve_threads(self.num_threads))
+        if not isinstance(self.data_plate, str) or not self.data_plate:
+            raise TypeError(f"data_plate must be the name of a plate (a str), got {self.data_plate!r}")
         if self.checkpoint_dir is None and self.resume:
             raise ValueError("resume=True needs a checkpoint_dir to resume from")
 

@@ -33,8 +33,9 @@ from torch import nn
 
 from .. import distributed as dist
 from ..datasets import binarize as binarize_batch
+from ..infer.batches import BatchedArgs, first_transformed
 from ..infer.objectives import OBJECTIVES
-from ..infer.weights import fast_path_owner, guess_max_plate_nesting
+from ..infer.weights import check_data_plate, fast_path_owner, plate_layout
 from ..io import RunLock
 from ..threads import adapt_threads, resolve_threads, torch_threads
 from .callbacks import Callback, CallbackList, EpochFunction, Progress
@@ -51,7 +52,7 @@ __all__ = ["fit", "run_fit"]
 
 def fit(
     vae: Any,
-    data: torch.Tensor,
+    data: torch.Tensor | tuple[torch.Tensor, ...] | torch.utils.data.Dataset,
     *,
     epochs: int,
     batch_size: int,
@@ -85,12 +86,20 @@ def fit(
     data_scale: torch.Tensor | None = None,
     direct_terms: bool = True,
     num_threads: int | str | None = "auto",
+    data_plate: str = "data",
+    collate_fn: Callable[[list], Any] | None = None,
+    vectorize_particles: bool = True,
 ) -> list[dict[str, Any]]:
     """Train a model/guide pair by stochastic gradient ascent on a bound of ``log p(x)``.
 
     :param vae: a :class:`pyro_vae.VAE`, or any object with ``.model(x)`` and ``.guide(x)`` keeping the site
         contract (an ``nn.Module`` has its parameters trained; otherwise the ``pyro.param`` sites are).
-    :param data: training data ``(N, *event_shape)``, a float tensor (converted to the model's device and dtype).
+    :param data: training data ``(N, *event_shape)``, a float tensor (converted to the model's device and dtype);
+        or a tuple of tensors batched along dim 0, passed as the model's positional arguments (the first, the
+        observed tensor, is checked, converted and binarized like a tensor; the others are moved to the device); or
+        a :class:`torch.utils.data.Dataset` whose ``collate_fn`` builds each batch's arguments (a deep Markov
+        model's padded batch, ``PackedSequence``, mask and lengths). Shuffling, sharding over processes and seeds
+        keep every argument of a datapoint together (:mod:`pyro_vae.infer.batches`).
     :param epochs: passes over the data (the total, also when resuming).
     :param batch_size: datapoints per step (``<= N``).
     :param lr: Adam's learning rate (multiplied by the ``lr_schedule`` factor each epoch). A different ``lr``
@@ -141,6 +150,12 @@ def fit(
     :param data_scale: standard deviations of the shape of ``data``: each batch is then a fresh draw
         ``data + data_scale * eps``, ``eps ~ N(0, I)`` (training on samples of a Gaussian around each datapoint,
         redrawn at every visit; validation data are used as given). Not with ``binarize``.
+    :param data_plate: the name of the pair's plate of datapoints (``pyro.plate(data_plate, N)`` in the model and
+        the guide), as for every estimator; a name that is no plate of the pair is refused before any work.
+    :param collate_fn: with a ``Dataset`` (``data``, ``val_data``): builds a batch's arguments from a list of
+        datapoints; it must keep every datapoint, in order (checked on the first batch before any work).
+    :param vectorize_particles: False: draw ``num_particles > 1`` particles one pass at a time, for a model or
+        guide that cannot broadcast over a leading particle dimension (boolean-mask indexing, as Pyro's CVAE).
     :returns: the history, one dict of metrics per epoch (``epoch``, ``loss`` (the objective's loss per
         datapoint: the same meaning for every objective), ``lr``, ``beta``, ``seconds``, ``images_per_second``,
         with ``val_data`` ``val_elbo``, ``val_rate``, ``val_distortion``, and after a rollback ``nan_events``: a
@@ -157,15 +172,17 @@ def fit(
         kl_warmup_epochs=kl_warmup_epochs, lr_schedule=lr_schedule, betas=betas, eps=eps, clip_norm=clip_norm,
         max_plate_nesting=max_plate_nesting, extra=config, on_nan=on_nan, nan_check_every=nan_check_every,
         max_rollbacks=max_rollbacks, distributed=distributed, num_threads=num_threads,
-        direct_terms=deprecated_fast_path(fast_path, direct_terms, "fit"))
+        direct_terms=deprecated_fast_path(fast_path, direct_terms, "fit"), data_plate=data_plate,
+        vectorize_particles=vectorize_particles)
     hooks = [*callbacks, *([EpochFunction(on_epoch_end)] if on_epoch_end is not None else [])]
     return run_fit(vae, data, options, val_data=val_data, condition=condition, val_condition=val_condition,
-                   data_scale=data_scale, callbacks=hooks)
+                   data_scale=data_scale, callbacks=hooks, collate_fn=collate_fn)
 
 
-def run_fit(vae: Any, data: torch.Tensor, options: FitConfig, *, val_data: torch.Tensor | None = None,
+def run_fit(vae: Any, data: Any, options: FitConfig, *, val_data: Any = None,
             condition: torch.Tensor | None = None, val_condition: torch.Tensor | None = None,
-            data_scale: torch.Tensor | None = None, callbacks: Sequence[Callback] = ()) -> list[dict[str, Any]]:
+            data_scale: torch.Tensor | None = None, callbacks: Sequence[Callback] = (),
+            collate_fn: Callable[[list], Any] | None = None) -> list[dict[str, Any]]:
     """:func:`fit` with its options in a :class:`~pyro_vae.train.config.FitConfig` (the same run, the same history).
 
     :param vae: anything with ``.model`` and ``.guide`` (see :func:`fit`).
@@ -179,13 +196,13 @@ def run_fit(vae: Any, data: torch.Tensor, options: FitConfig, *, val_data: torch
     _check_pair(vae)
     hooks = CallbackList(callbacks)
     loss_fn = _objective_for(vae, o)
-    d = _TrainData.checked(vae, o, data, val_data, condition, val_condition, data_scale)
-    n, batch_size = d.x.shape[0], o.batch_size
+    d = _TrainData.checked(vae, o, data, val_data, condition, val_condition, data_scale, collate_fn)
+    n, batch_size = d.train.n, o.batch_size
 
     # ---- device, processes, the run folder, seeds, data, parameters, optimizer: the state
     device = resolve_device(o.device)
     parallel = Parallel(o.distributed, device)
-    parallel.check(d.x, batch_size)
+    parallel.check(d.train.first if d.train.first is not None else torch.tensor(float(n)), batch_size)
     ckpt_path = Path(o.checkpoint_dir) / CHECKPOINT_NAME if o.checkpoint_dir is not None else None
     with _run_folder(ckpt_path, parallel), torch_threads(resolve_threads(o.num_threads)):
         base_seed = dist.shared_seed(o.seed) if parallel.enabled else o.seed
@@ -195,7 +212,7 @@ def run_fit(vae: Any, data: torch.Tensor, options: FitConfig, *, val_data: torch
             vae.to(device)
         d = d.to(vae, device)
         example = d.example(batch_size)
-        max_plate_nesting = _plate_nesting(vae, example, o.max_plate_nesting)
+        max_plate_nesting = _plate_nesting(vae, example, o.max_plate_nesting, o.data_plate)
         params = collect_parameters(vae, example)
         optimizer = _adam(params, o)
         schedule = o.schedule
@@ -208,11 +225,14 @@ def run_fit(vae: Any, data: torch.Tensor, options: FitConfig, *, val_data: torch
         parallel.wrap(vae, params)
         step = TrainStep(vae, loss_fn, optimizer, params, num_particles=o.num_particles,
                          max_plate_nesting=max_plate_nesting, clip_norm=o.clip_norm, parallel=parallel,
-                         direct_terms=o.direct_terms)
+                         direct_terms=o.direct_terms, data_plate=o.data_plate,
+                         vectorize_particles=o.vectorize_particles)
         guard = NanGuard(o.on_nan, o.nan_check_every, o.max_rollbacks, parallel)
         steps = math.ceil(n / batch_size)
         if o.progress and parallel.rank == 0:
             hooks.prepend(Progress((o.epochs - state.epoch) * steps, o.epochs))
+
+        size = d.batch_size_of
 
         def batches() -> Callable[[int], tuple[tuple, float]]:
             """This epoch's batches ``batch(i)``: the shuffling generator's next permutation."""
@@ -240,7 +260,7 @@ def run_fit(vae: Any, data: torch.Tensor, options: FitConfig, *, val_data: torch
                         detected = i
                         break
                     total += loss  # a NaN or inf loss makes the total non-finite: no per-step check needed
-                    hooks.on_step_end(epoch, i, steps, loss, args[0].shape[0])
+                    hooks.on_step_end(epoch, i, steps, loss, size(args))
                     if guard.due(i, steps) and guard.failed(total, params):
                         detected = i
                         break
@@ -260,7 +280,7 @@ def run_fit(vae: Any, data: torch.Tensor, options: FitConfig, *, val_data: torch
             scheduler.step()
             if d.val is not None:
                 record.update({f"val_{k}": v for k, v in _validate(vae, d.val, o.binarize, max_plate_nesting,
-                                                                     parallel, d.val_condition).items()})
+                                                                     parallel, o.data_plate).items()})
             record = parallel.broadcast(record)  # rank 0's timings: the same history on every rank
             hooks.on_epoch_metrics(record)
             state.history.append(record)
@@ -277,54 +297,97 @@ def run_fit(vae: Any, data: torch.Tensor, options: FitConfig, *, val_data: torch
 
 @dataclasses.dataclass(frozen=True)
 class _TrainData:
-    """The tensors a run reads: the data, the validation data, their conditions and the data's noise scale."""
+    """What a run reads: the data and the validation data as the model's arguments (:class:`BatchedArgs`: a tensor,
+    a tuple of tensors, or a ``Dataset`` and its ``collate_fn``; a condition is one more tensor), and the data's
+    noise scale."""
 
-    x: torch.Tensor
-    val: torch.Tensor | None
-    condition: torch.Tensor | None
-    val_condition: torch.Tensor | None
+    train: BatchedArgs
+    val: BatchedArgs | None
     scale: torch.Tensor | None
 
     @classmethod
     def checked(cls, vae: Any, options: FitConfig, data: Any, val_data: Any, condition: Any, val_condition: Any,
-                data_scale: Any) -> _TrainData:
+                data_scale: Any, collate_fn: Callable[[list], Any] | None = None) -> _TrainData:
         """Refuse data the model cannot train on (before any work)."""
-        data = check_data(data, "data", vae, options.binarize)
-        val_data = check_data(val_data, "val_data", vae, options.binarize) if val_data is not None else None
-        condition = _check_condition(condition, "condition", data)
-        data_scale = _check_data_scale(data_scale, data, options.binarize)
-        val_condition = _check_condition(val_condition, "val_condition", val_data)
-        n = data.shape[0]
+        train = _checked_args(vae, options, data, condition, "data", "condition", collate_fn)
+        val = _checked_args(vae, options, val_data, val_condition, "val_data", "val_condition", collate_fn) \
+            if val_data is not None else None
+        if val_data is None and val_condition is not None:
+            raise ValueError("val_condition was given without its data")
+        if data_scale is not None and train.first is None:
+            raise ValueError("data_scale draws noise around tensor data; with a Dataset, draw it in the collate_fn")
+        data_scale = _check_data_scale(data_scale, train.first, options.binarize)
+        n = train.n
         if options.batch_size > n:
             raise ValueError(f"batch_size must be between 1 and the number of datapoints ({n}), got "
                              f"{options.batch_size}")
-        return cls(data, val_data, condition, val_condition, data_scale)
+        if train.tensors is None:  # a collate_fn that drops or reorders datapoints is refused before any work
+            first = train.take(range(min(options.batch_size, n)))
+            if options.binarize:
+                first_transformed(first, lambda x: x, "binarize")
+        return cls(train, val, data_scale)
 
     def to(self, vae: Any, device: torch.device) -> _TrainData:
         """On ``device``, the data in the model's dtype (float16, bfloat16 or float64 data for a float32 model are
         converted)."""
-        dtype = next((p.dtype for p in vae.parameters()), self.x.dtype) if isinstance(vae, nn.Module) else self.x.dtype
-        x, val, scale = (t.to(device=device, dtype=dtype) if t is not None else None
-                         for t in (self.x, self.val, self.scale))
-        condition, val_condition = (t.to(device) if t is not None else None
-                                    for t in (self.condition, self.val_condition))
-        return _TrainData(x, val, condition, val_condition, scale)
+        first = self.train.first
+        fallback = first.dtype if first is not None and first.is_floating_point() else None
+        dtype = next((p.dtype for p in vae.parameters()), fallback) if isinstance(vae, nn.Module) else fallback
+        scale = self.scale.to(device=device, dtype=dtype) if self.scale is not None else None
+        return _TrainData(self.train.to(device, dtype), self.val.to(device, dtype) if self.val is not None else None,
+                          scale)
 
     def example(self, size: int) -> tuple:
         """The model's arguments for the first ``size`` datapoints."""
-        return (self.x[:size],) if self.condition is None else (self.x[:size], self.condition[:size])
+        return self.train.slice(0, size)
+
+    @staticmethod
+    def batch_size_of(args: tuple) -> int:
+        """The datapoints of a batch's arguments."""
+        a = args[0]
+        return int(a.shape[0]) if torch.is_tensor(a) else int(getattr(a, "batch_sizes", [len(a)])[0])
 
     def batches(self, order: torch.Tensor, parallel: Parallel, batch_size: int,
                 binarize: bool) -> Callable[[int], tuple[tuple, float]]:
         """``batch(i)``: the model's arguments for this rank's part of batch ``i`` of ``order``, and the
-        denominator of its summed loss; binarized or noised afresh at each call."""
-        def batch(i: int) -> tuple[tuple, float]:
+        denominator of its summed loss; binarized (the first argument) or noised afresh at each call."""
+        train = self.train
+        if train.is_tensor:  # a plain tensor: the path it always took, one index per batch
+            data = train.first
+
+            def batch(i: int) -> tuple[tuple, float]:
+                index, denominator = parallel.batch(order, i, batch_size)
+                x = binarize_batch(data[index]) if binarize else data[index]
+                if self.scale is not None:
+                    x = x + self.scale[index] * torch.randn_like(x)
+                return (x,), denominator
+            return batch
+
+        def several(i: int) -> tuple[tuple, float]:
             index, denominator = parallel.batch(order, i, batch_size)
-            x = binarize_batch(self.x[index]) if binarize else self.x[index]
+            args = train.take(index)
+            if binarize:
+                args = first_transformed(args, binarize_batch, "binarize")
             if self.scale is not None:
-                x = x + self.scale[index] * torch.randn_like(x)
-            return ((x,) if self.condition is None else (x, self.condition[index])), denominator
-        return batch
+                args = (args[0] + self.scale[index] * torch.randn_like(args[0]),) + args[1:]
+            return args, denominator
+        return several
+
+
+def _checked_args(vae: Any, options: FitConfig, data: Any, condition: Any, name: str, condition_name: str,
+                  collate_fn: Callable[[list], Any] | None) -> BatchedArgs:
+    """A data set as the model's arguments, its observed tensor checked against the model (a ``Dataset`` is checked
+    on its first batch)."""
+    if isinstance(data, torch.utils.data.Dataset):
+        if condition is not None:
+            raise ValueError(f"{condition_name}= goes with tensor data; with a Dataset, let the collate_fn return it")
+    else:  # a tensor, or a tuple whose first tensor is the observed one (anything else: told how to convert)
+        several = isinstance(data, (tuple, list))
+        first = (data[0] if data else None) if several else data
+        check_data(first, f"the first tensor of {name}" if several else name, vae, options.binarize)
+        if condition is not None:
+            _check_condition(condition, condition_name, first)
+    return BatchedArgs.of(data, condition, collate_fn, name)
 
 
 def _check_pair(vae: Any) -> None:
@@ -367,19 +430,26 @@ def _run_folder(ckpt_path: Path | None, parallel: Parallel) -> contextlib.Abstra
     return lock
 
 
-def _plate_nesting(vae: Any, example: tuple, given: int | None) -> int:
+def _plate_nesting(vae: Any, example: tuple, given: int | None, data_plate: str = "data") -> int:
     """The pair's deepest plate nesting: given, a library model's own, or guessed from one trace of a few
     datapoints (a whole batch if the pair needs it, e.g. a plate subsampled to more datapoints than the few):
-    setup costs a fraction of a step, not a step."""
-    if given is not None:
-        return given
+    setup costs a fraction of a step, not a step. The same trace refuses a ``data_plate`` that is no plate of the
+    pair (a library model's plate is ``"data"``: not traced)."""
     owner = fast_path_owner(vae.model, vae.guide)
-    if getattr(owner, "max_plate_nesting", None) is not None:
+    if data_plate == "data" and given is not None:
+        return given
+    if data_plate == "data" and getattr(owner, "max_plate_nesting", None) is not None:
         return owner.max_plate_nesting
+    few = tuple(a[:8] for a in example) if all(torch.is_tensor(a) for a in example) else None
     try:
-        return guess_max_plate_nesting(vae.model, vae.guide, *(a[:8] for a in example))
+        if few is None:
+            raise TypeError
+        nesting, plates = plate_layout(vae.model, vae.guide, *few)
     except Exception:
-        return guess_max_plate_nesting(vae.model, vae.guide, *example)
+        nesting, plates = plate_layout(vae.model, vae.guide, *example)
+    check_data_plate(data_plate, plates)
+    return given if given is not None else nesting
+
 
 def _check_condition(condition: Any, name: str, data: torch.Tensor | None) -> torch.Tensor | None:
     """Refuse conditions that are not a finite float tensor with one row per datapoint."""
@@ -410,13 +480,13 @@ def _check_data_scale(scale: Any, data: torch.Tensor, binarize: bool) -> torch.T
     return scale
 
 
-def _validate(vae: Any, val_data: torch.Tensor, binarize: bool, max_plate_nesting: int,
-              parallel: Parallel, condition: torch.Tensor | None) -> dict[str, float]:
+def _validate(vae: Any, val_data: BatchedArgs, binarize: bool, max_plate_nesting: int,
+              parallel: Parallel, data_plate: str) -> dict[str, float]:
     if isinstance(vae, nn.Module):
         vae.eval()
     try:
         return evaluate_elbo(vae, val_data, binarize=binarize, max_plate_nesting=max_plate_nesting,
-                             distributed=parallel.enabled, condition=condition)
+                             distributed=parallel.enabled, data_plate=data_plate)
     finally:
         if isinstance(vae, nn.Module):
             vae.train()

@@ -39,8 +39,9 @@ class StepCheck:
 
 
 class TrainStep:
-    """``step(args, denominator, beta)``: one optimisation step on the batch ``args`` (``(x,)``, or ``(x, y)``
-    for a conditional model); returns its summed loss.
+    """``step(args, denominator, beta)``: one optimisation step on the batch ``args`` (the model's positional
+    arguments: ``(x,)``, ``(x, y)`` for a conditional model, or a tuple's / collate_fn's several arguments); returns
+    its summed loss.
 
     :param vae: anything with ``.model`` and ``.guide``.
     :param objective: an objective function ``loss(produce, *, num_particles, beta)``.
@@ -52,12 +53,16 @@ class TrainStep:
     :param parallel: the distributed plumbing.
     :param direct_terms: let a model class produce its importance terms directly (False: always the traced path).
     :param fast_path: the old name of ``direct_terms`` (deprecated).
+    :param data_plate: the name of the pair's plate of datapoints.
+    :param vectorize_particles: False: one pass per particle (programs that cannot broadcast over particles).
     """
 
     def __init__(self, vae: Any, objective: Callable[..., torch.Tensor], optimizer: torch.optim.Optimizer,
                  params: list[torch.Tensor], *, num_particles: int, max_plate_nesting: int, clip_norm: float | None,
-                 parallel: Parallel, direct_terms: bool = True, fast_path: bool | None = None) -> None:
+                 parallel: Parallel, direct_terms: bool = True, fast_path: bool | None = None,
+                 data_plate: str = "data", vectorize_particles: bool = True) -> None:
         direct_terms = deprecated_fast_path(fast_path, direct_terms, "TrainStep")
+        self.data_plate, self.vectorize_particles = data_plate, vectorize_particles
         self.objective, self.optimizer, self.params = objective, optimizer, params
         self.num_particles, self.max_plate_nesting, self.clip_norm = num_particles, max_plate_nesting, clip_norm
         self.parallel = parallel
@@ -75,7 +80,8 @@ class TrainStep:
 
         :param args: the model's arguments, ``(x,)`` or ``(x, y)``.
         """
-        produce = terms_producer(self.model, self.guide, *args, max_plate_nesting=self.max_plate_nesting)
+        produce = terms_producer(self.model, self.guide, *args, max_plate_nesting=self.max_plate_nesting,
+                                 data_plate=self.data_plate, vectorize_particles=self.vectorize_particles)
         return self.objective(produce, num_particles=self.num_particles, beta=beta)
 
     def validation(self) -> contextlib.AbstractContextManager:

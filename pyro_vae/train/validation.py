@@ -12,7 +12,8 @@ from torch import nn
 
 from .. import distributed as dist
 from ..datasets import binarize as binarize_batch
-from ..infer.weights import importance_terms
+from ..infer.batches import BatchedArgs, first_transformed
+from ..infer.weights import terms_producer
 from ..rng import preserved_rng
 
 __all__ = ["resolve_device", "check_data", "collect_parameters", "evaluate_elbo"]
@@ -82,28 +83,39 @@ def collect_parameters(pair: Any, example: tuple) -> list[torch.Tensor]:
 
 
 @torch.no_grad()
-def evaluate_elbo(pair: Any, data: torch.Tensor, batch_size: int = 1000, binarize: bool = False,
+def evaluate_elbo(pair: Any, data: Any, batch_size: int = 1000, binarize: bool = False,
                   max_plate_nesting: int | None = None, distributed: bool | None = None,
-                  condition: torch.Tensor | None = None) -> dict[str, float]:
+                  condition: torch.Tensor | None = None, data_plate: str = "data",
+                  collate_fn: Any = None) -> dict[str, float]:
     """Mean per-datapoint ELBO, rate and distortion (one sample each) of ``data``.
 
+    :param data: ``(N, *event_shape)``, a tuple of tensors batched along dim 0 (the model's positional arguments)
+        or a ``Dataset`` with a ``collate_fn`` (:class:`~pyro_vae.infer.batches.BatchedArgs`); ``binarize``
+        applies to the first argument.
     :param distributed: under ``torchrun`` (None: when launched with several processes) every rank takes every
         ``world_size``-th batch and the sums are added up over the ranks; every rank must call it.
     :param condition: a conditional model's conditions ``(N, *condition_shape)``, batched with ``data``.
+    :param data_plate: the name of the pair's plate of datapoints.
     :returns: ``{"elbo": ..., "rate": ..., "distortion": ...}`` in nats per datapoint, where
-        ``rate = E_q[log q(z | x) - log p(z)]`` and ``distortion = -E_q[log p(x | z)]``.
+        ``rate = E_q[log q(z | x) - log p(z)]`` and ``distortion = -E_q[log p(x | z)]`` (a ``poutine.scale`` the
+        program wrote is left out, with one warning: these estimate the unscaled model).
     """
     distributed = dist.launched() if distributed is None else distributed
     rank, world = (dist.rank(), dist.world_size()) if distributed else (0, 1)
-    sums = torch.zeros(3, dtype=torch.float64, device=data.device)
-    for start in range(rank * batch_size, data.shape[0], world * batch_size):
-        x = data[start:start + batch_size]
+    batched = BatchedArgs.of(data, condition, collate_fn)
+    n = batched.n
+    device = batched.first.device if batched.first is not None else batched.device
+    sums = torch.zeros(3, dtype=torch.float64, device=device)
+    for start in range(rank * batch_size, n, world * batch_size):
+        args = batched.slice(start, start + batch_size)
         if binarize:
-            x = binarize_batch(x)
-        extra = () if condition is None else (condition[start:start + batch_size],)
-        t = importance_terms(pair.model, pair.guide, x, *extra, num_particles=1, max_plate_nesting=max_plate_nesting)
-        sums += torch.stack([t.elbo_integrand.sum(), (t.log_guide - t.log_prior).sum(), -t.log_likelihood.sum()])
+            args = first_transformed(args, binarize_batch, "binarize")
+        produce = terms_producer(pair.model, pair.guide, *args, max_plate_nesting=max_plate_nesting,
+                                 data_plate=data_plate)
+        t = produce(1)
+        sums += torch.stack([t.elbo_integrand.sum(), (t.log_guide - t.log_prior).sum(),
+                             -t.log_likelihood.sum()]).to(sums)
     if distributed:
         sums = dist.all_reduce(sums)
-    elbo, rate, distortion = (sums / data.shape[0]).tolist()
+    elbo, rate, distortion = (sums / n).tolist()
     return {"elbo": elbo, "rate": rate, "distortion": distortion}
