@@ -165,6 +165,17 @@ def _add_train(subparsers: Any) -> None:
                    help="passes over the labelled datapoints per epoch of a --semi-supervised run (default: 1)")
     p.add_argument("--test-particles", type=int, default=None,
                    help="K of a --semi-supervised run's test log p(x) (IWAE, the label summed; default: 100)")
+    p.add_argument("--aux-step", default=None, choices=("joint", "separate"),  # train.semi_supervised.AUX_STEPS
+                   help="a --semi-supervised run's auxiliary loss: in the bound's Adam update (joint, the default) or "
+                        "an update of its own on every batch, a momentum step on unlabelled ones (separate, Pyro's)")
+    p.add_argument("--loss-scale", default=None, choices=("mean", "sum"),  # train.semi_supervised.LOSS_SCALES
+                   help="a --semi-supervised run's step loss per datapoint of its batch (mean, the default) or summed "
+                        "(sum, Pyro's: a labelled datapoint then weighs as an unlabelled one)")
+    p.add_argument("--adam-beta1", type=float, default=None,
+                   help="Adam's beta1 of a --semi-supervised run (default: 0.9; Pyro's example 0.95)")
+    p.add_argument("--init-std", type=float, default=None,
+                   help="a --semi-supervised run's hidden layers start with weights from N(0, std^2) and zero biases "
+                        "(Pyro's example: 0.001; default: torch's initialisation)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--config", default=None,
                    help="a YAML (or JSON) file of train options, e.g. 'dataset: mnist' and 'hidden_dims: [200, 200]'; "

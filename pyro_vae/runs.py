@@ -247,8 +247,8 @@ def run_test_data(config: dict[str, Any], *, split: str | None = None, num: int 
               data_root: str | os.PathLike[str] | None = None, seed: int = 0, device: str | torch.device = "cpu",
               labels: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
     """A run's test data as every command sees it (``evaluate``, ``reconstruct``, ``plot``): the split (the run's
-    test split by default), its first ``num`` datapoints, and for a run trained on dynamically binarized data one
-    fixed binarization drawn on the CPU from a generator seeded with ``seed`` (the same images on every device).
+    test split by default), its first ``num`` datapoints, and for a run trained on dynamically binarized data (or on
+    grey levels as the targets of a Bernoulli likelihood) one fixed binarization drawn on the CPU from a generator seeded with ``seed`` (the same images on every device).
 
     :param config: the run's configuration (:func:`read_config`).
     :param data_root: the data folder (default: the run's, else ``$PYRO_VAE_DATA``).
@@ -267,7 +267,9 @@ def run_test_data(config: dict[str, Any], *, split: str | None = None, num: int 
         x = datasets.load(config["dataset"], split, root=root)
     if num is not None:
         x, y = x[: int(num)], None if y is None else y[: int(num)]
-    if config.get("training", {}).get("binarize"):
+    # binarized data, or grey levels taken as Bernoulli targets (whose log p(x) is that of binarized data); binary
+    # data are their own binarization
+    if config.get("training", {}).get("binarize") or (config.get("vae") or {}).get("likelihood") == "bernoulli":
         x = datasets.binarize(x, torch.Generator().manual_seed(int(seed)))
     return x.to(device), y
 

@@ -234,6 +234,8 @@ def fit_semi_supervised(
                 scale = idx.numel() if loss_scale == "mean" else 1
                 optimizer.zero_grad(set_to_none=True)
                 ((loss + aux if aux_step == "joint" else loss) / scale).backward()
+                if aux_step == "separate":  # Pyro's SVI leaves zero gradients, not None: every weight steps
+                    _fill_zero_grads(params)
                 optimizer.step()
                 if aux_step == "separate":  # Pyro's second SVI: an update of every weight, zero gradients unlabelled
                     for param in params:
@@ -270,6 +272,13 @@ def fit_semi_supervised(
                      "history": [json.dumps(h) for h in history], "config": json.dumps({"lr": lr, **data})}
             save_checkpoint(state, history, path)
     return history
+
+
+def _fill_zero_grads(params: list[torch.Tensor]) -> None:
+    """Give a zero gradient to every weight that got none (Adam then steps it on its momentum)."""
+    for param in params:
+        if param.grad is None:
+            param.grad = torch.zeros_like(param)
 
 
 def _resume(path: Path, ssvae: Any, optimizer: torch.optim.Optimizer, lr: float,

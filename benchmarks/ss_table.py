@@ -1,0 +1,178 @@
+"""The semi-supervised VAE's table (``docs/results.md`` §5), by Pyro's protocol, resumable cell by cell.
+
+Every cell is one run folder of ``pyro-vae train --semi-supervised`` (:func:`pyro_vae.pipeline.train_run`) under
+``--root``: a number of labels, a seed and a *variant* (the run options that differ from the defaults). MNIST's
+first 50,000 training digits give the labelled and the unlabelled ones, the last 10,000 the validation split;
+each run reports the test accuracy at its last epoch and at its best validation epoch (its model kept in
+``best/``) and ``log p(x)`` with the label summed (IWAE). A finished cell (its ``test_metrics.json``) is skipped, an
+unfinished one resumed, so the CPU hours can be spread over several calls, and a GPU, where there is one, can fill
+the table. ``--write-docs`` writes the table (mean ± sd over the seeds of each row) into its section of
+``docs/results.md`` with the command, the date, the machine and the budget.
+
+Two tables: ``--table ablation`` (100 labels, the variants of :data:`ABLATION`, one option changed from today's
+defaults each, at a reduced budget) and ``--table labels`` (the numbers of labels of Pyro's tutorial with the
+defaults).
+
+Run::
+
+    python benchmarks/ss_table.py --table ablation --seeds 0,1 --epochs 20 --num-unlabelled 10000 --write-docs
+    python benchmarks/ss_table.py --table labels --labels 100,600,1000,3000 --seeds 0,1,2 --epochs 50 --write-docs
+    python benchmarks/ss_table.py --smoke-test
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+from common import REPO_ROOT, command_line, machine_info, machine_markdown, markdown_table, utc_date
+
+#: the paper's network and Pyro's training settings, shared by every cell (the CLI's defaults for the kind)
+BASE = {"dataset": "mnist", "semi_supervised": True, "num_threads": 1}
+#: one option changed at a time from the defaults (the first row: the defaults themselves)
+ABLATION: dict[str, dict[str, Any]] = {
+    "defaults": {},
+    "aux step separate (Pyro)": {"aux_step": "separate"},
+    "loss summed (Pyro)": {"loss_scale": "sum"},
+    "Adam beta1 0.95 (Pyro)": {"adam_beta1": 0.95},
+    "init N(0, 0.001) (Pyro)": {"init_std": 0.001},
+    "grey targets (Pyro)": {"binarize": "no"},
+    "labelled passes 10": {"labelled_passes": 10},
+    "labelled passes 50": {"labelled_passes": 50},
+    "all of Pyro's settings": {"aux_step": "separate", "loss_scale": "sum", "adam_beta1": 0.95, "init_std": 0.001,
+                               "binarize": "no"},
+}
+#: the tutorial's test accuracies (Pyro's SS-VAE tutorial, M2 with the auxiliary loss)
+TUTORIAL = {100: 0.9319, 600: 0.9437, 1000: 0.9487, 3000: 0.9582}
+RESULTS_PATH = REPO_ROOT / "docs" / "results.md"
+
+
+def _slug(text: str) -> str:
+    return "".join(c if c.isalnum() else "-" for c in text.lower()).strip("-")
+
+
+def run_cell(root: Path, labels: int, seed: int, variant: str, options: dict[str, Any], args: argparse.Namespace,
+             say: Any = print) -> dict[str, Any]:
+    """Train (or resume, or skip) one cell; returns its test metrics with the run's wall time."""
+    from pyro_vae.pipeline import train_run
+
+    out = root / f"labels{labels}-{_slug(variant)}-seed{seed}"
+    if (out / "test_metrics.json").is_file():
+        say(f"{out.name}: finished, skipped")
+    else:
+        opts = {**BASE, **options, "labels": labels, "seed": seed, "epochs": args.epochs,
+                "num_unlabelled": args.num_unlabelled, "test_particles": args.test_particles,
+                "data_root": args.data_root, "device": args.device}
+        resume = (out / "checkpoint.pt").is_file()
+        say(f"{out.name}: {'resumed' if resume else 'started'} ({json.dumps(options) if options else 'defaults'})")
+        t0 = time.perf_counter()
+        train_run(opts, out, resume=resume, progress=False, say=lambda *a, **k: None)
+        with open(out / "wall_seconds.txt", "a") as f:
+            f.write(f"{time.perf_counter() - t0:.1f}\n")
+    metrics = json.loads((out / "test_metrics.json").read_text())
+    wall = out / "wall_seconds.txt"
+    metrics["minutes"] = sum(float(v) for v in wall.read_text().split()) / 60 if wall.is_file() else float("nan")
+    return metrics
+
+
+def _mean_sd(values: list[float], digits: int = 3) -> str:
+    if not values:
+        return "–"
+    if len(values) == 1:
+        return f"{values[0]:.{digits}f}"
+    return f"{statistics.mean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
+
+
+def table_rows(cells: dict[tuple[Any, str], list[dict[str, Any]]], by_labels: bool) -> list[list[Any]]:
+    """One row per (labels, variant): accuracy at the last and the best-validation epoch, mean ± sd over seeds."""
+    rows = []
+    for (labels, variant), runs in cells.items():
+        row: list[Any] = [labels if by_labels else variant, len(runs),
+                          _mean_sd([r["accuracy"] for r in runs]),
+                          _mean_sd([r["best_accuracy"] for r in runs if "best_accuracy" in r]),
+                          _mean_sd([r["best_epoch"] for r in runs if "best_epoch" in r], 1),
+                          _mean_sd([r["log_likelihood"] for r in runs], 2),
+                          _mean_sd([r["minutes"] for r in runs], 1)]
+        if by_labels:
+            row.insert(4, f"{TUTORIAL[labels]:.4f}" if labels in TUTORIAL else "–")
+        rows.append(row)
+    return rows
+
+
+def write_section(name: str, body: str, path: Path = RESULTS_PATH) -> None:
+    """Replace the text between ``<!-- name:start -->`` and ``<!-- name:end -->`` of ``path`` (appended if new)."""
+    text = path.read_text()
+    start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
+    block = f"{start}\n{body.rstrip()}\n{end}"
+    if start in text and end in text:
+        text = text[: text.index(start)] + block + text[text.index(end) + len(end):]
+    else:
+        text = text.rstrip() + "\n\n" + block + "\n"
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+def main(args: argparse.Namespace) -> dict[tuple[Any, str], list[dict[str, Any]]]:
+    if args.smoke_test:
+        args.table, args.labels, args.seeds, args.epochs, args.num_unlabelled = "ablation", "20", "0", 1, 200
+        args.test_particles, args.variants = 2, "defaults,aux step separate (Pyro)"
+        BASE.update(dataset="digits", hidden_dims="32", latent_dim=4)
+    root = Path(args.root)
+    root.mkdir(parents=True, exist_ok=True)
+    seeds = [int(s) for s in str(args.seeds).split(",")]
+    if args.table == "ablation":
+        chosen = [v.strip() for v in args.variants.split(",")] if args.variants else list(ABLATION)
+        unknown = [v for v in chosen if v not in ABLATION]
+        if unknown:
+            raise SystemExit(f"unknown variant {unknown[0]!r}; the variants are: {', '.join(ABLATION)}")
+        plan = [(int(args.labels.split(",")[0]), v, ABLATION[v]) for v in chosen]
+    else:
+        plan = [(int(n), "defaults", {}) for n in str(args.labels).split(",")]
+    info = machine_info()
+    began = time.perf_counter()
+    cells: dict[tuple[Any, str], list[dict[str, Any]]] = {}
+    for labels, variant, options in plan:
+        cells[(labels, variant)] = [run_cell(root, labels, seed, variant, options, args) for seed in seeds]
+    by_labels = args.table == "labels"
+    headers = ["labels" if by_labels else f"variant ({plan[0][0]} labels)", "seeds", "test accuracy, last epoch",
+               "at the best valid epoch", "best epoch", "log p(x), label summed", "minutes per run"]
+    if by_labels:
+        headers.insert(4, "Pyro's tutorial")
+    table = markdown_table(headers, table_rows(cells, by_labels))
+    print(table)
+    if args.write_docs and not args.smoke_test:
+        unlabelled = args.num_unlabelled or "all the other"
+        minutes = (time.perf_counter() - began) / 60
+        budget = (f"{args.epochs} epochs, {unlabelled} unlabelled digits, seeds {args.seeds}, "
+                  f"IWAE_{args.test_particles} on the 10,000 test digits, one thread per run; this call "
+                  f"{minutes:.1f} min")
+        body = "\n".join([f"Command (resumable: finished cells are skipped): `{command_line()}`", "",
+                          f"Date: {utc_date()}. Budget: {budget}.", "", machine_markdown(info), "", table])
+        write_section(f"ss-{args.table}", body)
+    return cells
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--table", choices=("ablation", "labels"), default="ablation")
+    p.add_argument("--labels", default="100", help="comma-separated numbers of labels (ablation: the first)")
+    p.add_argument("--seeds", default="0,1", help="comma-separated seeds")
+    p.add_argument("--variants", default=None, help="comma-separated names of ABLATION (default: all)")
+    p.add_argument("--epochs", type=int, default=50)
+    p.add_argument("--num-unlabelled", type=int, default=None, help="default: all the rest of the 50,000")
+    p.add_argument("--test-particles", type=int, default=100, help="K of the test log p(x)")
+    p.add_argument("--root", default="runs/ss-table", help="the folder of the cells' run folders")
+    p.add_argument("--data-root", default=None)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--write-docs", action="store_true", help="write the table into docs/results.md §5")
+    p.add_argument("--smoke-test", action="store_true", help="digits, two variants, one tiny epoch")
+    return p
+
+
+if __name__ == "__main__":
+    main(parser().parse_args())

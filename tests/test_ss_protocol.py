@@ -1,0 +1,252 @@
+"""The semi-supervised VAE's protocol and training options (issue 32): the validation split apart from the labelled
+and unlabelled data, the best-validation model kept and reported, and each option (the auxiliary step, the loss
+scale, Adam's beta1, the initialisation, grey targets) reaching the step, through fit_semi_supervised and the run
+pipeline, resumed as a run never stopped."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+import pyro_vae
+from pyro_vae import SSVAE, fit_semi_supervised
+from pyro_vae.pipeline import RunSettings, run_settings, train_run
+from pyro_vae.pipeline.kinds import SemiSupervisedKind
+from pyro_vae.train.semi_supervised import init_hidden_normal_
+from pyro_vae.train.state import load_checkpoint
+
+TINY = {"dataset": "digits", "semi_supervised": True, "labels": 50, "num_unlabelled": 300, "hidden_dims": "32",
+        "latent_dim": 4, "epochs": 2, "test_particles": 4, "lr": 3e-3}
+
+
+def _quiet(*args, **kwargs):
+    pass
+
+
+def _small():
+    torch.manual_seed(0)
+    return SSVAE((1, 4, 4), num_classes=3, latent_dim=2, hidden_dims=(8,))
+
+
+def _data(n, seed=0):
+    return torch.rand(n, 1, 4, 4, generator=torch.Generator().manual_seed(seed)).round()
+
+
+#: the model the last _fit trains (its weights read by callbacks during training)
+ssvae_ref: list = [None]
+
+
+def _fit(folder=None, **options):
+    """A small M2 on fixed data: 3 labelled datapoints in one batch, 12 unlabelled in batches of 6 (batches of two
+    sizes, else labelled and unlabelled steps weigh alike whatever the loss scale)."""
+    ssvae = ssvae_ref[0] = _small()
+    x, y = _data(6), torch.tensor([0, 1, 2, 0, 1, 2])
+    kwargs = dict(epochs=2, batch_size=6, lr=1e-2, seed=0, progress=False, val_data=(x, y))
+    history = fit_semi_supervised(ssvae, x[:3], y[:3], _data(12, seed=1), **{**kwargs, **options},
+                                  checkpoint_dir=folder)
+    return ssvae, history
+
+
+def _same(a, b):
+    return all(torch.equal(p, q) for p, q in zip(a.state_dict().values(), b.state_dict().values()))
+
+
+# ------------------------------------------------------------------------------------------------ the protocol
+def test_the_validation_split_is_apart_from_the_labelled_and_unlabelled_data():
+    """Pyro's protocol: labelled and unlabelled datapoints from the training split without its tail, the
+    validation split that tail; no validation datapoint trains, by index and by value."""
+    import pyro_vae.datasets as datasets
+
+    s, out = run_settings(TINY, "x")
+    s, data = SemiSupervisedKind().read_data(s, out, False)
+    assert data.splits[:2] == ("train-without-valid", "valid")
+    labelled, unlabelled = data.extra["labelled"], data.extra["unlabelled"]
+    assert not set(labelled.tolist()) & set(unlabelled.tolist())
+    assert labelled.numel() == 50 and unlabelled.numel() == 300
+    full, _ = datasets.load("digits", "train", return_labels=True)
+    n = data.train.shape[0]
+    assert torch.equal(full[:n], data.train) and n + datasets.load("digits", "valid").shape[0] == full.shape[0]
+    trained = data.train[torch.cat([labelled, unlabelled])].flatten(1)
+    valid = datasets.load("digits", "valid").flatten(1)
+    assert not (torch.cdist(valid, trained) == 0).any()
+
+
+def test_the_best_validation_model_is_kept_and_reported(tmp_path):
+    run = train_run({**TINY, "epochs": 4}, tmp_path / "r", progress=False, say=_quiet)
+    history, m = run.history, run.test_metrics
+    accuracies = [h["val_accuracy"] for h in history]
+    best_epoch = 1 + accuracies.index(max(accuracies))
+    assert m["best_epoch"] == best_epoch and m["best_val_accuracy"] == max(accuracies)
+    assert [h["best_epoch"] for h in history][-1] == best_epoch
+    best = pyro_vae.load(tmp_path / "r" / "best")
+    x, y = pyro_vae.runs.run_test_data(json.loads((tmp_path / "r" / "config.json").read_text()), labels=True)
+    assert best.accuracy(x, y) == m["best_accuracy"] and run.model.accuracy(x, y) == m["accuracy"]
+    x_valid, y_valid = pyro_vae.datasets.load("digits", "valid", return_labels=True)
+    x_valid = pyro_vae.datasets.binarize(x_valid, torch.Generator().manual_seed(0))
+    assert best.accuracy(x_valid, y_valid) == max(accuracies)  # the model of that epoch, not the last one
+
+
+def test_fit_semi_supervised_keeps_the_model_of_the_first_best_epoch(tmp_path, monkeypatch):
+    """Scripted validation accuracies 0.2, 0.6, 0.4, 0.6, 0.3: the best epoch is 2 (the first of ties), and best/
+    holds the weights of the end of epoch 2, not those of a later epoch."""
+    scores = iter([0.2, 0.6, 0.4, 0.6, 0.3])
+    monkeypatch.setattr(SSVAE, "accuracy", lambda self, x, y: next(scores))
+    weights = []
+    ssvae, history = _fit(best_dir=tmp_path / "best", epochs=5, on_epoch_end=lambda r: weights.append(
+        {k: v.clone() for k, v in ssvae_ref[0].state_dict().items()}))
+    assert [h["best_epoch"] for h in history] == [1, 2, 2, 2, 2]
+    best = pyro_vae.load(tmp_path / "best")
+    for name, value in best.state_dict().items():
+        assert torch.equal(value, weights[1][name]), name
+    assert not all(torch.equal(v, weights[3][k]) for k, v in best.state_dict().items())
+    with pytest.raises(ValueError, match="best_dir .* needs val_data"):
+        fit_semi_supervised(_small(), _data(3), torch.tensor([0, 1, 2]), _data(6), epochs=1, best_dir=tmp_path / "b")
+
+
+# ------------------------------------------------------------------------------------------------ the options
+def test_a_separate_auxiliary_step_is_a_second_adam_update_on_every_batch(tmp_path):
+    joint, _ = _fit(tmp_path / "joint")
+    separate, _ = _fit(tmp_path / "separate", aux_step="separate")
+    batches = 2 * (1 + 2)  # 2 epochs of 1 labelled and 2 unlabelled batches
+    steps = {name: load_checkpoint(tmp_path / name / "checkpoint.pt")["optimizer"]["state"][0]["step"]
+             for name in ("joint", "separate")}
+    assert float(steps["joint"]) == batches and float(steps["separate"]) == 2 * batches
+    assert not _same(joint, separate)
+    with pytest.raises(ValueError, match="aux_step must be one of joint, separate"):
+        _fit(aux_step="both")
+
+
+def test_the_loss_scale_changes_how_labelled_and_unlabelled_steps_weigh():
+    """Labelled batches of 3 against unlabelled ones of 6: summed, a step's gradient grows with its batch, so Adam's
+    moments weigh the steps otherwise than per datapoint (with one batch size the two would nearly agree)."""
+    mean, _ = _fit(loss_scale="mean")
+    summed, _ = _fit(loss_scale="sum")
+    assert not _same(mean, summed)
+    with pytest.raises(ValueError, match="loss_scale must be one of mean, sum"):
+        _fit(loss_scale="total")
+
+
+def test_init_hidden_normal_draws_the_hidden_layers_and_keeps_the_output_layers():
+    ssvae = init_hidden_normal_(_small(), 0.001)
+    for net in (ssvae.encoder_y, ssvae.encoder_z, ssvae.decoder):
+        hidden, output = net[0], net[-1]
+        assert hidden.weight.abs().max() < 0.01 and hidden.bias.abs().max() == 0
+        assert output.weight.abs().max() > 0.05  # torch's initialisation
+    with pytest.raises(ValueError, match="init_std must be a number > 0"):
+        init_hidden_normal_(_small(), 0)
+
+
+def test_the_run_options_reach_the_trainer(tmp_path):
+    """--aux-step, --loss-scale, --adam-beta1 and --init-std of a run: written to config.json, and each reaches the
+    step (Adam's betas and step count in the checkpoint, the first weights)."""
+    options = {**TINY, "epochs": 1, "aux_step": "separate", "loss_scale": "sum", "adam_beta1": 0.5, "init_std": 0.002}
+    run = train_run(options, tmp_path / "r", progress=False, say=_quiet)
+    training = json.loads((tmp_path / "r" / "config.json").read_text())["training"]
+    assert {k: training[k] for k in ("aux_step", "loss_scale", "adam_beta1", "init_std")} == \
+        {"aux_step": "separate", "loss_scale": "sum", "adam_beta1": 0.5, "init_std": 0.002}
+    state = load_checkpoint(tmp_path / "r" / "checkpoint.pt")["optimizer"]
+    assert state["param_groups"][0]["betas"][0] == 0.5
+    unlabelled_batches, labelled_batches = 2, 1  # 300 in batches of 200, 50 in one
+    assert float(state["state"][0]["step"]) == 2 * (unlabelled_batches + labelled_batches)
+    # the initialisation: the same seed without --init-std starts elsewhere
+    s, out = run_settings({**options, "init_std": 0.002}, tmp_path / "x")
+    s, data = SemiSupervisedKind().read_data(s, out, False)
+    torch.manual_seed(0)
+    model = SemiSupervisedKind().build(s, data, out)
+    assert model.decoder[0].weight.std() < 0.004
+    assert run.test_metrics["epochs"] == 1
+
+
+@pytest.fixture(scope="module")
+def base_run(tmp_path_factory):
+    return train_run({**TINY, "epochs": 1}, tmp_path_factory.mktemp("base") / "r", progress=False, say=_quiet)
+
+
+@pytest.mark.parametrize("option", [{"aux_step": "separate"}, {"loss_scale": "sum"}, {"adam_beta1": 0.5},
+                                    {"init_std": 0.01}, {"binarize": "no"}, {"labelled_passes": 2}])
+def test_each_run_option_changes_the_training(tmp_path, base_run, option):
+    """The same seed and data with one option changed trains other weights (an option dropped on its way to the
+    step would leave them equal)."""
+    run = train_run({**TINY, "epochs": 1, **option}, tmp_path / "r", progress=False, say=_quiet)
+    assert not _same(run.model, base_run.model)
+
+
+def test_grey_targets_train_on_the_grey_levels(tmp_path):
+    run = train_run({**TINY, "epochs": 1, "binarize": "no"}, tmp_path / "r", progress=False, say=_quiet)
+    assert json.loads((tmp_path / "r" / "config.json").read_text())["training"]["binarize"] is False
+    assert run.test_metrics["epochs"] == 1
+
+
+@pytest.mark.parametrize("bad, message", [
+    ({"aux_step": "both"}, "--aux-step must be one of joint, separate"),
+    ({"loss_scale": "total"}, "--loss-scale must be one of mean, sum"),
+    ({"adam_beta1": 1.0}, "--adam-beta1 must be in [0, 1)"),
+    ({"init_std": -1.0}, "--init-std must be > 0"),
+])
+def test_bad_options_are_refused_before_anything_is_written(tmp_path, bad, message):
+    with pytest.raises(ValueError) as info:
+        train_run({**TINY, **bad}, tmp_path / "r", progress=False, say=_quiet)
+    assert message in str(info.value) and not (tmp_path / "r").exists()
+
+
+def test_the_options_belong_to_semi_supervised_runs():
+    with pytest.raises(ValueError, match="--aux-step applies to semi-supervised runs"):
+        run_settings({"dataset": "digits", "aux_step": "separate"}, "x")
+    assert RunSettings().aux_step is None  # a field of every run, set by the semi-supervised kind
+
+
+# ------------------------------------------------------------------------------------------------ resuming
+def test_a_resumed_run_with_the_options_equals_one_never_stopped(tmp_path):
+    options = {**TINY, "aux_step": "separate", "loss_scale": "sum", "adam_beta1": 0.8, "init_std": 0.01}
+    straight = train_run({**options, "epochs": 3}, tmp_path / "a", progress=False, say=_quiet)
+    train_run({**options, "epochs": 1}, tmp_path / "b", progress=False, say=_quiet)
+    resumed = train_run({"epochs": 3}, tmp_path / "b", resume=True, progress=False, say=_quiet)
+    assert _same(straight.model, resumed.model)
+    assert straight.test_metrics["best_epoch"] == resumed.test_metrics["best_epoch"]
+    assert straight.test_metrics["best_accuracy"] == resumed.test_metrics["best_accuracy"]
+    with pytest.raises(ValueError, match="--aux-step joint differs from the run's 'separate'"):
+        train_run({"epochs": 4, "aux_step": "joint"}, tmp_path / "b", resume=True, progress=False, say=_quiet)
+    with pytest.raises(ValueError, match="--adam-beta1 0.9 differs from the run's 0.8"):
+        train_run({"epochs": 4, "adam_beta1": 0.9}, tmp_path / "b", resume=True, progress=False, say=_quiet)
+
+
+def test_a_checkpoint_written_before_the_options_resumes_with_its_schedule(tmp_path):
+    """A checkpoint of fit_semi_supervised without aux_step/loss_scale in its config trained joint and per
+    datapoint: it resumes so, and refuses another schedule."""
+    folder = tmp_path / "c"
+    _fit(folder, epochs=1)
+    path = folder / "checkpoint.pt"
+    state = torch.load(path, weights_only=False)
+    config = json.loads(state["config"])
+    for key in ("aux_step", "loss_scale"):
+        config.pop(key)
+    state["config"] = json.dumps(config)
+    torch.save(state, path)
+    _fit(folder, epochs=2, resume=True)
+    with pytest.raises(ValueError, match="aux_step joint -> separate"):
+        _fit(folder, epochs=3, resume=True, aux_step="separate")
+
+
+def test_the_table_runner_skips_finished_cells(tmp_path, capsys):
+    """benchmarks/ss_table.py: a second call skips the finished cells and gives the same table."""
+    import importlib.util
+    import sys
+
+    bench = Path(__file__).resolve().parent.parent / "benchmarks"
+    sys.path.insert(0, str(bench))
+    try:
+        spec = importlib.util.spec_from_file_location("ss_table", bench / "ss_table.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        argv = ["--smoke-test", "--root", str(tmp_path)]
+        first = module.main(module.parser().parse_args(argv))
+        second = module.main(module.parser().parse_args(argv))
+    finally:
+        sys.path.remove(str(bench))
+    out = capsys.readouterr().out
+    assert out.count("finished, skipped") == 2 and out.count("started") == 2
+    assert [[r["accuracy"] for r in runs] for runs in first.values()] == \
+        [[r["accuracy"] for r in runs] for runs in second.values()]
