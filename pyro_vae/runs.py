@@ -248,7 +248,8 @@ def run_test_data(config: dict[str, Any], *, split: str | None = None, num: int 
               labels: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
     """A run's test data as every command sees it (``evaluate``, ``reconstruct``, ``plot``): the split (the run's
     test split by default), its first ``num`` datapoints, and for a run trained on dynamically binarized data (or on
-    grey levels as the targets of a Bernoulli likelihood) one fixed binarization drawn on the CPU from a generator seeded with ``seed`` (the same images on every device).
+    grey levels as the targets of a Bernoulli likelihood) one fixed binarization drawn on the CPU from a generator
+    seeded with ``seed`` (the same images on every device).
 
     :param config: the run's configuration (:func:`read_config`).
     :param data_root: the data folder (default: the run's, else ``$PYRO_VAE_DATA``).

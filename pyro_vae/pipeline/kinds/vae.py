@@ -10,7 +10,7 @@ from typing import Any
 
 from ... import datasets
 from ..registry import register_kind
-from ..settings import TRAIN_METRICS_SIZE, RunSettings
+from ..settings import DATASET_DEFAULTS, TRAIN_METRICS_SIZE, RunSettings
 from .base import RunContext, RunData, RunKind
 
 __all__ = ["VAEKind"]
@@ -49,9 +49,12 @@ class VAEKind(RunKind):
     def fit_options(self, model: Any, ctx: RunContext) -> dict[str, Any]:
         """What every trainer of a run takes: batches, Adam, the device, the seed, the checkpoint, the callbacks."""
         s = ctx.settings
+        # the run's threads: --num-threads, or "auto" re-checked by fit at every epoch (one for the small data sets)
+        auto = s.num_threads in (None, "auto")
+        num_threads = (1 if s.dataset in DATASET_DEFAULTS else "auto") if auto else int(s.num_threads)
         return dict(batch_size=self.batch_size(s, ctx.data), lr=float(s.lr), device=ctx.device, seed=s.seed,
                     progress=ctx.progress, checkpoint_dir=ctx.out, resume=ctx.resume,
-                    callbacks=self.callbacks(model, ctx))
+                    callbacks=self.callbacks(model, ctx), num_threads=num_threads)
 
     def train(self, model: Any, ctx: RunContext) -> Any:
         from ...train import fit
