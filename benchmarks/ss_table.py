@@ -39,7 +39,7 @@ ABLATION: dict[str, dict[str, Any]] = {
     "aux step separate (Pyro)": {"aux_step": "separate"},
     "loss summed (Pyro)": {"loss_scale": "sum"},
     "Adam beta1 0.95 (Pyro)": {"adam_beta1": 0.95},
-    "init N(0, 0.001) (Pyro)": {"init_std": 0.001},
+    "init std 0.001 (Pyro)": {"init_std": 0.001},
     "grey targets (Pyro)": {"binarize": "no"},
     "labelled passes 10": {"labelled_passes": 10},
     "labelled passes 50": {"labelled_passes": 50},

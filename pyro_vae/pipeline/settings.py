@@ -221,11 +221,6 @@ class RunSettings:
         if self.prior_components is not None and self.prior not in _PRIORS_WITH_COMPONENTS:
             raise ValueError(f"--prior-components applies to the "
                              f"{' and '.join(_PRIORS_WITH_COMPONENTS)} priors, not to {self.prior!r}")
-        if self.stage2_codes is not None:
-            from ..train.two_stage import STAGE2_CODES
-
-            if self.stage2_codes not in STAGE2_CODES:
-                raise ValueError(f"--stage2-codes must be one of {', '.join(STAGE2_CODES)}, got {self.stage2_codes!r}")
         if self.model_config is not None and not isinstance(self.model_config, dict):
             raise ValueError(f"a resumed run's model configuration must be a mapping, got {self.model_config!r}")
 

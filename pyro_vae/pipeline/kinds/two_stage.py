@@ -43,9 +43,14 @@ class TwoStageKind(VAEKind):
                              "started: a resumed stage 2 keeps its training data (start a new run instead)")
         return s.replace(stage2_codes=codes, stage2_epochs=given.get("stage2_epochs", s.stage2_epochs))
 
+    def refuse_stray(self, given: dict[str, Any], chosen: Any, out: Path | None) -> None:
+        super().refuse_stray(given, chosen, out)
+        _check_codes(given.get("stage2_codes"))
+
     def check(self, s: RunSettings) -> None:
         if distributed.launched():
             raise ValueError("two-stage runs take one process: launch them without torchrun")
+        _check_codes(s.stage2_codes)
 
     def read_data(self, s: RunSettings, out: Path, resume: bool) -> tuple[RunSettings, RunData]:
         # stage 1 models grey levels (a Gaussian decoder): no binarization
@@ -135,6 +140,13 @@ class TwoStageKind(VAEKind):
         # fit's metrics of each stage, stage 1's with gamma per epoch
         return {"training.png": (read_metrics(run_dir / "stage1"), "stage 1: the VAE on the data"),
                 "training_stage2.png": (read_metrics(run_dir / "stage2"), "stage 2: the VAE on stage 1's codes")}
+
+
+def _check_codes(codes: str | None) -> None:
+    from ...train.two_stage import STAGE2_CODES
+
+    if codes is not None and codes not in STAGE2_CODES:
+        raise ValueError(f"--stage2-codes must be one of {', '.join(STAGE2_CODES)}, got {codes!r}")
 
 
 def _unused(path: Path) -> Path:
