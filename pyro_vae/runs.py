@@ -44,7 +44,8 @@ from .train.state import check_checkpoint
 
 __all__ = ["CONFIG_NAME", "MODEL_DIR", "TEST_METRICS_NAME", "EVALUATION_NAME", "read_config", "write_config",
            "read_metrics", "read_evaluation", "load_run", "load", "model_for_resume", "run_test_data",
-           "checkpoint_weights", "EVALUATION_VALUES_NAME", "write_evaluation_values", "read_evaluation_values"]
+           "checkpoint_weights", "EVALUATION_VALUES_NAME", "write_evaluation_values", "read_evaluation_values",
+           "values_state", "values_from_state"]
 
 #: what ``pyro-vae evaluate`` writes into the run folder
 EVALUATION_NAME = "evaluation.json"
@@ -147,11 +148,12 @@ def write_evaluation_values(path: str | os.PathLike[str], setting: dict[str, Any
     :param setting: what makes two evaluations comparable (split, datapoints, particles, seed, batch size, epochs).
     :param result: the :class:`~pyro_vae.infer.LogLikelihoodResult`; ``ais``: the AIS result or None.
     """
-    atomic_save(_values_state(setting, result, ais), path)
+    atomic_save(values_state(setting, result, ais), path)
 
 
-def _values_state(setting: dict[str, Any], result: Any, ais: Any) -> dict[str, Any]:
-    """The tensors of a result (and its AIS result) as a dict ``torch.load(weights_only=True)`` reads back."""
+def values_state(setting: dict[str, Any], result: Any, ais: Any = None) -> dict[str, Any]:
+    """The tensors of a result (and its AIS result) as a dict ``torch.load(weights_only=True)`` reads back
+    (:func:`values_from_state` makes the results again)."""
     iwae = {name: getattr(result, name) for name in ("values", "elbo", "rate", "distortion", "ess", "khat",
                                                       "mc_stderr")}
     state: dict[str, Any] = {"setting": dict(setting), "num_particles": int(result.num_particles),
@@ -168,15 +170,21 @@ def read_evaluation_values(path: str | os.PathLike[str]) -> tuple[dict[str, Any]
     """What :func:`write_evaluation_values` wrote: ``(setting, result, ais result or None)``; None when the file is
     missing or damaged (it is written again by the next evaluation)."""
     try:
-        state = load_tensors(path, "evaluation values file")
-        iwae = dict(state["iwae"])
-        curve = iwae.pop("curve")
-        result = LogLikelihoodResult(**iwae, curve=curve, num_particles=int(state["num_particles"]))
-        ais = AISResult(**state["ais"]) if "ais" in state else None
-        setting = dict(state["setting"])
+        return values_from_state(load_tensors(path, "evaluation values file"))
     except (OSError, ValueError, KeyError, TypeError):
         return None
-    return setting, result, ais
+
+
+def values_from_state(state: dict[str, Any]) -> tuple[dict[str, Any], Any, Any]:
+    """``(setting, result, ais result or None)`` from what :func:`values_state` made.
+
+    :raises KeyError, TypeError: when ``state`` is not such a dict.
+    """
+    iwae = dict(state["iwae"])
+    curve = iwae.pop("curve")
+    result = LogLikelihoodResult(**iwae, curve=curve, num_particles=int(state["num_particles"]))
+    ais = AISResult(**state["ais"]) if "ais" in state else None
+    return dict(state["setting"]), result, ais
 
 
 def model_for_resume(cls: type, config: dict[str, Any], run_dir: str | os.PathLike[str]) -> Any:

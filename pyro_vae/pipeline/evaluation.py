@@ -62,8 +62,7 @@ def evaluate_run(run: str | os.PathLike[str], *, num_particles: int = 5000, spli
     measured = measure_run(run, **options)
     if not distributed.is_main_process():
         return {}
-    out = {k: v for k, v in measured.items() if k not in ("result", "ais_result", "latent_usage")}
-    result, ais = measured["result"], measured["ais_result"]
+    out, result, ais = measured["summary"], measured["result"], measured["ais_result"]
     replaced = _replaced_setting(run_dir / EVALUATION_NAME, out)
     write_json(out, run_dir / EVALUATION_NAME)
     write_evaluation_values(run_dir / EVALUATION_VALUES_NAME, evaluation_setting(out), result, ais)
@@ -74,7 +73,8 @@ def evaluate_run(run: str | os.PathLike[str], *, num_particles: int = 5000, spli
     if result.khat is not None:
         plots.khat_plot(result, run_dir / "khat.png")
         written.append(run_dir / "khat.png")
-    return {**measured, "written": written, "replaced": replaced}
+    return {**out, "result": result, "ais_result": ais, "latent_usage": measured["latent_usage"], "written": written,
+            "replaced": replaced}
 
 
 def check_evaluation_options(run: str | os.PathLike[str], *, num_particles: int, num: int | None,
@@ -102,8 +102,8 @@ def measure_run(run: str | os.PathLike[str], *, num_particles: int = 5000, split
     measured with the same ``split``, ``num``, ``seed`` and ``batch_size`` are measured on the same points with the
     same seeds, so their per-datapoint values pair.
 
-    :returns: what ``evaluation.json`` holds, with ``"parameters"`` (the model's), ``"batch_size"``, and
-        ``"result"``, ``"ais_result"`` and ``"latent_usage"``; ``{}`` on ranks other than 0.
+    :returns: ``"summary"``, what ``evaluation.json`` holds (with ``"parameters"``, the model's, and
+        ``"batch_size"``), ``"result"``, ``"ais_result"`` and ``"latent_usage"``; ``{}`` on ranks other than 0.
     """
     from .. import infer
 
@@ -138,7 +138,7 @@ def measure_run(run: str | os.PathLike[str], *, num_particles: int = 5000, split
                       "acceptance_rate": float(ais.acceptance_rate.mean()),
                       "minus_iwae": {"mean": paired.mean, "stderr": paired.stderr,
                                      "ci95": [paired.ci_low, paired.ci_high]}}
-    return {**out, "result": result, "ais_result": ais, "latent_usage": usage}
+    return {"summary": out, "result": result, "ais_result": ais, "latent_usage": usage}
 
 
 def evaluation_setting(evaluation: dict[str, Any]) -> dict[str, Any]:
