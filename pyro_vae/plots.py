@@ -803,10 +803,17 @@ def khat_histogram(khat: Any, path: str | os.PathLike[str] | None = None, thresh
     :param path: where to save the figure (None: only return it).
     :returns: the :class:`matplotlib.figure.Figure`.
     """
+    import numpy as np
+
     values = torch.as_tensor(khat).double().reshape(-1).numpy()
+    finite = values[np.isfinite(values)]
     fig = _figure((4.8, 3.4))
     ax = fig.add_subplot(1, 1, 1)
-    ax.hist(values, bins=bins, color="tab:blue", alpha=0.8)
+    if finite.size:
+        ax.hist(finite, bins=bins, color="tab:blue", alpha=0.8)
+    if finite.size < values.size:  # ArviZ's k-hat is infinite where the weights' tail could not be fitted
+        ax.set_title(f"{values.size - finite.size} datapoints with an infinite k-hat (counted above "
+                     f"{threshold:.2g}, not drawn)", fontsize="small")
     ax.axvline(0.5, color="tab:orange", ls=":", lw=1, label="0.5")
     above = int((values > threshold).sum())
     ax.axvline(threshold, color="tab:red", ls="--", lw=1, label=f"{threshold:.2g}: {above} of {len(values)} above")
