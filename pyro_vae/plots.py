@@ -777,7 +777,7 @@ def paired_differences(differences: Sequence[dict[str, Any]], path: str | os.Pat
         raise ValueError("paired_differences needs at least one difference")
     z = float(torch.distributions.Normal(0.0, 1.0).icdf(torch.tensor(0.5 + float(confidence) / 2)))
     n = len(differences)
-    fig = _figure((5.6, 1.2 + 0.45 * n))
+    fig = _figure((6.0, 1.3 + 0.6 * n))
     ax = fig.add_subplot(1, 1, 1)
     rows = list(range(n))[::-1]
     ax.errorbar([d["mean"] for d in differences], rows, xerr=[z * d["stderr"] for d in differences], fmt="o",
@@ -786,7 +786,7 @@ def paired_differences(differences: Sequence[dict[str, Any]], path: str | os.Pat
     ax.set_yticks(rows)
     ax.set_yticklabels([d["label"] for d in differences], fontsize="small")
     ax.set_ylim(-0.7, n - 0.3)
-    ax.set_xlabel(f"paired difference (nats per datapoint), {100 * confidence:.0f}% interval")
+    ax.set_xlabel(f"paired difference, nats per datapoint ({100 * confidence:.0f}% interval)", fontsize="small")
     ax.grid(alpha=0.3, axis="x")
     if title:
         ax.set_title(title, fontsize="medium")

@@ -281,7 +281,7 @@ def _differences(checked: list[_Run], results: dict[str, Any], ais_results: dict
 
 def difference_bars(differences: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """``comparison.json``'s differences as :func:`pyro_vae.plots.paired_differences` draws them."""
-    return [{"label": f"{d['run']} − {d['against']}: {d['estimate']}", "mean": d["mean"], "stderr": d["stderr"]}
+    return [{"label": f"{d['run']} − {d['against']}\n{d['estimate']}", "mean": d["mean"], "stderr": d["stderr"]}
             for d in differences]
 
 
