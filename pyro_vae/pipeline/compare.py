@@ -1,9 +1,10 @@
 """Comparing runs: :func:`compare_runs` is what ``pyro-vae compare RUN RUN [RUN...]`` does.
 
 Every run is measured on the same datapoints (its test split, the first ``num``), with the same fixed binarization
-(drawn with ``seed``) and the same seeds per batch of ``batch_size`` datapoints (:func:`~pyro_vae.pipeline.
-evaluation.measure_run`), so that the per-datapoint estimates pair: the differences against the first run come from
-:func:`pyro_vae.infer.compare` with the paired standard error and its Monte Carlo part.
+(drawn with ``seed``) and the same seeds per batch of ``batch_size`` datapoints
+(:func:`~pyro_vae.pipeline.evaluation.measure_run`), so that the per-datapoint estimates pair: the differences
+against the first run come from :func:`pyro_vae.infer.compare` with the paired standard error and its Monte Carlo
+part.
 
 How per-datapoint values are found: ``pyro-vae evaluate`` writes ``evaluation_values.pt`` beside
 ``evaluation.json`` (:func:`pyro_vae.runs.write_evaluation_values`). A run whose ``evaluation.json`` was measured
@@ -31,7 +32,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from .._version import __version__
-from ..io import atomic_save, load_tensors, lock_held, write_json
+from ..io import RunLocked, atomic_save, load_tensors, lock_held, write_json
 from ..runs import (
     EVALUATION_VALUES_NAME,
     read_config,
@@ -83,8 +84,6 @@ def check_comparison(runs: Iterable[str | os.PathLike[str]], *, split: str | Non
     :raises ValueError: for fewer than two runs, a run named twice, a bad option, runs on different data, a kind
         mixed with plain runs without ``allow``; :class:`~pyro_vae.io.RunLocked` for runs still training.
     """
-    from ..io import RunLocked
-
     paths = [Path(r) for r in runs]
     if len(paths) < 2:
         raise ValueError(f"compare needs at least two runs, got {len(paths)}")
