@@ -10,6 +10,8 @@ Usage::
     pyro-vae sample RUN [--num-samples 64] [--out samples.png] [--seed 0]
     pyro-vae reconstruct RUN [--num 32] [--out recon.png]
     pyro-vae plot RUN [--out DIR]                                       # every figure of the run
+    pyro-vae compare RUN RUN [RUN...] [--num-particles K] [--out DIR]   # paired log p(x) on the same points
+    pyro-vae report RUN|COMPARISON --out report.html                    # one self-contained HTML page
 
 ``train`` is :func:`pyro_vae.pipeline.train_run`, ``evaluate`` :func:`pyro_vae.pipeline.evaluate_run` and ``plot``
 :func:`pyro_vae.plots.plot_run`: a notebook calling them gets exactly what the command line does. The run folder's
@@ -446,6 +448,88 @@ def _run_plot(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------------------------------------- compare
+def _add_compare(subparsers: Any) -> None:
+    p = subparsers.add_parser(
+        "compare", help="compare runs on the same test points, paired",
+        description="Estimate log p(x) of every run on the same test datapoints, with the same fixed binarization and "
+                    "the same seeds, and print one row per run (ELBO, IWAE_K, AIS where asked, the share of k-hat "
+                    "above 0.7, active units, parameters, epochs, training time) and each run's paired difference "
+                    "from the first with its standard error and Monte Carlo part. A run's evaluation.json measured "
+                    "in the same setting is reused (and said so); nothing is written into the runs. Writes "
+                    "comparison.json, comparison_values.pt, k_curves.png and differences.png into --out. Refuses runs "
+                    "on different data, a run still training, and a semi-supervised run beside plain ones unless "
+                    "--allow label-summed.")
+    p.add_argument("runs", nargs="+", metavar="RUN", help="run folders written by 'pyro-vae train' (two or more; the "
+                                                         "differences are against the first)")
+    p.add_argument("--num-particles", type=int, default=5000, help="K per datapoint (default: 5000, as evaluate)")
+    p.add_argument("--num-datapoints", "--num", dest="num", type=int, default=None,
+                   help="only the first NUM test datapoints (default: all)")
+    p.add_argument("--ais-steps", type=int, default=0,
+                   help="also AIS with this many steps, for the runs whose kind allows it (default: 0, off)")
+    p.add_argument("--ais-chains", type=int, default=16, help="AIS chains per datapoint (default: 16)")
+    p.add_argument("--split", default=None, help="data split (default: the runs' test split)")
+    p.add_argument("--batch-size", type=int, default=100,
+                   help="datapoints per seeded pass (default: 100, as evaluate; an evaluation is reused only with "
+                        "the same)")
+    p.add_argument("--chunk-size", type=int, default=None, help="particles per pass (default: automatic)")
+    p.add_argument("--allow", action="append", default=[], metavar="WHAT",
+                   help="compare what the runs' kinds measure differently: label-summed (a semi-supervised run's "
+                        "log p(x) with the label summed beside plain runs')")
+    p.add_argument("--out", default="comparison", help="folder for comparison.json and the figures (default: "
+                                                       "comparison)")
+    _add_run_options(p, "data_root", "device", "seed")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _run_compare(args: argparse.Namespace) -> int:
+    from .pipeline.compare import compare_runs, table_rows
+
+    out = compare_runs(args.runs, args.out, num_particles=args.num_particles, num=args.num, split=args.split,
+                       batch_size=args.batch_size, chunk_size=args.chunk_size, data_root=args.data_root,
+                       device=args.device, seed=args.seed, ais_steps=args.ais_steps, ais_chains=args.ais_chains,
+                       allow=args.allow, progress=not args.no_progress, say=print)
+    s = out["setting"]
+    print(f"{s['dataset']} {s['split']} split, {s['num_datapoints']} datapoints, K={s['num_particles']}, seed "
+          f"{s['seed']} (the same points, binarization and seeds for every run)")
+    headers, rows, diff_headers, diff_rows = table_rows(out)
+    print(_text_table(headers, rows))
+    if diff_rows:
+        print("paired differences against the first run (the Monte Carlo part is inside the paired SE):")
+        print(_text_table(diff_headers, diff_rows))
+    for row in out["runs"]:
+        if isinstance(row.get("ais"), dict) and "left_out" in row["ais"]:
+            print(f"AIS left out of {row['name']}: {row['ais']['left_out']}")
+    print("wrote " + ", ".join(str(w) for w in out["written"]))
+    return 0
+
+
+def _text_table(headers: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(str(c)) for c in column) for column in zip(headers, *rows)]
+    lines = [headers, ["-" * w for w in widths], *rows]
+    return "\n".join("  ".join(str(c).ljust(w) for c, w in zip(line, widths)).rstrip() for line in lines)
+
+
+# ---------------------------------------------------------------------------------------------- report
+def _add_report(subparsers: Any) -> None:
+    p = subparsers.add_parser(
+        "report", help="one self-contained HTML page of a run or a comparison",
+        description="Write one HTML file that needs nothing else (figures inlined, no network): for a run its "
+                    "settings, data, training curves, samples, reconstructions, latent space, evaluation and the "
+                    "last lines of train.log; for a comparison's folder its table and figures.")
+    p.add_argument("source", metavar="RUN|COMPARISON", help="a run folder, or a folder written by 'pyro-vae compare'")
+    p.add_argument("--out", default=None, help="the HTML file (default: SOURCE/report.html)")
+    _add_run_options(p, "data_root", "seed")
+
+
+def _run_report(args: argparse.Namespace) -> int:
+    from .pipeline.reports import report
+
+    path = report(args.source, args.out, data_root=args.data_root, seed=args.seed)
+    print(f"wrote {path}")
+    return 0
+
+
 # ---------------------------------------------------------------------------------------------- main
 #: name -> (add the subparser, run it); a new subcommand is one more entry
 SUBCOMMANDS: dict[str, tuple[Callable[[Any], None], Callable[[argparse.Namespace], int]]] = {
@@ -454,6 +538,8 @@ SUBCOMMANDS: dict[str, tuple[Callable[[Any], None], Callable[[argparse.Namespace
     "reconstruct": (_add_reconstruct, _run_reconstruct),
     "evaluate": (_add_evaluate, _run_evaluate),
     "plot": (_add_plot, _run_plot),
+    "compare": (_add_compare, _run_compare),
+    "report": (_add_report, _run_report),
 }
 
 

@@ -9,7 +9,8 @@ the run folder's lock; the floor every writer stands on.
   (sha256 of names, dtypes, shapes and bytes) is stored with checkpoints and saved models and verified on load,
   so a flipped bit is refused rather than loaded.
 - :func:`append_line` adds a line to a log file (a run's ``train.log``), never through a link.
-- :class:`RunLock` keeps a second writer out of a run folder (an advisory ``flock`` on ``.lock``).
+- :class:`RunLock` keeps a second writer out of a run folder (an advisory ``flock`` on ``.lock``); :func:`lock_held`
+  asks, without writing anything, whether a writer holds it (a run still training).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from typing import Any, Callable
 import torch
 
 __all__ = ["atomic_write", "atomic_save", "write_json", "append_line", "load_tensors", "refuse_link",
-           "tensor_checksum", "RunLock", "RunLocked", "describe_write_error", "is_write_failure"]
+           "tensor_checksum", "RunLock", "RunLocked", "lock_held", "describe_write_error", "is_write_failure"]
 
 
 def refuse_link(path: str | os.PathLike) -> Path:
@@ -190,3 +191,25 @@ class RunLock:
             fcntl.flock(held[0], fcntl.LOCK_UN)
             os.close(held[0])
             del _HELD[self.key]
+
+
+def lock_held(folder: str | os.PathLike) -> bool:
+    """Whether a writer holds the :class:`RunLock` of ``folder`` (a run still training), asked without creating or
+    writing anything (a read-only run folder can be asked): a shared ``flock`` on ``.lock`` that cannot be had at
+    once means another open of it holds the exclusive one, in this process or another."""
+    folder = Path(folder)
+    if str(folder.resolve()) in _HELD:
+        return True
+    path = folder / ".lock"
+    if not path.is_file() or path.is_symlink():
+        return False
+    import fcntl
+
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError:
+        return True
+    finally:
+        os.close(fd)  # closing releases the shared lock, if it was had
+    return False

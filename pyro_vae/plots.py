@@ -25,7 +25,7 @@ if TYPE_CHECKING:  # pragma: no cover - only for annotations
 
 __all__ = ["gap_histogram", "image_grid", "image_panels", "is_image_shape", "k_curve", "khat_plot", "latent_space",
            "latent_traversal", "model_device", "pca", "save_options", "save_reconstructions", "save_samples",
-           "training_curves"]
+           "training_curves", "k_curves", "paired_differences", "khat_histogram", "figure_bytes"]
 
 #: pixels of padding between the images of a grid (drawn in the background colour)
 _PAD = 1
@@ -57,6 +57,15 @@ def _save(fig: Figure, path: str | os.PathLike[str] | None, dpi: int | None = No
         fmt = os.path.splitext(os.fspath(path))[1].lstrip(".") or "png"
         dpi = dpi if dpi is not None else options.get("dpi", 100)
         atomic_write(path, lambda f: fig.savefig(f, dpi=dpi, format=fmt))
+
+
+def figure_bytes(fig: Figure, fmt: str = "png", dpi: int | None = None) -> bytes:
+    """A figure rendered to the bytes of a ``fmt`` file (``png`` or ``svg``), e.g. to inline in an HTML page."""
+    import io
+
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format=fmt, dpi=dpi if dpi is not None else _SAVE_OPTIONS.get().get("dpi", 100))
+    return buffer.getvalue()
 
 
 def is_image_shape(shape: Sequence[int]) -> bool:
@@ -629,12 +638,10 @@ def latent_traversal(
     return image_grid(images, nrow=n, path=path, title=title if title is not None else default_title, **labels)
 
 
-def k_curve(result: Any, path: str | os.PathLike[str] | None = None) -> Figure:
-    """ELBO and IWAE_K against K (log axis) with standard-error bars, from a ``LogLikelihoodResult``.
-
-    :param result: what :func:`pyro_vae.infer.log_likelihood` returns (its ``curve``: ``{k: (N,) tensor}``).
-    :param path: where to save the PNG (None: only return the figure).
-    """
+def _paired_curve(result: Any) -> tuple[list[int], list[float], list[float]]:
+    """A result's K-curve as ``(ks, means, errors)``, the errors paired: of each point's difference to the largest
+    K over the same datapoints (the points share their datapoints, so unpaired errors overlap while the paired gaps
+    are tiny)."""
     curve = dict(result.curve)
     if getattr(result, "values", None) is not None and getattr(result, "num_particles", None):
         curve.setdefault(int(result.num_particles), result.values)  # the K that was actually evaluated
@@ -643,9 +650,17 @@ def k_curve(result: Any, path: str | os.PathLike[str] | None = None) -> Figure:
         raise ValueError("the result holds no K-curve")
     top = curve[ks[-1]].double()
     means = [float(curve[k].double().mean()) for k in ks]
-    # paired errors: of each point's difference to the largest K, over the same datapoints (the points share
-    # their datapoints, so unpaired errors overlap while the paired gaps are tiny)
     errs = [float((curve[k].double() - top).std() / math.sqrt(top.numel())) if k != ks[-1] else 0.0 for k in ks]
+    return ks, means, errs
+
+
+def k_curve(result: Any, path: str | os.PathLike[str] | None = None) -> Figure:
+    """ELBO and IWAE_K against K (log axis) with standard-error bars, from a ``LogLikelihoodResult``.
+
+    :param result: what :func:`pyro_vae.infer.log_likelihood` returns (its ``curve``: ``{k: (N,) tensor}``).
+    :param path: where to save the PNG (None: only return the figure).
+    """
+    ks, means, errs = _paired_curve(result)
     fig = _figure((4.8, 3.4))
     ax = fig.add_subplot(1, 1, 1)
     ax.errorbar(ks, means, yerr=errs, marker="o", capsize=3,
@@ -717,6 +732,94 @@ def khat_plot(result: Any, path: str | os.PathLike[str] | None = None) -> Figure
     ax.set_title(f"PSIS diagnostic: {int(bad.sum())} of {len(khat)} datapoints above {threshold:.2g}",
                  fontsize="medium")
     ax.legend(fontsize="small", loc="upper right")
+    _save(fig, path)
+    return fig
+
+
+def k_curves(results: dict[str, Any], path: str | os.PathLike[str] | None = None,
+             title: str | None = None) -> Figure:
+    """Several models' IWAE bound against K on one axes (log axis), each with its errors paired with its own largest
+    K (as :func:`k_curve`): the curves of the runs of a comparison, measured on the same datapoints.
+
+    :param results: ``{name: result}``, each what :func:`pyro_vae.infer.log_likelihood` returns (its ``curve``).
+    :param path: where to save the figure (None: only return it).
+    :returns: the :class:`matplotlib.figure.Figure`.
+    """
+    if not results:
+        raise ValueError("k_curves needs at least one result")
+    fig = _figure((5.6, 3.8))
+    ax = fig.add_subplot(1, 1, 1)
+    for name, result in results.items():
+        ks, means, errs = _paired_curve(result)
+        ax.errorbar(ks, means, yerr=errs, marker="o", capsize=3, label=name)
+    ax.set_xscale("log")
+    ax.set_xlabel("number of particles K")
+    ax.set_ylabel("IWAE bound $\\mathcal{L}_K$ (nats per datapoint)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small")
+    ax.set_title(title if title is not None else "the bound against K (errors paired with each run's largest K)",
+                 fontsize="medium")
+    _save(fig, path)
+    return fig
+
+
+def paired_differences(differences: Sequence[dict[str, Any]], path: str | os.PathLike[str] | None = None,
+                       confidence: float = 0.95, title: str | None = None) -> Figure:
+    """Paired differences of estimates over the same datapoints, each a point with its error bar (the normal
+    interval of ``confidence`` from the paired standard error), beside a line at zero.
+
+    :param differences: each ``{"label": str, "mean": float, "stderr": float}`` (what
+        :class:`pyro_vae.infer.Comparison` holds: ``mean`` and ``stderr``), drawn top to bottom.
+    :param path: where to save the figure (None: only return it).
+    :returns: the :class:`matplotlib.figure.Figure`.
+    """
+    if not differences:
+        raise ValueError("paired_differences needs at least one difference")
+    z = float(torch.distributions.Normal(0.0, 1.0).icdf(torch.tensor(0.5 + float(confidence) / 2)))
+    n = len(differences)
+    fig = _figure((6.0, 1.3 + 0.6 * n))
+    ax = fig.add_subplot(1, 1, 1)
+    rows = list(range(n))[::-1]
+    ax.errorbar([d["mean"] for d in differences], rows, xerr=[z * d["stderr"] for d in differences], fmt="o",
+                capsize=4, color="tab:blue")
+    ax.axvline(0.0, color="tab:gray", ls="--", lw=1)
+    ax.set_yticks(rows)
+    ax.set_yticklabels([d["label"] for d in differences], fontsize="small")
+    ax.set_ylim(-0.7, n - 0.3)
+    ax.set_xlabel(f"paired difference, nats per datapoint ({100 * confidence:.0f}% interval)", fontsize="small")
+    ax.grid(alpha=0.3, axis="x")
+    if title:
+        ax.set_title(title, fontsize="medium")
+    _save(fig, path)
+    return fig
+
+
+def khat_histogram(khat: Any, path: str | os.PathLike[str] | None = None, threshold: float = 0.7,
+                   bins: int = 40) -> Figure:
+    """Histogram of the datapoints' Pareto :math:`\\hat k` with the lines at 0.5 and ``threshold`` (above it an
+    importance-sampling estimate is unreliable).
+
+    :param khat: ``(N,)`` k-hat values (a tensor or an array).
+    :param path: where to save the figure (None: only return it).
+    :returns: the :class:`matplotlib.figure.Figure`.
+    """
+    import numpy as np
+
+    values = torch.as_tensor(khat).double().reshape(-1).numpy()
+    finite = values[np.isfinite(values)]
+    fig = _figure((4.8, 3.4))
+    ax = fig.add_subplot(1, 1, 1)
+    if finite.size:
+        ax.hist(finite, bins=bins, color="tab:blue", alpha=0.8)
+    if finite.size < values.size:  # ArviZ's k-hat is infinite where the weights' tail could not be fitted
+        ax.set_title(f"{values.size - finite.size} datapoints with an infinite k-hat (counted above "
+                     f"{threshold:.2g}, not drawn)", fontsize="small")
+    ax.axvline(0.5, color="tab:orange", ls=":", lw=1, label="0.5")
+    above = int((values > threshold).sum())
+    ax.axvline(threshold, color="tab:red", ls="--", lw=1, label=f"{threshold:.2g}: {above} of {len(values)} above")
+    ax.set_xlabel("Pareto $\\hat{k}$")
+    ax.set_ylabel("datapoints")
+    ax.legend(fontsize="small")
     _save(fig, path)
     return fig
 

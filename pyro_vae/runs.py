@@ -12,6 +12,8 @@ file                   what it holds
 ``test_metrics.json``  the test ELBO, rate and distortion (a semi-supervised run: the test accuracy of
                        ``argmax q(y|x)`` and the test ``log p(x)`` with the label summed, IWAE)
 ``evaluation.json``    what ``pyro-vae evaluate`` measured (IWAE ``log p(x)``, diagnostics, AIS)
+``evaluation_values``  the same evaluation per datapoint (``evaluation_values.pt``: IWAE, ELBO, k-hat, K-curve,
+                       Monte Carlo errors, AIS log weights), so that ``pyro-vae compare`` pairs it with another run's
 ``*.png``              figures
 =====================  ==========================================================================================
 
@@ -32,7 +34,9 @@ from typing import Any, Iterator
 import torch
 
 from . import datasets
-from .io import append_line, write_json
+from .infer import LogLikelihoodResult
+from .infer.annealing import AISResult
+from .io import append_line, atomic_save, load_tensors, write_json
 from .models import MODEL_CLASSES, SAVE_CONFIG, build_checked, load_model
 from .run_files import CHECKPOINT_NAME, CONFIG_NAME, LOG_NAME, METRICS_NAME, MODEL_DIR, PROG, TEST_METRICS_NAME
 from .train import load_checkpoint, resolve_device
@@ -40,11 +44,13 @@ from .train.state import check_checkpoint
 
 __all__ = ["CONFIG_NAME", "MODEL_DIR", "TEST_METRICS_NAME", "EVALUATION_NAME", "read_config", "write_config",
            "read_metrics", "read_evaluation", "load_run", "load", "model_for_resume", "run_test_data",
-           "checkpoint_weights"]
+           "checkpoint_weights", "EVALUATION_VALUES_NAME", "write_evaluation_values", "read_evaluation_values",
+           "values_state", "values_from_state"]
 
 #: what ``pyro-vae evaluate`` writes into the run folder
 EVALUATION_NAME = "evaluation.json"
-
+#: the per-datapoint values of that evaluation (:func:`write_evaluation_values`)
+EVALUATION_VALUES_NAME = "evaluation_values.pt"
 
 
 def read_config(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
@@ -132,6 +138,53 @@ def read_evaluation(run_dir: str | os.PathLike[str]) -> dict[str, Any] | None:
     except (OSError, UnicodeDecodeError, json.JSONDecodeError):
         return None
     return evaluation if isinstance(evaluation, dict) else None
+
+
+def write_evaluation_values(path: str | os.PathLike[str], setting: dict[str, Any], result: Any,
+                            ais: Any = None) -> None:
+    """Write an evaluation's per-datapoint values (``evaluation_values.pt`` beside ``evaluation.json``, or a
+    comparison's), with the ``setting`` they were measured in, so that they can be paired with another run's later.
+
+    :param setting: what makes two evaluations comparable (split, datapoints, particles, seed, batch size, epochs).
+    :param result: the :class:`~pyro_vae.infer.LogLikelihoodResult`; ``ais``: the AIS result or None.
+    """
+    atomic_save(values_state(setting, result, ais), path)
+
+
+def values_state(setting: dict[str, Any], result: Any, ais: Any = None) -> dict[str, Any]:
+    """The tensors of a result (and its AIS result) as a dict ``torch.load(weights_only=True)`` reads back
+    (:func:`values_from_state` makes the results again)."""
+    iwae = {name: getattr(result, name) for name in ("values", "elbo", "rate", "distortion", "ess", "khat",
+                                                      "mc_stderr")}
+    state: dict[str, Any] = {"setting": dict(setting), "num_particles": int(result.num_particles),
+                             "iwae": {**iwae, "curve": {int(k): v for k, v in result.curve.items()}}}
+    if ais is not None:
+        state["ais"] = {"log_weights": ais.log_weights, "mc_stderr": ais.mc_stderr,
+                        "acceptance_rate": ais.acceptance_rate, "step_size": ais.step_size,
+                        "num_steps": int(ais.num_steps), "num_leapfrog": int(ais.num_leapfrog),
+                        "num_groups": int(ais.num_groups)}
+    return state
+
+
+def read_evaluation_values(path: str | os.PathLike[str]) -> tuple[dict[str, Any], Any, Any] | None:
+    """What :func:`write_evaluation_values` wrote: ``(setting, result, ais result or None)``; None when the file is
+    missing or damaged (it is written again by the next evaluation)."""
+    try:
+        return values_from_state(load_tensors(path, "evaluation values file"))
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def values_from_state(state: dict[str, Any]) -> tuple[dict[str, Any], Any, Any]:
+    """``(setting, result, ais result or None)`` from what :func:`values_state` made.
+
+    :raises KeyError, TypeError: when ``state`` is not such a dict.
+    """
+    iwae = dict(state["iwae"])
+    curve = iwae.pop("curve")
+    result = LogLikelihoodResult(**iwae, curve=curve, num_particles=int(state["num_particles"]))
+    ais = AISResult(**state["ais"]) if "ais" in state else None
+    return dict(state["setting"]), result, ais
 
 
 def model_for_resume(cls: type, config: dict[str, Any], run_dir: str | os.PathLike[str]) -> Any:

@@ -15,7 +15,9 @@ The rooms, one job each (imports point down this list):
   semi-supervised): how it is built, trained, resumed, tested, evaluated and drawn;
 - :mod:`~pyro_vae.pipeline.training`: :func:`train_run`, the same steps for every kind;
 - :mod:`~pyro_vae.pipeline.evaluation`: :func:`evaluate_run`;
-- :mod:`~pyro_vae.pipeline.figures`: :func:`plot_run`, the run's figures (the primitives are :mod:`pyro_vae.plots`).
+- :mod:`~pyro_vae.pipeline.figures`: :func:`plot_run`, the run's figures (the primitives are :mod:`pyro_vae.plots`);
+- :mod:`~pyro_vae.pipeline.compare`: :func:`compare_runs`, several runs paired on the same test points;
+- :mod:`~pyro_vae.pipeline.reports`: :func:`report`, one self-contained HTML page of a run or a comparison.
 
 A kind of your own is one file: a :class:`~pyro_vae.pipeline.kinds.RunKind` subclass under ``@register_kind``
 (see ``docs/architecture.md``); ``pyro-vae train --kind NAME`` then trains it.
@@ -30,10 +32,12 @@ Example::
 
 from __future__ import annotations
 
+from .compare import compare_runs
 from .evaluation import evaluate_run
 from .figures import RUN_FIGURES, plot_run
 from .kinds import SEMI_SUPERVISED_CLASSES, SEMI_SUPERVISED_DEFAULTS, RunKind  # noqa: I001  (registers the kinds)
 from .registry import KINDS, get_kind, register_kind
+from .reports import report
 from .settings import (
     DATASET_DEFAULTS,
     RUN_IDENTITY,
@@ -52,4 +56,4 @@ from .training import train_run
 __all__ = ["train_run", "evaluate_run", "plot_run", "run_settings", "RunSettings", "TrainedRun", "RunKind",
            "register_kind", "get_kind", "KINDS", "RUN_FIGURES", "DATASET_DEFAULTS", "RUN_IDENTITY", "TRAINING_KEYS",
            "TRAIN_METRICS_SIZE", "SEMI_SUPERVISED_CLASSES", "SEMI_SUPERVISED_DEFAULTS", "parse_dims", "parse_layers",
-           "resolve_threads", "check_step_fits"]
+           "resolve_threads", "check_step_fits", "compare_runs", "report"]
