@@ -146,7 +146,7 @@ def model_for_resume(cls: type, config: dict[str, Any], run_dir: str | os.PathLi
     folders = ({"stage1": run_dir / "stage1", "stage2": run_dir / "stage2"} if cls.__name__ == "TwoStageVAE"
                else {"": run_dir})
     states = {part: checkpoint_weights(folder / CHECKPOINT_NAME, resumable=True) for part, folder in folders.items()
-              if (folder / CHECKPOINT_NAME).is_file()}
+              if (folder / CHECKPOINT_NAME).exists()}  # a folder there is refused, before anything is written
     return build_checked(cls, config, None, run_dir, parts=states)
 
 
