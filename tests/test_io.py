@@ -32,11 +32,11 @@ def _locked(folder) -> bool:
 
 def test_the_run_lock_is_held_by_the_outermost_holder_and_released_after_it(tmp_path):
     folder, other = tmp_path / "runs" / "new" / "run", tmp_path / "other"
-    old = os.umask(0o027)
+    old = os.umask(0o002)
     try:
         with RunLock(folder):  # creates the missing folders
             assert folder.is_dir() and _locked(folder)
-            assert (folder / ".lock").stat().st_mode & 0o777 == 0o640
+            assert (folder / ".lock").stat().st_mode & 0o777 == 0o664
             with RunLock(folder):  # re-entrant within the process
                 with RunLock(other):  # another folder: its own lock
                     assert _locked(other)
@@ -110,3 +110,32 @@ def test_torchs_failed_write_is_described_as_a_full_disk():
     error = RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 46 vs 0\nmore")
     assert describe_write_error(error) == ("the write failed ([enforce fail at inline_container.cc:672] . unexpected "
                                            "pos 46 vs 0): the disk is probably full")
+
+
+def test_a_stop_hidden_behind_a_failed_write_is_raised_as_the_stop(tmp_path):
+    """A Ctrl-C or SIGTERM inside ``write`` may come out as the writer's own error (torch's "unexpected pos"),
+    raised while handling it, however deep: ``atomic_write`` raises the stop; the old file stays, no temporary."""
+    (tmp_path / "f").write_bytes(b"old")
+
+    def interrupted(f):
+        f.write(b"half")
+        try:
+            try:
+                raise KeyboardInterrupt
+            except KeyboardInterrupt:
+                raise ValueError("the writer's cleanup failed") from None
+        except ValueError:
+            raise RuntimeError("unexpected pos 46 vs 0") from None
+
+    with pytest.raises(KeyboardInterrupt):
+        atomic_write(tmp_path / "f", interrupted)
+    assert [p.name for p in tmp_path.iterdir()] == ["f"] and (tmp_path / "f").read_bytes() == b"old"
+
+    def failed(f):
+        try:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        except OSError:
+            raise RuntimeError("unexpected pos 46 vs 0") from None
+
+    with pytest.raises(RuntimeError, match="unexpected pos"):  # no stop behind it: the error as it is
+        atomic_write(tmp_path / "f", failed)
