@@ -61,15 +61,31 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Any], None], binary: 
             os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600: give the file the permissions open() would
         os.replace(tmp, path)  # replaces a link itself, never its target
-    except BaseException:
+    except BaseException as e:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        stop = _stop_behind(e)
+        if stop is not None:  # a signal inside torch.save surfaces as its failed write: the stop it is
+            raise stop from None
         raise
     dir_fd = os.open(path.parent, os.O_RDONLY)
     try:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+def _stop_behind(e: BaseException) -> BaseException | None:
+    """The stop (Ctrl-C, SIGTERM: a ``BaseException`` that is no ``Exception``) that ``e`` was raised while
+    handling, when ``e`` is an error it caused (torch's writer fails with "unexpected pos" when a signal's exception
+    interrupts ``torch.save``); None otherwise."""
+    seen, cause = set(), e.__context__
+    while isinstance(e, Exception) and cause is not None and id(cause) not in seen:
+        if not isinstance(cause, Exception):
+            return cause
+        seen.add(id(cause))
+        cause = cause.__context__
+    return None
 
 
 def atomic_save(obj: Any, path: str | os.PathLike) -> None:
@@ -97,10 +113,13 @@ def append_line(path: str | os.PathLike, line: str) -> None:
 def load_tensors(path: str | os.PathLike, what: str = "pyro-vae checkpoint") -> Any:
     """Load a file written by :func:`atomic_save` with ``torch.load(weights_only=True)``: no pickled code runs.
 
+    :raises IsADirectoryError: if ``path`` is a folder (named so: "no checkpoint" would mislead).
     :raises FileNotFoundError: if there is no such file.
     :raises ValueError: if torch refuses it (corrupt, or not a safe file).
     """
     path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"{path} is a folder, not a {what}: move it away (or restore the file from a copy)")
     if not path.is_file():
         raise FileNotFoundError(f"no {what} at {path}")
     try:

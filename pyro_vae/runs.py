@@ -199,7 +199,7 @@ def model_for_resume(cls: type, config: dict[str, Any], run_dir: str | os.PathLi
     run_dir = Path(run_dir)
     folders = _checkpoint_folders(cls, run_dir)
     states = {part: checkpoint_weights(folder / CHECKPOINT_NAME, resumable=True) for part, folder in folders.items()
-              if (folder / CHECKPOINT_NAME).is_file()}
+              if (folder / CHECKPOINT_NAME).exists()}  # a folder there is refused, before anything is written
     return build_checked(cls, config, None, run_dir, parts=states)
 
 

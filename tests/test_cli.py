@@ -396,6 +396,10 @@ def test_evaluate_reports_ais_beside_the_elbo_and_iwae(tmp_path, run_cli, copy_r
     assert "log p(x) (AIS, 4 chains, 10 steps)" in out and "AIS - IWAE" in out
     report = json.loads((run / "evaluation.json").read_text())
     assert report["ais"]["num_steps"] == 10 and "minus_iwae" in report["ais"]
+    # AIS - IWAE has the sign its name says: the paired mean is the difference of the two means (same datapoints)
+    minus_iwae = report["ais"]["log_likelihood"] - report["log_likelihood"]
+    assert report["ais"]["minus_iwae"]["mean"] == pytest.approx(minus_iwae, abs=1e-9)
+    assert f"AIS - IWAE: {minus_iwae:.3f} +-" in out
     assert run_cli(["evaluate", run, "--ais-steps", "-1"])[0] == 2
 
 

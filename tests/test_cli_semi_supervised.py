@@ -150,6 +150,7 @@ def test_resume_continues_a_semi_supervised_run_as_if_never_stopped(trained: tup
 @pytest.mark.parametrize("argv, message", [
     (["--labels", 60], "--labels 60 differs from the run's 50"),
     (["--num-unlabelled", 200], "--num-unlabelled 200 differs from the run's 300"),
+    (["--labelled-passes", 2], "--labelled-passes 2 differs from the run's 1"),
     (["--objective", "mean-field"], "does not take --objective mean-field: the label is summed exactly"),
     (["--two-stage"], "semi-supervised run in"),
 ])

@@ -102,3 +102,54 @@ def test_runs_on_a_vae_with_gradients():
     assert bool(torch.isfinite(res.values).all())
     res.values.sum().backward()
     assert any(p.grad is not None and bool(p.grad.abs().sum() > 0) for p in vae.parameters())
+
+
+def test_series_length_is_the_inverse_of_its_tail(monkeypatch):
+    """``K = max{j : u < P(K >= j)}`` for fixed uniforms on each side of ``1/alpha`` (found by search over j)."""
+    us = torch.tensor([0.9, 0.5, 0.3, 0.1, 1 / 79.5, 1 / 80.5, 0.5 / 80, 1e-6], dtype=torch.float64)
+    monkeypatch.setattr(torch, "rand", lambda shape, **kw: us.reshape(shape))
+    k = sample_series_length(tuple(us.shape))
+    tails = sumo_tail(torch.arange(1, 2000))
+    assert k.tolist() == [int((u < tails).nonzero().max()) + 1 for u in us]
+    assert k.tolist()[:6] == [1, 1, 3, 9, 79, 80]
+
+
+class _FixedWeights:
+    """Stands for the engine's terms: ``produce(k)`` serves the next ``k`` rows of fixed float32 log weights."""
+
+    def __init__(self, n):
+        self.log_w = torch.randn(4000, n, generator=torch.Generator().manual_seed(0))
+        self.asked = []
+
+    def __call__(self, *args, **kwargs):
+        def produce(k):
+            start = sum(self.asked)
+            self.asked.append(k)
+            return type("Terms", (), {"log_weights": self.log_w[start:start + k]})
+
+        return produce
+
+
+def _sumo_module():
+    import importlib
+
+    return importlib.import_module("pyro_vae.infer.sumo")
+
+
+def test_sumo_options_defaults_chunks_and_dtype(monkeypatch):
+    module = _sumo_module()
+    fixed = _FixedWeights(3)
+    monkeypatch.setattr(module, "terms_producer", fixed)
+    x = torch.zeros(3, 2)
+    result = sumo(None, None, x, seed=0)
+    assert (result.num_particles_min, result.num_repeats, result.alpha, result.decay) == (16, 10, 80, 0.1)
+    assert result.values.dtype == result.mc_stderr.dtype == result.samples.dtype == torch.float32
+    assert torch.isfinite(result.mc_stderr).all()
+    fixed.asked.clear()
+    result = sumo(None, None, x, num_particles_min=2, num_repeats=1, alpha=1, decay=0.5, chunk_size=3, seed=0)
+    total = 2 + int(result.series_lengths.max())
+    assert fixed.asked == [2] + [3] * ((total - 2) // 3) + ([(total - 2) % 3] if (total - 2) % 3 else [])
+    assert result.num_repeats == 1 and torch.isnan(result.mc_stderr).all()  # one repeat: no spread to measure
+    for bad in (dict(num_repeats=0), dict(alpha=0), dict(decay=0.0), dict(decay=1.0), dict(chunk_size=0)):
+        with pytest.raises(ValueError):
+            sumo(None, None, x, **bad)

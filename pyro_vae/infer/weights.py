@@ -237,14 +237,19 @@ def _frames(site: dict, data_plate: str) -> tuple[int | None, int]:
     return particle_dim, data_dim
 
 
+def _masked(log_p: torch.Tensor, site: dict, scale: Any = None) -> torch.Tensor:
+    """A site's ``log_prob`` with its mask applied (the sampled and the enumerated paths both) and multiplied by
+    ``scale`` when given, as a tensor."""
+    if site["mask"] is not None or scale is not None:
+        log_p = scale_and_mask(log_p, 1.0 if scale is None else scale, site["mask"])
+    return torch.as_tensor(log_p)
+
+
 def _per_datapoint(log_p: torch.Tensor, site: dict, data_plate: str, scale: Any = None) -> torch.Tensor:
     """A site's ``log_prob``-shaped tensor (masked, and multiplied by ``scale`` when given) summed to shape
     ``(K or 1, N or 1)``."""
     particle_dim, data_dim = _frames(site, data_plate)
-    if site["mask"] is not None or scale is not None:
-        log_p = scale_and_mask(log_p, 1.0 if scale is None else scale, site["mask"])
-    if not torch.is_tensor(log_p):
-        log_p = torch.as_tensor(log_p)
+    log_p = _masked(log_p, site, scale)
     if particle_dim is None:  # one particle, no particle plate
         while log_p.dim() < -data_dim:
             log_p = log_p.unsqueeze(0)
@@ -475,9 +480,7 @@ def _per_datapoint_enum(log_p: torch.Tensor, site: dict, data_plate: str, enum_s
     """A site's ``log_prob``-shaped tensor (masked) summed to shape ``(E, K or 1, N or 1)``, ``E`` the number of
     joint values of the enumerated sites (their dimensions flattened, the leftmost first)."""
     _, data_dim = _frames(site, data_plate)
-    if site["mask"] is not None:
-        log_p = scale_and_mask(log_p, 1.0, site["mask"])
-    log_p = torch.as_tensor(log_p)
+    log_p = _masked(log_p, site)
     depth = len(enum_sizes) + max_plate_nesting + 1
     if log_p.dim() > depth:
         raise ValueError(f"site {site['name']!r} has a log_prob of shape {tuple(log_p.shape)}: more batch "
