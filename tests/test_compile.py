@@ -160,3 +160,31 @@ def test_compile_off_builds_the_eager_step(digits, small_vae, monkeypatch):
     """``compile=False`` (the default) never touches the compiled step."""
     monkeypatch.setattr(CompiledStep, "__init__", lambda *a, **k: pytest.fail("CompiledStep built"))
     pyro_vae.fit(small_vae(), digits[:40], epochs=1, batch_size=20, progress=False, binarize=True)
+
+
+def test_train_compile_reaches_fit_and_is_not_kept(run_cli, tmp_path, monkeypatch):
+    """``pyro-vae train --compile`` passes ``compile=True`` to fit; a resumed run compiles only when told again."""
+    import pyro_vae.train
+
+    real, given = pyro_vae.train.fit, []
+
+    def spy(*args, **kw):
+        given.append(kw["compile"])
+        return real(*args, **{**kw, "compile": False})  # the option's route is tested here, not the compiling
+
+    monkeypatch.setattr(pyro_vae.train, "fit", spy)
+    out = str(tmp_path / "run")
+    common = ["train", "--dataset", "digits", "--hidden-dims", "16", "--no-progress", "--out", out]
+    status, _, err = run_cli([*common, "--epochs", "1", "--compile"])
+    assert status == 0, err
+    status, _, err = run_cli([*common, "--epochs", "2", "--resume"])
+    assert status == 0, err
+    assert given == [True, False]
+
+
+def test_train_compile_refused_for_another_trainer():
+    from pyro_vae.pipeline import run_settings
+
+    assert run_settings({"dataset": "digits", "compile": True})[0].compile is True
+    with pytest.raises(ValueError, match="--compile compiles the training step of pyro_vae.fit.*SSVAE"):
+        run_settings({"dataset": "digits", "semi_supervised": True, "labels": 100, "compile": True})
