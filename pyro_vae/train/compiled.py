@@ -7,10 +7,12 @@ A small network's step is bound by Python and kernel launches, not by arithmetic
 - **the loss**: the library model's importance terms (:func:`~pyro_vae.infer.weights.direct_producer`, plain
   torch), the objective and the division by the denominator, one graph whose backward AOTAutograd compiles too
   (``backward()`` runs the compiled backward graph);
-- **the update**: gradient clipping and Adam's update, one graph (torch's compiled optimizer: torch's fused Adam
-  kernel is not traced, so inductor fuses the update of every parameter itself).
+- **the update**: gradient clipping and Adam's update, one graph, with the arithmetic of torch's fused Adam kernel
+  (which ``torch.compile`` does not trace) on the optimizer's own state, and a small graph before it that counts
+  the step and computes Adam's bias corrections in double, as that kernel does (inside the update's graph the
+  compiler would compute them again for every vector of every parameter).
 
-On CUDA both run as CUDA graphs (``"triton.cudagraphs"``, the ``mode="reduce-overhead"`` of ``torch.compile``):
+On CUDA they run as CUDA graphs (``"triton.cudagraphs"``, the ``mode="reduce-overhead"`` of ``torch.compile``):
 captured on first use and replayed, one launch per graph. On the CPU they run as inductor's C++ kernels.
 
 What keeps working, and how:
@@ -27,11 +29,13 @@ What keeps working, and how:
   needs the check hooks between the loss, the gradients and the update. The optimizer stays the run's own
   (``float`` learning rate, torch's fused kernel for the eager steps): checkpoints, resume and rollback see the
   same state whichever step ran, and a resumed run may switch ``compile`` on or off. A rollback restores the
-  optimizer's state into new tensors, so the update is compiled again once after it;
+  optimizer's state into new tensors: the update takes its tensors as arguments, so nothing is compiled again
+  (on CUDA the graphs are captured again for the new addresses);
 - dynamic binarization and ``data_scale`` draw each batch before the step, as without ``compile``.
 
 What falls back to the eager step, with one warning saying why: a pair whose terms are traced (a user's own
-model and guide, ``direct_terms=False``, a ``data_plate`` other than ``"data"``). Refused before any work:
+model and guide, ``direct_terms=False``, a ``data_plate`` other than ``"data"``), and an optimizer other than
+``fit``'s Adam (several groups, weight decay, amsgrad). Refused before any work:
 several processes (``torchrun``): the step's loss goes through ``DistributedDataParallel``'s wrapper, which this
 step does not capture.
 """
@@ -43,12 +47,14 @@ from typing import Any, Callable
 
 import pyro
 import torch
-from torch.optim.adam import adam
 
 from ..infer.weights import direct_producer, direct_terms_owner
 from .step import StepCheck, TrainStep
 
 __all__ = ["CompiledStep", "refuse_distributed"]
+
+#: Adam's options that the compiled update does not implement (fit never sets them)
+_ADAM_VARIANTS = ("weight_decay", "amsgrad", "maximize", "decoupled_weight_decay")
 
 
 def refuse_distributed(compile: bool, distributed: bool | None) -> None:
@@ -79,8 +85,9 @@ class CompiledStep(TrainStep):
             self.fallback = (f"compile=True compiles the direct terms of the library's models, and this "
                              f"{type(vae).__name__}'s terms are traced (a pair of your own, direct_terms=False or "
                              "another data_plate): training with the eager step")
-        elif len(optimizer.param_groups) != 1 or optimizer.param_groups[0].get("amsgrad"):
-            self.fallback = "compile=True takes Adam with one group of parameters: training with the eager step"
+        elif len(optimizer.param_groups) != 1 or any(optimizer.param_groups[0].get(k) for k in _ADAM_VARIANTS):
+            self.fallback = ("compile=True takes fit's Adam (one group of parameters, no weight decay, amsgrad or "
+                             "maximize): training with the eager step")
         if self.fallback is not None:
             warnings.warn(self.fallback, UserWarning, stacklevel=3)
             return
@@ -89,10 +96,11 @@ class CompiledStep(TrainStep):
         self.cuda_graphs = device.type == "cuda"
         settings = {"fallback_random": True, **({"triton.cudagraphs": True} if self.cuda_graphs else {})}
         self._loss = torch.compile(self._scaled_loss, dynamic=False, options=settings)
-        self._update = torch.compile(self._clip_and_update, dynamic=False, options=settings)
+        self._corrections_graph = torch.compile(self._corrections, dynamic=False, options=settings)
+        self._update_graph = torch.compile(self._clip_and_update, dynamic=False, options=settings)
         self._lr = torch.zeros((), device=device, dtype=dtype)
         self._beta = torch.zeros((), device=device, dtype=dtype)
-        self.adam_options = {k: optimizer.param_groups[0][k] for k in ("betas", "eps", "weight_decay", "maximize")}
+        self.adam_options = {k: optimizer.param_groups[0][k] for k in ("betas", "eps")}
         self._filled: dict[int, float] = {}
         self._started = False
 
@@ -102,23 +110,34 @@ class CompiledStep(TrainStep):
         loss = self.objective(direct_producer(self.owner, args), num_particles=self.num_particles, beta=beta)
         return loss.detach(), loss / denominator
 
+    def _corrections(self, steps: list[torch.Tensor], lr: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Compiled apart: count the step, and Adam's step size and ``sqrt(1 - beta2**t)`` computed in double from
+        the count, as torch's fused kernel does (a graph of its own: inside the update's graph the compiler would
+        compute these scalars again for every vector of every parameter)."""
+        with torch.no_grad():
+            torch._foreach_add_(steps, 1)
+            beta1, beta2 = self.adam_options["betas"]
+            count, dtype = steps[0].to(torch.float64), lr.dtype  # one count for the group
+            return ((lr.to(torch.float64) / (1 - beta1**count)).to(dtype),
+                    (1 - beta2**count).sqrt().to(dtype))
+
     def _clip_and_update(self, params: list[torch.Tensor], grads: list[torch.Tensor], exp_avgs: list[torch.Tensor],
-                         exp_avg_sqs: list[torch.Tensor], steps: list[torch.Tensor], lr: torch.Tensor) -> None:
+                         exp_avg_sqs: list[torch.Tensor], step_size: torch.Tensor,
+                         correction2_sqrt: torch.Tensor) -> None:
         """Compiled: clip the gradients' global norm (``clip_grad_norm_``'s arithmetic), then Adam's update on the
-        optimizer's own state, the learning rate a tensor. Every tensor is an argument: one graph serves every
-        step, every epoch's learning rate and the state a rollback restores (no guard on an object's identity)."""
+        optimizer's own state (the arithmetic of torch's fused kernel, which is not traced). Every tensor is an
+        argument: one graph serves every step, every epoch's learning rate and the state a rollback restores (no
+        guard on an object's identity)."""
         with torch.no_grad():
             if self.clip_norm is not None:
                 total = torch.nn.utils.get_total_norm(grads, norm_type=2.0)
                 torch._foreach_mul_(grads, torch.clamp(self.clip_norm / (total + 1e-6), max=1.0))
-            g = self.adam_options
-            # the bias corrections 1 - beta**t from a float64 copy of the step counts, as the eager kernel computes
-            # them in double (from the float32 counts, 1 - 0.999**1 is 1.3e-5 off, relatively)
-            counts = [t.to(torch.float64) for t in steps]
-            adam(params, grads, exp_avgs, exp_avg_sqs, [], counts, foreach=False, capturable=True, amsgrad=False,
-                 beta1=g["betas"][0], beta2=g["betas"][1], lr=lr, weight_decay=g["weight_decay"], eps=g["eps"],
-                 maximize=g["maximize"])
-            torch._foreach_copy_(steps, counts)
+            beta1, beta2 = self.adam_options["betas"]
+            eps = self.adam_options["eps"]
+            for p, g, m, v in zip(params, grads, exp_avgs, exp_avg_sqs):
+                m.lerp_(g, 1 - beta1)
+                v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
+                p.sub_(step_size * m / (v.sqrt() / correction2_sqrt + eps))
 
     def _fill(self, tensor: torch.Tensor, value: float) -> torch.Tensor:
         """``tensor`` holding ``value`` (filled only when the value changed: no work on most steps)."""
@@ -127,18 +146,18 @@ class CompiledStep(TrainStep):
             self._filled[id(tensor)] = value
         return tensor
 
-    def _update_arguments(self) -> tuple:
-        """The parameters, their gradients, Adam's state of each (the optimizer's own tensors) and the learning
-        rate as a tensor: the compiled update's arguments."""
+    def _update(self) -> None:
+        """The compiled update on the parameters, their gradients, Adam's state of each (the optimizer's own
+        tensors) and the learning rate as a tensor."""
         params = [p for p in self.params if p.grad is not None]
         states = [self.optimizer.state[p] for p in params]
-        lr = self._fill(self._lr, float(self.optimizer.param_groups[0]["lr"]))
-        tensors = (params, [p.grad for p in params], [s["exp_avg"] for s in states],
-                   [s["exp_avg_sq"] for s in states], [s["step"] for s in states])
-        if self.cuda_graphs:  # the graph reads and updates them where they are
-            for t in (*tensors[0], *tensors[2], *tensors[3], *tensors[4]):
+        steps = [s["step"] for s in states]
+        tensors = (params, [p.grad for p in params], [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states])
+        if self.cuda_graphs:  # the graphs read and update them where they are
+            for t in (*tensors[0], *tensors[2], *tensors[3], *steps):
                 torch._dynamo.mark_static_address(t, guard=False)
-        return (*tensors, lr)
+        lr = self._fill(self._lr, float(self.optimizer.param_groups[0]["lr"]))
+        self._update_graph(*tensors, *self._corrections_graph(steps, lr))
 
     def __call__(self, args: tuple, denominator: float, beta: float = 1.0,
                  check: StepCheck | None = None) -> torch.Tensor:
@@ -154,5 +173,5 @@ class CompiledStep(TrainStep):
             value, scaled = self._loss(args, float(denominator), weight)
             self.optimizer.zero_grad(set_to_none=True)
             scaled.backward()
-            self._update(*self._update_arguments())
+            self._update()
         return value.clone() if self.cuda_graphs else value  # a CUDA graph's output is overwritten by its next replay
