@@ -7,8 +7,9 @@ carry over between calls) is trained by whole ``fit`` calls of ``--call-epochs``
 images, ``compile=False`` and ``compile=True`` taking turns for ``--repeats`` rounds (the order rotating), so that
 both see the same background load. The compile time is measured apart, before the rounds: the first
 ``compile=True`` call of the process (two steps: the first eager, the second compiles the loss and the update)
-minus two eager steps. The timed compiled calls then reuse the compiled graphs (one architecture, one batch
-shape: ``--train-size`` is a multiple of every batch size).
+minus two eager steps, with an empty inductor cache (a new ``TORCHINDUCTOR_CACHE_DIR``; ``--warm-cache`` keeps
+the user's, where an earlier run left the kernels). The timed compiled calls then reuse the compiled graphs (one
+architecture, one batch shape: ``--train-size`` is a multiple of every batch size).
 
 The estimate: the IWAE paper trains for 3,280 passes over 60,000 images at batch 20, 9.84 million steps; the time
 is that many steps at the measured median step time (whole calls, setup included, divided by their steps), the
@@ -23,8 +24,14 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
+import sys
+import tempfile
 import time
+
+if "--warm-cache" not in sys.argv:  # a cold start: inductor's compiled kernels are not read from an earlier run
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="compile_speed-")
 
 import pyro
 import torch
@@ -100,7 +107,8 @@ Script: [`benchmarks/compile_speed.py`](../benchmarks/compile_speed.py). The IWA
 ({len(x):,} training images), single-sample ELBO, Adam (lr 1e-3). Whole `fit` calls of {args.call_epochs}
 epoch(s), `compile=False` and `compile=True` taking turns for {args.repeats} rounds on one model; "speedup" is the
 eager call's time over the compiled one's, the median (and range) of the rounds. The compile time is measured
-apart (the first compiled call, less two eager steps) and is not in the timed calls. The last column is the
+apart (the first compiled call, less two eager steps; {"a warm" if args.warm_cache else "an empty"} inductor cache;
+the second batch size reuses the update's kernels) and is not in the timed calls. The last column is the
 IWAE paper's 3,280 passes over 60,000 images at batch 20 (9.84 million steps) at the median step time,
 evaluation left out: an estimate, not a run.
 
@@ -127,6 +135,8 @@ if __name__ == "__main__":
     p.add_argument("--device", default="cpu")
     p.add_argument("--data-root", default=None)
     p.add_argument("--smoke-test", action="store_true", help="digits, 200 images, 2 rounds: seconds plus compiling")
+    p.add_argument("--warm-cache", action="store_true", help="keep inductor's cache of compiled kernels (default: "
+                   "an empty one, so that the compile time is a cold start's)")
     p.add_argument("--write-docs", action="store_true", help="write the result into docs/benchmarks.md")
     a = p.parse_args()
     if a.smoke_test:
