@@ -82,7 +82,7 @@ def run_row(name: str, args: argparse.Namespace, x_train: torch.Tensor, x_test: 
     history = pyro_vae.fit(
         vae, x_train, epochs=args.passes, batch_size=args.batch_size, lr=1e-3,
         objective="elbo" if objective == "vae" else "iwae", num_particles=k, device=args.device, seed=args.seed,
-        progress=False, binarize=binarize, lr_schedule="iwae", betas=(0.9, 0.999), eps=1e-4,
+        progress=False, binarize=binarize, lr_schedule="iwae", betas=(0.9, 0.999), eps=1e-4, compile=args.compile,
         on_epoch_end=lambda r: print(f"  [{name}] pass {r['epoch']}: loss {r['loss']:.2f} "
                                      f"({r['seconds']:.0f} s)", file=sys.stderr, flush=True))
     train_seconds = time.perf_counter() - t0
@@ -162,6 +162,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.add_argument("--threads", type=int, default=None, help="torch threads")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--compile", action="store_true", help="fit(..., compile=True): the compiled training step")
     p.add_argument("--out", default="runs/reproduce_iwae", help="folder for the per-row JSON and weights")
     p.add_argument("--smoke-test", action="store_true", help="2 passes of tiny models on 300 of sklearn's digits")
     return p

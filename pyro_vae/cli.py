@@ -178,6 +178,10 @@ def _add_train(subparsers: Any) -> None:
     p.add_argument("--init-std", type=float, default=None,
                    help="a --semi-supervised run's hidden layers start with weights from N(0, std^2) and zero biases "
                         "(Pyro's example: 0.001; default: torch's initialisation)")
+    p.add_argument("--compile", action="store_true", default=None,
+                   help="compile the training step with torch.compile (CUDA graphs on a GPU): faster where a step is "
+                        "bound by Python and kernel launches, e.g. small networks on a GPU; a resumed run compiles "
+                        "when given it again")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--config", default=None,
                    help="a YAML (or JSON) file of train options, e.g. 'dataset: mnist' and 'hidden_dims: [200, 200]'; "

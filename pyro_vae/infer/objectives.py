@@ -111,7 +111,9 @@ def _reparameterized_only(terms: ImportanceTerms, name: str) -> None:
 def elbo(produce: Producer, *, num_particles: int = 1, beta: float = 1.0) -> torch.Tensor:
     """The ELBO loss (``beta`` weighs the rate), averaged over ``K`` particles, summed over the batch."""
     t = produce(num_particles, scales="honour")
-    bound = t.elbo_integrand if beta == 1.0 else t.log_likelihood + beta * (t.log_prior - t.log_guide)
+    # a tensor beta (the compiled step's KL warm-up) always takes the weighted sum: no branch on its value
+    unweighted = not torch.is_tensor(beta) and beta == 1.0
+    bound = t.elbo_integrand if unweighted else t.log_likelihood + beta * (t.log_prior - t.log_guide)
     return -(bound.sum() + _score_surrogate(t, bound, beta)) / int(num_particles)
 
 

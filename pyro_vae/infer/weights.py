@@ -83,7 +83,7 @@ from ..rng import preserved_rng
 
 __all__ = ["ImportanceTerms", "DReG", "check_estimator_input", "direct_terms_owner", "fast_path_owner",
            "importance_terms", "sum_sites", "is_enumerated", "plate_layout", "check_data_plate", "refuse_scales",
-           "log_importance_weights", "guess_max_plate_nesting", "terms_producer", "PARTICLE_PLATE"]
+           "log_importance_weights", "guess_max_plate_nesting", "terms_producer", "direct_producer", "PARTICLE_PLATE"]
 
 PARTICLE_PLATE = "_pyro_vae_particles"
 
@@ -755,6 +755,21 @@ def _cat_terms(parts: list[ImportanceTerms]) -> ImportanceTerms:
     return ImportanceTerms(**fields)
 
 
+def direct_producer(owner: Any, args: tuple) -> Callable[..., ImportanceTerms]:
+    """The producer of a model class's direct terms on ``args`` (``owner`` as :func:`direct_terms_owner` returns
+    it): ``produce`` as :func:`terms_producer` returns it, ``latents=True`` by the traced path. Plain torch, so
+    ``torch.compile`` traces it (the compiled training step, :mod:`pyro_vae.train.compiled`)."""
+
+    def produce(num_particles: int, *, analytic_kl: bool = False, dreg: DReG | None = None,
+                latents: bool = False, scales: str = "warn") -> ImportanceTerms:
+        if not latents:
+            return owner.importance_terms(*args, num_particles=int(num_particles), analytic_kl=analytic_kl,
+                                          dreg=dreg)
+        return traced_terms(owner.model, owner.guide, *args, num_particles=num_particles, max_plate_nesting=1,
+                            analytic_kl=analytic_kl, dreg=dreg, latents=True)
+    return produce
+
+
 def terms_producer(model: Callable, guide: Callable, *args: Any, max_plate_nesting: int | None = None,
                    data_plate: str = "data", vectorize_particles: bool = True,
                    **kwargs: Any) -> Callable[..., ImportanceTerms]:
@@ -773,15 +788,7 @@ def terms_producer(model: Callable, guide: Callable, *args: Any, max_plate_nesti
     """
     owner = direct_terms_owner(model, guide)
     if owner is not None and not kwargs and data_plate == "data":
-
-        def produce(num_particles: int, *, analytic_kl: bool = False, dreg: DReG | None = None,
-                    latents: bool = False, scales: str = "warn") -> ImportanceTerms:
-            if not latents:
-                return owner.importance_terms(*args, num_particles=int(num_particles), analytic_kl=analytic_kl,
-                                              dreg=dreg)
-            return traced_terms(owner.model, owner.guide, *args, num_particles=num_particles, max_plate_nesting=1,
-                                analytic_kl=analytic_kl, dreg=dreg, latents=True)
-        return produce
+        return direct_producer(owner, args)
     if max_plate_nesting is None:
         max_plate_nesting = guess_max_plate_nesting(model, guide, *args, **kwargs)
     nesting = int(max_plate_nesting)

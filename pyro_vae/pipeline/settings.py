@@ -170,6 +170,9 @@ class RunSettings:
     num_threads: int | str | None = "auto"
     #: dynamic binarization: True, False, or ``"auto"`` until the data are read
     binarize: bool | str = "auto"
+    #: compile the training step (``fit(..., compile=True)``); not part of the run: a resumed run compiles when
+    #: ``--compile`` is given again
+    compile: bool = False
     #: a hierarchical run's stochastic layers, bottom first (per layer the hidden sizes, then the latent size)
     layers: list[list[int]] | None = None
     #: a two-stage run's stage-2 epochs (None: ``epochs``) and what stage 2 trains on
@@ -216,6 +219,8 @@ class RunSettings:
         if self.layers is not None:
             set_(self, "layers", parse_layers(self.layers))
         threads.resolve_threads(self.num_threads, "--num-threads") if self.num_threads not in (None, "auto") else None
+        if not isinstance(self.compile, bool):
+            raise ValueError(f"--compile must be true or false, got {self.compile!r}")
         if self.binarize not in (True, False, "auto"):
             raise ValueError(f"--binarize must be true, false or auto, got {self.binarize!r}")
         if self.prior_components is not None and self.prior not in _PRIORS_WITH_COMPONENTS:
@@ -324,6 +329,7 @@ def run_settings(options: dict[str, Any], out: str | os.PathLike[str] | None = N
             datasets.event_shape(dataset)  # names the known data sets
         values = {key: given.get(key, _default(dataset, key)) for key in _DEFAULTED}
         values["num_particles"] = given.get("num_particles", 5 if str(values["objective"]).startswith("iwae") else 1)
+        values["compile"] = given.get("compile", False)
         values.update({k: given[k] for k in ("layers", "stage2_epochs", "stage2_codes") if k in given})
         kind = _chosen_kind(given)
         for other in KINDS.values():
@@ -337,6 +343,9 @@ def run_settings(options: dict[str, Any], out: str | os.PathLike[str] | None = N
 
     get_objective(s.objective)
     get_kind(s.kind).check(s)
+    if s.compile and not getattr(get_kind(s.kind), "compiles", False):
+        raise ValueError(f"--compile compiles the training step of pyro_vae.fit, and a {s.kind} run trains with "
+                         "another trainer: drop --compile")
     return s, out
 
 
@@ -361,7 +370,7 @@ def _resumed_settings(given: dict[str, Any], out: Path) -> tuple[RunSettings, Pa
     values.update({k: v for k, v in training.items() if k in _FIELDS})  # a newer version's own keys are left
     values.update({k: v for k, v in model_args.items() if k != "dataset"})
     values.setdefault("latent_dim", None)
-    values.update({k: given[k] for k in (*TRAINING_KEYS, "data_root") if k in given})
+    values.update({k: given[k] for k in (*TRAINING_KEYS, "data_root", "compile") if k in given})
     s = RunSettings(kind=kind.name, dataset=dataset, model_config=saved["vae"],
                     **{"data_root": saved.get("data_root"), **values})
     s = kind.resumed(s, given, saved, out)  # the kind's own refusals first, then the other kinds' options

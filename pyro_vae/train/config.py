@@ -19,6 +19,7 @@ import torch
 from ..checks import whole_number
 from ..infer.objectives import get_objective
 from ..threads import resolve_threads
+from .compiled import refuse_distributed
 from .nan import ON_NAN
 from .schedules import get_lr_schedule
 
@@ -75,6 +76,7 @@ class FitConfig:
     num_threads: int | str | None = "auto"
     data_plate: str = "data"
     vectorize_particles: bool = True
+    compile: bool = False
 
     def __post_init__(self) -> None:
         def put(name: str, value: Any) -> None:
@@ -105,6 +107,9 @@ class FitConfig:
             put("num_threads", resolve_threads(self.num_threads))
         if not isinstance(self.data_plate, str) or not self.data_plate:
             raise TypeError(f"data_plate must be the name of a plate (a str), got {self.data_plate!r}")
+        if not isinstance(self.compile, bool):
+            raise TypeError(f"compile must be True or False, got {self.compile!r}")
+        refuse_distributed(self.compile, self.distributed)
         if self.checkpoint_dir is None and self.resume:
             raise ValueError("resume=True needs a checkpoint_dir to resume from")
 

@@ -39,6 +39,7 @@ from ..infer.weights import check_data_plate, fast_path_owner, plate_layout
 from ..io import RunLock
 from ..threads import adapt_threads, resolve_threads, torch_threads
 from .callbacks import Callback, CallbackList, EpochFunction, Progress
+from .compiled import CompiledStep, refuse_distributed
 from .config import FitConfig
 from .nan import NanGuard, is_invalid_values_error
 from .parallel import Parallel
@@ -89,6 +90,7 @@ def fit(
     data_plate: str = "data",
     collate_fn: Callable[[list], Any] | None = None,
     vectorize_particles: bool = True,
+    compile: bool = False,
 ) -> list[dict[str, Any]]:
     """Train a model/guide pair by stochastic gradient ascent on a bound of ``log p(x)``.
 
@@ -156,6 +158,11 @@ def fit(
         datapoints; it must keep every datapoint, in order (checked on the first batch before any work).
     :param vectorize_particles: False: draw ``num_particles > 1`` particles one pass at a time, for a model or
         guide that cannot broadcast over a leading particle dimension (boolean-mask indexing, as Pyro's CVAE).
+    :param compile: compile the library models' whole training step with ``torch.compile``, once per batch shape
+        (the importance terms, the objective, backward, clipping and Adam's update; CUDA graphs on a GPU), where a
+        step is bound by Python and kernel launches (small networks on a GPU); the same draws and, up to float
+        rounding, the same training as ``False``. A pair of your own (traced terms) trains with the eager step,
+        with a warning saying why; several processes are refused. See :mod:`pyro_vae.train.compiled`.
     :returns: the history, one dict of metrics per epoch (``epoch``, ``loss`` (the objective's loss per
         datapoint: the same meaning for every objective), ``lr``, ``beta``, ``seconds``, ``images_per_second``,
         with ``val_data`` ``val_elbo``, ``val_rate``, ``val_distortion``, and after a rollback ``nan_events``: a
@@ -173,7 +180,7 @@ def fit(
         max_plate_nesting=max_plate_nesting, extra=config, on_nan=on_nan, nan_check_every=nan_check_every,
         max_rollbacks=max_rollbacks, distributed=distributed, num_threads=num_threads,
         direct_terms=deprecated_fast_path(fast_path, direct_terms, "fit"), data_plate=data_plate,
-        vectorize_particles=vectorize_particles)
+        vectorize_particles=vectorize_particles, compile=compile)
     hooks = [*callbacks, *([EpochFunction(on_epoch_end)] if on_epoch_end is not None else [])]
     return run_fit(vae, data, options, val_data=val_data, condition=condition, val_condition=val_condition,
                    data_scale=data_scale, callbacks=hooks, collate_fn=collate_fn)
@@ -202,6 +209,7 @@ def run_fit(vae: Any, data: Any, options: FitConfig, *, val_data: Any = None,
     # ---- device, processes, the run folder, seeds, data, parameters, optimizer: the state
     device = resolve_device(o.device)
     parallel = Parallel(o.distributed, device)
+    refuse_distributed(o.compile, parallel.enabled)
     parallel.check(d.train.first if d.train.first is not None else torch.tensor(float(n)), batch_size)
     ckpt_path = Path(o.checkpoint_dir) / CHECKPOINT_NAME if o.checkpoint_dir is not None else None
     with _run_folder(ckpt_path, parallel), torch_threads(resolve_threads(o.num_threads)):
@@ -223,10 +231,10 @@ def run_fit(vae: Any, data: Any, options: FitConfig, *, val_data: Any = None,
         if o.resume:
             state.resume(ckpt_path, o.lr, schedule, o.epochs)
         parallel.wrap(vae, params)
-        step = TrainStep(vae, loss_fn, optimizer, params, num_particles=o.num_particles,
-                         max_plate_nesting=max_plate_nesting, clip_norm=o.clip_norm, parallel=parallel,
-                         direct_terms=o.direct_terms, data_plate=o.data_plate,
-                         vectorize_particles=o.vectorize_particles)
+        step = (CompiledStep if o.compile else TrainStep)(
+            vae, loss_fn, optimizer, params, num_particles=o.num_particles, max_plate_nesting=max_plate_nesting,
+            clip_norm=o.clip_norm, parallel=parallel, direct_terms=o.direct_terms, data_plate=o.data_plate,
+            vectorize_particles=o.vectorize_particles)
         guard = NanGuard(o.on_nan, o.nan_check_every, o.max_rollbacks, parallel)
         steps = math.ceil(n / batch_size)
         if o.progress and parallel.rank == 0:

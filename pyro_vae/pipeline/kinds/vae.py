@@ -21,6 +21,8 @@ class VAEKind(RunKind):
     """A :class:`~pyro_vae.VAE` run: every option of the plain model (priors, flows, networks, likelihoods)."""
 
     name = "VAE"
+    #: its trainer is :func:`pyro_vae.fit`, which takes ``compile`` (``--compile``)
+    compiles = True
     fresh_folder = False
 
     def build(self, s: RunSettings, data: RunData, out: Path) -> Any:
@@ -54,7 +56,7 @@ class VAEKind(RunKind):
         num_threads = (1 if s.dataset in DATASET_DEFAULTS else "auto") if auto else int(s.num_threads)
         return dict(batch_size=self.batch_size(s, ctx.data), lr=float(s.lr), device=ctx.device, seed=s.seed,
                     progress=ctx.progress, checkpoint_dir=ctx.out, resume=ctx.resume,
-                    callbacks=self.callbacks(model, ctx), num_threads=num_threads)
+                    callbacks=self.callbacks(model, ctx), num_threads=num_threads, compile=bool(s.compile))
 
     def train(self, model: Any, ctx: RunContext) -> Any:
         from ...train import fit
