@@ -164,7 +164,8 @@ def _add_train(subparsers: Any) -> None:
     p.add_argument("--aux-loss-multiplier", type=float, default=None,
                    help="alpha of a --semi-supervised run's classification loss per labelled datapoint (default: 46)")
     p.add_argument("--labelled-passes", type=int, default=None,
-                   help="passes over the labelled datapoints per epoch of a --semi-supervised run (default: 1)")
+                   help="passes over the labelled datapoints per epoch of a --semi-supervised run (default: 10; "
+                        "Pyro's schedule: 1)")
     p.add_argument("--test-particles", type=int, default=None,
                    help="K of a --semi-supervised run's test log p(x) (IWAE, the label summed; default: 100)")
     p.add_argument("--aux-step", default=None, choices=("joint", "separate"),  # train.semi_supervised.AUX_STEPS

@@ -149,7 +149,7 @@ def test_the_run_options_reach_the_trainer(tmp_path):
         {"aux_step": "separate", "loss_scale": "sum", "adam_beta1": 0.5, "init_std": 0.002}
     state = load_checkpoint(tmp_path / "r" / "checkpoint.pt")["optimizer"]
     assert state["param_groups"][0]["betas"][0] == 0.5
-    unlabelled_batches, labelled_batches = 2, 1  # 300 in batches of 200, 50 in one
+    unlabelled_batches, labelled_batches = 2, 10  # 300 in batches of 200, 50 in one for each of 10 passes
     assert float(state["state"][0]["step"]) == 2 * (unlabelled_batches + labelled_batches)
     # the initialisation: the same seed without --init-std starts elsewhere
     s, out = run_settings({**options, "init_std": 0.002}, tmp_path / "x")
