@@ -57,13 +57,17 @@ def _slug(text: str) -> str:
 
 
 def run_cell(root: Path, labels: int, seed: int, variant: str, options: dict[str, Any], args: argparse.Namespace,
-             say: Any = print) -> dict[str, Any]:
-    """Train (or resume, or skip) one cell; returns its test metrics with the run's wall time."""
+             say: Any = print) -> dict[str, Any] | None:
+    """Train (or resume, or skip) one cell; returns its test metrics with the run's wall time (None: a cell not
+    finished, with ``--only-finished``)."""
     from pyro_vae.pipeline import train_run
 
     out = root / f"labels{labels}-{_slug(variant)}-seed{seed}"
     if (out / "test_metrics.json").is_file():
         say(f"{out.name}: finished, skipped")
+    elif args.only_finished:
+        say(f"{out.name}: not finished, left out of the table")
+        return None
     else:
         opts = {**BASE, **options, "labels": labels, "seed": seed, "epochs": args.epochs,
                 "num_unlabelled": args.num_unlabelled, "test_particles": args.test_particles,
@@ -138,7 +142,9 @@ def main(args: argparse.Namespace) -> dict[tuple[Any, str], list[dict[str, Any]]
     began = time.perf_counter()
     cells: dict[tuple[Any, str], list[dict[str, Any]]] = {}
     for labels, variant, options in plan:
-        cells[(labels, variant)] = [run_cell(root, labels, seed, variant, options, args) for seed in seeds]
+        runs = [run_cell(root, labels, seed, variant, options, args) for seed in seeds]
+        if any(r is not None for r in runs):
+            cells[(labels, variant)] = [r for r in runs if r is not None]
     by_labels = args.table == "labels"
     headers = ["labels" if by_labels else f"variant ({plan[0][0]} labels)", "seeds", "test accuracy, last epoch",
                "at the best valid epoch", "best epoch", "log p(x), label summed", "minutes per run"]
@@ -171,6 +177,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--data-root", default=None)
     p.add_argument("--device", default="cpu")
     p.add_argument("--write-docs", action="store_true", help="write the table into docs/results.md §5")
+    p.add_argument("--only-finished", action="store_true",
+                   help="train nothing: the table of the cells already finished (the others left out, and said)")
     p.add_argument("--smoke-test", action="store_true", help="digits, two variants, one tiny epoch")
     return p
 
