@@ -81,7 +81,8 @@ def time_all(x: torch.Tensor, repeats: int, number: int, seed: int) -> dict[str,
     return {name: {k: 1e6 * min(v) for k, v in t.items()} for name, t in times.items()}
 
 
-def profile_engine(x: torch.Tensor, calls: int, seed: int, top: int = 15) -> str:
+def _profiled_engine(x: torch.Tensor, calls: int, seed: int) -> cProfile.Profile:
+    """``calls`` forward passes of the engine (no gradient, after 10 untimed ones) under cProfile."""
     fn, _, _ = variants(x, seed)["engine"]
     with pyro.validation_enabled(False), torch.no_grad():
         for _ in range(10):
@@ -91,6 +92,11 @@ def profile_engine(x: torch.Tensor, calls: int, seed: int, top: int = 15) -> str
         for _ in range(calls):
             fn()
         prof.disable()
+    return prof
+
+
+def profile_engine(x: torch.Tensor, calls: int, seed: int, top: int = 15) -> str:
+    prof = _profiled_engine(x, calls, seed)
     out = io.StringIO()
     stats = pstats.Stats(prof, stream=out)
     stats.sort_stats("tottime").print_stats(top)
@@ -115,16 +121,7 @@ def profile_by_layer(x: torch.Tensor, calls: int, seed: int) -> dict[str, float]
     """The engine's forward pass (no gradient) under cProfile, its own time summed by layer: the share of each.
 
     :returns: layer -> fraction of the profiled time (the profiler inflates Python calls: shares, not times)."""
-    fn, _, _ = variants(x, seed)["engine"]
-    with pyro.validation_enabled(False), torch.no_grad():
-        for _ in range(10):
-            fn()
-        prof = cProfile.Profile()
-        prof.enable()
-        for _ in range(calls):
-            fn()
-        prof.disable()
-    stats = pstats.Stats(prof).stats  # type: ignore[attr-defined]
+    stats = pstats.Stats(_profiled_engine(x, calls, seed)).stats  # type: ignore[attr-defined]
     total = sum(v[2] for v in stats.values())
     shares: dict[str, float] = {}
     for (filename, _, _), v in stats.items():
