@@ -58,7 +58,8 @@ def main(args: argparse.Namespace) -> None:
                                       binarize=not args.grey, seed=args.seed, val_data=(x_valid, y_valid),
                                       progress=not args.smoke_test, time_limit=args.max_minutes * 60.0,
                                       labelled_passes=args.labelled_passes, aux_step=args.aux_step,
-                                      loss_scale=args.loss_scale, best_dir=best_dir)
+                                      loss_scale=args.loss_scale, best_dir=best_dir,
+                                      labelled_schedule=args.labelled_schedule)
         best = pyro_vae.load(best_dir, map_location=device)  # the model of the best validation accuracy
     ssvae.eval()
     accuracy, best_accuracy = ssvae.accuracy(x_test, y_test), best.accuracy(x_test, y_test)
@@ -99,6 +100,8 @@ if __name__ == "__main__":
                         help="the auxiliary loss in the bound's Adam update, or one of its own (Pyro's)")
     parser.add_argument("--loss-scale", default="mean", choices=("mean", "sum"),
                         help="each step's loss per datapoint, or summed (Pyro's)")
+    parser.add_argument("--labelled-schedule", default="interleaved", choices=("interleaved", "mixed"),
+                        help="labelled batches as steps of their own (Pyro's) or mixed into every unlabelled step")
     parser.add_argument("--adam-beta1", type=float, default=0.9, help="Adam's beta1 (Pyro's example: 0.95)")
     parser.add_argument("--init-std", type=float, default=None,
                         help="hidden layers' initial weights from N(0, std^2) (Pyro's example: 0.001)")

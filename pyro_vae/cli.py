@@ -174,6 +174,10 @@ def _add_train(subparsers: Any) -> None:
     p.add_argument("--loss-scale", default=None, choices=("mean", "sum"),  # train.semi_supervised.LOSS_SCALES
                    help="a --semi-supervised run's step loss per datapoint of its batch (mean, the default) or summed "
                         "(sum, Pyro's: a labelled datapoint then weighs as an unlabelled one)")
+    p.add_argument("--labelled-schedule", default=None, choices=("interleaved", "mixed"),
+                   help="a --semi-supervised run's labelled batches: steps of their own spread among the unlabelled "
+                        "ones (interleaved, Pyro's, the default) or joined to every unlabelled batch in one step "
+                        "(mixed, Kingma et al.'s mixed minibatches)")
     p.add_argument("--adam-beta1", type=float, default=None,
                    help="Adam's beta1 of a --semi-supervised run (default: 0.9; Pyro's example 0.95)")
     p.add_argument("--init-std", type=float, default=None,

@@ -185,10 +185,12 @@ class RunSettings:
     labelled_passes: int | None = None
     test_particles: int | None = None
     #: a semi-supervised run's training options (:func:`~pyro_vae.train.fit_semi_supervised`): the auxiliary loss in
-    #: the bound's Adam update or one of its own, each step's loss per datapoint or summed, Adam's beta1, and the
+    #: the bound's Adam update or one of its own, each step's loss per datapoint or summed, the labelled batches as
+    #: steps of their own or mixed into the unlabelled ones, Adam's beta1, and the
     #: standard deviation of the hidden layers' initial weights (None: torch's initialisation)
     aux_step: str | None = None
     loss_scale: str | None = None
+    labelled_schedule: str | None = None
     adam_beta1: float | None = None
     init_std: float | None = None
     #: a resumed run's model configuration (config.json's ``vae``), None for a new run

@@ -35,7 +35,8 @@ from .state import (
     save_checkpoint,
 )
 
-__all__ = ["fit_semi_supervised", "balanced_split", "init_hidden_normal_", "AUX_STEPS", "LOSS_SCALES"]
+__all__ = ["fit_semi_supervised", "balanced_split", "init_hidden_normal_", "AUX_STEPS", "LOSS_SCALES",
+           "LABELLED_SCHEDULES"]
 
 #: how the auxiliary classification loss is stepped: with the bound in one Adam update ("joint"), or in an Adam
 #: update of its own after the bound's on every batch, a zero gradient on unlabelled batches (so a momentum step),
@@ -46,7 +47,10 @@ AUX_STEPS = ("joint", "separate")
 #: visit weighs the same)
 LOSS_SCALES = ("mean", "sum")
 #: what a checkpoint written before these options trained with
-_LEGACY_SCHEDULE = {"aux_step": "joint", "loss_scale": "mean"}
+_LEGACY_SCHEDULE = {"aux_step": "joint", "loss_scale": "mean", "labelled_schedule": "interleaved"}
+#: how the labelled batches meet the unlabelled ones: as steps of their own spread among them ("interleaved",
+#: Pyro's), or joined to every unlabelled batch in one step ("mixed", Kingma et al.'s mixed minibatches)
+LABELLED_SCHEDULES = ("interleaved", "mixed")
 
 
 def init_hidden_normal_(module: torch.nn.Module, std: float) -> torch.nn.Module:
@@ -122,6 +126,7 @@ def fit_semi_supervised(
     aux_step: str = "joint",
     loss_scale: str = "mean",
     best_dir: str | os.PathLike[str] | None = None,
+    labelled_schedule: str = "interleaved",
 ) -> list[dict[str, Any]]:
     """Train an :class:`~pyro_vae.models.semi_supervised.SSVAE` on labelled and unlabelled data (Kingma et al.'s
     :math:`\\mathcal{J}^\\alpha`).
@@ -154,6 +159,10 @@ def fit_semi_supervised(
         own after the bound's on every batch, a momentum step on unlabelled ones: Pyro's; :data:`AUX_STEPS`).
     :param loss_scale: ``"mean"`` (each step's loss divided by its batch size) or ``"sum"`` (Pyro's; a labelled
         batch smaller than an unlabelled one then weighs less per step; :data:`LOSS_SCALES`).
+    :param labelled_schedule: ``"interleaved"`` (labelled batches of ``batch_size`` spread evenly among the
+        unlabelled ones, each its own step: Pyro's) or ``"mixed"`` (every step one unlabelled batch and its share of
+        the epoch's ``labelled_passes`` passes over the labelled data, in one loss: Kingma et al.'s mixed
+        minibatches; :data:`LABELLED_SCHEDULES`).
     :param best_dir: with ``val_data``, the model is saved there (``ssvae.save``) after every epoch whose validation
         accuracy beats all earlier ones (``pyro_vae.load(best_dir)`` gives the best-validation model; Pyro's
         tutorial reports the test accuracy of that epoch).
@@ -175,6 +184,8 @@ def fit_semi_supervised(
         raise ValueError("resume=True needs the checkpoint_dir to continue from")
     if aux_step not in AUX_STEPS:
         raise ValueError(f"aux_step must be one of {', '.join(AUX_STEPS)}, got {aux_step!r}")
+    if labelled_schedule not in LABELLED_SCHEDULES:
+        raise ValueError(f"labelled_schedule must be one of {', '.join(LABELLED_SCHEDULES)}, got {labelled_schedule!r}")
     if loss_scale not in LOSS_SCALES:
         raise ValueError(f"loss_scale must be one of {', '.join(LOSS_SCALES)}, got {loss_scale!r}")
     if best_dir is not None and val_data is None:
@@ -186,7 +197,7 @@ def fit_semi_supervised(
     # what a checkpoint must match to be continued: the data's sizes and the schedule
     data = {"labelled": int(x_labelled.shape[0]), "unlabelled": int(x_unlabelled.shape[0]),
             "batch_size": int(batch_size), "labelled_passes": int(labelled_passes), "aux_step": aux_step,
-            "loss_scale": loss_scale}
+            "loss_scale": loss_scale, "labelled_schedule": labelled_schedule}
     path = Path(checkpoint_dir) / CHECKPOINT_NAME if checkpoint_dir is not None else None
     history: list[dict[str, Any]] = []
     if path is not None:
@@ -211,27 +222,20 @@ def fit_semi_supervised(
         if time_limit is not None and time.perf_counter() - began > float(time_limit):
             break
         start = time.perf_counter()
-        unlabelled = torch.randperm(x_unlabelled.shape[0]).split(int(batch_size))
-        labelled = torch.randperm(x_labelled.shape[0]).split(int(batch_size))
-        if labelled_passes > 1:  # each labelled datapoint several times per epoch, reshuffled each time
-            labelled = tuple(idx for _ in range(int(labelled_passes))
-                             for idx in torch.randperm(x_labelled.shape[0]).split(int(batch_size)))
-        every = max(1, (len(unlabelled) + len(labelled)) // len(labelled))
-        schedule: list[tuple[str, torch.Tensor]] = [("unlabelled", idx) for idx in unlabelled]
-        for j, idx in enumerate(labelled):  # one labelled batch every `every` batches
-            schedule.insert(min(j * every, len(schedule)), ("labelled", idx))
+        schedule = _epoch_schedule(x_unlabelled.shape[0], x_labelled.shape[0], int(batch_size), int(labelled_passes),
+                                   labelled_schedule)
         # on the device, read once at the epoch's end: no host synchronisation per step
         sums = {k: torch.zeros((), device=device, dtype=torch.float64) for k in ("unlabelled", "labelled", "aux")}
-        for kind, idx in schedule:
-            if kind == "unlabelled":
-                x_batch, y_batch = x_unlabelled[idx], None
-            else:
-                x_batch, y_batch = x_labelled[idx], y_labelled[idx]
+        for step in schedule:
             # distributions validate their arguments on the run's first step only (as fit's): the checks read
             # every value on the host, a synchronisation per site and step
             with contextlib.nullcontext() if not validated else pyro.validation_enabled(False):
-                loss, aux, args = batch_loss(x_batch, y_batch)
-                scale = idx.numel() if loss_scale == "mean" else 1
+                parts = []  # (kind, loss, aux, args) of each batch of the step
+                for kind, idx in step:
+                    y_batch = None if kind == "unlabelled" else y_labelled[idx]
+                    parts.append((kind, *batch_loss((x_unlabelled if y_batch is None else x_labelled)[idx], y_batch)))
+                loss, aux = sum(p[1] for p in parts), sum(p[2] for p in parts)
+                scale = sum(idx.numel() for _, idx in step) if loss_scale == "mean" else 1
                 optimizer.zero_grad(set_to_none=True)
                 ((loss + aux if aux_step == "joint" else loss) / scale).backward()
                 if aux_step == "separate":  # Pyro's SVI leaves zero gradients, not None: every weight steps
@@ -240,12 +244,14 @@ def fit_semi_supervised(
                 if aux_step == "separate":  # Pyro's second SVI: an update of every weight, zero gradients unlabelled
                     for param in params:
                         param.grad = torch.zeros_like(param)
-                    if y_batch is not None:
-                        aux = ssvae.aux_loss(*args)
+                    labelled_args = [p[3] for p in parts if p[0] == "labelled"]
+                    if labelled_args:
+                        aux = sum(ssvae.aux_loss(*args) for args in labelled_args)
                         (aux / scale).backward()
                     optimizer.step()
             validated = True
-            sums[kind] += loss.detach()
+            for kind, part_loss, _, _ in parts:
+                sums[kind] += part_loss.detach()
             sums["aux"] += aux.detach()
         sums = dict(zip(sums, torch.stack(list(sums.values())).tolist()))  # the epoch's one synchronisation
         record = {"epoch": epoch + 1, "seconds": time.perf_counter() - start,
@@ -272,6 +278,28 @@ def fit_semi_supervised(
                      "history": [json.dumps(h) for h in history], "config": json.dumps({"lr": lr, **data})}
             save_checkpoint(state, history, path)
     return history
+
+
+def _epoch_schedule(num_unlabelled: int, num_labelled: int, batch_size: int, passes: int,
+                    how: str) -> list[list[tuple[str, torch.Tensor]]]:
+    """One epoch's steps, each a list of ``(kind, indices)`` batches: every unlabelled datapoint once in batches of
+    ``batch_size``, every labelled one ``passes`` times (reshuffled each pass), interleaved as steps of their own
+    (one labelled batch every ``every`` steps) or mixed into the unlabelled steps (the epoch's labelled stream cut
+    into as many shares as there are unlabelled batches). Draws from torch's global generator."""
+    unlabelled = torch.randperm(num_unlabelled).split(batch_size)
+    if how == "mixed":
+        stream = torch.cat([torch.randperm(num_labelled) for _ in range(passes)])
+        shares = torch.tensor_split(stream, len(unlabelled))
+        return [[("unlabelled", u)] + ([("labelled", share)] if share.numel() else [])
+                for u, share in zip(unlabelled, shares)]
+    labelled = torch.randperm(num_labelled).split(batch_size)
+    if passes > 1:  # each labelled datapoint several times per epoch, reshuffled each time
+        labelled = tuple(idx for _ in range(passes) for idx in torch.randperm(num_labelled).split(batch_size))
+    every = max(1, (len(unlabelled) + len(labelled)) // len(labelled))
+    schedule: list[list[tuple[str, torch.Tensor]]] = [[("unlabelled", idx)] for idx in unlabelled]
+    for j, idx in enumerate(labelled):  # one labelled batch every `every` batches
+        schedule.insert(min(j * every, len(schedule)), [("labelled", idx)])
+    return schedule
 
 
 def _fill_zero_grads(params: list[torch.Tensor]) -> None:

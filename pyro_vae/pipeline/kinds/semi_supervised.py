@@ -16,7 +16,7 @@ import torch
 
 from ... import datasets, distributed
 from ...runs import run_test_data
-from ...train.semi_supervised import AUX_STEPS, LOSS_SCALES
+from ...train.semi_supervised import AUX_STEPS, LABELLED_SCHEDULES, LOSS_SCALES
 from ..registry import register_kind
 from ..settings import EVALUATE_BATCH_SIZE, RunSettings, check_step_fits, run_splits
 from .base import RunContext, RunData, RunKind
@@ -32,16 +32,18 @@ SEMI_SUPERVISED_CLASSES = {"digits": 10, "mnist": 10, "fashion-mnist": 10}
 #: of :func:`~pyro_vae.train.fit_semi_supervised`
 SEMI_SUPERVISED_DEFAULTS: dict[str, Any] = {"labels": None, "num_unlabelled": None, "aux_loss_multiplier": 46.0,
                                             "labelled_passes": 10, "test_particles": 100, "aux_step": "joint",
-                                            "loss_scale": "mean", "adam_beta1": 0.9, "init_std": None}
+                                            "loss_scale": "mean", "adam_beta1": 0.9, "init_std": None,
+                                            "labelled_schedule": "interleaved"}
 #: the network and optimiser of a new semi-supervised run where not given: Kingma et al.'s and Pyro's example's
 #: (784-500-50 with softplus; Adam at 4.2e-4, batches of 200), not the plain VAE's
 NETWORK_DEFAULTS: dict[str, Any] = {"hidden_dims": [500], "latent_dim": 50, "activation": "softplus", "batch_size": 200,
                                     "lr": 4.2e-4}
 #: what a run written before an option existed trained with (a resumed run keeps it)
-_LEGACY = {"aux_step": "joint", "loss_scale": "mean", "adam_beta1": 0.9, "init_std": None}
+_LEGACY = {"aux_step": "joint", "loss_scale": "mean", "adam_beta1": 0.9, "init_std": None,
+           "labelled_schedule": "interleaved"}
 #: the options a resumed run keeps (its data and its schedule)
 _KEPT = ("labels", "num_unlabelled", "aux_loss_multiplier", "labelled_passes", "aux_step", "loss_scale", "adam_beta1",
-         "init_std")
+         "init_std", "labelled_schedule")
 #: the options a semi-supervised run refuses, with the one value (or the values) each may take (None: none)
 _NOT_SEMI_SUPERVISED: dict[str, Any] = {
     "two_stage": None, "layers": None, "stage2_epochs": None, "stage2_codes": None, "prior": "normal",
@@ -51,7 +53,7 @@ _NOT_SEMI_SUPERVISED: dict[str, Any] = {
 BEST_DIR = "best"
 #: the semi-supervised options stored in config.json's ``training`` (alpha is a model argument)
 _TRAINING = ("labels", "num_unlabelled", "labelled_passes", "test_particles", "aux_step", "loss_scale", "adam_beta1",
-             "init_std")
+             "init_std", "labelled_schedule")
 
 
 def _refuse_what_m2_lacks(given: dict[str, Any], who: str = "--semi-supervised") -> None:
@@ -135,7 +137,8 @@ class SemiSupervisedKind(RunKind):
         alpha = s.aux_loss_multiplier
         if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not math.isfinite(alpha) or alpha < 0:
             raise ValueError(f"--aux-loss-multiplier must be >= 0 and finite, got {alpha!r}")
-        for key, names in (("aux_step", AUX_STEPS), ("loss_scale", LOSS_SCALES)):
+        for key, names in (("aux_step", AUX_STEPS), ("loss_scale", LOSS_SCALES),
+                           ("labelled_schedule", LABELLED_SCHEDULES)):
             if getattr(s, key) not in names:
                 value = getattr(s, key)
                 raise ValueError(f"--{key.replace('_', '-')} must be one of {', '.join(names)}, got {value!r}")
@@ -238,6 +241,7 @@ class SemiSupervisedKind(RunKind):
                                       seed=s.seed, progress=False, on_epoch_end=on_epoch_end, labelled_passes=passes,
                                       checkpoint_dir=ctx.out, resume=ctx.resume, aux_step=s.aux_step,
                                       loss_scale=s.loss_scale, betas=(float(s.adam_beta1), 0.999),
+                                      labelled_schedule=s.labelled_schedule,
                                       best_dir=ctx.out / BEST_DIR)
         if logger is not None:
             logger.on_train_end(history)
