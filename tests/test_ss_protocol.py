@@ -129,6 +129,26 @@ def test_the_loss_scale_changes_how_labelled_and_unlabelled_steps_weigh():
         _fit(loss_scale="total")
 
 
+@pytest.mark.parametrize("passes", [1, 3])
+def test_a_mixed_schedule_joins_every_unlabelled_batch_with_its_share_of_the_labels(passes):
+    """Kingma et al.'s mixed minibatches: one step per unlabelled batch, the epoch's labelled passes cut into as many
+    shares, every labelled datapoint `passes` times; interleaved: labelled batches as steps of their own."""
+    from pyro_vae.train.semi_supervised import _epoch_schedule
+
+    torch.manual_seed(0)
+    mixed = _epoch_schedule(50, 7, 10, passes, "mixed")
+    assert len(mixed) == 5 and all(step[0][0] == "unlabelled" and step[0][1].numel() == 10 for step in mixed)
+    labels = torch.cat([idx for step in mixed for kind, idx in step if kind == "labelled"])
+    assert torch.equal(labels.bincount(minlength=7), torch.full((7,), passes))
+    assert all(len(step) == 2 for step in mixed)  # 7 * passes >= 5: every step has labels
+    interleaved = _epoch_schedule(50, 7, 10, passes, "interleaved")
+    assert len(interleaved) == 5 + passes and all(len(step) == 1 for step in interleaved)
+    labels = torch.cat([idx for step in interleaved for kind, idx in step if kind == "labelled"])
+    assert torch.equal(labels.bincount(minlength=7), torch.full((7,), passes))
+    with pytest.raises(ValueError, match="labelled_schedule must be one of interleaved, mixed"):
+        _fit(labelled_schedule="joined")
+
+
 def test_init_hidden_normal_draws_the_hidden_layers_and_keeps_the_output_layers():
     ssvae = init_hidden_normal_(_small(), 0.001)
     for net in (ssvae.encoder_y, ssvae.encoder_z, ssvae.decoder):
@@ -166,7 +186,8 @@ def base_run(tmp_path_factory):
 
 
 @pytest.mark.parametrize("option", [{"aux_step": "separate"}, {"loss_scale": "sum"}, {"adam_beta1": 0.5},
-                                    {"init_std": 0.01}, {"binarize": "no"}, {"labelled_passes": 2}])
+                                    {"init_std": 0.01}, {"binarize": "no"}, {"labelled_passes": 2},
+                                    {"labelled_schedule": "mixed"}])
 def test_each_run_option_changes_the_training(tmp_path, base_run, option):
     """The same seed and data with one option changed trains other weights (an option dropped on its way to the
     step would leave them equal)."""
