@@ -45,7 +45,6 @@ ABLATION: dict[str, dict[str, Any]] = {
     "labelled passes 50": {"labelled_passes": 50},
     "init std 0.001 and labelled passes 10": {"init_std": 0.001, "labelled_passes": 10},
     "mixed minibatches (Kingma)": {"labelled_schedule": "mixed"},
-    "mixed minibatches and init std 0.001": {"labelled_schedule": "mixed", "init_std": 0.001},
     "all of Pyro's settings": {"aux_step": "separate", "loss_scale": "sum", "adam_beta1": 0.95, "init_std": 0.001,
                                "binarize": "no"},
 }
