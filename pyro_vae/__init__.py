@@ -14,7 +14,7 @@ from ._version import __version__
 _LAZY = {"VAE": ".models", "HierarchicalVAE": ".models", "TwoStageVAE": ".models", "load": ".runs", "fit": ".train",
          "SSVAE": ".models", "fit_semi_supervised": ".train", "report": ".pipeline.reports"}
 _MODULES = ("datasets", "distributed", "infer", "likelihoods", "nets", "priors", "models", "train", "runs", "plots",
-            "io", "cli")
+            "drawing", "io", "cli")
 
 
 def __getattr__(name: str):  # noqa: ANN202 - module attribute hook

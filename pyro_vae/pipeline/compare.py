@@ -153,7 +153,8 @@ def compare_runs(runs: Iterable[str | os.PathLike[str]], out: str | os.PathLike[
         ``"ais_results"`` (``{name: AISResult}`` of the runs with AIS) and ``"written"`` (the files).
     :raises ValueError: before any work, see :func:`check_comparison`.
     """
-    from .. import infer, plots
+    from .. import drawing as plots
+    from .. import infer
 
     say = say or (lambda *a, **k: None)
     options = dict(num_particles=num_particles, num=num, chunk_size=chunk_size, ais_chains=ais_chains,

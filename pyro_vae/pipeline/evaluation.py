@@ -49,7 +49,7 @@ def evaluate_run(run: str | os.PathLike[str], *, num_particles: int = 5000, spli
         ``"ais_result"`` (or None), ``"latent_usage"`` and ``"written"`` (the files); ``{}`` on ranks other than 0.
     :raises ValueError: for bad options, before any work.
     """
-    from .. import plots
+    from .. import drawing as plots
 
     options = dict(num_particles=num_particles, split=split, num=num, batch_size=batch_size, chunk_size=chunk_size,
                    data_root=data_root, device=device, seed=seed, diagnostics=diagnostics, ais_steps=ais_steps,

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from ..checks import whole_number
-from ..plots import (
+from ..drawing import (
     gap_histogram,
     is_image_shape,
     k_curve,

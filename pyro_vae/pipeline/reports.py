@@ -150,7 +150,7 @@ def _table(headers: Iterable[str], rows: Iterable[Iterable[Any]], numeric_from: 
 
 def _figure(fig: Any, caption: str) -> str:
     """A matplotlib figure as an ``<img>`` with a PNG ``data:`` URI."""
-    from ..plots import figure_bytes
+    from ..drawing import figure_bytes
 
     data = base64.b64encode(figure_bytes(fig, "png")).decode("ascii")
     alt = _e(caption)
@@ -172,7 +172,7 @@ def _figures(items: list[str]) -> str:
 def _run_page(run: Path, data_root: Any, seed: int) -> tuple[str, str]:
     import json
 
-    from .. import plots
+    from .. import drawing as plots
 
     config = read_config(run)
     kind = get_kind(config.get("class", "VAE"))
@@ -236,7 +236,7 @@ def _model_section(run: Path, config: dict[str, Any], kind: Any, data_root: Any,
     """Samples, reconstructions of test datapoints and the latent space where it is 2-D."""
     import pyro
 
-    from .. import plots
+    from .. import drawing as plots
 
     try:
         vae, config = load_run(run, device="cpu")
@@ -267,7 +267,7 @@ def _model_section(run: Path, config: dict[str, Any], kind: Any, data_root: Any,
 
 
 def _evaluation_section(run: Path) -> str:
-    from .. import plots
+    from .. import drawing as plots
 
     evaluation = read_evaluation(run)
     if evaluation is None:
@@ -325,7 +325,7 @@ def _evaluation_section(run: Path) -> str:
 
 # ---------------------------------------------------------------------------------------------------- a comparison
 def _comparison_page(folder: Path) -> tuple[str, str]:
-    from .. import plots
+    from .. import drawing as plots
     from .compare import COMPARISON_FIGURES, difference_bars
 
     comparison, results = read_comparison(folder)

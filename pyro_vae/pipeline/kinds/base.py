@@ -191,7 +191,7 @@ class RunKind:
         """The figures written at the end of training (rank 0): samples and the training curves."""
         import pyro
 
-        from ...plots import save_samples, training_curves
+        from ...drawing import save_samples, training_curves
 
         pyro.set_rng_seed(ctx.settings.seed)
         reference = ctx.data.train[:2000] if ctx.data.train.dim() == 2 else None

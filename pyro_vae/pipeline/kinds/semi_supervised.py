@@ -268,7 +268,7 @@ class SemiSupervisedKind(RunKind):
     def figures(self, model: Any, history: Any, ctx: RunContext) -> list[Path]:
         import pyro
 
-        from ...plots import save_samples, training_curves
+        from ...drawing import save_samples, training_curves
 
         classes = SEMI_SUPERVISED_CLASSES[ctx.settings.dataset]
         pyro.set_rng_seed(ctx.settings.seed)

@@ -119,7 +119,7 @@ class TwoStageKind(VAEKind):
     def figures(self, model: Any, history: Any, ctx: RunContext) -> list[Path]:
         import pyro
 
-        from ...plots import image_grid, is_image_shape, training_curves
+        from ...drawing import image_grid, is_image_shape, training_curves
 
         if not is_image_shape(ctx.data.train.shape[1:]):
             return super().figures(model, history["stage1"], ctx)
