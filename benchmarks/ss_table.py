@@ -29,7 +29,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-from common import REPO_ROOT, command_line, machine_info, machine_markdown, markdown_table, utc_date
+from common import (
+    REPO_ROOT,
+    command_line,
+    machine_info,
+    machine_markdown,
+    markdown_table,
+    update_section,
+    utc_date,
+)
 
 #: the paper's network and Pyro's training settings, shared by every cell (the CLI's defaults for the kind)
 BASE = {"dataset": "mnist", "semi_supervised": True, "num_threads": 1}
@@ -109,20 +117,6 @@ def table_rows(cells: dict[tuple[Any, str], list[dict[str, Any]]], by_labels: bo
     return rows
 
 
-def write_section(name: str, body: str, path: Path = RESULTS_PATH) -> None:
-    """Replace the text between ``<!-- name:start -->`` and ``<!-- name:end -->`` of ``path`` (appended if new)."""
-    text = path.read_text()
-    start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
-    block = f"{start}\n{body.rstrip()}\n{end}"
-    if start in text and end in text:
-        text = text[: text.index(start)] + block + text[text.index(end) + len(end):]
-    else:
-        text = text.rstrip() + "\n\n" + block + "\n"
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
-
-
 def main(args: argparse.Namespace) -> dict[tuple[Any, str], list[dict[str, Any]]]:
     if args.smoke_test:
         args.table, args.labels, args.seeds, args.epochs, args.num_unlabelled = "ablation", "20", "0", 1, 200
@@ -161,7 +155,7 @@ def main(args: argparse.Namespace) -> dict[tuple[Any, str], list[dict[str, Any]]
                   f"{minutes:.0f} min in all (this call {(time.perf_counter() - began) / 60:.1f} min)")
         body = "\n".join([f"Command (resumable: finished cells are skipped): `{command_line()}`", "",
                           f"Date: {utc_date()}. Budget: {budget}.", "", machine_markdown(info), "", table])
-        write_section(f"ss-{args.table}", body)
+        update_section(f"ss-{args.table}", body, RESULTS_PATH)
     return cells
 
 

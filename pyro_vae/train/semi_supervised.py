@@ -242,8 +242,7 @@ def fit_semi_supervised(
                     _fill_zero_grads(params)
                 optimizer.step()
                 if aux_step == "separate":  # Pyro's second SVI: an update of every weight, zero gradients unlabelled
-                    for param in params:
-                        param.grad = torch.zeros_like(param)
+                    optimizer.zero_grad(set_to_none=False)  # every weight has a gradient since the fill above
                     labelled_args = [p[3] for p in parts if p[0] == "labelled"]
                     if labelled_args:
                         aux = sum(ssvae.aux_loss(*args) for args in labelled_args)
