@@ -5,12 +5,15 @@ tests copy (``copy_run``) instead of each training its own."""
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import io
 import os
 import random
 import shutil
+import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyro
@@ -51,6 +54,25 @@ def device(request):
     if request.param == "cuda" and not torch.cuda.is_available():
         pytest.skip("CUDA is not available")
     return torch.device(request.param)
+
+
+@pytest.fixture(scope="session")
+def benchmark_module() -> Callable[[str], Any]:
+    """``load(name)``: a script of ``benchmarks/`` imported as a module (its folder on the path while it loads, as
+    ``python benchmarks/NAME.py`` has it, so its own imports of ``common`` and the other scripts work)."""
+    bench = Path(__file__).resolve().parents[1] / "benchmarks"
+
+    def load(name: str) -> Any:
+        sys.path.insert(0, str(bench))
+        try:
+            spec = importlib.util.spec_from_file_location(name, bench / f"{name}.py")
+            assert spec is not None and spec.loader is not None
+            module = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(module)
+        finally:
+            sys.path.remove(str(bench))
+        return module
+    return load
 
 
 @pytest.fixture

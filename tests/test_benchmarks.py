@@ -37,9 +37,33 @@ def test_train_mnist_compares_whole_fit_calls_of_the_vae_and_a_users_pair(data_r
 @pytest.mark.filterwarnings("ignore")
 def test_profile_step_times_every_variant() -> None:
     out = _run("profile_step.py")
-    for name in ("reference", "engine", "engine, validated", "Trace_ELBO", "library VAE"):
+    for name in ("reference", "engine", "engine, validated", "Trace_ELBO", "library VAE", "Pyro floor"):
         assert f"{name} " in out
     assert "tottime" in out
+
+
+def test_the_pyro_floor_is_the_engines_loss_with_less_work(benchmark_module) -> None:
+    """profile_step's floor computes what the engine computes for the user's pair: the same loss and gradients
+    for the same draws, so its time is a like-for-like bound."""
+    import pyro
+
+    module = benchmark_module("profile_step")
+    import torch
+    from train_mnist import INPUT_DIM, UserPair  # imported by profile_step
+
+    from pyro_vae.infer.objectives import elbo
+    from pyro_vae.infer.weights import terms_producer
+
+    torch.manual_seed(0)
+    pair, x = UserPair(), torch.bernoulli(torch.rand(7, INPUT_DIM))
+    params = list(pair.parameters())
+    pyro.set_rng_seed(3)
+    floor = module.floor_loss(pair.model, pair.guide, x)
+    pyro.set_rng_seed(3)
+    engine = elbo(terms_producer(pair.model, pair.guide, x, max_plate_nesting=1))
+    assert torch.allclose(floor, engine, rtol=1e-5)
+    for a, b in zip(torch.autograd.grad(floor, params), torch.autograd.grad(engine, params)):
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-5)
 
 
 def test_priors_reproduction_runs_every_row(data_root: Path) -> None:

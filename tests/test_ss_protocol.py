@@ -251,23 +251,92 @@ def test_a_checkpoint_written_before_the_options_resumes_with_its_schedule(tmp_p
         _fit(folder, epochs=3, resume=True, aux_step="separate")
 
 
-def test_the_table_runner_skips_finished_cells(tmp_path, capsys):
+def test_the_table_runner_skips_finished_cells(tmp_path, capsys, benchmark_module):
     """benchmarks/ss_table.py: a second call skips the finished cells and gives the same table."""
-    import importlib.util
-    import sys
-
-    bench = Path(__file__).resolve().parent.parent / "benchmarks"
-    sys.path.insert(0, str(bench))
-    try:
-        spec = importlib.util.spec_from_file_location("ss_table", bench / "ss_table.py")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        argv = ["--smoke-test", "--root", str(tmp_path)]
-        first = module.main(module.parser().parse_args(argv))
-        second = module.main(module.parser().parse_args(argv))
-    finally:
-        sys.path.remove(str(bench))
+    module = benchmark_module("ss_table")
+    argv = ["--smoke-test", "--root", str(tmp_path)]
+    first = module.main(module.parser().parse_args(argv))
+    second = module.main(module.parser().parse_args(argv))
     out = capsys.readouterr().out
     assert out.count("finished, skipped") == 2 and out.count("started") == 2
     assert [[r["accuracy"] for r in runs] for runs in first.values()] == \
         [[r["accuracy"] for r in runs] for runs in second.values()]
+
+
+#: a stand-in for Pyro's examples/vae: what benchmarks/pyro_ss_m2.py imports and calls of ss_vae_M2.py, writing the
+#: log lines Pyro's main writes (the accuracies from the loaders it was given, so the glue is checked end to end)
+_PYRO_STAND_IN = '''
+from utils.custom_mlp import MLP, Exp
+from utils.mnist_cached import MNISTCached, mkdir_p, setup_data_loaders
+from utils.vae_plots import mnist_test_tsne_ssvae, plot_conditional_samples_ssvae
+from visdom import Visdom
+from pyro.contrib.examples.util import print_and_log
+
+
+def main(args):
+    import pyro
+    import torch
+
+    # Pyro's main registers its networks in the global param store: a cell must start with an empty one
+    assert not list(pyro.get_param_store().keys()), "a parameter of the previous cell is still in the store"
+    pyro.param("ss_vae$$$w", torch.zeros(1))
+    loaders = setup_data_loaders(MNISTCached, args.cuda, args.batch_size, sup_num=args.sup_num)
+    sizes = {k: sum(x.shape[0] for x, _ in v) for k, v in loaders.items()}
+    logger = open(args.logfile, "w")
+    best = (0.0, 0.0)
+    for i in range(args.num_epochs):
+        valid, test = (i + 1) / 100 + sizes["unsup"] / 1e6, sizes["test"] / 1e6 + args.seed / 10
+        if valid > best[0]:
+            best = (valid, test)
+        print_and_log(logger, f"{i} epoch: avg losses 1.0 2.0 3.0 0.0 validation accuracy {valid} test accuracy {test}")
+    print_and_log(logger, f"best validation accuracy {best[0]} corresponding testing accuracy {best[1]} "
+                          f"last testing accuracy {test}")
+    logger.close()
+'''
+
+
+def test_pyro_side_by_side_gets_the_runs_split(benchmark_module):
+    """benchmarks/pyro_ss_m2.py hands Pyro's program the split of a pyro-vae run of the same seed: the same labelled
+    images with their labels, the same unlabelled ones, the validation split apart, grey levels, one-hot labels."""
+    script = benchmark_module("pyro_ss_m2")
+    split = script.pyro_split(50, 3, 300, None, dataset="digits")
+    s, _ = run_settings({**TINY, "seed": 3, "binarize": "no"}, "unused")
+    s, data = SemiSupervisedKind().read_data(s, Path("unused"), False)
+    lab, unlab = data.extra["labelled"], data.extra["unlabelled"]
+    x_sup, y_sup = split["sup"]
+    assert torch.equal(x_sup, data.train[lab].reshape(50, -1))
+    assert torch.equal(y_sup.argmax(1), data.labels["train"][lab]) and torch.equal(y_sup.sum(1), torch.ones(50))
+    assert torch.bincount(y_sup.argmax(1), minlength=10).tolist() == [5] * 10
+    assert torch.equal(split["unsup"][0], data.train[unlab].reshape(300, -1))
+    assert torch.equal(split["valid"][0], data.valid.reshape(data.valid.shape[0], -1))
+    assert torch.equal(split["test"][1].argmax(1), data.labels["test"])
+    assert 0 <= float(split["unsup"][0].min()) and float(split["unsup"][0].max()) <= 1
+    assert not (((split["unsup"][0] == 0) | (split["unsup"][0] == 1)).all())  # grey levels, as Pyro's loader
+    other = script.pyro_split(50, 4, 300, None, dataset="digits")  # another seed, another split
+    assert not torch.equal(other["sup"][0], x_sup)
+
+
+def test_pyro_side_by_side_runs_the_program_and_skips_finished_cells(tmp_path, capsys, benchmark_module):
+    """The program is read from the folder given, its data loading replaced by the run's split, its log parsed into
+    result.json (last, best-validation test accuracy and epoch); a finished cell is skipped; a folder without the
+    program is refused naming it."""
+    examples = tmp_path / "examples" / "vae"
+    (examples / "utils").mkdir(parents=True)
+    (examples / "utils" / "__init__.py").write_text("")
+    (examples / "utils" / "custom_mlp.py").write_text("MLP = Exp = object\n")
+    (examples / "ss_vae_M2.py").write_text(_PYRO_STAND_IN)
+    script = benchmark_module("pyro_ss_m2")
+    argv = ["--pyro-examples", str(examples), "--dataset", "digits", "--labels", "50", "--seeds", "0,1",
+            "--epochs", "3", "--num-unlabelled", "300", "--root", str(tmp_path / "cells")]
+    rows = script.main(script.parser().parse_args(argv))
+    result = json.loads((tmp_path / "cells" / "labels50-seed1" / "result.json").read_text())
+    assert result["num_unlabelled"] == 300 and result["best_epoch"] == 3 and len(result["history"]) == 3
+    assert result["best_val_accuracy"] == pytest.approx(0.03 + 300 / 1e6)
+    assert result["accuracy"] == result["best_accuracy"] == pytest.approx(script.pyro_split(
+        50, 1, 300, None, "digits")["test"][0].shape[0] / 1e6 + 0.1)
+    assert rows[0][:3] == [50, "Pyro's ss_vae_M2.py (its example run's settings)", 2]
+    again = script.main(script.parser().parse_args(argv))
+    assert again == rows and capsys.readouterr().out.count("finished, skipped") == 2
+    (examples / "ss_vae_M2.py").unlink()
+    with pytest.raises(SystemExit, match="no ss_vae_M2.py"):
+        script.main(script.parser().parse_args(argv[:-2] + ["--root", str(tmp_path / "other")]))
