@@ -39,7 +39,7 @@ from typing import Any, Callable
 
 import pyro
 import torch
-from common import command_line, machine_info, machine_markdown, markdown_table, update_section, utc_date
+from common import REPO_ROOT, command_line, machine_info, machine_markdown, markdown_table, update_section, utc_date
 from pyro.poutine.messenger import Messenger
 from pyro.poutine.util import site_is_subsample
 from train_mnist import HIDDEN_DIMS, INPUT_DIM, LATENT_DIM, ReferenceVAE, UserPair
@@ -149,7 +149,13 @@ def profile_engine(x: torch.Tensor, calls: int, seed: int, top: int = 15) -> str
     stats.sort_stats("tottime").print_stats(top)
     lines = [line for line in out.getvalue().splitlines() if line.strip()]
     start = next(i for i, line in enumerate(lines) if line.lstrip().startswith("ncalls"))
-    return "\n".join(line.replace(str(sys.prefix), "<venv>") for line in lines[start:start + top + 1])
+    places = ((str(sys.prefix), "<venv>"), (str(REPO_ROOT), "<repo>"), (str(sys.base_prefix), "<python>"))
+
+    def anonymous(line: str) -> str:  # no path of this machine on the page
+        for path, name in places:
+            line = line.replace(path, name)
+        return line
+    return "\n".join(anonymous(line) for line in lines[start:start + top + 1])
 
 
 def _owner(filename: str) -> str:
@@ -223,8 +229,10 @@ the reference's step time over each variant's. `Pyro floor` runs the user's pair
 handler (record the sites, replay the guide's values) and sums the sites' `log_prob`: the least any engine
 that runs the user's program through Pyro's primitives can do (a test checks it computes the engine's loss and
 gradients for the same draws). Here it reaches {floor_speed:.3f}x the reference's speed, so Pyro's own
-machinery costs a step {floor_cost:,.0f} µs whatever the engine does; the engine reaches {engine_speed:.3f}x, its
-own share {engine_cost:,.0f} µs a step (per-datapoint terms, the checks of scales, masks and enumeration).
+machinery costs a step {floor_cost:,.0f} µs whatever the engine does; the engine reaches {engine_speed:.3f}x,
+{abs(engine_cost):,.0f} µs a step {"slower" if engine_cost > 0 else "faster"} than the floor (its own share: the
+per-datapoint terms, the checks of scales, masks and enumeration; differences of a few percent between two
+variants are within this shared machine's noise).
 
 What the profile said, and what was done about it: validation (checking every pixel against the Bernoulli
 support and every parameter against its constraint, each step) cost the most, so `fit` validates the first step

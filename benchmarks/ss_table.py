@@ -56,7 +56,9 @@ ABLATION: dict[str, dict[str, Any]] = {
     "labelled passes 10": {"labelled_passes": 10},
     "labelled passes 50": {"labelled_passes": 50},
     "init std 0.001 and labelled passes 10": {"init_std": 0.001, "labelled_passes": 10},
-    "mixed minibatches (Kingma), labelled passes 10": {"labelled_schedule": "mixed", "labelled_passes": 10},
+    "mixed minibatches (Kingma) and labelled passes 10": {"labelled_schedule": "mixed", "labelled_passes": 10},
+    "latent 10 and labelled passes 10": {"labelled_passes": 10, "latent_dim": 10},
+    "latent 5 and labelled passes 10": {"labelled_passes": 10, "latent_dim": 5},
     "all of Pyro's settings": {"aux_step": "separate", "loss_scale": "sum", "adam_beta1": 0.95, "init_std": 0.001,
                                "binarize": "no"},
 }
