@@ -5,9 +5,10 @@ Every cell is one run folder of ``pyro-vae train --semi-supervised`` (:func:`pyr
 first 50,000 training digits give the labelled and the unlabelled ones, the last 10,000 the validation split;
 each run reports the test accuracy at its last epoch and at its best validation epoch (its model kept in
 ``best/``) and ``log p(x)`` with the label summed (IWAE). A finished cell (its ``test_metrics.json``) is skipped, an
-unfinished one resumed, so the CPU hours can be spread over several calls, and a GPU, where there is one, can fill
-the table. ``--write-docs`` writes the table (mean ± sd over the seeds of each row) into its section of
-``docs/results.md`` with the command, the date, the machine and the budget.
+unfinished one resumed, and a finished one of fewer epochs than ``--epochs`` extended (resumed to the new budget), so
+the CPU hours can be spread over several calls, and a GPU, where there is one, can fill the table. ``--write-docs``
+writes the table (mean ± sd over the seeds of each row) into its section of ``docs/results.md`` with the command,
+the date, the machine and the budget.
 
 Two tables: ``--table ablation`` (100 labels, the variants of :data:`ABLATION`, one option changed from today's
 defaults each, at a reduced budget) and ``--table labels`` (the numbers of labels of Pyro's tutorial with the
@@ -71,6 +72,13 @@ def _slug(text: str) -> str:
     return "".join(c if c.isalnum() else "-" for c in text.lower()).strip("-")
 
 
+def _trained_epochs(out: Path) -> int:
+    """The epochs of a finished cell (0 when it is not finished): a cell of a smaller budget is extended."""
+    if not (out / "test_metrics.json").is_file():
+        return 0
+    return int(json.loads((out / "config.json").read_text())["training"]["epochs"])
+
+
 def run_cell(root: Path, labels: int, seed: int, variant: str, options: dict[str, Any], args: argparse.Namespace,
              say: Any = print) -> dict[str, Any] | None:
     """Train (or resume, or skip) one cell; returns its test metrics with the run's wall time (None: a cell not
@@ -78,7 +86,7 @@ def run_cell(root: Path, labels: int, seed: int, variant: str, options: dict[str
     from pyro_vae.pipeline import train_run
 
     out = root / f"labels{labels}-{_slug(variant)}-seed{seed}"
-    if (out / "test_metrics.json").is_file():
+    if _trained_epochs(out) >= args.epochs:
         say(f"{out.name}: finished, skipped")
     elif args.only_finished:
         say(f"{out.name}: not finished, left out of the table")
@@ -88,7 +96,8 @@ def run_cell(root: Path, labels: int, seed: int, variant: str, options: dict[str
                 "num_unlabelled": args.num_unlabelled, "test_particles": args.test_particles,
                 "data_root": args.data_root, "device": args.device}
         resume = (out / "checkpoint.pt").is_file()
-        say(f"{out.name}: {'resumed' if resume else 'started'} ({json.dumps(options) if options else 'defaults'})")
+        how = "started" if not resume else "extended" if _trained_epochs(out) else "resumed"
+        say(f"{out.name}: {how} ({json.dumps(options) if options else 'defaults'}, {args.epochs} epochs)")
         t0 = time.perf_counter()
         train_run(opts, out, resume=resume, progress=False, say=lambda *a, **k: None)
         with open(out / "wall_seconds.txt", "a") as f:

@@ -340,3 +340,25 @@ def test_pyro_side_by_side_runs_the_program_and_skips_finished_cells(tmp_path, c
     (examples / "ss_vae_M2.py").unlink()
     with pytest.raises(SystemExit, match="no ss_vae_M2.py"):
         script.main(script.parser().parse_args(argv[:-2] + ["--root", str(tmp_path / "other")]))
+
+
+def test_the_table_runner_extends_a_cell_to_a_larger_budget(tmp_path, capsys, benchmark_module):
+    """benchmarks/ss_table.py: a finished cell asked for more epochs is resumed to them (its first epochs kept),
+    then skipped at that budget."""
+    import argparse
+
+    module = benchmark_module("ss_table")
+    module.BASE.update(dataset="digits", hidden_dims="32", latent_dim=4)
+    args = argparse.Namespace(epochs=1, num_unlabelled=200, test_particles=2, data_root=None, device="cpu",
+                              only_finished=False)
+    module.run_cell(tmp_path, 20, 0, "defaults", {}, args)
+    cell = tmp_path / "labels20-defaults-seed0"
+    first = [json.loads(line) for line in (cell / "metrics.jsonl").read_text().splitlines()]
+    args.epochs = 2
+    module.run_cell(tmp_path, 20, 0, "defaults", {}, args)
+    module.run_cell(tmp_path, 20, 0, "defaults", {}, args)
+    out = capsys.readouterr().out
+    assert [line.split(":")[1].split()[0] for line in out.splitlines()] == ["started", "extended", "finished,"]
+    assert json.loads((cell / "config.json").read_text())["training"]["epochs"] == 2
+    after = [json.loads(line) for line in (cell / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in after] == [1, 2] and after[0] == first[0]
