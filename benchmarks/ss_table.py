@@ -174,7 +174,7 @@ def main(args: argparse.Namespace) -> dict[tuple[Any, str], list[dict[str, Any]]
         body = "\n".join([f"Command (resumable: finished cells are skipped): `{command_line()}`", "",
                           f"Date: {utc_date()}. Budget: {budget}.", "", machine_markdown(info), "", table])
         variant = "" if args.table == "ablation" or args.variant == "defaults" else f"-{_slug(args.variant)}"
-        update_section(f"ss-{args.table}{variant}", body, RESULTS_PATH)
+        update_section(args.section or f"ss-{args.table}{variant}", body, RESULTS_PATH)
     return cells
 
 
@@ -193,6 +193,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--data-root", default=None)
     p.add_argument("--device", default="cpu")
     p.add_argument("--write-docs", action="store_true", help="write the table into docs/results.md §5")
+    p.add_argument("--section", default=None,
+                   help="the section of docs/results.md to write (default: ss-TABLE, and the variant's name)")
     p.add_argument("--only-finished", action="store_true",
                    help="train nothing: the table of the cells already finished (the others left out, and said)")
     p.add_argument("--smoke-test", action="store_true", help="digits, two variants, one tiny epoch")
