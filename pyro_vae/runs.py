@@ -44,8 +44,8 @@ from .train.state import check_checkpoint
 
 __all__ = ["CONFIG_NAME", "MODEL_DIR", "TEST_METRICS_NAME", "EVALUATION_NAME", "read_config", "write_config",
            "read_metrics", "read_evaluation", "load_run", "load", "model_for_resume", "run_test_data",
-           "checkpoint_weights", "EVALUATION_VALUES_NAME", "write_evaluation_values", "read_evaluation_values",
-           "values_state", "values_from_state"]
+           "binarizes_test_data", "checkpoint_weights", "EVALUATION_VALUES_NAME", "write_evaluation_values",
+           "read_evaluation_values", "values_state", "values_from_state"]
 
 #: what ``pyro-vae evaluate`` writes into the run folder
 EVALUATION_NAME = "evaluation.json"
@@ -321,11 +321,17 @@ def run_test_data(config: dict[str, Any], *, split: str | None = None, num: int 
         x = datasets.load(config["dataset"], split, root=root)
     if num is not None:
         x, y = x[: int(num)], None if y is None else y[: int(num)]
-    # binarized data, or grey levels taken as Bernoulli targets (whose log p(x) is that of binarized data); binary
-    # data are their own binarization
-    if config.get("training", {}).get("binarize") or (config.get("vae") or {}).get("likelihood") == "bernoulli":
+    if binarizes_test_data(config):
         x = datasets.binarize(x, torch.Generator().manual_seed(int(seed)))
     return x.to(device), y
+
+
+def binarizes_test_data(config: dict[str, Any]) -> bool:
+    """Whether a run's test data are binarized (:func:`run_test_data`): it trained on dynamically binarized data, or
+    on grey levels as the targets of a Bernoulli likelihood (whose log p(x) is that of binarized data); binary data
+    are their own binarization."""
+    bernoulli = (config.get("vae") or {}).get("likelihood") == "bernoulli"
+    return bool(config.get("training", {}).get("binarize")) or bernoulli
 
 
 def load(folder: str | os.PathLike[str], map_location: str | torch.device = "cpu") -> Any:

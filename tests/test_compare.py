@@ -147,8 +147,13 @@ def test_refusals_come_before_any_work_and_name_the_runs(three_runs, tmp_path):
     refused([a, b], "--allow everything: unknown", allow=["everything"])
     other_split = _copy(b, tmp_path / "valid-split", splits={"test": "valid"})
     refused([a, other_split], r"different data.*elbo: digits test split.*valid-split: digits valid split")
-    grey = _copy(b, tmp_path / "grey", training={"binarize": False})
+    grey = _copy(b, tmp_path / "grey", training={"binarize": False}, vae={"likelihood": "gaussian"})
     refused([a, grey], r"different data.*grey: digits test split\b(?!, binarized)")
+    # grey levels as Bernoulli targets: evaluated on the binarized test points (run_test_data), the same data as a
+    # binarized run, so compared
+    bernoulli = _copy(b, tmp_path / "grey-bernoulli", training={"binarize": False})
+    assert len(check_comparison([a, bernoulli], ais_steps=0, num_particles=K, num=N, chunk_size=None,
+                                ais_chains=4, batch_size=BATCH)) == 2
     labelled = _copy(b, tmp_path / "ss", **{"class": "SSVAE"})
     refused([a, labelled], r"ss measure log p\(x\) with the label summed.*elbo plain log p\(x\).*--allow label-summed")
     checked = check_comparison([a, labelled], allow=["label-summed"], ais_steps=5, num_particles=K, num=N,

@@ -35,6 +35,7 @@ from .._version import __version__
 from ..io import RunLocked, atomic_save, load_tensors, lock_held, write_json
 from ..runs import (
     EVALUATION_VALUES_NAME,
+    binarizes_test_data,
     read_config,
     read_evaluation,
     read_evaluation_values,
@@ -112,7 +113,7 @@ def check_comparison(runs: Iterable[str | os.PathLike[str]], *, split: str | Non
     groups: dict[tuple[Any, ...], list[str]] = {}
     for r in checked:
         data = (r.config["dataset"], split or r.config.get("splits", {}).get("test", "test"),
-                bool(r.config.get("training", {}).get("binarize")))
+                binarizes_test_data(r.config))
         groups.setdefault(data, []).append(r.name)
     if len(groups) > 1:
         described = "; ".join(f"{', '.join(members)}: {d[0]} {d[1]} split"
