@@ -124,8 +124,8 @@ def other_demand() -> float:
     :raises OSError: where ``/proc`` cannot be read.
     """
     readings = []
+    own = _own_processes()  # one walk of the process tree for the readings (a check costs it once)
     for _ in range(READINGS):
-        own = _own_processes()
         before = sum(_runnable_threads(pid) for pid in own)
         total = _system_runnable()
         after = sum(_runnable_threads(pid) for pid in own)

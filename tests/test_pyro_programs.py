@@ -220,3 +220,27 @@ def test_a_data_plate_that_names_no_plate_is_refused_before_any_work():
         pyro_vae.fit(vae, torch.rand(20, 8).round(), epochs=1, batch_size=10, data_plate=PLATE, progress=False,
                      device="cpu")
     assert _unchanged(pair, before)
+
+
+def test_log_likelihood_traces_a_model_class_with_direct_terms_only_when_it_needs_to(monkeypatch):
+    """A validation step calls log_likelihood every batch: a model class's direct terms with the default data plate
+    and a given plate nesting take no extra trace; a user's own pair is traced once a call, its plate checked."""
+    from pyro_vae.infer import evaluate
+
+    traced = []
+    original = evaluate.plate_layout
+
+    def counted(*args, **kwargs):
+        traced.append(1)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(evaluate, "plate_layout", counted)
+    torch.manual_seed(0)
+    vae, x = pyro_vae.VAE((6,), latent_dim=2, hidden_dims=(4,)), torch.rand(8, 6).round()
+    infer.log_likelihood(vae.model, vae.guide, x, num_particles=3, batch_size=4, max_plate_nesting=1, progress=False)
+    assert traced == []
+    infer.log_likelihood(vae.model, vae.guide, x, num_particles=3, batch_size=4, progress=False)
+    assert traced == [1]
+    with pytest.raises(ValueError, match="names no plate"):
+        infer.log_likelihood(vae.model, vae.guide, x, num_particles=3, batch_size=4, max_plate_nesting=1,
+                             data_plate="rows", progress=False)

@@ -362,3 +362,20 @@ def test_the_table_runner_extends_a_cell_to_a_larger_budget(tmp_path, capsys, be
     assert json.loads((cell / "config.json").read_text())["training"]["epochs"] == 2
     after = [json.loads(line) for line in (cell / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in after] == [1, 2] and after[0] == first[0]
+
+
+@pytest.mark.parametrize("aux_step", ["joint", "separate"])
+def test_the_auxiliary_loss_is_computed_once_per_labelled_batch(monkeypatch, aux_step):
+    """The classifier's loss runs once per labelled batch and step: in the joint update, or (separate) after the
+    bound's update only, never also beside the bound where it would be thrown away."""
+    calls = []
+    original = SSVAE.aux_loss
+
+    def counted(self, *args, **kwargs):
+        calls.append(1)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(SSVAE, "aux_loss", counted)
+    _fit(epochs=1, aux_step=aux_step)
+    # 3 labelled datapoints in batches of 6: one labelled batch an epoch (one pass), validation does not call it
+    assert len(calls) == 1

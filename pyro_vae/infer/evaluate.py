@@ -38,7 +38,7 @@ from .batches import BatchedArgs, _batch, _check_data, _placement, first_transfo
 from .chunking import particles_per_chunk
 from .replicates import replicate_stderr
 from .results import PerDatapointSummary, standard_error
-from .weights import check_data_plate, plate_layout, terms_producer
+from .weights import check_data_plate, direct_terms_owner, plate_layout, terms_producer
 
 if TYPE_CHECKING:  # pragma: no cover
     from .annealing import AISOptions, AISResult
@@ -355,11 +355,14 @@ def log_likelihood(
         else:
             args = first_transformed(batched.slice(starts[b], starts[b] + batch_size), transform, "transform")
         x, size = args[0], min(batch_size, n - starts[b])
-        if not checked:  # the data plate and the plate nesting, from one trace of the first batch
+        # the data plate and the plate nesting, from one trace of the first batch; a model class's direct terms
+        # with the default plate and a given nesting need neither (a validation step calls this every batch)
+        if not checked and (max_plate_nesting is None or data_plate != "data"
+                            or not direct_terms_owner(model, guide)):
             nesting, plates = plate_layout(model, guide, *args)
             check_data_plate(data_plate, plates)
             max_plate_nesting = nesting if max_plate_nesting is None else max_plate_nesting
-            checked = True
+        checked = True
         # one producer per batch: every chunk scores the same datapoints (one subsample of a subsampled plate)
         produce = terms_producer(model, guide, *args, max_plate_nesting=max_plate_nesting, data_plate=data_plate,
                                  vectorize_particles=vectorize_particles)

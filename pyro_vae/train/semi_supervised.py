@@ -206,14 +206,15 @@ def fit_semi_supervised(
             history = _resume(path, ssvae, optimizer, lr, data)
 
     def batch_loss(x: torch.Tensor, y: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, tuple]:
-        """The objective's loss of a batch (summed), for a labelled one its auxiliary loss, and the batch's
-        arguments of the model (on the device, binarized)."""
+        """The objective's loss of a batch (summed), for a labelled one its auxiliary loss in the joint step (zero
+        otherwise: the separate step computes it after the bound's update), and the batch's arguments of the model
+        (on the device, binarized)."""
         x = x.to(device)
         if binarize:
             x = torch.bernoulli(x)
         args = (x,) if y is None else (x, y.to(device))
         produce = terms_producer(ssvae.model, ssvae.guide, *args, max_plate_nesting=1)
-        aux = ssvae.aux_loss(*args) if y is not None else x.new_zeros(())
+        aux = ssvae.aux_loss(*args) if y is not None and aux_step == "joint" else x.new_zeros(())
         return loss_fn(produce, num_particles=num_particles), aux, args
 
     began = time.perf_counter()
