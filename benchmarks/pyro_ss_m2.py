@@ -42,6 +42,8 @@ import torch
 from common import command_line, machine_info, machine_markdown, markdown_table, update_section, utc_date
 from ss_table import RESULTS_PATH, TUTORIAL, _mean_sd, _slug
 
+from pyro_vae.io import write_json
+
 #: Pyro's example run (EXAMPLE_RUN in ss_vae_M2.py), the settings of its tutorial
 PYRO_SETTINGS = {"aux_loss": True, "aux_loss_multiplier": 46.0, "enum_discrete": "parallel", "z_dim": 50,
                  "hidden_layers": [500], "learning_rate": 0.00042, "beta_1": 0.95, "batch_size": 200,
@@ -159,9 +161,7 @@ def run_cell(root: Path, labels: int, seed: int, args: argparse.Namespace) -> di
               "accuracy": last_test, "best_accuracy": best_test, "best_val_accuracy": best_valid,
               "best_epoch": best_epoch, "minutes": minutes,
               "history": [{"epoch": int(e) + 1, "val_accuracy": float(v), "accuracy": float(t)} for e, v, t in epochs]}
-    tmp = result_path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(result, indent=2))
-    tmp.replace(result_path)
+    write_json(result, result_path)
     return result
 
 

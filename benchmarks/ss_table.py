@@ -151,7 +151,7 @@ def main(args: argparse.Namespace) -> dict[tuple[Any, str], list[dict[str, Any]]
         if args.variant not in ABLATION:
             raise SystemExit(f"unknown variant {args.variant!r}; the variants are: {', '.join(ABLATION)}")
         plan = [(int(n), args.variant, ABLATION[args.variant]) for n in str(args.labels).split(",")]
-    info = machine_info()
+    info = machine_info(threads=BASE["num_threads"])
     began = time.perf_counter()
     cells: dict[tuple[Any, str], list[dict[str, Any]]] = {}
     for labels, variant, options in plan:

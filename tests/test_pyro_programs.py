@@ -25,14 +25,6 @@ from pyro_vae.infer.objectives import objective_loss
 HERE = Path(__file__).parent
 
 
-@pytest.fixture(autouse=True)
-def _fresh():
-    pyro.clear_param_store()
-    pyro.set_rng_seed(0)
-    yield
-    pyro.clear_param_store()
-
-
 def _cvae_data(n: int = 20, dim: int = 12, d_in: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
     x = (torch.rand(n, dim) > 0.5).float()
     return x, x[:, :d_in].clone()
