@@ -246,9 +246,13 @@ def test_a_checkpoint_written_before_the_options_resumes_with_its_schedule(tmp_p
         config.pop(key)
     state["config"] = json.dumps(config)
     torch.save(state, path)
-    _fit(folder, epochs=2, resume=True)
+    resumed, _ = _fit(folder, epochs=2, resume=True)
+    straight, _ = _fit(epochs=2)  # joint steps, loss per datapoint, never stopped
+    assert _same(resumed, straight)
     with pytest.raises(ValueError, match="aux_step joint -> separate"):
         _fit(folder, epochs=3, resume=True, aux_step="separate")
+    with pytest.raises(ValueError, match="loss_scale mean -> sum"):
+        _fit(folder, epochs=3, resume=True, loss_scale="sum")
 
 
 def test_the_table_runner_skips_finished_cells(tmp_path, capsys, benchmark_module):
