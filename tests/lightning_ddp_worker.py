@@ -59,6 +59,10 @@ def main(args: argparse.Namespace) -> None:
     out = Path(args.out)
     torch.save({"rank": trainer.global_rank, "world_size": trainer.world_size, "start": start, "grads": first.grads,
                 "final": pair.state_dict(), "metrics": metrics}, out / f"rank{trainer.global_rank}.pt")
+    # end the process group before the interpreter does: left to exit, gloo's threads were once torn down in the
+    # wrong order ("terminate called without an active exception", the rank aborted after its work was done)
+    if torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":
