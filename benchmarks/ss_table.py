@@ -73,10 +73,11 @@ def _slug(text: str) -> str:
 
 
 def _trained_epochs(out: Path) -> int:
-    """The epochs of a finished cell (0 when it is not finished): a cell of a smaller budget is extended."""
-    if not (out / "test_metrics.json").is_file():
-        return 0
-    return int(json.loads((out / "config.json").read_text())["training"]["epochs"])
+    """The epochs of a finished cell, as its test metrics say (0 when it has none): a cell of a smaller budget is
+    extended. Not the configuration's: an extension writes its new budget there before it trains, so a cell stopped
+    while it was extended would read as finished, with the test metrics of the smaller budget."""
+    path = out / "test_metrics.json"
+    return int(json.loads(path.read_text())["epochs"]) if path.is_file() else 0
 
 
 def run_cell(root: Path, labels: int, seed: int, variant: str, options: dict[str, Any], args: argparse.Namespace,

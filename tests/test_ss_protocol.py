@@ -366,6 +366,15 @@ def test_the_table_runner_extends_a_cell_to_a_larger_budget(tmp_path, capsys, be
     assert json.loads((cell / "config.json").read_text())["training"]["epochs"] == 2
     after = [json.loads(line) for line in (cell / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in after] == [1, 2] and after[0] == first[0]
+    # an extension stopped after the run rewrote its configuration (to 3 epochs) but before it finished: the test
+    # metrics are still the 2-epoch run's, and the cell is not finished at 3
+    config = json.loads((cell / "config.json").read_text())
+    config["training"]["epochs"] = 3
+    (cell / "config.json").write_text(json.dumps(config))
+    args.epochs = 3
+    module.run_cell(tmp_path, 20, 0, "defaults", {}, args)
+    assert capsys.readouterr().out.split(":")[1].split()[0] == "extended"
+    assert json.loads((cell / "test_metrics.json").read_text())["epochs"] == 3
 
 
 @pytest.mark.parametrize("aux_step", ["joint", "separate"])
