@@ -295,6 +295,8 @@ def _run_train(args: argparse.Namespace) -> int:
         print(f"test accuracy of argmax q(y|x): {m['accuracy']:.4f} ({m['split']} split, {m['num_datapoints']} "
               f"datapoints; {m['labels']} labels, {m['num_unlabelled']} unlabelled, {m['epochs']} epochs, "
               f"{run.seconds:.1f} s)")
+        print(f"test accuracy of the model's own argmax p(y|x): {m['model_accuracy']:.4f} (how much of the class its "
+              f"label carries)")
         print(f"test log p(x), label summed (IWAE, K={m['num_particles']}): {m['log_likelihood']:.2f} +- "
               f"{m['log_likelihood_stderr']:.2f} nats (Monte Carlo error {m['log_likelihood_mc_stderr']:.3f}; ELBO "
               f"{m['elbo']:.2f})")

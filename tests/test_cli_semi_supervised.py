@@ -67,6 +67,7 @@ def test_train_writes_a_semi_supervised_run_folder(trained: tuple[Path, str, str
     m = _test_metrics(run)
     assert m["split"] == "test" and m["num_datapoints"] == 297 and m["epochs"] == EPOCHS and m["num_particles"] == K
     assert f"test accuracy of argmax q(y|x): {m['accuracy']:.4f}" in out
+    assert f"test accuracy of the model's own argmax p(y|x): {m['model_accuracy']:.4f}" in out
     assert f"test log p(x), label summed (IWAE, K={K}): {m['log_likelihood']:.2f}" in out
 
 

@@ -15,6 +15,7 @@ import pyro_vae
 from pyro_vae import SSVAE, fit_semi_supervised
 from pyro_vae.pipeline import RunSettings, run_settings, train_run
 from pyro_vae.pipeline.kinds import SemiSupervisedKind
+from pyro_vae.pipeline.kinds.semi_supervised import model_accuracy
 from pyro_vae.train.semi_supervised import init_hidden_normal_
 from pyro_vae.train.state import load_checkpoint
 
@@ -84,9 +85,44 @@ def test_the_best_validation_model_is_kept_and_reported(tmp_path):
     best = pyro_vae.load(tmp_path / "r" / "best")
     x, y = pyro_vae.runs.run_test_data(json.loads((tmp_path / "r" / "config.json").read_text()), labels=True)
     assert best.accuracy(x, y) == m["best_accuracy"] and run.model.accuracy(x, y) == m["accuracy"]
+    seed = json.loads((tmp_path / "r" / "config.json").read_text())["training"]["seed"]
+    assert m["model_accuracy"] == model_accuracy(run.model.eval(), x, y, seed=seed)
+    assert m["best_model_accuracy"] == model_accuracy(best.eval(), x, y, seed=seed)
     x_valid, y_valid = pyro_vae.datasets.load("digits", "valid", return_labels=True)
     x_valid = pyro_vae.datasets.binarize(x_valid, torch.Generator().manual_seed(0))
     assert best.accuracy(x_valid, y_valid) == max(accuracies)  # the model of that epoch, not the last one
+
+
+def test_model_accuracy_is_the_argmax_of_the_exact_log_joint():
+    """A model whose decoder reads the label only and whose q(z | x, y) is the prior: every importance weight is
+    log p(x, y) exactly, so model_accuracy is the accuracy of argmax_y log p(x | y) computed from the decoder."""
+    torch.manual_seed(0)
+    model = SSVAE((1, 4, 4), num_classes=3, latent_dim=2, hidden_dims=(8,)).double().eval()
+    with torch.no_grad():
+        model.encoder_z[-1].weight.zero_(), model.encoder_z[-1].bias.zero_()  # loc 0, log scale 0: q(z|x,y) = p(z)
+        model.decoder[0].weight[:, :2].zero_()  # the columns of z: the decoder reads y alone
+    x = torch.rand(40, 1, 4, 4, dtype=torch.float64).round()
+    y = torch.arange(40) % 3
+    with torch.no_grad():
+        logits = model.decoder(torch.cat([torch.zeros(3, 2), torch.eye(3)], -1).double())  # (3, 16)
+        exact = torch.distributions.Bernoulli(logits=logits).log_prob(x.flatten(1).unsqueeze(1)).sum(-1)  # (40, 3)
+    expected = float((exact.argmax(-1) == y).double().mean())
+    assert 0 < expected < 1
+    assert model_accuracy(model, x, y, num_particles=3) == expected
+
+
+def test_model_accuracy_scores_every_label_with_the_same_draws():
+    """Labels the model cannot tell apart (the label's weights equal in q(z | x, y) and p(x | y, z)) get equal
+    estimates only when every label's IWAE uses the same draws: argmax_y is then the first label for every datapoint
+    (accuracy = the share of label 0), however noisy each estimate is (K = 2, z read by the decoder)."""
+    torch.manual_seed(0)
+    model = SSVAE((1, 4, 4), num_classes=3, latent_dim=2, hidden_dims=(8,)).double().eval()
+    with torch.no_grad():
+        for net, width in ((model.encoder_z, 16), (model.decoder, 2)):
+            net[0].weight[:, width:] = net[0].weight[:, width:width + 1]  # one column for every label
+    x = torch.rand(60, 1, 4, 4, dtype=torch.float64).round()
+    y = torch.arange(60) % 3
+    assert model_accuracy(model, x, y, num_particles=2, seed=3) == pytest.approx(1 / 3)
 
 
 def test_fit_semi_supervised_keeps_the_model_of_the_first_best_epoch(tmp_path, monkeypatch):
@@ -375,6 +411,14 @@ def test_the_table_runner_extends_a_cell_to_a_larger_budget(tmp_path, capsys, be
     module.run_cell(tmp_path, 20, 0, "defaults", {}, args)
     assert capsys.readouterr().out.split(":")[1].split()[0] == "extended"
     assert json.loads((cell / "test_metrics.json").read_text())["epochs"] == 3
+    # a cell finished before the generative model's accuracy existed gets it, as the run computes it
+    metrics = json.loads((cell / "test_metrics.json").read_text())
+    (cell / "test_metrics.json").write_text(json.dumps(
+        {k: v for k, v in metrics.items() if k not in ("model_accuracy", "best_model_accuracy")}))
+    again = module.run_cell(tmp_path, 20, 0, "defaults", {}, args)
+    assert "accuracy added" in capsys.readouterr().out
+    assert json.loads((cell / "test_metrics.json").read_text()) == metrics
+    assert again["model_accuracy"] == metrics["model_accuracy"] and "best_model_accuracy" in again
 
 
 @pytest.mark.parametrize("aux_step", ["joint", "separate"])
