@@ -56,6 +56,10 @@ LIKELIHOOD_NAMES = ("bernoulli", "continuous_bernoulli", "normal", "normal-learn
 ACTIVATION_NAMES = ("tanh", "relu", "softplus", "elu", "gelu", "silu")
 OBJECTIVE_NAMES = ("elbo", "mean-field", "iwae", "iwae-dreg")
 PRIOR_NAMES = ("normal", "mixture", "vamp", "flow")
+#: a semi-supervised run's schedule options (train.semi_supervised's AUX_STEPS, LOSS_SCALES, LABELLED_SCHEDULES)
+AUX_STEP_NAMES = ("joint", "separate")
+LOSS_SCALE_NAMES = ("mean", "sum")
+LABELLED_SCHEDULE_NAMES = ("interleaved", "mixed")
 
 
 def _objective_name(text: str) -> str:
@@ -168,13 +172,13 @@ def _add_train(subparsers: Any) -> None:
                         "Pyro's schedule: 1)")
     p.add_argument("--test-particles", type=int, default=None,
                    help="K of a --semi-supervised run's test log p(x) (IWAE, the label summed; default: 100)")
-    p.add_argument("--aux-step", default=None, choices=("joint", "separate"),  # train.semi_supervised.AUX_STEPS
+    p.add_argument("--aux-step", default=None, choices=AUX_STEP_NAMES,
                    help="a --semi-supervised run's auxiliary loss: in the bound's Adam update (joint, the default) or "
                         "an update of its own on every batch, a momentum step on unlabelled ones (separate, Pyro's)")
-    p.add_argument("--loss-scale", default=None, choices=("mean", "sum"),  # train.semi_supervised.LOSS_SCALES
+    p.add_argument("--loss-scale", default=None, choices=LOSS_SCALE_NAMES,
                    help="a --semi-supervised run's step loss per datapoint of its batch (mean, the default) or summed "
                         "(sum, Pyro's: a labelled datapoint then weighs as an unlabelled one)")
-    p.add_argument("--labelled-schedule", default=None, choices=("interleaved", "mixed"),
+    p.add_argument("--labelled-schedule", default=None, choices=LABELLED_SCHEDULE_NAMES,
                    help="a --semi-supervised run's labelled batches: steps of their own spread among the unlabelled "
                         "ones (interleaved, Pyro's, the default) or joined to every unlabelled batch in one step "
                         "(mixed, Kingma et al.'s mixed minibatches)")

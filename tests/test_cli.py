@@ -327,19 +327,23 @@ def test_hierarchical_and_two_stage_runs_resume(tmp_path: Path, run_cli, copy_ru
 
 def test_fixed_value_options_list_the_registries_names_and_take_the_old_objective_spellings(tmp_path: Path,
                                                                                              run_cli) -> None:
-    """--likelihood, --activation and --objective have argparse choices, spelled in cli.py so that parsing imports
-    no torch; they must stay the registries' names. The older objective spellings (mean_field, iwae_dreg) are
-    taken on the command line and in a config file, and stored as the one spelling."""
+    """--likelihood, --activation, --objective and the semi-supervised schedule options have argparse choices,
+    spelled in cli.py so that parsing imports no torch; they must stay the registries' names. The older objective
+    spellings (mean_field, iwae_dreg) are taken on the command line and in a config file, and stored as the one
+    spelling."""
     from pyro_vae import cli
     from pyro_vae.infer.objectives import OBJECTIVES
     from pyro_vae.likelihoods import LIKELIHOODS
     from pyro_vae.nets import ACTIVATIONS
     from pyro_vae.priors import PRIORS
+    from pyro_vae.train.semi_supervised import AUX_STEPS, LABELLED_SCHEDULES, LOSS_SCALES
 
     assert set(cli.PRIOR_NAMES) == set(PRIORS)
     assert set(cli.LIKELIHOOD_NAMES) == set(LIKELIHOODS)
     assert set(cli.ACTIVATION_NAMES) == set(ACTIVATIONS)
     assert set(cli.OBJECTIVE_NAMES) == set(OBJECTIVES)
+    assert (cli.AUX_STEP_NAMES, cli.LOSS_SCALE_NAMES, cli.LABELLED_SCHEDULE_NAMES) == (
+        AUX_STEPS, LOSS_SCALES, LABELLED_SCHEDULES)
     assert all("_" not in name for name in OBJECTIVES)  # one separator
     code, _, err = run_cli(["train", "--objective", "mean_field", "--epochs", "1", "--out", str(tmp_path / "a"),
                             "--no-progress"])

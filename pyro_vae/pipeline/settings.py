@@ -29,7 +29,7 @@ from .registry import KINDS, get_kind
 
 __all__ = ["RunSettings", "run_settings", "TrainedRun", "DATASET_DEFAULTS", "RUN_IDENTITY", "TRAINING_KEYS",
            "TRAIN_METRICS_SIZE", "EVALUATE_BATCH_SIZE", "parse_dims", "parse_layers", "resolve_threads",
-           "check_step_fits", "run_splits"]
+           "check_step_fits", "run_splits", "whole_option"]
 
 #: defaults of the image data sets, and per data set where they differ (digits trains in seconds on 2 CPU cores)
 _IMAGE_DEFAULTS = {"latent_dim": 50, "hidden_dims": "200,200", "epochs": 20}
@@ -123,7 +123,9 @@ def resolve_threads(value: str | int | None, dataset: str) -> int | None:
 
 
 
-def _whole(key: str, value: Any, low: int = 1) -> int:
+def whole_option(key: str, value: Any, low: int = 1) -> int:
+    """``value`` as an int, or the error naming the option as the command line spells it (not a whole number >=
+    ``low``, or a bool)."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value) or int(value) < low:
         raise ValueError(f"--{key.replace('_', '-')} must be >= {low} (a whole number), got {value!r}")
     return int(value)
@@ -207,12 +209,12 @@ class RunSettings:
         if self.data_root is not None:
             set_(self, "data_root", os.fspath(self.data_root))
         for key in ("epochs", "batch_size", "num_particles"):
-            set_(self, key, _whole(key, getattr(self, key)))
+            set_(self, key, whole_option(key, getattr(self, key)))
         for key in ("latent_dim", "stage2_epochs", "prior_components"):  # a resumed --layers run has no latent_dim
             if getattr(self, key) is not None:
-                set_(self, key, _whole(key, getattr(self, key)))
-        set_(self, "num_flows", _whole("num_flows", self.num_flows, 0))
-        set_(self, "seed", _whole("seed", self.seed, 0))
+                set_(self, key, whole_option(key, getattr(self, key)))
+        set_(self, "num_flows", whole_option("num_flows", self.num_flows, 0))
+        set_(self, "seed", whole_option("seed", self.seed, 0))
         lr = self.lr
         if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not math.isfinite(lr) or lr <= 0:
             raise ValueError(f"--lr must be > 0 and finite, got {lr!r}")

@@ -18,7 +18,7 @@ from ... import datasets, distributed
 from ...runs import run_test_data
 from ...train.semi_supervised import AUX_STEPS, LABELLED_SCHEDULES, LOSS_SCALES
 from ..registry import register_kind
-from ..settings import EVALUATE_BATCH_SIZE, RunSettings, check_step_fits, run_splits
+from ..settings import EVALUATE_BATCH_SIZE, RunSettings, check_step_fits, run_splits, whole_option
 from .base import RunContext, RunData, RunKind
 
 __all__ = ["SemiSupervisedKind", "SEMI_SUPERVISED_CLASSES", "SEMI_SUPERVISED_DEFAULTS", "model_accuracy"]
@@ -123,14 +123,9 @@ class SemiSupervisedKind(RunKind):
                             for k, default in SEMI_SUPERVISED_DEFAULTS.items() if k not in _LEGACY})
 
     def check(self, s: RunSettings) -> None:
-        values = {}
-        for key in ("labels", "num_unlabelled", "labelled_passes", "test_particles"):
-            value = getattr(s, key)
-            if value is None and key == "num_unlabelled":
-                continue
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value) or int(value) < 1:
-                raise ValueError(f"--{key.replace('_', '-')} must be >= 1 (a whole number), got {value!r}")
-            values[key] = int(value)
+        values = {key: whole_option(key, getattr(s, key))
+                  for key in ("labels", "num_unlabelled", "labelled_passes", "test_particles")
+                  if not (key == "num_unlabelled" and s.num_unlabelled is None)}
         classes = SEMI_SUPERVISED_CLASSES[s.dataset]
         if values["labels"] % classes:
             labels = values["labels"]
