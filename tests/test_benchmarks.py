@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 import sys
@@ -88,3 +89,35 @@ def test_threads_benchmark_times_each_setting_idle_and_under_load() -> None:
     records = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
     assert {r["competing_processes"] for r in records} == {0, 1} and all(r["images_per_s"] > 0 for r in records)
     assert {r["setting"] for r in records} >= {"1", "auto"}
+
+
+def test_ss_step_times_every_variant() -> None:
+    out = _run("ss_step.py")
+    for name in ("reference", "pyro-vae", "pyro-vae, joined input"):
+        assert f"| {name} |" in out
+
+
+def test_the_ss_step_reference_is_the_librarys_loss(benchmark_module) -> None:
+    """ss_step's hand-written M2 loss, and the library on the joined input, compute the library's unlabelled loss and
+    gradients for the same draws: the three times are like for like."""
+    import pyro
+    import torch
+    from torch.testing import assert_close
+
+    from pyro_vae import SSVAE
+
+    module = benchmark_module("ss_step")
+    torch.manual_seed(0)
+    ssvae = SSVAE((1, 4, 4), num_classes=3, latent_dim=2, hidden_dims=(8,)).double()
+    x = torch.rand(5, 1, 4, 4, dtype=torch.float64).round()
+    params = list(ssvae.parameters())
+    results = []
+    for loss_of, joined in ((module.library_loss, False), (module.reference_loss, False), (module.library_loss, True)):
+        pyro.set_rng_seed(3)
+        with module.joined_input() if joined else contextlib.nullcontext():
+            loss = loss_of(ssvae, x)
+        results.append((loss, torch.autograd.grad(loss, params)))
+    for loss, grads in results[1:]:
+        assert_close(loss, results[0][0])
+        for a, b in zip(grads, results[0][1]):
+            assert_close(a, b)
