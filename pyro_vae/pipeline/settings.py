@@ -430,8 +430,3 @@ def _require_tensorboard() -> None:
         import torch.utils.tensorboard  # noqa: F401
     except ImportError:
         raise ValueError("--tensorboard needs the tensorboard package: pip install 'pyro-vae[tensorboard]'") from None
-
-def _version() -> str:
-    from .._version import __version__
-
-    return __version__
