@@ -108,6 +108,22 @@ def test_sequence_pair_fit_trains_it_and_iwae_refuses_the_scale():
                      objective="iwae", num_particles=3, progress=False, device="cpu")
 
 
+@pytest.mark.cuda
+def test_a_datasets_epoch_order_stays_on_the_cpu(monkeypatch):
+    """On a GPU, a Dataset's batches are read by Python indices: the epoch's order stays on the CPU, so building a
+    batch reads no index back from the device (a host synchronisation each step)."""
+    if not torch.cuda.is_available():
+        pytest.skip("the order of a Dataset on a GPU: needs CUDA")
+    from pyro_vae.infer.batches import BatchedArgs
+
+    devices, take = [], BatchedArgs.take
+    monkeypatch.setattr(BatchedArgs, "take", lambda self, index: (
+        devices.append(index.device.type if torch.is_tensor(index) else "cpu"), take(self, index))[1])
+    pyro_vae.fit(SequencePair().cuda(), Sequences(48), epochs=1, batch_size=16, collate_fn=collate_sequences,
+                 data_plate=PLATE, seed=0, progress=False, device="cuda")
+    assert devices and set(devices) == {"cpu"}
+
+
 def test_sequence_pair_log_likelihood_iwae_above_elbo_for_every_sequence_and_warns_about_the_scale():
     pair = SequencePair()
     data = Sequences(20)

@@ -243,8 +243,12 @@ def run_fit(vae: Any, data: Any, options: FitConfig, *, val_data: Any = None,
         size = d.batch_size_of
 
         def batches() -> Callable[[int], tuple[tuple, float]]:
-            """This epoch's batches ``batch(i)``: the shuffling generator's next permutation."""
-            return d.batches(torch.randperm(n, generator=state.shuffle).to(device), parallel, batch_size, o.binarize)
+            """This epoch's batches ``batch(i)``: the shuffling generator's next permutation (on the device for
+            tensors; a ``Dataset``'s, whose items are read by Python indices, stays on the CPU: on a GPU, indices on
+            the device would be read back, a host synchronisation each step)."""
+            order = torch.randperm(n, generator=state.shuffle)
+            return d.batches(order.to(device) if d.train.tensors is not None else order, parallel, batch_size,
+                             o.binarize)
 
         # ---- the epochs
         if isinstance(vae, nn.Module):
@@ -377,7 +381,7 @@ class _TrainData:
             if binarize:
                 args = first_transformed(args, binarize_batch, "binarize")
             if self.scale is not None:
-                args = (args[0] + self.scale[index] * torch.randn_like(args[0]),) + args[1:]
+                args = (args[0] + self.scale[index.to(self.scale.device)] * torch.randn_like(args[0]),) + args[1:]
             return args, denominator
         return several
 
