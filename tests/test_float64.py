@@ -148,3 +148,16 @@ def test_float32_data_meet_a_float64_model_with_a_clear_error(digits64: torch.Te
     vae = pyro_vae.VAE((1, 8, 8), latent_dim=2, hidden_dims=(8,)).double()
     with pytest.raises(TypeError, match="float32"):
         infer.iwae_bound(vae.model, vae.guide, digits64[:4].float(), num_particles=2)
+
+
+def test_a_float32_dataset_is_scored_in_a_float64_models_dtype(digits64: torch.Tensor) -> None:
+    """log_likelihood casts a Dataset's batches to the model's dtype, as it casts a tensor's: the same estimate."""
+    vae = pyro_vae.VAE((1, 8, 8), latent_dim=2, hidden_dims=(8,)).double()
+    data = digits64[:6]
+    as_tensor = infer.log_likelihood(vae.model, vae.guide, data.float(), num_particles=4, batch_size=3, seed=0,
+                                     progress=False, diagnostics=False)
+    as_dataset = infer.log_likelihood(vae.model, vae.guide, torch.utils.data.TensorDataset(data.float()),
+                                      collate_fn=lambda items: torch.stack([x for (x,) in items]), num_particles=4,
+                                      batch_size=3, seed=0, progress=False, diagnostics=False)
+    _assert_float64("log_likelihood(Dataset)", as_dataset.values)
+    assert torch.equal(as_dataset.values, as_tensor.values)

@@ -313,8 +313,9 @@ def log_likelihood(
     else:
         owner = getattr(model, "__self__", None)
         param = next(owner.parameters(), None) if isinstance(owner, torch.nn.Module) else None
-        if device is None and param is not None:
-            device = param.device
+        if param is not None:  # a Dataset's batches placed as tensors are (the model's device and dtype)
+            device = param.device if device is None else device
+            dtype = param.dtype if dtype is None else dtype
         batched = batched.to(device, dtype)
     batch_size = whole_number(batch_size, "batch_size")
     if chunk_size is not None:
