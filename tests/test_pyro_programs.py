@@ -214,6 +214,23 @@ def test_a_collate_that_drops_a_datapoint_is_refused_before_any_work():
     assert _unchanged(pair, before)
 
 
+def test_a_datasets_first_batch_is_checked_as_tensor_data_is(tmp_path, small_vae):
+    """A Dataset whose first batch holds NaN, or values outside [0, 1] under binarize=True, is refused before any
+    work (nothing written), as the same tensor is."""
+    x = torch.rand(32, 1, 8, 8)
+    stack = lambda items: torch.stack([item for (item,) in items])  # noqa: E731
+    for bad, binarize, match in ((float("nan"), False, "NaN or inf"), (3.0, True, r"in \[0, 1\]")):
+        data = x.clone()
+        data[1, 0, 0, 0] = bad
+        with pytest.raises(ValueError, match=match):
+            pyro_vae.fit(small_vae(), torch.utils.data.TensorDataset(data), epochs=1, batch_size=8, collate_fn=stack,
+                         binarize=binarize, progress=False, checkpoint_dir=tmp_path / "run")
+        assert not (tmp_path / "run").exists()
+    history = pyro_vae.fit(small_vae(), torch.utils.data.TensorDataset(x), epochs=1, batch_size=8, collate_fn=stack,
+                           binarize=True, progress=False)
+    assert len(history) == 1
+
+
 def test_a_data_plate_that_names_no_plate_is_refused_before_any_work():
     pair = SequencePair()
     before = {k: v.clone() for k, v in pair.state_dict().items()}

@@ -337,6 +337,9 @@ class _TrainData:
             first = train.take(range(min(options.batch_size, n)))
             if options.binarize:
                 first_transformed(first, lambda x: x, "binarize")
+            if torch.is_tensor(first[0]):  # the observed tensor, checked as tensor data is (on its first batch)
+                check_data(first[0], "the first batch of data (the collate_fn's first argument)", vae,
+                           options.binarize)
         return cls(train, val, data_scale)
 
     def to(self, vae: Any, device: torch.device) -> _TrainData:
