@@ -45,6 +45,23 @@ def test_a_wrong_name_or_type_fails_where_it_is_given(options, message):
             RunSettings.from_options(options)
 
 
+@pytest.mark.parametrize("options, flag", [
+    ({"layers": "8,2;4,1"}, "--layers"),
+    ({"two_stage": True}, "--two-stage"),
+    ({"semi_supervised": True, "labels": 50}, "--semi-supervised"),
+])
+def test_a_one_process_kind_is_refused_under_torchrun(monkeypatch, options, flag):
+    """The kinds whose trainer runs in one process refuse a torchrun launch before anything is read, naming the
+    option; a plain VAE run is not refused."""
+    import pyro_vae.distributed
+
+    monkeypatch.setattr(pyro_vae.distributed, "launched", lambda: True)
+    with pytest.raises(ValueError, match=f"^{flag} runs take one process"):
+        run_settings({"dataset": "digits", **options}, "x")
+    s, _ = run_settings({"dataset": "digits"}, "x")
+    assert s.kind == "VAE"
+
+
 def test_settings_are_typed_frozen_and_read_as_the_old_dict():
     s, _ = run_settings({"dataset": "digits", "hidden_dims": "16,8", "epochs": 2.0, "layers": "8,2;4,1"}, "x")
     assert s.kind == "HierarchicalVAE" and s.hidden_dims == [16, 8] and s.layers == [[8, 2], [4, 1]]

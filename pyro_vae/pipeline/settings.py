@@ -346,7 +346,12 @@ def run_settings(options: dict[str, Any], out: str | os.PathLike[str] | None = N
     from ..infer.objectives import get_objective
 
     get_objective(s.objective)
-    get_kind(s.kind).check(s)
+    kind = get_kind(s.kind)
+    if kind.single_process and distributed.launched():
+        flag = f"--{kind.selected_by.replace('_', '-')}" if kind.selected_by else f"--kind {kind.name}"
+        raise ValueError(f"{flag} runs take one process (their trainer splits no batch over processes): launch them "
+                         "without torchrun")
+    kind.check(s)
     if s.compile and not getattr(get_kind(s.kind), "compiles", False):
         raise ValueError(f"--compile compiles the training step of pyro_vae.fit, and a {s.kind} run trains with "
                          "another trainer: drop --compile")

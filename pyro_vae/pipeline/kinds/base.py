@@ -70,6 +70,8 @@ class RunKind:
     fresh_folder = True
     #: the run's test data come with labels (``evaluate`` reports what the kind measures with them)
     has_labels = False
+    #: the kind's trainer runs in one process: a run launched with ``torchrun`` is refused before anything is read
+    single_process = False
 
     # ------------------------------------------------------------------------------------------------ settings
     def configure(self, s: RunSettings, given: dict[str, Any]) -> RunSettings:

@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ... import datasets, distributed
+from ... import datasets
 from ..registry import register_kind
 from ..settings import RunSettings
 from .base import RunData
@@ -22,6 +22,7 @@ class HierarchicalKind(VAEKind):
     """A :class:`~pyro_vae.HierarchicalVAE` run, selected by ``layers``."""
 
     name = "HierarchicalVAE"
+    single_process = True
     selected_by = "layers"
     fresh_folder = True
 
@@ -29,8 +30,6 @@ class HierarchicalKind(VAEKind):
         if s.layers is None and s.model_config is None:
             raise ValueError("a hierarchical run needs --layers, e.g. 200,200,100;100,100,50 (per layer the hidden "
                              "sizes then the latent size, bottom first)")
-        if distributed.launched():
-            raise ValueError("hierarchical (--layers) runs take one process: launch them without torchrun")
 
     def build(self, s: RunSettings, data: RunData, out: Path) -> Any:
         from ...models import HierarchicalVAE

@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from ... import datasets, distributed
+from ... import datasets
 from ...runs import run_test_data
 from ...train.semi_supervised import AUX_STEPS, LABELLED_SCHEDULES, LOSS_SCALES
 from ..registry import register_kind
@@ -79,6 +79,7 @@ class SemiSupervisedKind(RunKind):
     """An :class:`~pyro_vae.SSVAE` run, selected by ``semi_supervised`` (with ``labels``)."""
 
     name = "SSVAE"
+    single_process = True
     selected_by = "semi_supervised"
     has_labels = True
 
@@ -146,8 +147,6 @@ class SemiSupervisedKind(RunKind):
         std = s.init_std
         if std is not None and (isinstance(std, bool) or not isinstance(std, (int, float)) or not 0 < std < math.inf):
             raise ValueError(f"--init-std must be > 0 and finite (or left out: torch's initialisation), got {std!r}")
-        if distributed.launched():
-            raise ValueError("semi-supervised runs take one process: launch them without torchrun")
 
     # ------------------------------------------------------------------------------------------------ training
     def read_data(self, s: RunSettings, out: Path, resume: bool) -> tuple[RunSettings, RunData]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ... import datasets, distributed
+from ... import datasets
 from ...io import write_json
 from ...runs import read_metrics
 from ..registry import register_kind
@@ -26,6 +26,7 @@ class TwoStageKind(VAEKind):
     """A :class:`~pyro_vae.TwoStageVAE` run, selected by ``two_stage``."""
 
     name = "TwoStageVAE"
+    single_process = True
     selected_by = "two_stage"
     fresh_folder = True
 
@@ -48,8 +49,6 @@ class TwoStageKind(VAEKind):
         _check_codes(given.get("stage2_codes"))
 
     def check(self, s: RunSettings) -> None:
-        if distributed.launched():
-            raise ValueError("two-stage runs take one process: launch them without torchrun")
         _check_codes(s.stage2_codes)
 
     def read_data(self, s: RunSettings, out: Path, resume: bool) -> tuple[RunSettings, RunData]:
