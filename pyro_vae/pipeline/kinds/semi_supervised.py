@@ -41,9 +41,8 @@ NETWORK_DEFAULTS: dict[str, Any] = {"hidden_dims": [500], "latent_dim": 50, "act
 #: what a run written before an option existed trained with (a resumed run keeps it)
 _LEGACY = {"aux_step": "joint", "loss_scale": "mean", "adam_beta1": 0.9, "init_std": None,
            "labelled_schedule": "interleaved"}
-#: the options a resumed run keeps (its data and its schedule)
-_KEPT = ("labels", "num_unlabelled", "aux_loss_multiplier", "labelled_passes", "aux_step", "loss_scale", "adam_beta1",
-         "init_std", "labelled_schedule")
+#: the options a resumed run keeps (its data and its schedule: all but the test's K)
+_KEPT = tuple(k for k in SEMI_SUPERVISED_DEFAULTS if k != "test_particles")
 #: the options a semi-supervised run refuses, with the one value (or the values) each may take (None: none)
 _NOT_SEMI_SUPERVISED: dict[str, Any] = {
     "two_stage": None, "layers": None, "stage2_epochs": None, "stage2_codes": None, "prior": "normal",
@@ -55,8 +54,7 @@ BEST_DIR = "best"
 #: more than this: the labels' bounds differ by nats where the model tells them apart)
 MODEL_ACCURACY_PARTICLES = 10
 #: the semi-supervised options stored in config.json's ``training`` (alpha is a model argument)
-_TRAINING = ("labels", "num_unlabelled", "labelled_passes", "test_particles", "aux_step", "loss_scale", "adam_beta1",
-             "init_std", "labelled_schedule")
+_TRAINING = tuple(k for k in SEMI_SUPERVISED_DEFAULTS if k != "aux_loss_multiplier")
 
 
 def _refuse_what_m2_lacks(given: dict[str, Any], who: str = "--semi-supervised") -> None:
