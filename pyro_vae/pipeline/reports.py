@@ -148,20 +148,23 @@ def _table(headers: Iterable[str], rows: Iterable[Iterable[Any]], numeric_from: 
     return f"<div class=\"scroll\"><table>\n<thead><tr>{head}</tr></thead>\n<tbody>\n{body}</tbody></table></div>\n"
 
 
-def _figure(fig: Any, caption: str) -> str:
-    """A matplotlib figure as an ``<img>`` with a PNG ``data:`` URI."""
-    from ..drawing import figure_bytes
-
-    data = base64.b64encode(figure_bytes(fig, "png")).decode("ascii")
-    alt = _e(caption)
+def _png(png: bytes, caption: str) -> str:
+    """PNG bytes as an ``<img>`` with a ``data:`` URI, captioned."""
+    data, alt = base64.b64encode(png).decode("ascii"), _e(caption)
     return (f"<figure><img src=\"data:image/png;base64,{data}\" alt=\"{alt}\">"
             f"<figcaption>{alt}</figcaption></figure>\n")
 
 
+def _figure(fig: Any, caption: str) -> str:
+    """A matplotlib figure as an ``<img>`` with a PNG ``data:`` URI."""
+    from ..drawing import figure_bytes
+
+    return _png(figure_bytes(fig, "png"), caption)
+
+
 def _png_file(path: Path, caption: str) -> str:
-    data = base64.b64encode(path.read_bytes()).decode("ascii")
-    return (f"<figure><img src=\"data:image/png;base64,{data}\" alt=\"{_e(caption)}\">"
-            f"<figcaption>{_e(caption)}</figcaption></figure>\n")
+    """A PNG file as an ``<img>`` with a ``data:`` URI."""
+    return _png(path.read_bytes(), caption)
 
 
 def _figures(items: list[str]) -> str:
@@ -202,7 +205,7 @@ def _run_page(run: Path, data_root: Any, seed: int) -> tuple[str, str]:
         except (json.JSONDecodeError, UnicodeDecodeError):
             test_line = f"<p class=\"muted\">{_e(test)} is damaged.</p>\n"
     parts.append("<h2>Training</h2>\n" + test_line + (_figures(figures) or "<p>No training metrics yet.</p>\n"))
-    parts.append(_model_section(run, config, kind, data_root, seed))
+    parts.append(_model_section(run, data_root, seed))
     parts.append(_evaluation_section(run))
     parts.append(f"<h2>train.log</h2>\n<p class=\"muted\">its last {LOG_LINES} lines</p>\n<pre>"
                  + _e("\n".join(log_lines[-LOG_LINES:]) or "(no train.log)") + "</pre>\n")
@@ -232,7 +235,7 @@ def _log_lines(run: Path) -> list[str]:
         return []
 
 
-def _model_section(run: Path, config: dict[str, Any], kind: Any, data_root: Any, seed: int) -> str:
+def _model_section(run: Path, data_root: Any, seed: int) -> str:
     """Samples, reconstructions of test datapoints and the latent space where it is 2-D."""
     import pyro
 
