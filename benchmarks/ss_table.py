@@ -125,8 +125,8 @@ def model_accuracies(out: Path) -> dict[str, float]:
 
     torch.set_num_threads(BASE["num_threads"])
     config = json.loads((out / "config.json").read_text())
-    x, y = pyro_vae.runs.run_test_data(config, labels=True)
     seed = int(config["training"]["seed"])
+    x, y = pyro_vae.runs.run_test_data(config, labels=True, seed=seed)  # the run's own binarization of them
     scored = {"model_accuracy": model_accuracy(pyro_vae.load(out / "model").eval(), x, y, seed=seed)}
     if (out / BEST_DIR).is_dir():
         scored["best_model_accuracy"] = model_accuracy(pyro_vae.load(out / BEST_DIR).eval(), x, y, seed=seed)

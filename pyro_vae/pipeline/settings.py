@@ -352,7 +352,7 @@ def run_settings(options: dict[str, Any], out: str | os.PathLike[str] | None = N
         raise ValueError(f"{flag} runs take one process (their trainer splits no batch over processes): launch them "
                          "without torchrun")
     kind.check(s)
-    if s.compile and not getattr(get_kind(s.kind), "compiles", False):
+    if s.compile and not getattr(kind, "compiles", False):
         raise ValueError(f"--compile compiles the training step of pyro_vae.fit, and a {s.kind} run trains with "
                          "another trainer: drop --compile")
     return s, out

@@ -384,7 +384,7 @@ class _TrainData:
             if binarize:
                 args = first_transformed(args, binarize_batch, "binarize")
             if self.scale is not None:
-                args = (args[0] + self.scale[index.to(self.scale.device)] * torch.randn_like(args[0]),) + args[1:]
+                args = (args[0] + self.scale[index] * torch.randn_like(args[0]),) + args[1:]
             return args, denominator
         return several
 

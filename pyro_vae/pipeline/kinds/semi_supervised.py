@@ -255,9 +255,10 @@ class SemiSupervisedKind(RunKind):
                                       batch_size=EVALUATE_BATCH_SIZE, seed=s.seed, diagnostics=False,
                                       progress=ctx.progress)
         d = result.as_dict()
-        best = _best(history, ctx.out, ctx.device, x_test, y_test, s.seed)
-        return {"split": data.splits[2], "accuracy": model.accuracy(x_test, y_test),
-                "model_accuracy": model_accuracy(model, x_test, y_test, seed=s.seed), **best,
+        last = {"accuracy": model.accuracy(x_test, y_test),
+                "model_accuracy": model_accuracy(model, x_test, y_test, seed=s.seed)}
+        best = _best(history, ctx.out, ctx.device, x_test, y_test, s.seed, last)
+        return {"split": data.splits[2], **last, **best,
                 **{k: d[k] for k in ("log_likelihood", "log_likelihood_stderr", "log_likelihood_mc_stderr",
                                      "num_particles", "elbo", "elbo_stderr", "rate", "distortion")},
                 "seed": s.seed, "num_datapoints": int(x_test.shape[0]), "epochs": len(history),
@@ -322,18 +323,23 @@ def model_accuracy(model: Any, x: torch.Tensor, y: torch.Tensor, *, num_particle
 
 
 def _best(history: list[dict[str, Any]], out: Path, device: torch.device, x: torch.Tensor,
-          y: torch.Tensor, seed: int) -> dict[str, Any]:
+          y: torch.Tensor, seed: int, last: dict[str, float]) -> dict[str, Any]:
     """The best-validation epoch, its validation accuracy and the test accuracies of its model (kept in ``best/``):
-    its classifier's and its generative model's (:func:`model_accuracy`)."""
+    its classifier's and its generative model's (:func:`model_accuracy`); ``last``'s when the best epoch is the last
+    (the same weights: not scored twice)."""
     from ...saving import load_model
 
     scored = [h for h in history if "val_accuracy" in h]
     if not scored or not (out / BEST_DIR).is_dir():
         return {}
     best = max(scored, key=lambda h: h["val_accuracy"])  # the first of ties, as the trainer keeps it
-    model = load_model(out / BEST_DIR, map_location=device).eval()
-    return {"best_epoch": best["epoch"], "best_val_accuracy": best["val_accuracy"],
-            "best_accuracy": model.accuracy(x, y), "best_model_accuracy": model_accuracy(model, x, y, seed=seed)}
+    if best["epoch"] == len(history):
+        accuracy, generative = last["accuracy"], last["model_accuracy"]
+    else:
+        model = load_model(out / BEST_DIR, map_location=device).eval()
+        accuracy, generative = model.accuracy(x, y), model_accuracy(model, x, y, seed=seed)
+    return {"best_epoch": best["epoch"], "best_val_accuracy": best["val_accuracy"], "best_accuracy": accuracy,
+            "best_model_accuracy": generative}
 
 
 def _label_split(y: torch.Tensor, s: RunSettings, num_classes: int, split: str) -> tuple[torch.Tensor, torch.Tensor]:
